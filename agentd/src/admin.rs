@@ -1,0 +1,486 @@
+//! Management requests, run on the engine thread like verifications so that
+//! an enrolment, an unlock or a resync never races with a login.
+
+use freeauth_otp::{Algorithm, Code, Kind, Secret, State};
+use freeauth_proto::{
+    AgentStatus, ErrorKind, HashAlgorithm, NewToken, Response, SecretString, TokenInfo, TokenKind, UserDetail,
+    UserSummary,
+};
+
+use crate::engine::{failures_of, Context, EngineError};
+use crate::keys::Field;
+use crate::policy::UnknownNames;
+use crate::store::{Account, Db, TokenSettings};
+
+/// Longest accepted user name, in bytes (the RADIUS User-Name limit).
+pub const MAX_USER_LEN: usize = 253;
+
+/// Backup codes hashed off the engine thread, ready to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupSet {
+    pub salt: Vec<u8>,
+    pub hashes: Vec<[u8; 32]>,
+}
+
+/// An admin request as the engine runs it.
+#[derive(Debug)]
+pub enum AdminOp {
+    Enroll {
+        user: String,
+        token: NewToken,
+        backup: Option<BackupSet>,
+    },
+    /// Tokens, then backup codes per user; all stored, or none.
+    Import {
+        tokens: Vec<(String, NewToken)>,
+        backups: Vec<(String, BackupSet)>,
+    },
+    List,
+    Show {
+        user: String,
+    },
+    SetEnabled {
+        user: String,
+        token: Option<u64>,
+        enabled: bool,
+    },
+    Remove {
+        user: String,
+        token: Option<u64>,
+    },
+    Resync {
+        user: String,
+        token: Option<u64>,
+        first: SecretString,
+        second: SecretString,
+    },
+    Unlock {
+        user: String,
+    },
+    Counts,
+}
+
+type AdminResult = Result<Response, EngineError>;
+
+/// Runs `op`. An error `Response` makes the caller roll the savepoint back.
+pub(crate) fn run(context: &Context<'_>, db: Db<'_>, unknown: &mut UnknownNames, op: AdminOp) -> AdminResult {
+    match op {
+        AdminOp::Enroll { user, token, backup } => enroll(context, db, &user, &token, backup.as_ref()),
+        AdminOp::Import { tokens, backups } => import(context, db, &tokens, &backups),
+        AdminOp::List => list(context, db),
+        AdminOp::Show { user } => show(context, db, &user),
+        AdminOp::SetEnabled { user, token, enabled } => set_enabled(db, &user, token, enabled),
+        AdminOp::Remove { user, token } => remove(db, &user, token),
+        AdminOp::Resync {
+            user,
+            token,
+            first,
+            second,
+        } => resync(context, db, &user, token, &first, &second),
+        AdminOp::Unlock { user } => unlock(db, unknown, &user),
+        AdminOp::Counts => counts(db),
+    }
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> AdminResult {
+    Ok(Response::Error {
+        kind,
+        message: message.into(),
+    })
+}
+
+/// Checks a user name: 1 to 253 bytes, no control characters, no
+/// surrounding white space.
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_USER_LEN {
+        return Err(format!("user name must be 1 to {MAX_USER_LEN} bytes long"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("user name must not contain control characters".into());
+    }
+    if name.trim() != name {
+        return Err("user name must not start or end with white space".into());
+    }
+    Ok(())
+}
+
+/// A checked token with its opened secrets.
+struct CheckedToken {
+    settings: TokenSettings,
+    seed: Secret,
+    pin: Option<Secret>,
+}
+
+/// Validates a token received from `freeauthctl`.
+fn check_token(token: &NewToken) -> Result<CheckedToken, String> {
+    let seed = Secret::from_hex(token.secret_hex.expose()).map_err(|err| format!("invalid secret: {err}"))?;
+    let kind = kind_of(token.kind);
+    let (digits, period) = match kind {
+        Kind::Motp => (6, 10),
+        Kind::Hotp => (token.digits, 30),
+        Kind::Totp => (token.digits, token.period),
+    };
+    if kind != Kind::Motp && digits != 6 && digits != 8 {
+        return Err(format!("{} codes must have 6 or 8 digits, not {}", kind, token.digits));
+    }
+    if kind == Kind::Totp && !(1..=86_400).contains(&period) {
+        return Err(format!("TOTP period must be 1 to 86400 seconds, not {period}"));
+    }
+    let (min_len, what) = match kind {
+        Kind::Motp => (8, "Mobile-OTP secrets must be at least 8 bytes (16 hex digits)"),
+        _ => (10, "HOTP and TOTP secrets must be at least 10 bytes (80 bits)"),
+    };
+    if seed.len() < min_len || seed.len() > 128 {
+        return Err(format!(
+            "{what} and at most 128 bytes; this one has {} bytes",
+            seed.len()
+        ));
+    }
+    let pin = check_pin(kind, token.pin.as_ref())?;
+    let state = State {
+        counter: token.counter,
+        last_step: if kind == Kind::Hotp { None } else { token.last_step },
+        drift: 0,
+    };
+    let settings = TokenSettings {
+        kind,
+        algorithm: algorithm_of(token.algorithm),
+        digits,
+        period,
+        state,
+        label: token.label.clone(),
+    };
+    Ok(CheckedToken { settings, seed, pin })
+}
+
+fn check_pin(kind: Kind, pin: Option<&SecretString>) -> Result<Option<Secret>, String> {
+    match (kind, pin) {
+        (Kind::Motp, Some(pin)) => {
+            let text = pin.expose();
+            if !(4..=16).contains(&text.len()) || !text.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("Mobile-OTP PIN must be 4 to 16 digits".into());
+            }
+            Ok(Some(Secret::new(text.as_bytes().to_vec())))
+        }
+        (Kind::Motp, None) => Err("Mobile-OTP tokens need a PIN".into()),
+        (_, Some(_)) => Err("only Mobile-OTP tokens take a PIN".into()),
+        (_, None) => Ok(None),
+    }
+}
+
+/// Stores one checked token for `user`; returns its id.
+fn store_token(
+    context: &Context<'_>,
+    db: Db<'_>,
+    user: &str,
+    token: &NewToken,
+) -> Result<Result<i64, String>, EngineError> {
+    if let Err(problem) = check_user_name(user) {
+        return Ok(Err(problem));
+    }
+    let checked = match check_token(token) {
+        Ok(checked) => checked,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    let user_id = db.ensure_account(user)?;
+    let token_id = db.insert_token(user_id, &checked.settings, context.now)?;
+    let seal_failed = |_| EngineError {
+        message: "the random generator failed while sealing a seed".into(),
+    };
+    let seed = context
+        .cipher
+        .seal(token_id, Field::Seed, checked.seed.as_bytes())
+        .map_err(seal_failed)?;
+    let pin = match &checked.pin {
+        Some(pin) => Some(
+            context
+                .cipher
+                .seal(token_id, Field::Pin, pin.as_bytes())
+                .map_err(seal_failed)?,
+        ),
+        None => None,
+    };
+    db.set_sealed(token_id, &seed, pin.as_deref())?;
+    Ok(Ok(token_id))
+}
+
+fn enroll(context: &Context<'_>, db: Db<'_>, user: &str, token: &NewToken, backup: Option<&BackupSet>) -> AdminResult {
+    let token_id = match store_token(context, db, user, token)? {
+        Ok(id) => id,
+        Err(problem) => return error(ErrorKind::Invalid, problem),
+    };
+    if let Some(backup) = backup {
+        let user_id = db.ensure_account(user)?;
+        db.replace_backup_codes(user_id, &backup.salt, &backup.hashes)?;
+    }
+    tracing::info!(user, token = token_id, kind = %kind_of(token.kind), "token enrolled");
+    Ok(Response::Enrolled {
+        user: user.to_owned(),
+        token: u64::try_from(token_id).unwrap_or(0),
+        backup_codes: Vec::new(),
+    })
+}
+
+fn import(
+    context: &Context<'_>,
+    db: Db<'_>,
+    tokens: &[(String, NewToken)],
+    backups: &[(String, BackupSet)],
+) -> AdminResult {
+    let mut users = std::collections::BTreeSet::new();
+    for (index, (user, token)) in tokens.iter().enumerate() {
+        if let Err(problem) = store_token(context, db, user, token)? {
+            let message = format!("entry {} (user {user}): {problem}; nothing was imported", index + 1);
+            return error(ErrorKind::Invalid, message);
+        }
+        users.insert(user.as_str());
+    }
+    for (user, backup) in backups {
+        if let Err(problem) = check_user_name(user) {
+            return error(
+                ErrorKind::Invalid,
+                format!("backup codes of {user}: {problem}; nothing was imported"),
+            );
+        }
+        let user_id = db.ensure_account(user)?;
+        db.replace_backup_codes(user_id, &backup.salt, &backup.hashes)?;
+        users.insert(user.as_str());
+    }
+    tracing::info!(users = users.len(), tokens = tokens.len(), "tokens imported");
+    Ok(Response::Imported {
+        users: u32::try_from(users.len()).unwrap_or(u32::MAX),
+        tokens: u32::try_from(tokens.len()).unwrap_or(u32::MAX),
+    })
+}
+
+fn find_account(db: Db<'_>, user: &str) -> Result<Result<Account, Response>, EngineError> {
+    match db.account(user)? {
+        Some(account) => Ok(Ok(account)),
+        None => Ok(Err(Response::Error {
+            kind: ErrorKind::NotFound,
+            message: format!("user {user} has no tokens"),
+        })),
+    }
+}
+
+fn list(context: &Context<'_>, db: Db<'_>) -> AdminResult {
+    let mut users = Vec::new();
+    for name in db.account_names()? {
+        let Some(account) = db.account(&name)? else {
+            continue;
+        };
+        let tokens = db.tokens(account.id)?;
+        let failures = failures_of(&account).current(context.now);
+        users.push(UserSummary {
+            user: name,
+            tokens: count_u32(tokens.len()),
+            enabled_tokens: count_u32(tokens.iter().filter(|t| t.enabled).count()),
+            failures: failures.count,
+            locked: failures.is_locked(context.now),
+            backup_codes_left: db.backup_codes_left(account.id)?,
+        });
+    }
+    Ok(Response::Users { users })
+}
+
+fn show(context: &Context<'_>, db: Db<'_>, user: &str) -> AdminResult {
+    let account = match find_account(db, user)? {
+        Ok(account) => account,
+        Err(response) => return Ok(response),
+    };
+    let failures = failures_of(&account).current(context.now);
+    let tokens = db.tokens(account.id)?.iter().map(token_info).collect();
+    Ok(Response::User {
+        user: UserDetail {
+            user: account.name.clone(),
+            tokens,
+            failures: failures.count,
+            locked_until: failures.locked_until.filter(|_| failures.is_locked(context.now)),
+            backup_codes_left: db.backup_codes_left(account.id)?,
+        },
+    })
+}
+
+fn token_info(row: &crate::store::TokenRow) -> TokenInfo {
+    TokenInfo {
+        id: u64::try_from(row.id).unwrap_or(0),
+        kind: token_kind(row.kind),
+        algorithm: hash_algorithm(row.algorithm),
+        digits: row.digits,
+        period: row.period,
+        enabled: row.enabled,
+        counter: row.state.counter,
+        last_step: row.state.last_step,
+        drift_steps: row.state.drift,
+        drift_seconds: row.state.drift.saturating_mul(i64::from(row.period)),
+        label: row.label.clone(),
+        created: row.created,
+        last_used: row.last_used,
+    }
+}
+
+fn token_id(token: Option<u64>) -> Option<i64> {
+    token.map(|id| i64::try_from(id).unwrap_or(-1))
+}
+
+fn set_enabled(db: Db<'_>, user: &str, token: Option<u64>, enabled: bool) -> AdminResult {
+    let account = match find_account(db, user)? {
+        Ok(account) => account,
+        Err(response) => return Ok(response),
+    };
+    let changed = db.set_enabled(account.id, token_id(token), enabled)?;
+    if changed == 0 {
+        return error(
+            ErrorKind::NotFound,
+            format!("user {user} has no token {}", token.unwrap_or(0)),
+        );
+    }
+    let action = if enabled { "enabled" } else { "disabled" };
+    tracing::info!(user, token, action, "token state changed by an administrator");
+    Ok(Response::Done { changed })
+}
+
+fn remove(db: Db<'_>, user: &str, token: Option<u64>) -> AdminResult {
+    let account = match find_account(db, user)? {
+        Ok(account) => account,
+        Err(response) => return Ok(response),
+    };
+    let changed = match token_id(token) {
+        Some(id) => db.remove_token(account.id, id)?,
+        None => db.remove_account(account.id)?,
+    };
+    if changed == 0 {
+        return error(
+            ErrorKind::NotFound,
+            format!("user {user} has no token {}", token.unwrap_or(0)),
+        );
+    }
+    tracing::info!(user, token, "removed by an administrator");
+    Ok(Response::Done { changed })
+}
+
+fn resync(
+    context: &Context<'_>,
+    db: Db<'_>,
+    user: &str,
+    token: Option<u64>,
+    first: &SecretString,
+    second: &SecretString,
+) -> AdminResult {
+    let account = match find_account(db, user)? {
+        Ok(account) => account,
+        Err(response) => return Ok(response),
+    };
+    let wanted = token_id(token);
+    let rows = db
+        .tokens(account.id)?
+        .into_iter()
+        .filter(|row| wanted.is_none_or(|id| id == row.id));
+    for row in rows {
+        let open = context.open(row)?;
+        let charset = open.params.charset();
+        let (Ok(first), Ok(second)) = (
+            Code::parse(first.expose(), charset),
+            Code::parse(second.expose(), charset),
+        ) else {
+            continue;
+        };
+        let search = match open.params.kind {
+            Kind::Hotp => context.settings.windows.hotp_resync,
+            _ => context.settings.windows.time_resync_steps,
+        };
+        let state = &open.row.state;
+        let Some(matched) = freeauth_otp::resync(
+            &open.params,
+            &open.seed,
+            open.pin.as_ref(),
+            state,
+            search,
+            context.now,
+            &first,
+            &second,
+        ) else {
+            continue;
+        };
+        if db.advance_token(open.row.id, state, &matched.state, context.now)? {
+            tracing::info!(
+                user,
+                token = open.row.id,
+                drift_steps = matched.state.drift,
+                "token resynchronised"
+            );
+            return Ok(Response::Resynced {
+                token: u64::try_from(open.row.id).unwrap_or(0),
+                drift_steps: matched.state.drift,
+            });
+        }
+    }
+    error(
+        ErrorKind::Invalid,
+        format!("the two codes do not match consecutive codes of any token of {user} within the resync window"),
+    )
+}
+
+fn unlock(db: Db<'_>, unknown: &mut UnknownNames, user: &str) -> AdminResult {
+    unknown.forget(user);
+    let account = match find_account(db, user)? {
+        Ok(account) => account,
+        Err(response) => return Ok(response),
+    };
+    db.set_failures(account.id, 0, None)?;
+    tracing::info!(user, "unlocked by an administrator");
+    Ok(Response::Done { changed: 1 })
+}
+
+fn counts(db: Db<'_>) -> AdminResult {
+    let (users, tokens) = db.counts()?;
+    Ok(Response::Status {
+        status: AgentStatus {
+            version: String::new(),
+            uptime_seconds: 0,
+            users,
+            tokens,
+            accepted: 0,
+            rejected: 0,
+            open_connections: 0,
+            database: String::new(),
+        },
+    })
+}
+
+fn count_u32(count: usize) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
+/// Wire enum to the OTP crate's enum.
+pub fn kind_of(kind: TokenKind) -> Kind {
+    match kind {
+        TokenKind::Hotp => Kind::Hotp,
+        TokenKind::Totp => Kind::Totp,
+        TokenKind::Motp => Kind::Motp,
+    }
+}
+
+fn token_kind(kind: Kind) -> TokenKind {
+    match kind {
+        Kind::Hotp => TokenKind::Hotp,
+        Kind::Totp => TokenKind::Totp,
+        Kind::Motp => TokenKind::Motp,
+    }
+}
+
+fn algorithm_of(algorithm: HashAlgorithm) -> Algorithm {
+    match algorithm {
+        HashAlgorithm::Sha1 => Algorithm::Sha1,
+        HashAlgorithm::Sha256 => Algorithm::Sha256,
+        HashAlgorithm::Sha512 => Algorithm::Sha512,
+    }
+}
+
+fn hash_algorithm(algorithm: Algorithm) -> HashAlgorithm {
+    match algorithm {
+        Algorithm::Sha1 => HashAlgorithm::Sha1,
+        Algorithm::Sha256 => HashAlgorithm::Sha256,
+        Algorithm::Sha512 => HashAlgorithm::Sha512,
+    }
+}

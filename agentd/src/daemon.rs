@@ -1,0 +1,241 @@
+//! Start-up, signals and shutdown of `freeauth-agentd`.
+//!
+//! Start-up refuses to run with an unsafe key file or state folder, or with a
+//! key that does not fit the database. SIGHUP reloads the configuration; a
+//! file that fails to load is logged and the running configuration stays.
+//! SIGTERM and SIGINT stop accepting, let requests in flight finish, and
+//! remove the socket files.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use freeauth_otp::{Clock, SystemClock};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::access::{RateLimiter, Rules};
+use crate::config::Config;
+use crate::engine::{Engine, Job, Settings, Stats};
+use crate::keys::{Field, SeedCipher};
+use crate::loglimit::LogLimiter;
+use crate::server::{serve, Shared, SocketKind};
+use crate::store::{Db, Store};
+
+/// Why the agent could not start or had to stop.
+#[derive(Debug)]
+pub struct DaemonError(pub String);
+
+impl std::fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+fn fail(message: impl std::fmt::Display) -> DaemonError {
+    DaemonError(message.to_string())
+}
+
+/// Builds the engine's settings from a configuration.
+pub fn settings_of(config: &Config) -> Settings {
+    Settings {
+        windows: config.windows,
+        lockout: config.lockout,
+        prompt: config.enroll.prompt.clone(),
+        max_batch: config.server.max_batch,
+    }
+}
+
+/// Opens the key and the database, creating the key on a first start, and
+/// checks that the two belong together.
+pub fn open_state(config: &Config) -> Result<(Store, SeedCipher), DaemonError> {
+    let store = Store::open(&config.paths.state_dir).map_err(fail)?;
+    let key_path = &config.paths.seed_key;
+    if !key_path.exists() {
+        let (_, tokens) = store.db().counts().map_err(fail)?;
+        if tokens > 0 {
+            return Err(fail(format!(
+                "seed key {} is missing but the database holds {tokens} tokens; restore the key from a backup",
+                key_path.display()
+            )));
+        }
+        SeedCipher::create(key_path).map_err(fail)?;
+        tracing::info!(path = %key_path.display(), "created a new seed key");
+    }
+    let cipher = SeedCipher::load(key_path).map_err(fail)?;
+    check_key(store.db(), &cipher, key_path)?;
+    Ok((store, cipher))
+}
+
+/// Compares the key with the marker sealed in the database on first use.
+fn check_key(db: Db<'_>, cipher: &SeedCipher, key_path: &Path) -> Result<(), DaemonError> {
+    const MARKER: &[u8] = b"freeauth";
+    match db.meta("key_check").map_err(fail)? {
+        Some(sealed) => match cipher.open(0, Field::KeyCheck, &sealed) {
+            Some(opened) if opened.as_slice() == MARKER => Ok(()),
+            _ => Err(fail(format!(
+                "seed key {} does not fit the database: it was sealed with another key",
+                key_path.display()
+            ))),
+        },
+        None => {
+            let sealed = cipher.seal(0, Field::KeyCheck, MARKER).map_err(fail)?;
+            db.set_meta("key_check", &sealed).map_err(fail)
+        }
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    let rules = Rules::resolve(&config.access).map_err(fail)?;
+    let (store, cipher) = open_state(&config)?;
+    let stats = Arc::new(Stats::default());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let engine = Engine::new(store, cipher, clock, settings_of(&config));
+    let (jobs, receiver) = mpsc::channel(65_536);
+    let engine_thread = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || engine.run(receiver))
+        .map_err(fail)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(fail)?;
+    let shared = Arc::new(Shared {
+        jobs,
+        stats,
+        rules: RwLock::new(Arc::new(rules)),
+        server: config.server,
+        rate: Mutex::new(RateLimiter::default()),
+        log_limit: LogLimiter::default(),
+        connections: Arc::new(Semaphore::new(config.server.max_connections)),
+        started: Instant::now(),
+        database: config.paths.database().display().to_string(),
+    });
+    let result = runtime.block_on(serve_until_stopped(config, Arc::clone(&shared)));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    drop(shared);
+    if engine_thread.join().is_err() {
+        tracing::error!("engine thread panicked");
+    }
+    tracing::info!("agent stopped");
+    result
+}
+
+async fn serve_until_stopped(mut config: Config, shared: Arc<Shared>) -> Result<(), DaemonError> {
+    let agent = bind(&config.paths.agent_socket, 0o666)?;
+    let admin_mode = if config.access.admin_group.is_some() {
+        0o660
+    } else {
+        0o600
+    };
+    let admin = bind(&config.paths.admin_socket, admin_mode)?;
+    if let Some(gid) = shared.rules().admin_gid {
+        std::os::unix::fs::chown(&config.paths.admin_socket, None, Some(gid)).map_err(fail)?;
+    }
+    let mut hangup = signal(SignalKind::hangup()).map_err(fail)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(fail)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(fail)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        agent_socket = %config.paths.agent_socket.display(),
+        admin_socket = %config.paths.admin_socket.display(),
+        database = %shared.database,
+        "agent started"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    loop {
+        tokio::select! {
+            accepted = agent.accept() => spawn_connection(accepted, SocketKind::Agent, &shared),
+            accepted = admin.accept() => spawn_connection(accepted, SocketKind::Admin, &shared),
+            _ = hangup.recv() => config = reload(config, &shared).await,
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    tracing::info!("agent stopping");
+    let _ = fs::remove_file(&config.paths.agent_socket);
+    let _ = fs::remove_file(&config.paths.admin_socket);
+    Ok(())
+}
+
+fn spawn_connection(
+    accepted: std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)>,
+    kind: SocketKind,
+    shared: &Arc<Shared>,
+) {
+    match accepted {
+        Ok((stream, _)) => {
+            tokio::spawn(serve(stream, kind, Arc::clone(shared)));
+        }
+        Err(err) => shared.log_limit.warn("accept", &format!("accept failed: {err}")),
+    }
+}
+
+/// Loads the configuration again; keeps `current` if the new one is invalid.
+async fn reload(current: Config, shared: &Shared) -> Config {
+    let new = match Config::load(&current.source) {
+        Ok(new) => new,
+        Err(err) => {
+            tracing::error!("configuration reload failed, keeping the running configuration: {err}");
+            return current;
+        }
+    };
+    let rules = match Rules::resolve(&new.access) {
+        Ok(rules) => rules,
+        Err(err) => {
+            tracing::error!("configuration reload failed, keeping the running configuration: {err}");
+            return current;
+        }
+    };
+    if new.paths != current.paths || new.server != current.server {
+        tracing::warn!("changes to [paths] and [server] take effect at the next restart");
+    }
+    shared.set_rules(rules);
+    let _ = shared
+        .jobs
+        .send(Job::Reload {
+            settings: settings_of(&new),
+        })
+        .await;
+    tracing::info!(path = %new.source.display(), "configuration reloaded");
+    Config {
+        paths: current.paths,
+        server: current.server,
+        ..new
+    }
+}
+
+/// Binds a socket at `path`, replacing a stale file but never a live agent.
+fn bind(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
+    if let Some(parent) = path.parent() {
+        if !parent.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(|err| fail(format!("cannot create socket folder {}: {err}", parent.display())))?;
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(fail(format!(
+                "another agent is already listening on {}",
+                path.display()
+            )));
+        }
+        fs::remove_file(path).map_err(|err| fail(format!("cannot remove stale socket {}: {err}", path.display())))?;
+    }
+    let listener =
+        UnixListener::bind(path).map_err(|err| fail(format!("cannot listen on {}: {err}", path.display())))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(fail)?;
+    Ok(listener)
+}

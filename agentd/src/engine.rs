@@ -1,0 +1,602 @@
+//! The engine: one thread that owns the database and makes every decision.
+//!
+//! Requests arrive on a channel. The thread takes all that are waiting (up to
+//! `max_batch`), runs each in its own savepoint of one transaction, commits
+//! once, and only then sends the replies. So an "accepted" is never sent for
+//! a state change that is not yet on disk, many verifications share one
+//! fsync, and no two requests can race on a token: they run one after the
+//! other on this thread.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use freeauth_otp::{Clock, Code, Matched, Secret, State, Window};
+use freeauth_proto::{ErrorKind, Response, SecretString};
+use rusqlite::Transaction;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::admin::AdminOp;
+use crate::config::{Lockout, Windows};
+use crate::keys::{Field, SeedCipher};
+use crate::policy::{Failures, Policy, UnknownNames};
+use crate::store::{Account, Db, Store, StoreError, TokenRow};
+
+/// Settings the engine reads; replaced on reload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub windows: Windows,
+    pub lockout: Lockout,
+    pub prompt: String,
+    pub max_batch: usize,
+}
+
+/// Counters shown by `freeauthctl status`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    pub open_connections: AtomicU64,
+}
+
+/// A request for the engine thread.
+pub enum Job {
+    Lookup {
+        user: String,
+        reply: oneshot::Sender<Result<Lookup, EngineError>>,
+    },
+    Verify {
+        user: String,
+        code: SecretString,
+        reply: oneshot::Sender<Result<Verdict, EngineError>>,
+    },
+    /// The second half of a backup-code check: which stored hash matched.
+    BackupResult {
+        user: String,
+        matched: Option<i64>,
+        reply: oneshot::Sender<Result<Verdict, EngineError>>,
+    },
+    Admin {
+        op: AdminOp,
+        reply: oneshot::Sender<Response>,
+    },
+    Reload {
+        settings: Settings,
+    },
+}
+
+/// What a local caller may learn about an account before it prompts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lookup {
+    pub enrolled: bool,
+    pub locked: bool,
+    pub prompt: String,
+}
+
+/// The engine's decision on a code, with the reason for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub reason: Reason,
+    /// Consecutive failures after this attempt.
+    pub failures: u32,
+    /// How long after the request arrived the reply may be sent.
+    pub delay: Duration,
+}
+
+/// The decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    Rejected,
+    Locked,
+    NoToken,
+    /// No token matched but the code may be a backup code: the caller hashes
+    /// it with `salt` off this thread and sends a [`Job::BackupResult`].
+    CheckBackup {
+        salt: Vec<u8>,
+        hashes: Vec<(i64, Vec<u8>)>,
+    },
+}
+
+/// Why, for the log. Never sent to a remote party.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    AcceptedToken { token: i64, offset: i64 },
+    AcceptedBackupCode,
+    UnknownUser,
+    NoActiveToken,
+    Locked,
+    WrongCode,
+    ReusedCode,
+    MalformedCode,
+    BackupCodeNeeded,
+}
+
+impl Reason {
+    /// Short phrase for log lines.
+    pub fn describe(&self) -> String {
+        match self {
+            Reason::AcceptedToken { token, offset } => format!("code of token {token} matched at offset {offset}"),
+            Reason::AcceptedBackupCode => "backup code used".into(),
+            Reason::UnknownUser => "unknown user".into(),
+            Reason::NoActiveToken => "no enabled token".into(),
+            Reason::Locked => "account locked".into(),
+            Reason::WrongCode => "wrong code".into(),
+            Reason::ReusedCode => "code already used".into(),
+            Reason::MalformedCode => "malformed code".into(),
+            Reason::BackupCodeNeeded => "checking backup codes".into(),
+        }
+    }
+}
+
+/// The engine could not decide because storage failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineError {
+    pub message: String,
+}
+
+impl From<StoreError> for EngineError {
+    fn from(err: StoreError) -> Self {
+        EngineError {
+            message: err.to_string(),
+        }
+    }
+}
+
+enum Pending {
+    Lookup(
+        oneshot::Sender<Result<Lookup, EngineError>>,
+        Result<Lookup, EngineError>,
+    ),
+    Verdict(
+        oneshot::Sender<Result<Verdict, EngineError>>,
+        Result<Verdict, EngineError>,
+    ),
+    Response(oneshot::Sender<Response>, Response),
+}
+
+impl Pending {
+    fn send(self) {
+        // A closed receiver means the client went away; nothing to do.
+        let _ = match self {
+            Pending::Lookup(reply, value) => reply.send(value).map_err(drop),
+            Pending::Verdict(reply, value) => reply.send(value).map_err(drop),
+            Pending::Response(reply, value) => reply.send(value).map_err(drop),
+        };
+    }
+
+    fn fail(self, error: &EngineError) {
+        let _ = match self {
+            Pending::Lookup(reply, _) => reply.send(Err(error.clone())).map_err(drop),
+            Pending::Verdict(reply, _) => reply.send(Err(error.clone())).map_err(drop),
+            Pending::Response(reply, _) => reply.send(internal_error()).map_err(drop),
+        };
+    }
+}
+
+/// Response for an admin request whose change could not be stored.
+pub fn internal_error() -> Response {
+    Response::Error {
+        kind: ErrorKind::Internal,
+        message: "the agent could not store the change; see its log".into(),
+    }
+}
+
+/// Owner of the database and the seed key.
+pub struct Engine {
+    pub(crate) store: Store,
+    pub(crate) cipher: SeedCipher,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) settings: Settings,
+    pub(crate) unknown: UnknownNames,
+}
+
+impl Engine {
+    pub fn new(store: Store, cipher: SeedCipher, clock: Arc<dyn Clock>, settings: Settings) -> Engine {
+        Engine {
+            store,
+            cipher,
+            clock,
+            settings,
+            unknown: UnknownNames::default(),
+        }
+    }
+
+    /// Serves jobs until every sender is dropped.
+    pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(first) = jobs.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < self.settings.max_batch {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(batch);
+        }
+        tracing::debug!("engine thread stops: all request channels closed");
+    }
+
+    /// Runs `batch` in one transaction and replies once it is committed.
+    pub fn run_batch(&mut self, batch: Vec<Job>) {
+        let now = self.clock.unix_time();
+        let mut settings_update = None;
+        let mut pending = Vec::with_capacity(batch.len());
+        let result = (|| -> Result<(), StoreError> {
+            let mut tx = self.store.begin()?;
+            for job in batch {
+                if let Job::Reload { settings } = job {
+                    settings_update = Some(settings);
+                    continue;
+                }
+                if let Some(reply) = run_job(&mut tx, &self.cipher, &self.settings, &mut self.unknown, job, now) {
+                    pending.push(reply);
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => pending.into_iter().for_each(Pending::send),
+            Err(err) => {
+                tracing::error!(error = %err, requests = pending.len(), "database commit failed; replying with an error to every request of the batch");
+                let error = EngineError::from(err);
+                pending.into_iter().for_each(|p| p.fail(&error));
+            }
+        }
+        if let Some(settings) = settings_update {
+            self.settings = settings;
+        }
+    }
+}
+
+/// Runs one job inside its own savepoint. A reload has no reply.
+fn run_job(
+    tx: &mut Transaction<'_>,
+    cipher: &SeedCipher,
+    settings: &Settings,
+    unknown: &mut UnknownNames,
+    job: Job,
+    now: u64,
+) -> Option<Pending> {
+    let context = Context { cipher, settings, now };
+    match job {
+        Job::Lookup { user, reply } => {
+            let result = in_savepoint(tx, |db| context.lookup(db, unknown, &user));
+            Some(Pending::Lookup(reply, result))
+        }
+        Job::Verify { user, code, reply } => {
+            let result = in_savepoint(tx, |db| context.verify(db, unknown, &user, &code));
+            Some(Pending::Verdict(reply, result))
+        }
+        Job::BackupResult { user, matched, reply } => {
+            let result = in_savepoint(tx, |db| context.finish_backup(db, unknown, &user, matched));
+            Some(Pending::Verdict(reply, result))
+        }
+        Job::Admin { op, reply } => {
+            let result = in_savepoint(tx, |db| crate::admin::run(&context, db, unknown, op));
+            let response = result.unwrap_or_else(|err| {
+                tracing::error!(error = %err.message, "admin request failed in the database");
+                internal_error()
+            });
+            Some(Pending::Response(reply, response))
+        }
+        Job::Reload { .. } => None,
+    }
+}
+
+/// A result that says whether the changes made to reach it should stay.
+trait KeepsChanges {
+    fn keeps_changes(&self) -> bool;
+}
+
+impl KeepsChanges for Lookup {
+    fn keeps_changes(&self) -> bool {
+        true
+    }
+}
+
+impl KeepsChanges for Verdict {
+    fn keeps_changes(&self) -> bool {
+        true
+    }
+}
+
+impl KeepsChanges for Response {
+    fn keeps_changes(&self) -> bool {
+        !matches!(self, Response::Error { .. })
+    }
+}
+
+/// Runs `work` in a savepoint that is rolled back if it fails, or if it
+/// returns an admin error (so a rejected import leaves nothing behind).
+fn in_savepoint<T: KeepsChanges>(
+    tx: &mut Transaction<'_>,
+    work: impl FnOnce(Db<'_>) -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    let savepoint = tx.savepoint().map_err(StoreError::from)?;
+    let result = work(Db(&savepoint));
+    if result.as_ref().is_ok_and(KeepsChanges::keeps_changes) {
+        savepoint.commit().map_err(StoreError::from)?;
+    } else {
+        // Dropping a savepoint rolls it back.
+        drop(savepoint);
+    }
+    result
+}
+
+/// What every decision of one batch shares.
+pub(crate) struct Context<'a> {
+    pub(crate) cipher: &'a SeedCipher,
+    pub(crate) settings: &'a Settings,
+    pub(crate) now: u64,
+}
+
+/// A token with its seed (and PIN) opened, ready to compute codes.
+pub(crate) struct OpenToken {
+    pub(crate) row: TokenRow,
+    pub(crate) params: freeauth_otp::Params,
+    pub(crate) seed: Secret,
+    pub(crate) pin: Option<Secret>,
+}
+
+impl Context<'_> {
+    fn policy(&self) -> Policy {
+        Policy {
+            lockout: self.settings.lockout,
+        }
+    }
+
+    fn lookup(&self, db: Db<'_>, unknown: &UnknownNames, user: &str) -> Result<Lookup, EngineError> {
+        let prompt = self.settings.prompt.clone();
+        let Some(account) = db.account(user)? else {
+            let locked = unknown.get(user).current(self.now).is_locked(self.now);
+            return Ok(Lookup {
+                enrolled: false,
+                locked,
+                prompt,
+            });
+        };
+        let enabled = db.tokens(account.id)?.iter().any(|t| t.enabled);
+        let backup = db.backup_codes_left(account.id)? > 0;
+        Ok(Lookup {
+            enrolled: enabled || backup,
+            locked: failures_of(&account).current(self.now).is_locked(self.now),
+            prompt,
+        })
+    }
+
+    fn verify(
+        &self,
+        db: Db<'_>,
+        unknown: &mut UnknownNames,
+        user: &str,
+        code: &SecretString,
+    ) -> Result<Verdict, EngineError> {
+        let Some(account) = db.account(user)? else {
+            return Ok(self.reject_unknown(unknown, user));
+        };
+        let failures = failures_of(&account).current(self.now);
+        if failures.is_locked(self.now) {
+            return Ok(self.verdict(Outcome::Locked, Reason::Locked, failures.count));
+        }
+        let tokens: Vec<TokenRow> = db.tokens(account.id)?.into_iter().filter(|t| t.enabled).collect();
+        let backup_left = db.backup_codes_left(account.id)?;
+        if tokens.is_empty() && backup_left == 0 {
+            return self.reject(db, &account, failures, Outcome::NoToken, Reason::NoActiveToken);
+        }
+        let mut reason = Reason::MalformedCode;
+        for row in tokens {
+            let token = self.open(row)?;
+            let Ok(typed) = Code::parse(code.expose(), token.params.charset()) else {
+                continue;
+            };
+            if typed.len() != token.params.code_len() {
+                continue;
+            }
+            reason = Reason::WrongCode;
+            if let Some(matched) = self.match_code(&token, &typed) {
+                return self.accept(db, &account, &token, matched);
+            }
+            if self.was_used(&token, &typed) {
+                reason = Reason::ReusedCode;
+            }
+        }
+        if backup_left > 0 && is_backup_code_shape(code.expose()) {
+            let salt = account.backup_salt.clone().unwrap_or_default();
+            let hashes = db.backup_codes(account.id)?;
+            let outcome = Outcome::CheckBackup { salt, hashes };
+            return Ok(Verdict {
+                outcome,
+                reason: Reason::BackupCodeNeeded,
+                failures: failures.count,
+                delay: Duration::ZERO,
+            });
+        }
+        self.reject(db, &account, failures, Outcome::Rejected, reason)
+    }
+
+    fn finish_backup(
+        &self,
+        db: Db<'_>,
+        unknown: &mut UnknownNames,
+        user: &str,
+        matched: Option<i64>,
+    ) -> Result<Verdict, EngineError> {
+        let Some(account) = db.account(user)? else {
+            return Ok(self.reject_unknown(unknown, user));
+        };
+        let failures = failures_of(&account).current(self.now);
+        if failures.is_locked(self.now) {
+            return Ok(self.verdict(Outcome::Locked, Reason::Locked, failures.count));
+        }
+        if let Some(code_id) = matched {
+            if db.consume_backup_code(code_id, account.id, self.now)? {
+                db.set_failures(account.id, 0, None)?;
+                return Ok(self.verdict(Outcome::Accepted, Reason::AcceptedBackupCode, 0));
+            }
+            return self.reject(db, &account, failures, Outcome::Rejected, Reason::ReusedCode);
+        }
+        self.reject(db, &account, failures, Outcome::Rejected, Reason::WrongCode)
+    }
+
+    pub(crate) fn open(&self, row: TokenRow) -> Result<OpenToken, EngineError> {
+        let unreadable = || EngineError {
+            message: format!("the seed of token {} cannot be decrypted with this key", row.id),
+        };
+        let seed = self
+            .cipher
+            .open(row.id, Field::Seed, &row.sealed_seed)
+            .ok_or_else(unreadable)?;
+        let pin = match &row.sealed_pin {
+            Some(sealed) => Some(self.cipher.open(row.id, Field::Pin, sealed).ok_or_else(unreadable)?),
+            None => None,
+        };
+        let params = freeauth_otp::Params {
+            kind: row.kind,
+            algorithm: row.algorithm,
+            digits: row.digits,
+            period: row.period,
+        };
+        Ok(OpenToken {
+            params,
+            seed: Secret::new(seed.to_vec()),
+            pin: pin.map(|pin| Secret::new(pin.to_vec())),
+            row,
+        })
+    }
+
+    pub(crate) fn window(&self, token: &OpenToken) -> Window {
+        let steps = match token.params.kind {
+            freeauth_otp::Kind::Motp => self.settings.windows.motp_steps,
+            _ => self.settings.windows.totp_steps,
+        };
+        Window {
+            steps,
+            hotp_lookahead: self.settings.windows.hotp_lookahead,
+        }
+    }
+
+    fn match_code(&self, token: &OpenToken, code: &Code) -> Option<Matched> {
+        let window = self.window(token);
+        freeauth_otp::verify(
+            &token.params,
+            &token.seed,
+            token.pin.as_ref(),
+            &token.row.state,
+            &window,
+            self.now,
+            code,
+        )
+    }
+
+    /// Whether `code` would have matched before the token's last use, so the
+    /// log can say "already used" instead of "wrong code".
+    fn was_used(&self, token: &OpenToken, code: &Code) -> bool {
+        let window = self.window(token);
+        let state = token.row.state;
+        let earlier = State {
+            counter: state.counter.saturating_sub(u64::from(window.hotp_lookahead) + 1),
+            last_step: None,
+            drift: state.drift,
+        };
+        let Some(matched) = freeauth_otp::verify(
+            &token.params,
+            &token.seed,
+            token.pin.as_ref(),
+            &earlier,
+            &window,
+            self.now,
+            code,
+        ) else {
+            return false;
+        };
+        match token.params.kind {
+            freeauth_otp::Kind::Hotp => matched.state.counter <= state.counter,
+            _ => matched.state.last_step <= state.last_step,
+        }
+    }
+
+    fn accept(
+        &self,
+        db: Db<'_>,
+        account: &Account,
+        token: &OpenToken,
+        matched: Matched,
+    ) -> Result<Verdict, EngineError> {
+        if !db.advance_token(token.row.id, &token.row.state, &matched.state, self.now)? {
+            // Only a second agent on a shared database can get here.
+            return self.reject(db, account, failures_of(account), Outcome::Rejected, Reason::ReusedCode);
+        }
+        if account.failures != 0 || account.locked_until.is_some() {
+            db.set_failures(account.id, 0, None)?;
+        }
+        let reason = Reason::AcceptedToken {
+            token: token.row.id,
+            offset: matched.offset,
+        };
+        Ok(self.verdict(Outcome::Accepted, reason, 0))
+    }
+
+    fn reject(
+        &self,
+        db: Db<'_>,
+        account: &Account,
+        before: Failures,
+        outcome: Outcome,
+        reason: Reason,
+    ) -> Result<Verdict, EngineError> {
+        let after = self.policy().after_failure(before, self.now);
+        db.set_failures(account.id, after.count, after.locked_until)?;
+        if after.is_locked(self.now) && !before.is_locked(self.now) {
+            tracing::warn!(target: "freeauth::auth", user = %account.name, failures = after.count, until = after.locked_until, "account locked after consecutive failures");
+        }
+        Ok(self.verdict(outcome, reason, after.count))
+    }
+
+    fn reject_unknown(&self, unknown: &mut UnknownNames, user: &str) -> Verdict {
+        let before = unknown.get(user).current(self.now);
+        if before.is_locked(self.now) {
+            return self.verdict(Outcome::NoToken, Reason::UnknownUser, before.count);
+        }
+        let after = self.policy().after_failure(before, self.now);
+        unknown.set(user, after);
+        self.verdict(Outcome::NoToken, Reason::UnknownUser, after.count)
+    }
+
+    fn verdict(&self, outcome: Outcome, reason: Reason, failures: u32) -> Verdict {
+        let delay = match outcome {
+            Outcome::Accepted => Duration::ZERO,
+            _ => self.policy().delay(failures.max(1)),
+        };
+        Verdict {
+            outcome,
+            reason,
+            failures,
+            delay,
+        }
+    }
+}
+
+pub(crate) fn failures_of(account: &Account) -> Failures {
+    Failures {
+        count: account.failures,
+        locked_until: account.locked_until,
+    }
+}
+
+/// Backup codes are 8 decimal digits, typed with or without a space.
+fn is_backup_code_shape(text: &str) -> bool {
+    Code::parse(text, freeauth_otp::Charset::Decimal).is_ok_and(|code| code.len() == 8)
+}
+
+/// Counts a finished verdict for `status`.
+pub fn count(stats: &Stats, outcome: &Outcome) {
+    let counter = match outcome {
+        Outcome::Accepted => &stats.accepted,
+        Outcome::CheckBackup { .. } => return,
+        _ => &stats.rejected,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}

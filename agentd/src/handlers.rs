@@ -1,0 +1,305 @@
+//! What each request does between the socket and the engine: permission and
+//! rate checks, backup-code hashing off the engine thread, the reply delay,
+//! what the caller may learn, and the log line of every decision.
+
+use std::sync::atomic::Ordering;
+
+use freeauth_proto::{ErrorKind, ImportEntry, Origin, Request, Response, SecretString, VerifyResult};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::admin::{AdminOp, BackupSet};
+use crate::engine::{self, internal_error, Job, Outcome, Verdict};
+use crate::keys::hash_backup_code;
+use crate::server::Task;
+
+/// Most backup codes one enrolment may create.
+pub const MAX_BACKUP_CODES: u32 = 100;
+
+fn unavailable() -> Response {
+    Response::Error {
+        kind: ErrorKind::Internal,
+        message: "the agent is shutting down or its engine failed; see its log".into(),
+    }
+}
+
+pub async fn lookup(task: &Task, user: String) -> Response {
+    if let Err(response) = task.check_caller(&user, None) {
+        return response;
+    }
+    match task.ask(|reply| Job::Lookup { user, reply }).await {
+        Some(Ok(lookup)) => Response::Account {
+            enrolled: lookup.enrolled,
+            locked: lookup.locked,
+            prompt: lookup.prompt,
+        },
+        Some(Err(_)) => internal_error(),
+        None => unavailable(),
+    }
+}
+
+pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origin) -> Response {
+    if let Err(response) = task.check_caller(&user, Some(&origin)) {
+        log_refusal(task, &user, &origin, &response);
+        return response;
+    }
+    let verdict = match decide(task, &user, code).await {
+        Ok(verdict) => verdict,
+        Err(response) => return response,
+    };
+    engine::count(&task.shared.stats, &verdict.outcome);
+    log_decision(task, &user, &origin, &verdict);
+    tokio::time::sleep_until((task.arrived + verdict.delay).into()).await;
+    let result = match verdict.outcome {
+        Outcome::Accepted => VerifyResult::Accepted,
+        _ if task.is_remote(&origin) => VerifyResult::Rejected,
+        Outcome::Locked => VerifyResult::Locked,
+        Outcome::NoToken => VerifyResult::NoToken,
+        Outcome::Rejected | Outcome::CheckBackup { .. } => VerifyResult::Rejected,
+    };
+    Response::Verdict { result }
+}
+
+/// Runs the engine's decision, including the backup-code round trip.
+async fn decide(task: &Task, user: &str, code: SecretString) -> Result<Verdict, Response> {
+    let first = task
+        .ask(|reply| Job::Verify {
+            user: user.to_owned(),
+            code: code.clone(),
+            reply,
+        })
+        .await
+        .ok_or_else(unavailable)?
+        .map_err(|_| internal_error())?;
+    let Outcome::CheckBackup { salt, hashes } = first.outcome else {
+        return Ok(first);
+    };
+    let matched = tokio::task::spawn_blocking(move || match_backup_code(&code, &salt, &hashes))
+        .await
+        .map_err(|_| internal_error())?;
+    task.ask(|reply| Job::BackupResult {
+        user: user.to_owned(),
+        matched,
+        reply,
+    })
+    .await
+    .ok_or_else(unavailable)?
+    .map_err(|_| internal_error())
+}
+
+/// Hashes `code` once with the user's salt and returns the id of the stored
+/// hash it equals, comparing every hash in constant time.
+fn match_backup_code(code: &SecretString, salt: &[u8], hashes: &[(i64, Vec<u8>)]) -> Option<i64> {
+    let digits = Zeroizing::new(code.expose().replace(' ', ""));
+    let hash = hash_backup_code(digits.trim(), salt)?;
+    let mut found = None;
+    for (id, stored) in hashes {
+        if bool::from(stored.as_slice().ct_eq(&hash[..])) {
+            found = Some(*id);
+        }
+    }
+    found
+}
+
+fn log_decision(task: &Task, user: &str, origin: &Origin, verdict: &Verdict) {
+    let result = match verdict.outcome {
+        Outcome::Accepted => "accepted",
+        _ => "rejected",
+    };
+    let reason = verdict.reason.describe();
+    let uid = task.caller.uid();
+    let failures = verdict.failures;
+    match origin {
+        Origin::Pam {
+            service,
+            rhost,
+            tty,
+            ruser,
+        } => tracing::info!(
+            target: "freeauth::auth", user, result, reason, failures, frontend = "pam", service,
+            rhost = rhost.as_deref().unwrap_or("-"), tty = tty.as_deref().unwrap_or("-"),
+            ruser = ruser.as_deref().unwrap_or("-"), uid, "verification"
+        ),
+        Origin::Radius {
+            client,
+            nas_identifier,
+            nas_ip,
+            calling_station,
+        } => tracing::info!(
+            target: "freeauth::auth", user, result, reason, failures, frontend = "radius", client,
+            nas_identifier = nas_identifier.as_deref().unwrap_or("-"), nas_ip = nas_ip.as_deref().unwrap_or("-"),
+            calling_station = calling_station.as_deref().unwrap_or("-"), uid, "verification"
+        ),
+        Origin::Admin {} => {
+            tracing::info!(target: "freeauth::auth", user, result, reason, failures, frontend = "admin", uid, "verification")
+        }
+    }
+}
+
+fn log_refusal(task: &Task, user: &str, origin: &Origin, response: &Response) {
+    if let Response::Error { message, .. } = response {
+        let frontend = match origin {
+            Origin::Pam { .. } => "pam",
+            Origin::Radius { .. } => "radius",
+            Origin::Admin {} => "admin",
+        };
+        tracing::warn!(target: "freeauth::auth", user, frontend, uid = task.caller.uid(), reason = %message, "verification refused");
+    }
+}
+
+/// Serves a request that arrived on the admin socket.
+pub async fn admin(task: &Task, request: Request) -> Response {
+    let op = match into_op(request).await {
+        Ok(op) => op,
+        Err(response) => return response,
+    };
+    let codes = op.1;
+    let response = task
+        .ask(|reply| Job::Admin { op: op.0, reply })
+        .await
+        .unwrap_or_else(unavailable);
+    match response {
+        Response::Enrolled { user, token, .. } => Response::Enrolled {
+            user,
+            token,
+            backup_codes: codes,
+        },
+        Response::Status { mut status } => {
+            let stats = &task.shared.stats;
+            status.version = env!("CARGO_PKG_VERSION").to_owned();
+            status.uptime_seconds = task.shared.started.elapsed().as_secs();
+            status.accepted = stats.accepted.load(Ordering::Relaxed);
+            status.rejected = stats.rejected.load(Ordering::Relaxed);
+            status.open_connections = stats.open_connections.load(Ordering::Relaxed);
+            status.database = task.shared.database.clone();
+            Response::Status { status }
+        }
+        other => other,
+    }
+}
+
+type Prepared = (AdminOp, Vec<SecretString>);
+
+/// Turns a request into an engine operation, hashing backup codes first.
+async fn into_op(request: Request) -> Result<Prepared, Response> {
+    let op = match request {
+        Request::Enroll {
+            user,
+            token,
+            backup_codes,
+        } => return prepare_enroll(user, token, backup_codes).await,
+        Request::Import { entries } => return prepare_import(entries).await,
+        Request::List {} => AdminOp::List,
+        Request::Show { user } => AdminOp::Show { user },
+        Request::SetEnabled { user, token, enabled } => AdminOp::SetEnabled { user, token, enabled },
+        Request::Remove { user, token } => AdminOp::Remove { user, token },
+        Request::Resync {
+            user,
+            token,
+            first,
+            second,
+        } => AdminOp::Resync {
+            user,
+            token,
+            first,
+            second,
+        },
+        Request::Unlock { user } => AdminOp::Unlock { user },
+        Request::Status {} => AdminOp::Counts,
+        Request::Lookup { .. } | Request::Verify { .. } => return Err(internal_error()),
+    };
+    Ok((op, Vec::new()))
+}
+
+async fn prepare_enroll(user: String, token: freeauth_proto::NewToken, count: u32) -> Result<Prepared, Response> {
+    if count > MAX_BACKUP_CODES {
+        return Err(invalid(format!("at most {MAX_BACKUP_CODES} backup codes per user")));
+    }
+    if count == 0 {
+        return Ok((
+            AdminOp::Enroll {
+                user,
+                token,
+                backup: None,
+            },
+            Vec::new(),
+        ));
+    }
+    let codes = (0..count)
+        .map(|_| random_backup_code())
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(internal_error)?;
+    let backup = hash_set(codes.clone()).await?;
+    Ok((
+        AdminOp::Enroll {
+            user,
+            token,
+            backup: Some(backup),
+        },
+        codes,
+    ))
+}
+
+async fn prepare_import(entries: Vec<ImportEntry>) -> Result<Prepared, Response> {
+    let mut tokens = Vec::with_capacity(entries.len());
+    let mut codes_by_user: Vec<(String, Vec<SecretString>)> = Vec::new();
+    for entry in entries {
+        if !entry.backup_codes.is_empty() {
+            for code in &entry.backup_codes {
+                if code.expose().len() != 8 || !code.expose().bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(invalid(format!(
+                        "backup codes of {} must be 8 digits; nothing was imported",
+                        entry.user
+                    )));
+                }
+            }
+            match codes_by_user.iter_mut().find(|(user, _)| *user == entry.user) {
+                Some((_, codes)) => codes.extend(entry.backup_codes),
+                None => codes_by_user.push((entry.user.clone(), entry.backup_codes)),
+            }
+        }
+        tokens.push((entry.user, entry.token));
+    }
+    let mut backups = Vec::with_capacity(codes_by_user.len());
+    for (user, codes) in codes_by_user {
+        backups.push((user, hash_set(codes).await?));
+    }
+    Ok((AdminOp::Import { tokens, backups }, Vec::new()))
+}
+
+/// Hashes `codes` under a fresh salt on a blocking thread.
+async fn hash_set(codes: Vec<SecretString>) -> Result<BackupSet, Response> {
+    tokio::task::spawn_blocking(move || {
+        let mut salt = vec![0u8; 16];
+        getrandom::getrandom(&mut salt).ok()?;
+        let hashes = codes
+            .iter()
+            .map(|code| hash_backup_code(code.expose(), &salt))
+            .collect::<Option<Vec<_>>>()?;
+        Some(BackupSet { salt, hashes })
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or_else(internal_error)
+}
+
+/// A uniformly random 8-digit code.
+fn random_backup_code() -> Option<SecretString> {
+    loop {
+        let mut bytes = [0u8; 4];
+        getrandom::getrandom(&mut bytes).ok()?;
+        let value = u32::from_be_bytes(bytes);
+        // Reject the top of the range so that every code is equally likely.
+        if value < 4_200_000_000 {
+            return Some(SecretString::new(format!("{:08}", value % 100_000_000)));
+        }
+    }
+}
+
+fn invalid(message: String) -> Response {
+    Response::Error {
+        kind: ErrorKind::Invalid,
+        message,
+    }
+}

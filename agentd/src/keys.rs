@@ -1,0 +1,298 @@
+//! The seed encryption key and what it protects.
+//!
+//! Seeds and Mobile-OTP PINs are sealed with ChaCha20-Poly1305 under a 32-byte
+//! key kept in its own file, so the database alone reveals no seed. The
+//! associated data binds each sealed value to its token id and field, so a
+//! value copied into another row fails to open. Backup codes are not
+//! encrypted but hashed with Argon2id and a per-user salt, so neither the
+//! database nor the key file reveals them.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use zeroize::Zeroizing;
+
+const KEY_LEN: usize = 32;
+const NONCE_LEN: usize = 12;
+const SEALED_VERSION: u8 = 1;
+
+/// Failure to load, create or use the seed key.
+#[derive(Debug)]
+pub enum KeyError {
+    Io { path: String, source: std::io::Error },
+    Unsafe { path: String, reason: String },
+    Malformed { path: String },
+    Random,
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyError::Io { path, source } => write!(f, "seed key {path}: {source}"),
+            KeyError::Unsafe { path, reason } => write!(f, "seed key {path} is unsafe: {reason}"),
+            KeyError::Malformed { path } => write!(
+                f,
+                "seed key {path} is malformed: expected 64 hexadecimal characters (32 bytes)"
+            ),
+            KeyError::Random => write!(f, "the operating system's random generator failed"),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// Seals and opens seeds. No `Debug`, and the key is wiped on drop.
+pub struct SeedCipher {
+    cipher: ChaCha20Poly1305,
+}
+
+/// Which secret of a token a sealed value holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Seed,
+    Pin,
+    /// The marker that tells at start-up whether the key fits the database.
+    KeyCheck,
+}
+
+impl Field {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Field::Seed => b"seed",
+            Field::Pin => b"pin",
+            Field::KeyCheck => b"key-check",
+        }
+    }
+}
+
+impl SeedCipher {
+    /// Builds a cipher from raw key bytes.
+    pub fn new(key: &[u8; KEY_LEN]) -> SeedCipher {
+        SeedCipher {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
+        }
+    }
+
+    /// Loads the key file after checking that only its owner, the agent's
+    /// user, can read it.
+    pub fn load(path: &Path) -> Result<SeedCipher, KeyError> {
+        check_private_file(path)?;
+        let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyError::Io {
+            path: path.display().to_string(),
+            source,
+        })?);
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        decode_hex_key(text.trim(), &mut key).ok_or_else(|| KeyError::Malformed {
+            path: path.display().to_string(),
+        })?;
+        Ok(SeedCipher::new(&key))
+    }
+
+    /// Writes a new random key to `path` with mode 0600; fails if it exists.
+    pub fn create(path: &Path) -> Result<(), KeyError> {
+        let io_error = |source| KeyError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        getrandom::getrandom(key.as_mut()).map_err(|_| KeyError::Random)?;
+        let mut text = Zeroizing::new(String::with_capacity(2 * KEY_LEN + 1));
+        for byte in key.iter() {
+            text.push_str(&format!("{byte:02x}"));
+        }
+        text.push('\n');
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_error)?;
+        file.write_all(text.as_bytes()).map_err(io_error)?;
+        file.sync_all().map_err(io_error)?;
+        Ok(())
+    }
+
+    /// Encrypts `plain` for token `token_id`.
+    pub fn seal(&self, token_id: i64, field: Field, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::getrandom(&mut nonce).map_err(|_| KeyError::Random)?;
+        let aad = associated_data(token_id, field);
+        let payload = Payload { msg: plain, aad: &aad };
+        let sealed = self
+            .cipher
+            .encrypt(Nonce::from_slice(&nonce), payload)
+            .map_err(|_| KeyError::Random)?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+        out.push(SEALED_VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Decrypts a value sealed for `token_id`; `None` if it was altered,
+    /// moved to another row, or sealed under another key.
+    pub fn open(&self, token_id: i64, field: Field, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        let (&version, rest) = sealed.split_first()?;
+        if version != SEALED_VERSION || rest.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, body) = rest.split_at(NONCE_LEN);
+        let aad = associated_data(token_id, field);
+        let payload = Payload { msg: body, aad: &aad };
+        self.cipher
+            .decrypt(Nonce::from_slice(nonce), payload)
+            .ok()
+            .map(Zeroizing::new)
+    }
+}
+
+fn associated_data(token_id: i64, field: Field) -> Vec<u8> {
+    let mut aad = b"freeauth-v1/".to_vec();
+    aad.extend_from_slice(field.label());
+    aad.push(b'/');
+    aad.extend_from_slice(&token_id.to_be_bytes());
+    aad
+}
+
+fn decode_hex_key(text: &str, key: &mut [u8; KEY_LEN]) -> Option<()> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 2 * KEY_LEN {
+        return None;
+    }
+    for (slot, pair) in key.iter_mut().zip(bytes.chunks_exact(2)) {
+        let high = (pair[0] as char).to_digit(16)?;
+        let low = (pair[1] as char).to_digit(16)?;
+        *slot = u8::try_from(high * 16 + low).ok()?;
+    }
+    Some(())
+}
+
+/// Fails unless `path` is a regular file owned by this process's user and
+/// not accessible to group or others.
+pub fn check_private_file(path: &Path) -> Result<(), KeyError> {
+    let unsafe_because = |reason: String| KeyError::Unsafe {
+        path: path.display().to_string(),
+        reason,
+    };
+    let meta = fs::symlink_metadata(path).map_err(|source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if !meta.file_type().is_file() {
+        return Err(unsafe_because("not a regular file".into()));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(unsafe_because(format!(
+            "owned by uid {} but the agent runs as uid {euid}; run `chown {euid} {}`",
+            meta.uid(),
+            path.display()
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(unsafe_because(format!(
+            "mode {mode:04o} lets other users read it; run `chmod 600 {}`",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Argon2id cost for backup codes: 8 MiB and 2 passes, about 20 ms on one
+/// core of a 2020s server (an estimate; the benchmark page has the figure).
+/// An 8-digit code has 10^8 values, so testing all of them against one
+/// stolen user's hashes takes on the order of a core-month.
+fn backup_hasher() -> Option<Argon2<'static>> {
+    let params = Params::new(8 * 1024, 2, 1, Some(32)).ok()?;
+    Some(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+/// Hashes a normalised backup code with the user's salt.
+pub fn hash_backup_code(code: &str, salt: &[u8]) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    backup_hasher()?
+        .hash_password_into(code.as_bytes(), salt, &mut out)
+        .ok()?;
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn cipher() -> SeedCipher {
+        SeedCipher::new(&[7u8; KEY_LEN])
+    }
+
+    #[test]
+    fn opens_what_it_sealed() {
+        let sealed = cipher().seal(5, Field::Seed, b"seed bytes").unwrap();
+        assert_eq!(
+            cipher().open(5, Field::Seed, &sealed).unwrap().as_slice(),
+            b"seed bytes"
+        );
+    }
+
+    #[test]
+    fn refuses_value_moved_to_other_row_or_field() {
+        let sealed = cipher().seal(5, Field::Seed, b"seed bytes").unwrap();
+        assert!(cipher().open(6, Field::Seed, &sealed).is_none());
+        assert!(cipher().open(5, Field::Pin, &sealed).is_none());
+    }
+
+    #[test]
+    fn refuses_other_key_and_tampering() {
+        let mut sealed = cipher().seal(5, Field::Seed, b"seed bytes").unwrap();
+        assert!(SeedCipher::new(&[8u8; KEY_LEN]).open(5, Field::Seed, &sealed).is_none());
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        assert!(cipher().open(5, Field::Seed, &sealed).is_none());
+        assert!(cipher().open(5, Field::Seed, &[]).is_none());
+        assert!(cipher().open(5, Field::Seed, &[1, 2, 3]).is_none());
+    }
+
+    #[test]
+    fn creates_private_key_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seed.key");
+        SeedCipher::create(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(SeedCipher::load(&path).is_ok());
+        assert!(SeedCipher::create(&path).is_err());
+    }
+
+    #[test]
+    fn refuses_key_readable_by_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seed.key");
+        SeedCipher::create(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = SeedCipher::load(&path).err().unwrap().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn refuses_malformed_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seed.key");
+        fs::write(&path, "not hex\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(SeedCipher::load(&path), Err(KeyError::Malformed { .. })));
+    }
+
+    #[test]
+    fn backup_hash_depends_on_salt() {
+        let one = hash_backup_code("12345678", b"salt-number-one!").unwrap();
+        let two = hash_backup_code("12345678", b"salt-number-two!").unwrap();
+        assert_ne!(one, two);
+        assert_eq!(one, hash_backup_code("12345678", b"salt-number-one!").unwrap());
+    }
+}

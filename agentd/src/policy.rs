@@ -1,0 +1,153 @@
+//! Brute-force policy: how long a rejected caller waits, and when an account
+//! locks. The same rules apply to accounts that do not exist (counted in
+//! memory), so a remote party cannot tell them apart by timing or by lock.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::config::Lockout;
+
+/// Consecutive failure count and lock of one account.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Failures {
+    pub count: u32,
+    pub locked_until: Option<u64>,
+}
+
+impl Failures {
+    /// Whether the lock is in force at `now`.
+    pub fn is_locked(&self, now: u64) -> bool {
+        self.locked_until.is_some_and(|until| until > now)
+    }
+
+    /// The state to use at `now`: an expired lock starts a fresh count.
+    pub fn current(self, now: u64) -> Failures {
+        match self.locked_until {
+            Some(until) if until <= now => Failures::default(),
+            _ => self,
+        }
+    }
+}
+
+/// Applies the configured [`Lockout`].
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub lockout: Lockout,
+}
+
+impl Policy {
+    /// The count and lock after one more failure at `now`.
+    pub fn after_failure(&self, before: Failures, now: u64) -> Failures {
+        let count = before.count.saturating_add(1);
+        let threshold = self.lockout.threshold;
+        let locked_until = if threshold > 0 && count >= threshold {
+            Some(now.saturating_add(self.lockout.lock_duration.as_secs()))
+        } else {
+            before.locked_until
+        };
+        Failures { count, locked_until }
+    }
+
+    /// Delay before the reply to a rejection, given the count after it:
+    /// `failure_delay` doubled for each earlier consecutive failure, capped.
+    pub fn delay(&self, count: u32) -> Duration {
+        let doublings = count.saturating_sub(1).min(20);
+        let delay = self.lockout.failure_delay.saturating_mul(1u32 << doublings);
+        delay.min(self.lockout.max_failure_delay)
+    }
+}
+
+/// Failure counts of names that have no account. Kept in memory only, so a
+/// restart forgets them, and bounded so a flood of made-up names cannot
+/// exhaust memory.
+#[derive(Debug, Default)]
+pub struct UnknownNames {
+    counts: HashMap<String, Failures>,
+}
+
+/// Most names tracked at once; the table is emptied when it is full.
+const MAX_UNKNOWN_NAMES: usize = 65_536;
+
+impl UnknownNames {
+    pub fn get(&self, name: &str) -> Failures {
+        self.counts.get(name).copied().unwrap_or_default()
+    }
+
+    pub fn set(&mut self, name: &str, failures: Failures) {
+        if self.counts.len() >= MAX_UNKNOWN_NAMES && !self.counts.contains_key(name) {
+            // NOTE: emptying the table resets every count at once; an attacker
+            // who floods names gets fresh delays for them, but never a way
+            // into an account, since unknown names have nothing to guess.
+            self.counts.clear();
+        }
+        self.counts.insert(name.to_owned(), failures);
+    }
+
+    pub fn forget(&mut self, name: &str) {
+        self.counts.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            lockout: Lockout {
+                failure_delay: Duration::from_millis(500),
+                max_failure_delay: Duration::from_secs(8),
+                threshold: 3,
+                lock_duration: Duration::from_secs(900),
+            },
+        }
+    }
+
+    #[test]
+    fn delay_doubles_then_caps() {
+        let delays: Vec<u64> = (1..=7).map(|n| policy().delay(n).as_millis() as u64).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 8000, 8000]);
+        assert_eq!(policy().delay(u32::MAX), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn locks_at_threshold_and_expires() {
+        let mut failures = Failures::default();
+        for _ in 0..2 {
+            failures = policy().after_failure(failures, 1000);
+            assert!(!failures.is_locked(1000));
+        }
+        failures = policy().after_failure(failures, 1000);
+        assert_eq!(failures.locked_until, Some(1900));
+        assert!(failures.is_locked(1899));
+        assert!(!failures.is_locked(1900));
+        assert_eq!(failures.current(1900), Failures::default());
+        assert_eq!(failures.current(1899), failures);
+    }
+
+    #[test]
+    fn zero_threshold_never_locks() {
+        let mut no_lock = policy();
+        no_lock.lockout.threshold = 0;
+        let mut failures = Failures::default();
+        for _ in 0..100 {
+            failures = no_lock.after_failure(failures, 5);
+        }
+        assert!(!failures.is_locked(5));
+    }
+
+    #[test]
+    fn unknown_names_are_bounded() {
+        let mut names = UnknownNames::default();
+        for i in 0..(MAX_UNKNOWN_NAMES + 10) {
+            names.set(
+                &format!("user{i}"),
+                Failures {
+                    count: 1,
+                    locked_until: None,
+                },
+            );
+        }
+        assert!(names.counts.len() <= MAX_UNKNOWN_NAMES);
+    }
+}

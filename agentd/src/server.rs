@@ -1,0 +1,323 @@
+//! The two Unix sockets: accepting connections, checking the peer, reading
+//! frames, and turning requests into engine jobs.
+//!
+//! Each connection has a reader loop and a writer task. Requests run as
+//! separate tasks, so one connection may have up to `max_in_flight` of them
+//! pending (the RADIUS bridge pipelines), and replies go out in the order
+//! they complete. A peer that sends a bad frame gets one error reply and is
+//! disconnected; a peer that stalls in the middle of a frame is cut off after
+//! `io_timeout`. Neither affects other connections.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use freeauth_proto::frame::{self, FrameError, HEADER_LEN};
+use freeauth_proto::{
+    ErrorKind, Hello, HelloReply, Origin, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedReadHalf;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::access::{Caller, RateLimiter, Rules};
+use crate::config::Server;
+use crate::engine::{Job, Stats};
+use crate::handlers;
+use crate::loglimit::LogLimiter;
+
+/// Which socket a connection came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketKind {
+    Agent,
+    Admin,
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    pub jobs: mpsc::Sender<Job>,
+    pub stats: Arc<Stats>,
+    pub rules: RwLock<Arc<Rules>>,
+    pub server: Server,
+    pub rate: Mutex<RateLimiter>,
+    pub log_limit: LogLimiter,
+    pub connections: Arc<Semaphore>,
+    pub started: Instant,
+    pub database: String,
+}
+
+impl Shared {
+    pub fn rules(&self) -> Arc<Rules> {
+        match self.rules.read() {
+            Ok(rules) => Arc::clone(&rules),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn set_rules(&self, rules: Rules) {
+        let mut guard = match self.rules.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Arc::new(rules);
+    }
+}
+
+/// Serves one accepted connection to its end.
+pub async fn serve(stream: UnixStream, kind: SocketKind, shared: Arc<Shared>) {
+    let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
+        shared
+            .log_limit
+            .warn("connections", "connection refused: max_connections reached");
+        return;
+    };
+    let Some(caller) = identify(&stream, kind, &shared) else {
+        return;
+    };
+    shared.stats.open_connections.fetch_add(1, Ordering::Relaxed);
+    if let Err(err) = converse(stream, kind, caller.clone(), &shared).await {
+        match err {
+            FrameError::Closed => {}
+            other => shared.log_limit.warn(
+                "bad-peer",
+                &format!("connection from uid {} ended: {other}", caller.uid()),
+            ),
+        }
+    }
+    shared.stats.open_connections.fetch_sub(1, Ordering::Relaxed);
+    drop(permit);
+}
+
+fn identify(stream: &UnixStream, kind: SocketKind, shared: &Shared) -> Option<Caller> {
+    let cred = match stream.peer_cred() {
+        Ok(cred) => cred,
+        Err(err) => {
+            shared
+                .log_limit
+                .warn("peer-cred", &format!("cannot read peer credentials: {err}"));
+            return None;
+        }
+    };
+    let rules = shared.rules();
+    match kind {
+        SocketKind::Agent => Some(rules.agent_caller(cred.uid())),
+        SocketKind::Admin if rules.is_admin(cred.uid(), cred.gid(), cred.pid()) => {
+            Some(Caller::Admin { uid: cred.uid() })
+        }
+        SocketKind::Admin => {
+            shared.log_limit.warn(
+                "admin-denied",
+                &format!(
+                    "admin connection from uid {} refused: not root, the agent's user or the admin group",
+                    cred.uid()
+                ),
+            );
+            None
+        }
+    }
+}
+
+async fn converse(
+    stream: UnixStream,
+    kind: SocketKind,
+    caller: Caller,
+    shared: &Arc<Shared>,
+) -> Result<(), FrameError> {
+    let (mut reader, mut writer) = stream.into_split();
+    let timeout = shared.server.io_timeout;
+    let hello: Hello = read_frame(&mut reader, timeout, true).await?;
+    let accepted = hello.version == PROTOCOL_VERSION;
+    let reply = if accepted {
+        HelloReply::Welcome {
+            version: PROTOCOL_VERSION,
+            agent: format!("freeauth-agentd {}", env!("CARGO_PKG_VERSION")),
+        }
+    } else {
+        HelloReply::Unsupported {
+            supported: PROTOCOL_VERSION,
+        }
+    };
+    writer.write_all(&frame::encode(&reply)?).await?;
+    if !accepted {
+        return Err(FrameError::Malformed {
+            reason: format!("client {:?} speaks protocol version {}", hello.client, hello.version),
+        });
+    }
+
+    let (replies, mut outgoing) = mpsc::channel::<Vec<u8>>(64);
+    let write_task = tokio::spawn(async move {
+        while let Some(bytes) = outgoing.recv().await {
+            let bytes = zeroize::Zeroizing::new(bytes);
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let in_flight = Arc::new(Semaphore::new(shared.server.max_in_flight));
+    let result = loop {
+        let frame: RequestFrame = match read_frame(&mut reader, timeout, false).await {
+            Ok(frame) => frame,
+            Err(err) => break Err(err),
+        };
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            break Ok(());
+        };
+        let task = Task {
+            shared: Arc::clone(shared),
+            caller: caller.clone(),
+            kind,
+            arrived: Instant::now(),
+        };
+        let replies = replies.clone();
+        tokio::spawn(async move {
+            let response = task.handle(frame.request).await;
+            let reply = ResponseFrame { id: frame.id, response };
+            if let Ok(bytes) = frame::encode(&reply) {
+                let _ = replies.send(bytes).await;
+            }
+            drop(permit);
+        });
+    };
+    if let Err(err @ (FrameError::Malformed { .. } | FrameError::BadLength { .. })) = &result {
+        let reply = ResponseFrame {
+            id: 0,
+            response: Response::Error {
+                kind: ErrorKind::Malformed,
+                message: format!("malformed request, closing the connection: {err}"),
+            },
+        };
+        if let Ok(bytes) = frame::encode(&reply) {
+            let _ = replies.send(bytes).await;
+        }
+    }
+    // Let requests already in flight finish and reply before closing.
+    let _ = in_flight
+        .acquire_many(u32::try_from(shared.server.max_in_flight).unwrap_or(u32::MAX))
+        .await;
+    drop(replies);
+    let _ = write_task.await;
+    result
+}
+
+/// Reads one frame. Between frames the peer may stay idle as long as it
+/// likes unless `first` is set; once a frame has begun, it must arrive whole
+/// within `timeout`.
+async fn read_frame<T: serde::de::DeserializeOwned>(
+    reader: &mut OwnedReadHalf,
+    timeout: Duration,
+    first: bool,
+) -> Result<T, FrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    let got = if first {
+        tokio::time::timeout(timeout, reader.read(&mut header[..1]))
+            .await
+            .map_err(|_| timed_out("hello"))??
+    } else {
+        reader.read(&mut header[..1]).await?
+    };
+    if got == 0 {
+        return Err(FrameError::Closed);
+    }
+    let rest = async {
+        reader
+            .read_exact(&mut header[1..])
+            .await
+            .map_err(|err| truncated(err, 1, HEADER_LEN))?;
+        let length = frame::body_len(header)?;
+        let mut body = zeroize::Zeroizing::new(vec![0u8; length]);
+        reader
+            .read_exact(&mut body)
+            .await
+            .map_err(|err| truncated(err, 0, length))?;
+        frame::decode(&body)
+    };
+    tokio::time::timeout(timeout, rest)
+        .await
+        .map_err(|_| timed_out("frame"))?
+}
+
+fn timed_out(what: &str) -> FrameError {
+    FrameError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("peer stalled: {what} not complete within io_timeout"),
+    ))
+}
+
+fn truncated(err: std::io::Error, received: usize, expected: usize) -> FrameError {
+    if err.kind() == std::io::ErrorKind::UnexpectedEof {
+        FrameError::Truncated { received, expected }
+    } else {
+        FrameError::Io(err)
+    }
+}
+
+/// One request being served.
+pub struct Task {
+    pub shared: Arc<Shared>,
+    pub caller: Caller,
+    pub kind: SocketKind,
+    pub arrived: Instant,
+}
+
+impl Task {
+    async fn handle(self, request: Request) -> Response {
+        match (self.kind, request) {
+            (_, Request::Lookup { user }) => handlers::lookup(&self, user).await,
+            (_, Request::Verify { user, code, origin }) => handlers::verify(&self, user, code, origin).await,
+            (SocketKind::Admin, request) => handlers::admin(&self, request).await,
+            (SocketKind::Agent, _) => forbidden("management requests are served on the admin socket only"),
+        }
+    }
+
+    /// Sends a job to the engine and waits for its reply.
+    pub async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.shared.jobs.send(job(reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Whether this caller may ask about `user` with `origin`; the error
+    /// response otherwise.
+    pub fn check_caller(&self, user: &str, origin: Option<&Origin>) -> Result<(), Response> {
+        match (&self.caller, origin) {
+            (Caller::Admin { .. }, _)
+            | (Caller::Trusted { .. }, Some(Origin::Pam { .. } | Origin::Radius { .. }) | None) => Ok(()),
+            (Caller::Bridge { .. }, Some(Origin::Radius { .. })) => Ok(()),
+            (Caller::Local { name, .. }, None | Some(Origin::Pam { .. })) if name == user => self.check_rate(),
+            (Caller::Local { .. }, _) => Err(forbidden("a local user may ask only about its own account")),
+            _ => Err(forbidden("this caller may not make this request")),
+        }
+    }
+
+    fn check_rate(&self) -> Result<(), Response> {
+        let per_minute = self.shared.rules().local_requests_per_minute;
+        let mut limiter = match self.shared.rate.lock() {
+            Ok(limiter) => limiter,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if limiter.allow(self.caller.uid(), per_minute, Instant::now()) {
+            return Ok(());
+        }
+        Err(Response::Error {
+            kind: ErrorKind::RateLimited,
+            message: format!(
+                "more than {per_minute} requests per minute from uid {}; try again later",
+                self.caller.uid()
+            ),
+        })
+    }
+
+    /// Whether the caller gets only accept or reject (a remote party).
+    pub fn is_remote(&self, origin: &Origin) -> bool {
+        matches!(self.caller, Caller::Bridge { .. }) || matches!(origin, Origin::Radius { .. })
+    }
+}
+
+/// The response for a request the caller may not make.
+pub fn forbidden(message: &str) -> Response {
+    Response::Error {
+        kind: ErrorKind::Forbidden,
+        message: message.to_owned(),
+    }
+}

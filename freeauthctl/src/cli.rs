@@ -1,0 +1,140 @@
+//! Command-line syntax of `freeauthctl`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Manage FreeAuth one-time-password tokens through the agent's admin socket.
+///
+/// Exit status: 0 success, 1 `verify` rejected the code, 2 error.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Args {
+    /// Agent configuration file; the admin socket path is read from it.
+    #[arg(long, short, global = true, default_value = "/etc/freeauth/agentd.toml")]
+    pub config: PathBuf,
+    /// Print results as JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the state folder and the seed key if they are missing.
+    Init,
+    /// Add a token to USER and print its otpauth:// URI and QR code once.
+    Enroll(EnrollArgs),
+    /// List users with tokens.
+    List,
+    /// Show one user's tokens, drift, failures and lock (never the seed).
+    Show { user: String },
+    /// Disable USER's tokens (all, or one with --token).
+    Disable(TokenSelect),
+    /// Enable USER's tokens (all, or one with --token).
+    Enable(TokenSelect),
+    /// Remove USER with all tokens and backup codes, or one token with --token.
+    Remove(TokenSelect),
+    /// Resynchronise a token from two consecutive codes.
+    Resync {
+        user: String,
+        first: String,
+        second: String,
+        /// Token id (from `show`); default: any token of USER that matches.
+        #[arg(long)]
+        token: Option<u64>,
+    },
+    /// Clear USER's failure count and lock.
+    Unlock { user: String },
+    /// Check CODE for USER as a login would, consuming it when accepted.
+    /// Give `-` to read the code from standard input.
+    Verify { user: String, code: String },
+    /// Import tokens from another OTP system; nothing is imported if any line is invalid.
+    Import(ImportArgs),
+    /// Show the agent's counters.
+    Status,
+    /// Check the configuration file and the key and state permissions.
+    CheckConfig,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TokenSelect {
+    pub user: String,
+    /// Token id (from `show`); default: all tokens of USER.
+    #[arg(long)]
+    pub token: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TokenType {
+    Totp,
+    Hotp,
+    Motp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HashName {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EnrollArgs {
+    pub user: String,
+    /// Token type.
+    #[arg(long = "type", value_enum, default_value = "totp")]
+    pub kind: TokenType,
+    /// HMAC hash (HOTP and TOTP).
+    #[arg(long, value_enum, default_value = "sha1")]
+    pub algorithm: HashName,
+    /// Code length (6 or 8; Mobile-OTP always 6).
+    #[arg(long, default_value_t = 6)]
+    pub digits: u8,
+    /// TOTP time step in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub period: u32,
+    /// First HOTP counter to accept.
+    #[arg(long, default_value_t = 0)]
+    pub counter: u64,
+    /// Mobile-OTP PIN (4 to 16 digits). Give `-` to read it from standard input.
+    #[arg(long)]
+    pub pin: Option<String>,
+    /// Existing secret in base32 (as shown by authenticator apps).
+    #[arg(long, conflicts_with_all = ["secret_hex", "uri"])]
+    pub secret: Option<String>,
+    /// Existing secret in hexadecimal (hardware tokens, Mobile-OTP).
+    #[arg(long, conflicts_with_all = ["secret", "uri"])]
+    pub secret_hex: Option<String>,
+    /// Existing token as an otpauth:// URI; its type, hash, digits and period win.
+    #[arg(long, conflicts_with_all = ["secret", "secret_hex"])]
+    pub uri: Option<String>,
+    /// Free text shown by list and show (device name, issuer).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Also create N one-use 8-digit backup codes (replacing earlier ones).
+    #[arg(long, default_value_t = 0)]
+    pub backup_codes: u32,
+    /// Do not print the QR code.
+    #[arg(long)]
+    pub no_qr: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImportFormat {
+    /// A ~/.google_authenticator file of one user (google-authenticator-libpam).
+    GoogleAuthenticator,
+    /// An oath-toolkit users file (pam_oath's users.oath).
+    Oath,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    #[arg(long, value_enum)]
+    pub format: ImportFormat,
+    /// For google-authenticator: the user the file belongs to, then the file.
+    /// For oath: the file only.
+    #[arg(required = true, num_args = 1..=2)]
+    pub operands: Vec<String>,
+}

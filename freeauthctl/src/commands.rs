@@ -1,0 +1,283 @@
+//! One function per command: build the request, send it, print the answer.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use freeauth_agentd::config::Config;
+use freeauth_otp::{Algorithm, Kind, Secret};
+use freeauth_proto::{
+    Client, HashAlgorithm, NewToken, Origin, Request, Response, SecretString, TokenKind, VerifyResult,
+};
+use freeauthctl::otpauth::{format_uri, parse_uri, render_qr, TokenDescription};
+use zeroize::Zeroizing;
+
+use crate::cli::{Args, Command, EnrollArgs, HashName, TokenSelect, TokenType};
+use crate::output;
+
+/// Time to wait for each answer; a verification may be delayed by the
+/// agent's brute-force policy for several seconds.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A failed command, printed as `freeauthctl: MESSAGE`; exit code 2.
+pub type CommandError = String;
+
+pub fn run(args: Args) -> Result<ExitCode, CommandError> {
+    let config = Config::load(&args.config).map_err(|err| err.to_string())?;
+    let json = args.json;
+    match args.command {
+        Command::Init => init(&config),
+        Command::CheckConfig => check_config(&config),
+        Command::Enroll(enroll_args) => enroll(&config, enroll_args, json),
+        Command::List => simple(&config, Request::List {}, json),
+        Command::Show { user } => simple(&config, Request::Show { user }, json),
+        Command::Disable(select) => set_enabled(&config, select, false, json),
+        Command::Enable(select) => set_enabled(&config, select, true, json),
+        Command::Remove(TokenSelect { user, token }) => simple(&config, Request::Remove { user, token }, json),
+        Command::Resync {
+            user,
+            first,
+            second,
+            token,
+        } => {
+            let request = Request::Resync {
+                user,
+                token,
+                first: SecretString::new(first),
+                second: SecretString::new(second),
+            };
+            simple(&config, request, json)
+        }
+        Command::Unlock { user } => simple(&config, Request::Unlock { user }, json),
+        Command::Verify { user, code } => verify(&config, user, &code, json),
+        Command::Import(import_args) => crate::import_command::run(&config, import_args, json),
+        Command::Status => simple(&config, Request::Status {}, json),
+    }
+}
+
+/// Connects to the admin socket named in `config`.
+pub fn connect(config: &Config) -> Result<Client, CommandError> {
+    let path = &config.paths.admin_socket;
+    Client::connect(path, "freeauthctl", ANSWER_TIMEOUT).map_err(|err| {
+        format!(
+            "{err}\n  Is freeauth-agentd running with {}, and are you root or in its admin group?",
+            config.source.display()
+        )
+    })
+}
+
+/// Sends `request` and returns the response, or the agent's error message.
+pub fn call(config: &Config, request: Request) -> Result<Response, CommandError> {
+    let response = connect(config)?.call(request).map_err(|err| err.to_string())?;
+    match response {
+        Response::Error { kind, message } => Err(format!(
+            "the agent refused the request ({}): {message}",
+            output::error_kind(kind)
+        )),
+        other => Ok(other),
+    }
+}
+
+fn simple(config: &Config, request: Request, json: bool) -> Result<ExitCode, CommandError> {
+    let response = call(config, request)?;
+    output::print_response(&response, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn set_enabled(config: &Config, select: TokenSelect, enabled: bool, json: bool) -> Result<ExitCode, CommandError> {
+    let request = Request::SetEnabled {
+        user: select.user,
+        token: select.token,
+        enabled,
+    };
+    simple(config, request, json)
+}
+
+fn init(config: &Config) -> Result<ExitCode, CommandError> {
+    let key_existed = config.paths.seed_key.exists();
+    freeauth_agentd::daemon::open_state(config).map_err(|err| err.to_string())?;
+    if key_existed {
+        println!("seed key {} already exists; kept it", config.paths.seed_key.display());
+    } else {
+        println!("created seed key {} (mode 0600)", config.paths.seed_key.display());
+    }
+    println!("state folder {} is ready", config.paths.state_dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_config(config: &Config) -> Result<ExitCode, CommandError> {
+    let mut problems = Vec::new();
+    if let Err(err) = freeauth_agentd::access::Rules::resolve(&config.access) {
+        problems.push(err);
+    }
+    if config.paths.seed_key.exists() {
+        if let Err(err) = freeauth_agentd::keys::check_private_file(&config.paths.seed_key) {
+            problems.push(err.to_string());
+        }
+    }
+    if problems.is_empty() {
+        println!("{}: valid", config.source.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    Err(format!("{}: {}", config.source.display(), problems.join("\n  ")))
+}
+
+fn verify(config: &Config, user: String, code: &str, json: bool) -> Result<ExitCode, CommandError> {
+    let code = if code == "-" {
+        read_stdin_line("code")?
+    } else {
+        Zeroizing::new(code.to_owned())
+    };
+    let request = Request::Verify {
+        user,
+        code: SecretString::new(code.as_str()),
+        origin: Origin::Admin {},
+    };
+    let response = call(config, request)?;
+    output::print_response(&response, json)?;
+    match response {
+        Response::Verdict {
+            result: VerifyResult::Accepted,
+        } => Ok(ExitCode::SUCCESS),
+        _ => Ok(ExitCode::from(1)),
+    }
+}
+
+/// Reads one line from standard input, for values that must not appear in
+/// the process list.
+fn read_stdin_line(what: &str) -> Result<Zeroizing<String>, CommandError> {
+    let mut text = Zeroizing::new(String::new());
+    std::io::stdin()
+        .take(1024)
+        .read_to_string(&mut text)
+        .map_err(|err| format!("cannot read the {what} from standard input: {err}"))?;
+    let line = text.lines().next().unwrap_or("").trim().to_owned();
+    Ok(Zeroizing::new(line))
+}
+
+fn enroll(config: &Config, args: EnrollArgs, json: bool) -> Result<ExitCode, CommandError> {
+    let description = describe_token(config, &args)?;
+    let pin = match args.pin.as_deref() {
+        Some("-") => Some(SecretString::new(read_stdin_line("PIN")?.as_str())),
+        Some(pin) => Some(SecretString::new(pin)),
+        None => None,
+    };
+    if description.kind == Kind::Motp && pin.is_none() {
+        return Err("Mobile-OTP tokens need --pin".into());
+    }
+    let token = NewToken {
+        kind: token_kind(description.kind),
+        algorithm: hash_algorithm(description.algorithm),
+        digits: description.digits,
+        period: description.period,
+        counter: description.counter,
+        last_step: None,
+        secret_hex: SecretString::new(description.secret.to_hex().as_str()),
+        pin,
+        label: args.label.clone(),
+    };
+    let request = Request::Enroll {
+        user: args.user.clone(),
+        token,
+        backup_codes: args.backup_codes,
+    };
+    let Response::Enrolled {
+        user,
+        token,
+        backup_codes,
+    } = call(config, request)?
+    else {
+        return Err("the agent sent an unexpected answer to enroll".into());
+    };
+    let uri = (description.kind != Kind::Motp).then(|| format_uri(&description));
+    output::print_enrolled(&output::Enrolled {
+        user: &user,
+        token,
+        description: &description,
+        uri: uri.as_deref().map(String::as_str),
+        qr: if args.no_qr || json {
+            None
+        } else {
+            uri.as_deref()
+                .map(|u| render_qr(u))
+                .transpose()
+                .map_err(|e| e.to_string())?
+        },
+        backup_codes: &backup_codes,
+        json,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the token from `--uri`, `--secret`, `--secret-hex` or a fresh
+/// random secret.
+fn describe_token(config: &Config, args: &EnrollArgs) -> Result<TokenDescription, CommandError> {
+    let issuer = Some(config.enroll.issuer.clone());
+    if let Some(uri) = &args.uri {
+        let mut description = parse_uri(uri).map_err(|err| format!("invalid --uri: {err}"))?;
+        description.account = Some(args.user.clone());
+        description.issuer = description.issuer.or(issuer);
+        return Ok(description);
+    }
+    let kind = match args.kind {
+        TokenType::Totp => Kind::Totp,
+        TokenType::Hotp => Kind::Hotp,
+        TokenType::Motp => Kind::Motp,
+    };
+    let algorithm = match args.algorithm {
+        HashName::Sha1 => Algorithm::Sha1,
+        HashName::Sha256 => Algorithm::Sha256,
+        HashName::Sha512 => Algorithm::Sha512,
+    };
+    let secret = match (&args.secret, &args.secret_hex) {
+        (Some(text), _) => Secret::from_base32(text).map_err(|err| format!("invalid --secret: {err}"))?,
+        (None, Some(text)) => Secret::from_hex(text).map_err(|err| format!("invalid --secret-hex: {err}"))?,
+        (None, None) => generate_secret(kind, algorithm)?,
+    };
+    Ok(TokenDescription {
+        kind,
+        algorithm,
+        digits: if kind == Kind::Motp { 6 } else { args.digits },
+        period: if kind == Kind::Motp { 10 } else { args.period },
+        counter: args.counter,
+        secret,
+        issuer,
+        account: Some(args.user.clone()),
+    })
+}
+
+/// A fresh secret as long as the hash output (RFC 4226 recommends at least
+/// 160 bits); Mobile-OTP secrets are 16 hex digits as the MIDlet expects.
+fn generate_secret(kind: Kind, algorithm: Algorithm) -> Result<Secret, CommandError> {
+    let len = match (kind, algorithm) {
+        (Kind::Motp, _) => 8,
+        (_, Algorithm::Sha1) => 20,
+        (_, Algorithm::Sha256) => 32,
+        (_, Algorithm::Sha512) => 64,
+    };
+    Secret::generate(len).map_err(|err| format!("cannot generate a secret: {err}"))
+}
+
+pub fn token_kind(kind: Kind) -> TokenKind {
+    match kind {
+        Kind::Hotp => TokenKind::Hotp,
+        Kind::Totp => TokenKind::Totp,
+        Kind::Motp => TokenKind::Motp,
+    }
+}
+
+pub fn hash_algorithm(algorithm: Algorithm) -> HashAlgorithm {
+    match algorithm {
+        Algorithm::Sha1 => HashAlgorithm::Sha1,
+        Algorithm::Sha256 => HashAlgorithm::Sha256,
+        Algorithm::Sha512 => HashAlgorithm::Sha512,
+    }
+}
+
+/// Reads a file given on the command line, with a message naming it.
+pub fn read_file(path: &Path) -> Result<Zeroizing<String>, CommandError> {
+    std::fs::read_to_string(path)
+        .map(Zeroizing::new)
+        .map_err(|err| format!("cannot read {}: {err}", path.display()))
+}

@@ -1,0 +1,91 @@
+//! `freeauthctl import`: parse a file of another OTP system completely,
+//! then send every token in one request, which the agent stores in one
+//! transaction. Any invalid line stops the import before anything is sent.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use freeauth_agentd::config::Config;
+use freeauth_proto::{ImportEntry, NewToken, Request, SecretString};
+use freeauthctl::import::{parse_google_authenticator, parse_users_oath};
+use freeauthctl::otpauth::TokenDescription;
+
+use crate::cli::{ImportArgs, ImportFormat};
+use crate::commands::{call, hash_algorithm, read_file, token_kind, CommandError};
+use crate::output;
+
+pub fn run(config: &Config, args: ImportArgs, json: bool) -> Result<ExitCode, CommandError> {
+    let entries = match (args.format, args.operands.as_slice()) {
+        (ImportFormat::GoogleAuthenticator, [user, file]) => google_authenticator(user, Path::new(file))?,
+        (ImportFormat::GoogleAuthenticator, _) => {
+            return Err("usage: freeauthctl import --format google-authenticator USER FILE".into())
+        }
+        (ImportFormat::Oath, [file]) => oath(Path::new(file))?,
+        (ImportFormat::Oath, _) => return Err("usage: freeauthctl import --format oath FILE".into()),
+    };
+    let response = call(config, Request::Import { entries })?;
+    output::print_response(&response, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn new_token(token: &TokenDescription, last_step: Option<u64>) -> NewToken {
+    NewToken {
+        kind: token_kind(token.kind),
+        algorithm: hash_algorithm(token.algorithm),
+        digits: token.digits,
+        period: token.period,
+        counter: token.counter,
+        last_step,
+        secret_hex: SecretString::new(token.secret.to_hex().as_str()),
+        pin: None,
+        label: token.issuer.clone(),
+    }
+}
+
+fn google_authenticator(user: &str, path: &Path) -> Result<Vec<ImportEntry>, CommandError> {
+    let text = read_file(path)?;
+    let file = parse_google_authenticator(&text).map_err(|errors| describe(path, &errors))?;
+    for note in &file.notes {
+        eprintln!("freeauthctl: note: {note}");
+    }
+    Ok(vec![ImportEntry {
+        user: user.to_owned(),
+        token: new_token(&file.token, file.last_step),
+        backup_codes: file
+            .scratch_codes
+            .iter()
+            .map(|code| SecretString::new(code.as_str()))
+            .collect(),
+    }])
+}
+
+fn oath(path: &Path) -> Result<Vec<ImportEntry>, CommandError> {
+    let text = read_file(path)?;
+    let entries = parse_users_oath(&text).map_err(|errors| describe(path, &errors))?;
+    let with_password: Vec<String> = entries
+        .iter()
+        .filter(|entry| entry.has_password)
+        .map(|entry| format!("line {} ({})", entry.line, entry.user))
+        .collect();
+    if !with_password.is_empty() {
+        return Err(format!(
+            "{}: {} set a static password, which FreeAuth does not keep (PAM asks for the password separately); \
+             replace the password field with - and import again. Nothing was imported.",
+            path.display(),
+            with_password.join(", ")
+        ));
+    }
+    Ok(entries
+        .iter()
+        .map(|entry| ImportEntry {
+            user: entry.user.clone(),
+            token: new_token(&entry.token, entry.last_step),
+            backup_codes: Vec::new(),
+        })
+        .collect())
+}
+
+fn describe<E: std::fmt::Display>(path: &Path, errors: &[E]) -> String {
+    let lines: Vec<String> = errors.iter().map(|err| format!("{}: {err}", path.display())).collect();
+    format!("{}\nNothing was imported.", lines.join("\n"))
+}

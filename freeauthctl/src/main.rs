@@ -1,0 +1,28 @@
+//! `freeauthctl`: the administrator's tool. It reads the agent's
+//! configuration for the admin socket path, turns each command into one
+//! request on that socket, and prints the answer.
+//!
+//! Exit codes: 0 success; 1 `verify` rejected the code; 2 any error (usage,
+//! configuration, agent unreachable, request refused or invalid).
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod commands;
+mod import_command;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    match commands::run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("freeauthctl: {err}");
+            ExitCode::from(2)
+        }
+    }
+}

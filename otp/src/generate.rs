@@ -1,0 +1,196 @@
+//! Code generation: HOTP (RFC 4226), TOTP (RFC 6238) and Mobile-OTP.
+
+use data_encoding::HEXLOWER;
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use sha1::Sha1;
+use sha2::{Sha256, Sha512};
+use zeroize::Zeroizing;
+
+use crate::{Algorithm, Secret};
+
+/// Length of a Mobile-OTP time step in seconds.
+pub const MOTP_PERIOD: u32 = 10;
+
+/// Number of hex digits in a Mobile-OTP code.
+pub const MOTP_DIGITS: u8 = 6;
+
+/// Computes an HOTP code (RFC 4226): HMAC over the big-endian counter,
+/// dynamic truncation to 31 bits, then the value modulo 10^`digits`,
+/// zero-padded to `digits` characters.
+///
+/// RFC 4226 and oathtool 2.6.7 use 6 to 8 digits, and callers must validate
+/// that range. Other values follow the same formula, so 10 or more digits
+/// return the whole 31-bit value with leading zeros, and 0 digits an empty
+/// string.
+#[must_use]
+pub fn hotp(secret: &Secret, counter: u64, digits: u8, algorithm: Algorithm) -> Zeroizing<String> {
+    let key = secret.as_bytes();
+    let message = counter.to_be_bytes();
+    let value = match algorithm {
+        Algorithm::Sha1 => truncated_hmac::<Hmac<Sha1>>(key, &message),
+        Algorithm::Sha256 => truncated_hmac::<Hmac<Sha256>>(key, &message),
+        Algorithm::Sha512 => truncated_hmac::<Hmac<Sha512>>(key, &message),
+    };
+    match value {
+        Some(value) => decimal_code(value, digits),
+        // HMAC takes keys of any length, and every digest here has the 20 or
+        // more bytes that truncation needs, so this arm cannot run. An empty
+        // code never matches.
+        None => Zeroizing::new(String::new()),
+    }
+}
+
+/// Computes a TOTP code (RFC 6238): the HOTP code of the time step that
+/// contains `unix_time`, with T0 = 0. See [`hotp`] for `digits`.
+#[must_use]
+pub fn totp(secret: &Secret, unix_time: u64, period: u32, digits: u8, algorithm: Algorithm) -> Zeroizing<String> {
+    hotp(secret, totp_step(unix_time, period), digits, algorithm)
+}
+
+/// Returns the TOTP time step that contains `unix_time`: `unix_time / period`,
+/// with T0 = 0. A `period` of 0 is invalid and counts as 1, so that this
+/// function cannot panic.
+pub fn totp_step(unix_time: u64, period: u32) -> u64 {
+    unix_time / u64::from(period.max(1))
+}
+
+/// Computes a Mobile-OTP code: the first six lowercase hex digits of the MD5
+/// digest of the ASCII text `{step}{secret as lowercase hex}{pin}`.
+///
+/// `step` is the Unix time divided by [`MOTP_PERIOD`]. The PIN bytes are
+/// used as they are, so a PIN typed as text should be stored as its bytes.
+#[must_use]
+pub fn motp(secret: &Secret, pin: &Secret, step: u64) -> Zeroizing<String> {
+    let step_text = step.to_string();
+    let secret_hex = secret.to_hex();
+
+    let message_len = step_text.len() + secret_hex.len() + pin.len();
+    let mut message = Zeroizing::new(Vec::with_capacity(message_len));
+    message.extend_from_slice(step_text.as_bytes());
+    message.extend_from_slice(secret_hex.as_bytes());
+    message.extend_from_slice(pin.as_bytes());
+
+    let digest = Md5::digest(message.as_slice());
+    let mut code = Zeroizing::new(String::with_capacity(usize::from(MOTP_DIGITS)));
+    HEXLOWER.encode_append(&digest[..usize::from(MOTP_DIGITS / 2)], &mut code);
+    code
+}
+
+fn truncated_hmac<M: Mac + KeyInit>(key: &[u8], message: &[u8]) -> Option<u32> {
+    let mut mac = <M as KeyInit>::new_from_slice(key).ok()?;
+    mac.update(message);
+    dynamic_truncation(&mac.finalize().into_bytes())
+}
+
+/// Applies RFC 4226 dynamic truncation: the low 4 bits of the last byte give
+/// an offset, and the 4 bytes there, with the top bit cleared, the value.
+fn dynamic_truncation(digest: &[u8]) -> Option<u32> {
+    let offset = usize::from(digest.last()? & 0x0f);
+    let bytes: [u8; 4] = digest.get(offset..offset + 4)?.try_into().ok()?;
+    Some(u32::from_be_bytes(bytes) & 0x7fff_ffff)
+}
+
+/// Formats `value` modulo 10^`digits` with leading zeros to `digits` places.
+fn decimal_code(value: u32, digits: u8) -> Zeroizing<String> {
+    let mut code = Zeroizing::new(String::with_capacity(usize::from(digits)));
+    for place in (0..u32::from(digits)).rev() {
+        // Places of 10^10 and above exceed u32 and hold 0 for a 31-bit value.
+        let digit = 10u32.checked_pow(place).map_or(0, |unit| value / unit % 10);
+        code.push(char::from_digit(digit, 10).unwrap_or('0'));
+    }
+    code
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn rfc_seed() -> Secret {
+        Secret::new(b"12345678901234567890".to_vec())
+    }
+
+    #[test]
+    fn dynamic_truncation_matches_rfc4226_example() {
+        // RFC 4226 section 5.4 example digest.
+        let digest = Secret::from_hex("1f8698690e02ca16618550ef7f19da8e945b555a").unwrap();
+        assert_eq!(dynamic_truncation(digest.as_bytes()), Some(0x50ef7f19));
+        assert_eq!(decimal_code(0x50ef7f19, 6).as_str(), "872921");
+    }
+
+    #[test]
+    fn dynamic_truncation_clears_top_bit() {
+        let mut digest = [0xffu8; 20];
+        digest[19] = 0x00;
+        assert_eq!(dynamic_truncation(&digest), Some(0x7fff_ffff));
+    }
+
+    #[test]
+    fn dynamic_truncation_uses_last_offset() {
+        let mut digest = [0u8; 20];
+        digest[15..19].copy_from_slice(&[0x01, 0x02, 0x03, 0x04]);
+        digest[19] = 0x0f;
+        assert_eq!(dynamic_truncation(&digest), Some(0x0102_0304));
+    }
+
+    #[test]
+    fn decimal_code_pads_with_zeros() {
+        assert_eq!(decimal_code(42, 6).as_str(), "000042");
+        assert_eq!(decimal_code(1_284_755_224, 6).as_str(), "755224");
+        assert_eq!(decimal_code(1_284_755_224, 8).as_str(), "84755224");
+    }
+
+    #[test]
+    fn decimal_code_handles_unusual_lengths() {
+        assert_eq!(decimal_code(0x7fff_ffff, 10).as_str(), "2147483647");
+        assert_eq!(decimal_code(0x7fff_ffff, 12).as_str(), "002147483647");
+        assert_eq!(decimal_code(5, 1).as_str(), "5");
+        assert_eq!(decimal_code(5, 0).as_str(), "");
+        assert_eq!(decimal_code(5, u8::MAX).len(), 255);
+    }
+
+    #[test]
+    fn hotp_matches_rfc4226_counters() {
+        assert_eq!(hotp(&rfc_seed(), 0, 6, Algorithm::Sha1).as_str(), "755224");
+        assert_eq!(hotp(&rfc_seed(), 9, 6, Algorithm::Sha1).as_str(), "520489");
+    }
+
+    #[test]
+    fn hotp_accepts_empty_and_long_keys() {
+        let empty = Secret::new(Vec::new());
+        assert_eq!(hotp(&empty, 0, 6, Algorithm::Sha1).len(), 6);
+        let long = Secret::new(vec![0x5a; 300]);
+        assert_eq!(hotp(&long, 0, 8, Algorithm::Sha512).len(), 8);
+    }
+
+    #[test]
+    fn totp_equals_hotp_of_step() {
+        let seed = rfc_seed();
+        assert_eq!(totp(&seed, 59, 30, 8, Algorithm::Sha1).as_str(), "94287082");
+        assert_eq!(
+            totp(&seed, 59, 30, 8, Algorithm::Sha1),
+            hotp(&seed, 1, 8, Algorithm::Sha1)
+        );
+    }
+
+    #[test]
+    fn totp_step_divides_by_period() {
+        assert_eq!(totp_step(0, 30), 0);
+        assert_eq!(totp_step(29, 30), 0);
+        assert_eq!(totp_step(30, 30), 1);
+        assert_eq!(totp_step(59, 30), 1);
+        assert_eq!(totp_step(u64::MAX, 1), u64::MAX);
+        assert_eq!(totp_step(100, 0), 100);
+    }
+
+    #[test]
+    fn motp_returns_six_lowercase_hex() {
+        let secret = Secret::from_hex("0123456789ABCDEF").unwrap();
+        let pin = Secret::new(b"1234".to_vec());
+        let code = motp(&secret, &pin, 0);
+        assert_eq!(code.len(), 6);
+        assert!(code.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')));
+    }
+}

@@ -1,0 +1,893 @@
+//! End-to-end tests of `freeauth-agentd` and `freeauthctl`: the real
+//! binaries in a temporary folder, with codes from `oathtool`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use freeauth_e2e::*;
+use freeauth_proto::{Client, Request, Response, VerifyResult};
+
+const RFC_SEED_HEX: &str = "3132333435363738393031323334353637383930";
+
+fn enroll_totp(agent: &Agent, user: &str, seed_hex: &str, extra: &[&str]) {
+    let mut args = vec!["enroll", user, "--secret-hex", seed_hex, "--no-qr"];
+    args.extend_from_slice(extra);
+    agent.ctl_ok(&args);
+}
+
+#[test]
+fn accepts_oathtool_totp_code_only_once() {
+    let agent = Agent::start();
+    enroll_totp(&agent, "alice", RFC_SEED_HEX, &[]);
+    wait_for_fresh_step(30, 3);
+    let code = oath_totp(RFC_SEED_HEX, "sha1", 6, 30, now());
+    assert_eq!(agent.ctl_verify("alice", &code), 0, "fresh code");
+    assert_eq!(agent.ctl_verify("alice", &code), 1, "same code again");
+    assert_eq!(
+        agent.verify_pam("alice", &code),
+        VerifyResult::Rejected,
+        "same code through the agent socket"
+    );
+}
+
+#[test]
+fn accepts_sha256_and_sha512_eight_digit_codes() {
+    let agent = Agent::start();
+    let seed32 = "3132333435363738393031323334353637383930313233343536373839303132";
+    let seed64 = format!("{seed32}{seed32}");
+    enroll_totp(&agent, "s256", seed32, &["--algorithm", "sha256", "--digits", "8"]);
+    enroll_totp(
+        &agent,
+        "s512",
+        &seed64,
+        &["--algorithm", "sha512", "--digits", "8", "--period", "60"],
+    );
+    wait_for_fresh_step(30, 3);
+    let time = now();
+    assert_eq!(agent.ctl_verify("s256", &oath_totp(seed32, "sha256", 8, 30, time)), 0);
+    assert_eq!(agent.ctl_verify("s512", &oath_totp(&seed64, "sha512", 8, 60, time)), 0);
+    let six_digits = oath_totp(seed32, "sha256", 6, 30, time);
+    assert_eq!(agent.ctl_verify("s256", &six_digits), 1, "a code of the wrong length");
+}
+
+#[test]
+fn accepts_codes_typed_with_spaces() {
+    let agent = Agent::start();
+    enroll_totp(&agent, "spaced", RFC_SEED_HEX, &[]);
+    wait_for_fresh_step(30, 3);
+    let code = oath_totp(RFC_SEED_HEX, "sha1", 6, 30, now());
+    let typed = format!(" {} {} ", &code[..3], &code[3..]);
+    assert_eq!(agent.verify_pam("spaced", &typed), VerifyResult::Accepted);
+}
+
+#[test]
+fn accepts_previous_step_within_window_and_learns_drift() {
+    let agent = Agent::start();
+    enroll_totp(&agent, "late", RFC_SEED_HEX, &[]);
+    wait_for_fresh_step(30, 3);
+    let code = oath_totp(RFC_SEED_HEX, "sha1", 6, 30, now() - 30);
+    assert_eq!(agent.ctl_verify("late", &code), 0);
+    let shown = agent.ctl_ok(&["show", "late"]);
+    assert!(shown.contains("drift -1 steps (-30 s)"), "{shown}");
+    let two_back = oath_totp(RFC_SEED_HEX, "sha1", 6, 30, now() - 90);
+    assert_eq!(
+        agent.ctl_verify("late", &two_back),
+        1,
+        "older than the last accepted step"
+    );
+}
+
+#[test]
+fn hotp_accepts_within_lookahead_and_rejects_replays() {
+    let agent = Agent::start();
+    agent.ctl_ok(&[
+        "enroll",
+        "hal",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    assert_eq!(
+        agent.ctl_verify("hal", &oath_hotp(RFC_SEED_HEX, 3, 6)),
+        0,
+        "counter 3 within lookahead"
+    );
+    assert_eq!(
+        agent.ctl_verify("hal", &oath_hotp(RFC_SEED_HEX, 1, 6)),
+        1,
+        "counter below the last used"
+    );
+    assert_eq!(
+        agent.ctl_verify("hal", &oath_hotp(RFC_SEED_HEX, 3, 6)),
+        1,
+        "counter 3 again"
+    );
+    assert_eq!(agent.ctl_verify("hal", &oath_hotp(RFC_SEED_HEX, 4, 6)), 0);
+    assert_eq!(
+        agent.ctl_verify("hal", &oath_hotp(RFC_SEED_HEX, 16, 6)),
+        1,
+        "beyond the lookahead of 10"
+    );
+    let shown = agent.ctl_ok(&["show", "hal"]);
+    assert!(shown.contains("next counter 5"), "{shown}");
+}
+
+#[test]
+fn resync_moves_hotp_counter_forward() {
+    let agent = Agent::start();
+    agent.ctl_ok(&[
+        "enroll",
+        "far",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    let code = |counter| oath_hotp(RFC_SEED_HEX, counter, 6);
+    assert_eq!(agent.ctl_verify("far", &code(200)), 1, "too far ahead for a login");
+    let failed = agent.ctl(&["resync", "far", &code(200), &code(202)]);
+    assert_eq!(failed.status.code(), Some(2), "codes that are not consecutive");
+    let output = agent.ctl_ok(&["resync", "far", &code(200), &code(201)]);
+    assert!(output.contains("resynchronised"), "{output}");
+    assert_eq!(agent.ctl_verify("far", &code(201)), 1, "second resync code is used");
+    assert_eq!(agent.ctl_verify("far", &code(202)), 0);
+}
+
+#[test]
+fn resync_learns_totp_clock_drift() {
+    let agent = Agent::start();
+    enroll_totp(&agent, "skewed", RFC_SEED_HEX, &[]);
+    wait_for_fresh_step(30, 3);
+    let base = now() + 600;
+    let first = oath_totp(RFC_SEED_HEX, "sha1", 6, 30, base);
+    let second = oath_totp(RFC_SEED_HEX, "sha1", 6, 30, base + 30);
+    assert_eq!(
+        agent.ctl_verify("skewed", &first),
+        1,
+        "ten minutes ahead is outside the window"
+    );
+    agent.ctl_ok(&["resync", "skewed", &first, &second]);
+    let shown = agent.ctl_ok(&["show", "skewed"]);
+    assert!(shown.contains("drift +21 steps"), "{shown}");
+    let next = oath_totp(RFC_SEED_HEX, "sha1", 6, 30, base + 60);
+    assert_eq!(agent.ctl_verify("skewed", &next), 0, "window now centred on the drift");
+}
+
+#[test]
+fn mobile_otp_accepts_md5sum_code() {
+    let agent = Agent::start();
+    let secret = "5ec4e7de5ec4e7de";
+    agent.ctl_ok(&[
+        "enroll",
+        "mo",
+        "--type",
+        "motp",
+        "--secret-hex",
+        secret,
+        "--pin",
+        "9731",
+        "--no-qr",
+    ]);
+    wait_for_fresh_step(10, 2);
+    let step = now() / 10;
+    let input = format!("{step}{secret}9731");
+    let output = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let code = {
+        use std::io::Write;
+        let mut child = output;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stdout).unwrap()[..6].to_owned()
+    };
+    assert_eq!(
+        agent.ctl_verify("mo", &code.to_uppercase()),
+        0,
+        "hex codes compare in any case"
+    );
+    assert_eq!(agent.ctl_verify("mo", &code), 1, "same step again");
+}
+
+#[test]
+fn replay_is_rejected_after_restart() {
+    let mut agent = Agent::start();
+    agent.ctl_ok(&[
+        "enroll",
+        "bob",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    let code = oath_hotp(RFC_SEED_HEX, 0, 6);
+    assert_eq!(agent.ctl_verify("bob", &code), 0);
+    agent.restart();
+    assert_eq!(agent.ctl_verify("bob", &code), 1);
+    assert_eq!(agent.ctl_verify("bob", &oath_hotp(RFC_SEED_HEX, 1, 6)), 0);
+}
+
+#[test]
+fn locks_after_threshold_and_unlock_clears() {
+    let mut agent = Agent::start_with(Options {
+        threshold: 3,
+        ..Options::default()
+    });
+    agent.ctl_ok(&[
+        "enroll",
+        "carol",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    for _ in 0..3 {
+        assert_eq!(agent.verify_pam("carol", "000000"), VerifyResult::Rejected);
+    }
+    let good = oath_hotp(RFC_SEED_HEX, 0, 6);
+    assert_eq!(
+        agent.verify_pam("carol", &good),
+        VerifyResult::Locked,
+        "right code while locked"
+    );
+    agent.restart();
+    assert_eq!(
+        agent.verify_pam("carol", &good),
+        VerifyResult::Locked,
+        "lock survives a restart"
+    );
+    let listed = agent.ctl_ok(&["list"]);
+    assert!(listed.contains("yes"), "{listed}");
+    agent.ctl_ok(&["unlock", "carol"]);
+    assert_eq!(agent.verify_pam("carol", &good), VerifyResult::Accepted);
+}
+
+#[test]
+fn lock_expires_by_itself() {
+    let agent = Agent::start_with(Options {
+        threshold: 2,
+        lock_seconds: 2,
+        ..Options::default()
+    });
+    agent.ctl_ok(&[
+        "enroll",
+        "dave",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    agent.verify_pam("dave", "000000");
+    agent.verify_pam("dave", "000000");
+    let good = oath_hotp(RFC_SEED_HEX, 0, 6);
+    assert_eq!(agent.verify_pam("dave", &good), VerifyResult::Locked);
+    std::thread::sleep(Duration::from_millis(3100));
+    assert_eq!(agent.verify_pam("dave", &good), VerifyResult::Accepted);
+}
+
+#[test]
+fn failure_delay_grows() {
+    let agent = Agent::start_with(Options {
+        threshold: 10,
+        failure_delay_ms: 100,
+        max_failure_delay_ms: 400,
+        ..Options::default()
+    });
+    agent.ctl_ok(&[
+        "enroll",
+        "erin",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        let start = std::time::Instant::now();
+        agent.verify_pam("erin", "000000");
+        delays.push(start.elapsed().as_millis());
+    }
+    assert!(delays[0] >= 100, "{delays:?}");
+    assert!(delays[1] >= 200, "{delays:?}");
+    assert!(delays[2] >= 400, "{delays:?}");
+    assert!(delays[3] >= 400 && delays[3] < 1500, "capped: {delays:?}");
+}
+
+#[test]
+fn remote_party_learns_only_rejected() {
+    let agent = Agent::start_with(Options {
+        threshold: 2,
+        ..Options::default()
+    });
+    agent.ctl_ok(&[
+        "enroll",
+        "locked",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    agent.ctl_ok(&[
+        "enroll",
+        "disabled",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    agent.ctl_ok(&[
+        "enroll",
+        "plain",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    agent.ctl_ok(&["disable", "disabled"]);
+    agent.verify_radius("locked", "000000");
+    agent.verify_radius("locked", "000000");
+    let good = oath_hotp(RFC_SEED_HEX, 0, 6);
+    for user in ["nobody-here", "disabled", "locked"] {
+        assert_eq!(
+            agent.verify_radius(user, &good),
+            VerifyResult::Rejected,
+            "{user} over RADIUS"
+        );
+    }
+    assert_eq!(agent.verify_radius("plain", "000000"), VerifyResult::Rejected);
+    assert_eq!(
+        agent.verify_pam("nobody-here", &good),
+        VerifyResult::NoToken,
+        "local caller may know"
+    );
+    assert_eq!(agent.verify_pam("disabled", &good), VerifyResult::NoToken);
+    assert_eq!(agent.verify_pam("locked", &good), VerifyResult::Locked);
+    let log = agent.log();
+    assert!(
+        log.contains("unknown user") && log.contains("no enabled token") && log.contains("account locked"),
+        "{log}"
+    );
+}
+
+#[test]
+fn lookup_reports_enrolment_and_lock_to_local_callers() {
+    let agent = Agent::start();
+    agent.ctl_ok(&[
+        "enroll",
+        "frank",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    let mut client = agent.agent_client();
+    let enrolled = client.call(Request::Lookup { user: "frank".into() }).unwrap();
+    assert!(
+        matches!(
+            enrolled,
+            Response::Account {
+                enrolled: true,
+                locked: false,
+                ..
+            }
+        ),
+        "{enrolled:?}"
+    );
+    let unknown = client.call(Request::Lookup { user: "ghost".into() }).unwrap();
+    assert!(
+        matches!(unknown, Response::Account { enrolled: false, .. }),
+        "{unknown:?}"
+    );
+}
+
+#[test]
+fn backup_codes_work_once() {
+    let agent = Agent::start();
+    let output = agent.ctl_ok(&[
+        "--json",
+        "enroll",
+        "gina",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--backup-codes",
+        "3",
+    ]);
+    let printed: serde_json::Value = serde_json::from_str(&output).unwrap();
+    let codes: Vec<String> = printed["backup_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(codes.len(), 3);
+    assert!(codes
+        .iter()
+        .all(|c| c.len() == 8 && c.bytes().all(|b| b.is_ascii_digit())));
+    assert_eq!(agent.verify_pam("gina", &codes[1]), VerifyResult::Accepted);
+    assert_eq!(
+        agent.verify_pam("gina", &codes[1]),
+        VerifyResult::Rejected,
+        "used backup code"
+    );
+    let shown = agent.ctl_ok(&["show", "gina"]);
+    assert!(shown.contains("backup codes left: 2"), "{shown}");
+    let database = fs::read(agent.dir.path().join("state/freeauth.db")).unwrap();
+    let wal = fs::read(agent.dir.path().join("state/freeauth.db-wal")).unwrap_or_default();
+    for code in &codes {
+        let found = |bytes: &[u8]| bytes.windows(8).any(|w| w == code.as_bytes());
+        assert!(!found(&database) && !found(&wal), "backup code stored in clear");
+    }
+}
+
+#[test]
+fn show_and_list_never_print_the_seed() {
+    let agent = Agent::start();
+    enroll_totp(&agent, "hank", RFC_SEED_HEX, &["--label", "phone"]);
+    let seed_base32 = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+    for args in [
+        vec!["show", "hank"],
+        vec!["list"],
+        vec!["--json", "show", "hank"],
+        vec!["status"],
+    ] {
+        let output = agent.ctl_ok(&args);
+        assert!(
+            !output.contains(RFC_SEED_HEX) && !output.contains(seed_base32),
+            "{args:?}: {output}"
+        );
+    }
+    let database = fs::read(agent.dir.path().join("state/freeauth.db")).unwrap();
+    let wal = fs::read(agent.dir.path().join("state/freeauth.db-wal")).unwrap_or_default();
+    let seed = b"12345678901234567890";
+    assert!(
+        !database.windows(20).any(|w| w == seed) && !wal.windows(20).any(|w| w == seed),
+        "seed stored in clear"
+    );
+    assert!(!agent.log().contains(RFC_SEED_HEX));
+}
+
+#[test]
+fn enroll_prints_uri_that_round_trips() {
+    let agent = Agent::start();
+    let output = agent.ctl_ok(&["--json", "enroll", "ivy", "--algorithm", "sha256", "--digits", "8"]);
+    let printed: serde_json::Value = serde_json::from_str(&output).unwrap();
+    let uri = printed["uri"].as_str().unwrap();
+    assert!(uri.starts_with("otpauth://totp/FreeAuth%20test:ivy?"), "{uri}");
+    let secret_hex = printed["secret_hex"].as_str().unwrap();
+    assert_eq!(secret_hex.len(), 64, "a SHA-256 token gets a 32-byte secret");
+    agent.ctl_ok(&["enroll", "ivy2", "--uri", uri, "--no-qr"]);
+    wait_for_fresh_step(30, 3);
+    let code = oath_totp(secret_hex, "sha256", 8, 30, now());
+    assert_eq!(agent.ctl_verify("ivy2", &code), 0, "token enrolled from the URI");
+    let text = agent.ctl_ok(&["enroll", "ivy3"]);
+    assert!(
+        text.contains("█") && text.contains("otpauth://"),
+        "QR code and URI in text mode"
+    );
+}
+
+#[test]
+fn rejects_invalid_enrolments_with_clear_errors() {
+    let agent = Agent::start();
+    let cases: [(&[&str], &str); 5] = [
+        (&["enroll", "x", "--secret", "ABC!DEF", "--no-qr"], "invalid --secret"),
+        (&["enroll", "x", "--secret-hex", "3132", "--no-qr"], "at least 10 bytes"),
+        (&["enroll", "x", "--digits", "7", "--no-qr"], "6 or 8 digits"),
+        (&["enroll", "x", "--type", "motp", "--no-qr"], "need --pin"),
+        (
+            &["enroll", "x", "--uri", "otpauth://totp/x?digits=6", "--no-qr"],
+            "invalid --uri",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = agent.ctl(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let listed = agent.ctl_ok(&["list"]);
+    assert!(listed.contains("no users"), "{listed}");
+}
+
+#[test]
+fn disable_enable_and_remove_tokens() {
+    let agent = Agent::start();
+    agent.ctl_ok(&[
+        "enroll",
+        "jo",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    agent.ctl_ok(&["disable", "jo"]);
+    assert_eq!(agent.ctl_verify("jo", &oath_hotp(RFC_SEED_HEX, 0, 6)), 1);
+    agent.ctl_ok(&["enable", "jo", "--token", "1"]);
+    assert_eq!(agent.ctl_verify("jo", &oath_hotp(RFC_SEED_HEX, 1, 6)), 0);
+    agent.ctl_ok(&["remove", "jo"]);
+    assert_eq!(agent.ctl(&["show", "jo"]).status.code(), Some(2));
+}
+
+#[test]
+fn imports_google_authenticator_file() {
+    let agent = Agent::start();
+    let file = agent.dir.path().join("google_authenticator");
+    fs::write(&file, "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ\n\" RATE_LIMIT 3 30\n\" WINDOW_SIZE 17\n\" DISALLOW_REUSE\n\" TOTP_AUTH\n11223344\n55667788\n").unwrap();
+    let output = agent.ctl(&[
+        "import",
+        "--format",
+        "google-authenticator",
+        "kim",
+        file.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    wait_for_fresh_step(30, 3);
+    assert_eq!(
+        agent.ctl_verify("kim", &oath_totp(RFC_SEED_HEX, "sha1", 6, 30, now())),
+        0
+    );
+    assert_eq!(
+        agent.ctl_verify("kim", "55667788"),
+        0,
+        "scratch code became a backup code"
+    );
+    assert_eq!(agent.ctl_verify("kim", "55667788"), 1);
+}
+
+#[test]
+fn imports_oath_users_file_with_counters() {
+    let agent = Agent::start();
+    let file = agent.dir.path().join("users.oath");
+    let seed2 = "00112233445566778899aabbccddeeff00112233";
+    fs::write(
+        &file,
+        format!("# users\nHOTP lee - {RFC_SEED_HEX} 5\nHOTP/T30/6 max - {seed2}\n"),
+    )
+    .unwrap();
+    agent.ctl_ok(&["import", "--format", "oath", file.to_str().unwrap()]);
+    assert_eq!(
+        agent.ctl_verify("lee", &oath_hotp(RFC_SEED_HEX, 4, 6)),
+        1,
+        "counter before the kept one"
+    );
+    assert_eq!(agent.ctl_verify("lee", &oath_hotp(RFC_SEED_HEX, 5, 6)), 0);
+    wait_for_fresh_step(30, 3);
+    assert_eq!(agent.ctl_verify("max", &oath_totp(seed2, "sha1", 6, 30, now())), 0);
+}
+
+#[test]
+fn import_with_bad_line_imports_nothing() {
+    let agent = Agent::start();
+    let file = agent.dir.path().join("users.oath");
+    fs::write(&file, format!("HOTP ok - {RFC_SEED_HEX}\nHOTP broken - not-hex\n")).unwrap();
+    let output = agent.ctl(&["import", "--format", "oath", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 2"), "{stderr}");
+    assert!(agent.ctl_ok(&["list"]).contains("no users"));
+}
+
+#[test]
+fn reload_keeps_old_config_when_new_is_invalid() {
+    let agent = Agent::start();
+    let config = agent.config();
+    let original = fs::read_to_string(&config).unwrap();
+    fs::write(&config, format!("{original}\n[broken\n")).unwrap();
+    agent.signal(1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(agent.log().contains("configuration reload failed"), "{}", agent.log());
+    fs::write(
+        &config,
+        original.replace("[enroll]\n", "[enroll]\nprompt = \"Token please: \"\n"),
+    )
+    .unwrap();
+    agent.signal(1);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut client = agent.agent_client();
+    let lookup = client.call(Request::Lookup { user: "x".into() }).unwrap();
+    assert!(
+        matches!(lookup, Response::Account { ref prompt, .. } if prompt == "Token please: "),
+        "{lookup:?}"
+    );
+}
+
+#[test]
+fn refuses_to_start_with_readable_key() {
+    let mut agent = Agent::start();
+    agent.stop();
+    let key = agent.dir.path().join("state/seed.key");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let output = Command::new(binary("freeauth-agentd"))
+        .arg("--config")
+        .arg(agent.config())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+}
+
+#[test]
+fn refuses_to_start_with_open_state_folder() {
+    let mut agent = Agent::start();
+    agent.stop();
+    fs::set_permissions(agent.dir.path().join("state"), fs::Permissions::from_mode(0o755)).unwrap();
+    let output = Command::new(binary("freeauth-agentd"))
+        .arg("--config")
+        .arg(agent.config())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr.contains("chmod 700"), "{stderr}");
+}
+
+#[test]
+fn refuses_to_start_with_wrong_key() {
+    let mut agent = Agent::start();
+    agent.ctl_ok(&["enroll", "k", "--no-qr"]);
+    agent.stop();
+    let key = agent.dir.path().join("state/seed.key");
+    fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+    let output = Command::new(binary("freeauth-agentd"))
+        .arg("--config")
+        .arg(agent.config())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr.contains("does not fit the database"), "{stderr}");
+    fs::remove_file(&key).unwrap();
+    let output = Command::new(binary("freeauth-agentd"))
+        .arg("--config")
+        .arg(agent.config())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("restore the key"),
+        "missing key with tokens"
+    );
+}
+
+#[test]
+fn check_config_reports_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agentd.toml");
+    fs::write(
+        &config,
+        "[paths]\nstate = \"x\"\n[windows]\ntotp_steps = 50\n[lockout]\nthreshold = \"ten\"\n",
+    )
+    .unwrap();
+    let output = Command::new(binary("freeauthctl"))
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr.contains("agentd.toml:2:1: unknown setting `paths.state`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("agentd.toml:4:14:"), "{stderr}");
+    assert!(
+        stderr.contains("agentd.toml:6:13: `lockout.threshold` must be an integer"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn ctl_reports_unreachable_agent() {
+    let mut agent = Agent::start();
+    agent.stop();
+    let output = agent.ctl(&["list"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr.contains("cannot connect to the agent"), "{stderr}");
+}
+
+#[test]
+fn pipelined_requests_on_one_connection() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let agent = Agent::start();
+    for i in 0..20 {
+        agent.ctl_ok(&[
+            "enroll",
+            &format!("p{i}"),
+            "--type",
+            "hotp",
+            "--secret-hex",
+            RFC_SEED_HEX,
+            "--no-qr",
+        ]);
+    }
+    let mut stream = UnixStream::connect(agent.agent_socket()).unwrap();
+    stream.write_all(&hello_frame()).unwrap();
+    let code = oath_hotp(RFC_SEED_HEX, 0, 6);
+    let mut batch = Vec::new();
+    for i in 0..20u64 {
+        let request = freeauth_proto::RequestFrame {
+            id: 100 + i,
+            request: verify_request(&format!("p{i}"), &code, pam_origin()),
+        };
+        batch.extend(freeauth_proto::frame::encode(&request).unwrap());
+    }
+    stream.write_all(&batch).unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    reader.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _: freeauth_proto::HelloReply = freeauth_proto::frame::read_frame(&mut reader).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let frame: freeauth_proto::ResponseFrame = freeauth_proto::frame::read_frame(&mut reader).unwrap();
+        assert_eq!(
+            frame.response,
+            Response::Verdict {
+                result: VerifyResult::Accepted
+            }
+        );
+        ids.push(frame.id);
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (100..120).collect::<Vec<_>>());
+    let _ = Client::connect(&agent.agent_socket(), "t", Duration::from_secs(1)).unwrap();
+}
+
+/// Runs a protocol exchange as user `nobody` (uid 65534) through python3,
+/// and returns the response types it printed, one per request.
+fn exchange_as_nobody(socket: &std::path::Path, requests: &[String]) -> Vec<String> {
+    let script = r#"
+import json, socket, struct, sys
+def send(s, obj):
+    body = json.dumps(obj).encode()
+    s.sendall(struct.pack(">I", len(body)) + body)
+def recv(s):
+    head = b""
+    while len(head) < 4:
+        chunk = s.recv(4 - len(head))
+        if not chunk:
+            return None
+        head += chunk
+    size = struct.unpack(">I", head)[0]
+    body = b""
+    while len(body) < size:
+        body += s.recv(size - len(body))
+    return json.loads(body)
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except PermissionError:
+    print("closed")
+    sys.exit(0)
+send(s, {"version": 1, "client": "nobody-test"})
+hello = recv(s)
+if hello is None:
+    print("closed")
+    sys.exit(0)
+for i, line in enumerate(sys.argv[2:]):
+    send(s, {"id": i, "request": json.loads(line)})
+    reply = recv(s)
+    response = reply["response"]
+    print(response.get("kind") or response.get("result") or response["type"])
+"#;
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
+        .arg(socket)
+        .args(requests)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false)
+}
+
+#[test]
+fn non_root_caller_may_ask_only_about_itself() {
+    if !running_as_root() {
+        eprintln!("SKIPPED: needs root to run a client as uid 65534 (CI runs as root)");
+        return;
+    }
+    let agent = Agent::start_with(Options {
+        extra: "[access]\nlocal_requests_per_minute = 4\n".into(),
+        ..Options::default()
+    });
+    agent.ctl_ok(&[
+        "enroll",
+        "nobody",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    agent.ctl_ok(&[
+        "enroll",
+        "alice",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    let code = oath_hotp(RFC_SEED_HEX, 0, 6);
+    let verify =
+        |user: &str, origin: &str| format!(r#"{{"type":"verify","user":"{user}","code":"{code}","origin":{origin}}}"#);
+    let pam = r#"{"type":"pam","service":"xlock","rhost":null,"tty":":0","ruser":null}"#;
+    let radius = r#"{"type":"radius","client":"x","nas_identifier":null,"nas_ip":null,"calling_station":null}"#;
+    let requests = vec![
+        r#"{"type":"lookup","user":"alice"}"#.to_owned(),
+        verify("alice", pam),
+        verify("nobody", radius),
+        r#"{"type":"lookup","user":"nobody"}"#.to_owned(),
+        verify("nobody", pam),
+        r#"{"type":"list"}"#.to_owned(),
+        verify("nobody", pam),
+        verify("nobody", pam),
+        verify("nobody", pam),
+    ];
+    let answers = exchange_as_nobody(&agent.agent_socket(), &requests);
+    assert_eq!(
+        answers,
+        [
+            "forbidden",
+            "forbidden",
+            "forbidden",
+            "account",
+            "accepted",
+            "forbidden",
+            "rejected",
+            "rejected",
+            "rate_limited"
+        ]
+    );
+    assert_eq!(
+        agent.ctl_verify("alice", &code),
+        0,
+        "alice's code was not consumed by nobody"
+    );
+    let admin = exchange_as_nobody(&agent.admin_socket(), &[]);
+    assert_eq!(admin, ["closed"], "admin socket refuses other users");
+}
