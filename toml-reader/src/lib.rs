@@ -94,7 +94,8 @@ impl<'a> Problems<'a> {
     }
 
     fn into_error(self, path: &Path) -> Option<ConfigError> {
-        let problems = self.found.into_inner();
+        let mut problems = self.found.into_inner();
+        problems.sort_by_key(|problem| (problem.line, problem.column));
         if problems.is_empty() {
             return None;
         }

@@ -1,0 +1,245 @@
+//! The engine driven directly with a manual clock: window, drift, replay and
+//! lock rules at exact step and second boundaries, and batches in which two
+//! requests race for the same code.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use freeauth_agentd::admin::AdminOp;
+use freeauth_agentd::config::{Lockout, Windows};
+use freeauth_agentd::engine::{Engine, Job, Outcome, Reason, Settings, Verdict};
+use freeauth_agentd::keys::SeedCipher;
+use freeauth_agentd::store::Store;
+use freeauth_otp::{totp, Algorithm, ManualClock, Secret};
+use freeauth_proto::{HashAlgorithm, NewToken, Response, SecretString, TokenKind};
+use tokio::sync::oneshot;
+
+const SEED_HEX: &str = "3132333435363738393031323334353637383930";
+const PERIOD: u64 = 30;
+/// A time exactly at the start of a TOTP step.
+const STEP_START: u64 = 1_800_000_000 - 1_800_000_000 % PERIOD;
+
+struct Harness {
+    engine: Engine,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+fn settings(threshold: u32) -> Settings {
+    Settings {
+        windows: Windows {
+            totp_steps: 1,
+            motp_steps: 18,
+            hotp_lookahead: 10,
+            hotp_resync: 100,
+            time_resync_steps: 100,
+        },
+        lockout: Lockout {
+            failure_delay: Duration::from_millis(500),
+            max_failure_delay: Duration::from_secs(8),
+            threshold,
+            lock_duration: Duration::from_secs(900),
+        },
+        prompt: "Code: ".into(),
+        max_batch: 64,
+    }
+}
+
+fn harness(threshold: u32) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let clock = Arc::new(ManualClock::new(STEP_START));
+    let engine = Engine::new(store, SeedCipher::new(&[9u8; 32]), clock.clone(), settings(threshold));
+    let mut harness = Harness {
+        engine,
+        clock,
+        _dir: dir,
+    };
+    harness.enroll("alice");
+    harness
+}
+
+impl Harness {
+    fn enroll(&mut self, user: &str) {
+        let token = NewToken {
+            kind: TokenKind::Totp,
+            algorithm: HashAlgorithm::Sha1,
+            digits: 6,
+            period: 30,
+            counter: 0,
+            last_step: None,
+            secret_hex: SEED_HEX.into(),
+            pin: None,
+            label: None,
+        };
+        let (reply, mut answer) = oneshot::channel();
+        let op = AdminOp::Enroll {
+            user: user.into(),
+            token,
+            backup: None,
+        };
+        self.engine.run_batch(vec![Job::Admin { op, reply }]);
+        assert!(matches!(answer.try_recv().unwrap(), Response::Enrolled { .. }));
+    }
+
+    /// Runs several verifications in one batch and returns their verdicts.
+    fn verify_batch(&mut self, codes: &[(&str, String)]) -> Vec<Verdict> {
+        let mut answers = Vec::new();
+        let jobs = codes
+            .iter()
+            .map(|(user, code)| {
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                Job::Verify {
+                    user: (*user).into(),
+                    code: SecretString::new(code.as_str()),
+                    reply,
+                }
+            })
+            .collect();
+        self.engine.run_batch(jobs);
+        answers
+            .into_iter()
+            .map(|mut a| a.try_recv().unwrap().unwrap())
+            .collect()
+    }
+
+    fn verify(&mut self, user: &str, code: String) -> Verdict {
+        self.verify_batch(&[(user, code)]).remove(0)
+    }
+}
+
+/// The code of the step that contains `time`.
+fn code_at(time: u64) -> String {
+    let secret = Secret::from_hex(SEED_HEX).unwrap();
+    totp(&secret, time, 30, 6, Algorithm::Sha1).to_string()
+}
+
+#[test]
+fn accepts_previous_step_at_step_start() {
+    let mut h = harness(10);
+    let verdict = h.verify("alice", code_at(STEP_START - 1));
+    assert_eq!(verdict.outcome, Outcome::Accepted);
+    assert!(matches!(verdict.reason, Reason::AcceptedToken { offset: -1, .. }));
+}
+
+#[test]
+fn rejects_two_steps_back_at_step_start() {
+    let mut h = harness(10);
+    let verdict = h.verify("alice", code_at(STEP_START - PERIOD - 1));
+    assert_eq!(verdict.outcome, Outcome::Rejected);
+}
+
+#[test]
+fn accepts_next_step_in_last_second() {
+    let mut h = harness(10);
+    h.clock.set(STEP_START + PERIOD - 1);
+    assert_eq!(
+        h.verify("alice", code_at(STEP_START + PERIOD)).outcome,
+        Outcome::Accepted
+    );
+}
+
+#[test]
+fn rejects_step_after_next_in_last_second() {
+    let mut h = harness(10);
+    h.clock.set(STEP_START + PERIOD - 1);
+    assert_eq!(
+        h.verify("alice", code_at(STEP_START + 2 * PERIOD)).outcome,
+        Outcome::Rejected
+    );
+}
+
+#[test]
+fn rejects_reused_code_in_same_and_later_step() {
+    let mut h = harness(10);
+    let code = code_at(STEP_START);
+    assert_eq!(h.verify("alice", code.clone()).outcome, Outcome::Accepted);
+    let again = h.verify("alice", code.clone());
+    assert_eq!((again.outcome, again.reason), (Outcome::Rejected, Reason::ReusedCode));
+    h.clock.set(STEP_START + PERIOD);
+    assert_eq!(
+        h.verify("alice", code).outcome,
+        Outcome::Rejected,
+        "still inside the window one step later"
+    );
+}
+
+#[test]
+fn rejects_older_step_after_newer_accepted() {
+    let mut h = harness(10);
+    assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Accepted);
+    let older = h.verify("alice", code_at(STEP_START - 1));
+    assert_eq!(older.outcome, Outcome::Rejected);
+}
+
+#[test]
+fn same_code_twice_in_one_batch_is_accepted_once() {
+    let mut h = harness(10);
+    let code = code_at(STEP_START);
+    let verdicts = h.verify_batch(&[("alice", code.clone()), ("alice", code)]);
+    assert_eq!(verdicts[0].outcome, Outcome::Accepted);
+    assert_eq!(verdicts[1].outcome, Outcome::Rejected);
+}
+
+#[test]
+fn drift_moves_the_window() {
+    let mut h = harness(10);
+    assert_eq!(
+        h.verify("alice", code_at(STEP_START + PERIOD)).outcome,
+        Outcome::Accepted
+    );
+    h.clock.set(STEP_START + 10 * PERIOD);
+    let ahead = h.verify("alice", code_at(STEP_START + 12 * PERIOD));
+    assert_eq!(
+        ahead.outcome,
+        Outcome::Accepted,
+        "window centred on the learned drift of +1"
+    );
+    assert!(matches!(ahead.reason, Reason::AcceptedToken { offset: 2, .. }));
+}
+
+#[test]
+fn lock_starts_at_threshold_and_ends_on_the_second() {
+    let mut h = harness(3);
+    let delays: Vec<Duration> = (0..3).map(|_| h.verify("alice", "000000".into()).delay).collect();
+    assert_eq!(
+        delays,
+        [
+            Duration::from_millis(500),
+            Duration::from_secs(1),
+            Duration::from_secs(2)
+        ]
+    );
+    h.clock.set(STEP_START + 899);
+    let locked = h.verify("alice", code_at(STEP_START + 899));
+    assert_eq!((locked.outcome, locked.reason), (Outcome::Locked, Reason::Locked));
+    h.clock.set(STEP_START + 900);
+    assert_eq!(h.verify("alice", code_at(STEP_START + 900)).outcome, Outcome::Accepted);
+}
+
+#[test]
+fn unknown_user_gets_same_delays_and_lock() {
+    let mut h = harness(3);
+    let known: Vec<Verdict> = (0..4).map(|_| h.verify("alice", "000000".into())).collect();
+    let unknown: Vec<Verdict> = (0..4).map(|_| h.verify("mallory", "000000".into())).collect();
+    for (k, u) in known.iter().zip(&unknown) {
+        assert_eq!(k.delay, u.delay);
+        assert_eq!(k.failures, u.failures);
+    }
+    assert_eq!(unknown[3].reason, Reason::UnknownUser);
+}
+
+#[test]
+fn malformed_code_counts_as_failure() {
+    let mut h = harness(10);
+    let verdict = h.verify("alice", "12ab56".into());
+    assert_eq!(
+        (verdict.outcome, verdict.reason, verdict.failures),
+        (Outcome::Rejected, Reason::MalformedCode, 1)
+    );
+    let short = h.verify("alice", "12345".into());
+    assert_eq!(short.failures, 2);
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs every FreeAuth check: formatting, clippy, and all unit and end-to-end
+# tests against real peers (oathtool). Installs missing Debian packages when
+# run as root; otherwise prints the apt-get command to run first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian 12 packages the tests need, as "command package" pairs.
+needed=(
+  "oathtool oathtool"
+  "/usr/bin/python3 python3"
+  "setpriv util-linux"
+  "md5sum coreutils"
+  "cc gcc"
+)
+
+missing=()
+for pair in "${needed[@]}"; do
+  read -r command package <<<"$pair"
+  command -v "$command" >/dev/null 2>&1 || missing+=("$package")
+done
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "test.sh: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "test.sh: missing packages; install them first:" >&2
+    echo "  sudo apt-get install -y ${missing[*]}" >&2
+    exit 2
+  fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "test.sh: cargo not found; install Rust (https://rustup.rs) first" >&2
+  exit 2
+fi
+
+start=$SECONDS
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The end-to-end tests run the built binaries, which `cargo test` alone does
+# not rebuild for another package.
+echo "== cargo build --bins"
+cargo build --workspace --bins --quiet
+echo "== cargo test"
+cargo test --workspace --quiet 2>&1 | tee /tmp/freeauth-test.log | grep -v '^$'
+echo "== all checks passed in $((SECONDS - start)) s"
