@@ -44,8 +44,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The end-to-end tests run the built binaries, which `cargo test` alone does
 # not rebuild for another package.
-echo "== cargo build --bins"
-cargo build --workspace --bins --quiet
+echo "== cargo build (binaries and the PAM module)"
+cargo build --workspace --quiet
 echo "== cargo test"
 cargo test --workspace --quiet 2>&1 | tee /tmp/freeauth-test.log | grep -v '^$'
 echo "== all checks passed in $((SECONDS - start)) s"

@@ -71,6 +71,7 @@ pub struct Lookup {
     pub enrolled: bool,
     pub locked: bool,
     pub prompt: String,
+    pub code_lengths: Vec<u8>,
 }
 
 /// The engine's decision on a code, with the reason for the log.
@@ -356,14 +357,25 @@ impl Context<'_> {
                 enrolled: false,
                 locked,
                 prompt,
+                code_lengths: Vec::new(),
             });
         };
-        let enabled = db.tokens(account.id)?.iter().any(|t| t.enabled);
-        let backup = db.backup_codes_left(account.id)? > 0;
+        let mut code_lengths: Vec<u8> = db
+            .tokens(account.id)?
+            .iter()
+            .filter(|token| token.enabled)
+            .map(|token| code_length(token.kind, token.digits))
+            .collect();
+        if db.backup_codes_left(account.id)? > 0 {
+            code_lengths.push(BACKUP_CODE_LEN);
+        }
+        code_lengths.sort_unstable();
+        code_lengths.dedup();
         Ok(Lookup {
-            enrolled: enabled || backup,
+            enrolled: !code_lengths.is_empty(),
             locked: failures_of(&account).current(self.now).is_locked(self.now),
             prompt,
+            code_lengths,
         })
     }
 
@@ -586,9 +598,20 @@ pub(crate) fn failures_of(account: &Account) -> Failures {
     }
 }
 
+/// Number of digits of a backup code.
+const BACKUP_CODE_LEN: u8 = 8;
+
 /// Backup codes are 8 decimal digits, typed with or without a space.
 fn is_backup_code_shape(text: &str) -> bool {
-    Code::parse(text, freeauth_otp::Charset::Decimal).is_ok_and(|code| code.len() == 8)
+    Code::parse(text, freeauth_otp::Charset::Decimal).is_ok_and(|code| code.len() == usize::from(BACKUP_CODE_LEN))
+}
+
+/// Length of the codes of a token: Mobile-OTP codes always have 6 characters.
+fn code_length(kind: freeauth_otp::Kind, digits: u8) -> u8 {
+    match kind {
+        freeauth_otp::Kind::Motp => freeauth_otp::MOTP_DIGITS,
+        _ => digits,
+    }
 }
 
 /// Counts a finished verdict for `status`.

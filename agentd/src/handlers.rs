@@ -32,6 +32,7 @@ pub async fn lookup(task: &Task, user: String) -> Response {
             enrolled: lookup.enrolled,
             locked: lookup.locked,
             prompt: lookup.prompt,
+            code_lengths: lookup.code_lengths,
         },
         Some(Err(_)) => internal_error(),
         None => unavailable(),

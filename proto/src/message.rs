@@ -179,6 +179,9 @@ pub enum Response {
         enrolled: bool,
         locked: bool,
         prompt: String,
+        /// Lengths of the codes the account's enabled tokens and backup
+        /// codes take, so `forward_pass` can split password and code.
+        code_lengths: Vec<u8>,
     },
     Verdict {
         result: VerifyResult,

@@ -1,0 +1,252 @@
+//! The module's side of the agent socket: a connect with a timeout, the
+//! trust checks in both directions, and the two requests the module makes.
+//!
+//! Before anything is sent, the socket file must belong to the agent's user
+//! and the peer's credentials (SO_PEERCRED) must show that same user, so a
+//! process that took over the socket path cannot collect codes.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use freeauth_proto::{Client, ClientError, Origin, Request, Response, SecretString};
+
+/// Why the agent could not be asked.
+#[derive(Debug)]
+pub enum AgentError {
+    /// The agent's user does not exist on this host.
+    UnknownAgentUser { name: String },
+    /// The socket is missing, refuses, or timed out.
+    Connect { source: io::Error },
+    /// The socket file or the peer is not the agent's user.
+    Untrusted { reason: String },
+    /// The conversation with the agent failed.
+    Protocol { source: ClientError },
+    /// The agent answered with an error or an unexpected message.
+    Refused { message: String },
+}
+
+impl fmt::Display for AgentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AgentError::UnknownAgentUser { name } => write!(f, "agent user {name} does not exist"),
+            AgentError::Connect { source } => write!(f, "cannot connect to the agent: {source}"),
+            AgentError::Untrusted { reason } => write!(f, "agent socket not trusted: {reason}"),
+            AgentError::Protocol { source } => write!(f, "{source}"),
+            AgentError::Refused { message } => write!(f, "agent refused the request: {message}"),
+        }
+    }
+}
+
+/// What the agent says about an account before the prompt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub enrolled: bool,
+    pub locked: bool,
+    pub prompt: String,
+    pub code_lengths: Vec<u8>,
+}
+
+/// A verified connection to the agent.
+pub struct Agent {
+    client: Client,
+}
+
+impl Agent {
+    /// Connects to `socket` within `timeout` and checks that the socket file
+    /// and the peer belong to `agent_user`.
+    pub fn connect(socket: &Path, agent_user: &str, timeout: Duration) -> Result<Agent, AgentError> {
+        let expected_uid = match nix::unistd::User::from_name(agent_user) {
+            Ok(Some(user)) => user.uid.as_raw(),
+            _ => {
+                return Err(AgentError::UnknownAgentUser {
+                    name: agent_user.to_owned(),
+                })
+            }
+        };
+        let owner = std::fs::symlink_metadata(socket)
+            .map_err(|source| AgentError::Connect { source })?
+            .uid();
+        if owner != expected_uid {
+            return Err(AgentError::Untrusted {
+                reason: format!("{} is owned by uid {owner}, not by {agent_user}", socket.display()),
+            });
+        }
+        let stream = connect_with_timeout(socket, timeout).map_err(|source| AgentError::Connect { source })?;
+        let peer = peer_uid(&stream).map_err(|source| AgentError::Connect { source })?;
+        if peer != expected_uid {
+            return Err(AgentError::Untrusted {
+                reason: format!(
+                    "the process behind {} runs as uid {peer}, not as {agent_user}",
+                    socket.display()
+                ),
+            });
+        }
+        let client =
+            Client::handshake(stream, "pam_freeauth", timeout).map_err(|source| AgentError::Protocol { source })?;
+        Ok(Agent { client })
+    }
+
+    /// Asks whether `user` has an active token and is locked.
+    pub fn lookup(&mut self, user: &str) -> Result<Account, AgentError> {
+        let request = Request::Lookup { user: user.to_owned() };
+        match self.call(request)? {
+            Response::Account {
+                enrolled,
+                locked,
+                prompt,
+                code_lengths,
+            } => Ok(Account {
+                enrolled,
+                locked,
+                prompt,
+                code_lengths,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Verifies `code` for `user`.
+    pub fn verify(&mut self, user: &str, code: SecretString, origin: Origin) -> Result<Response, AgentError> {
+        let request = Request::Verify {
+            user: user.to_owned(),
+            code,
+            origin,
+        };
+        self.call(request)
+    }
+
+    fn call(&mut self, request: Request) -> Result<Response, AgentError> {
+        self.client
+            .call(request)
+            .map_err(|source| AgentError::Protocol { source })
+    }
+}
+
+fn unexpected(response: &Response) -> AgentError {
+    match response {
+        Response::Error { message, .. } => AgentError::Refused {
+            message: message.clone(),
+        },
+        _ => AgentError::Refused {
+            message: "unexpected response type".into(),
+        },
+    }
+}
+
+/// Connects a Unix stream socket without blocking longer than `timeout`:
+/// a blocking connect can hang when the agent's accept queue is full.
+fn connect_with_timeout(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    let address = socket_address(path)?;
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a socket we just created and own; OwnedFd closes it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: address is a valid, initialised sockaddr_un of `length` bytes.
+    let result = unsafe { libc::connect(fd, std::ptr::addr_of!(address).cast(), length) };
+    if result != 0 {
+        let error = io::Error::last_os_error();
+        let pending = matches!(error.raw_os_error(), Some(libc::EINPROGRESS | libc::EAGAIN));
+        if !pending {
+            return Err(error);
+        }
+        wait_writable(fd, timeout)?;
+    }
+    let stream = UnixStream::from(owned);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+fn socket_address(path: &Path) -> io::Result<libc::sockaddr_un> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: sockaddr_un is plain data; all zero bytes is a valid value.
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= address.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long or contains NUL",
+        ));
+    }
+    for (slot, byte) in address.sun_path.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    Ok(address)
+}
+
+fn wait_writable(fd: i32, timeout: Duration) -> io::Result<()> {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    loop {
+        // SAFETY: one valid pollfd, count 1.
+        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+        match ready {
+            0 => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+            n if n > 0 => break,
+            _ => {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+        }
+    }
+    let mut error: libc::c_int = 0;
+    let mut length = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_ERROR writes one c_int into `error`; `length` says so.
+    let result = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            std::ptr::addr_of_mut!(error).cast(),
+            &mut length,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if error != 0 {
+        return Err(io::Error::from_raw_os_error(error));
+    }
+    Ok(())
+}
+
+/// The uid of the process on the other end (SO_PEERCRED).
+fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    let mut credentials = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes one ucred into `credentials`; `length` says so.
+    let result = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(credentials).cast(),
+            &mut length,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(credentials.uid)
+}
