@@ -253,6 +253,28 @@ impl<'d, 'a> Section<'d, 'a> {
         }
     }
 
+    /// Every table of an array of tables (`[[key]]`); absent reads as none.
+    pub fn tables(&self, key: &str) -> Vec<Section<'d, 'a>> {
+        let Some(value) = self.lookup(key) else {
+            return Vec::new();
+        };
+        let DeValue::Array(items) = value.get_ref() else {
+            self.wrong_type(key, value, "an array of tables ([[...]])");
+            return Vec::new();
+        };
+        let mut sections = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            match item.get_ref() {
+                DeValue::Table(table) => {
+                    let name = format!("{}[{index}]", self.full_key(key));
+                    sections.push(Section::new(self.document, table, name, item.span()));
+                }
+                _ => self.wrong_type(key, item, "an array of tables ([[...]])"),
+            }
+        }
+        sections
+    }
+
     /// A string value.
     pub fn string(&self, key: &str) -> Option<Located<String>> {
         let value = self.lookup(key)?;

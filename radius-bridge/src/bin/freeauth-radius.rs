@@ -1,0 +1,57 @@
+//! `freeauth-radius --config PATH [--listen ADDR:PORT ...]`: runs the RADIUS
+//! bridge in the foreground and logs to standard error.
+
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use freeauth_radius::config::Config;
+use tracing_subscriber::EnvFilter;
+
+/// FreeAuth RADIUS bridge: verifies one-time codes of RADIUS clients through the agent.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, short, default_value = "/etc/freeauth/radius.toml")]
+    config: PathBuf,
+    /// UDP address to listen on instead of the file's `listen` (repeatable).
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// Check the configuration and exit (0 valid, 2 invalid).
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("freeauth-radius: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!("{}: valid ({} clients)", args.config.display(), config.clients.len());
+        return ExitCode::SUCCESS;
+    }
+    let filter = EnvFilter::try_from_env("FREEAUTH_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match freeauth_radius::daemon::run(config, args.listen) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("freeauth-radius: {err}");
+            ExitCode::from(1)
+        }
+    }
+}

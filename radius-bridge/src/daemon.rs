@@ -1,0 +1,140 @@
+//! Start-up, reload and shutdown of `freeauth-radius`.
+//!
+//! SIGHUP reloads the clients and realms: requests in flight keep the client
+//! list they started with, and an invalid new file is logged and ignored.
+//! SIGTERM and SIGINT stop the bridge.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::net::UdpSocket;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::agent_link::{AgentLink, LinkSettings};
+use crate::config::{Client, Config};
+use crate::dedup::Cache;
+use crate::ratelog::RateLog;
+use crate::seen::SeenClients;
+use crate::server::{receive_loop, Bridge};
+
+/// Why the bridge could not start.
+#[derive(Debug)]
+pub struct DaemonError(pub String);
+
+impl std::fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+/// Uid the agent must run as: `agent_user`, or this process's own user.
+pub fn agent_uid(config: &Config) -> Result<u32, DaemonError> {
+    match &config.agent_user {
+        None => Ok(nix::unistd::geteuid().as_raw()),
+        Some(name) => match nix::unistd::User::from_name(name) {
+            Ok(Some(user)) => Ok(user.uid.as_raw()),
+            Ok(None) => Err(DaemonError(format!("agent_user {name} does not exist"))),
+            Err(err) => Err(DaemonError(format!("cannot look up agent_user {name}: {err}"))),
+        },
+    }
+}
+
+fn warn_about_weak_secrets(clients: &[Client]) {
+    for client in clients {
+        if client.secret.as_bytes().len() < 16 {
+            tracing::warn!(client = %client.name, "RADIUS secret is shorter than 16 bytes; it can be guessed from captured packets");
+        }
+    }
+}
+
+/// Runs the bridge until SIGTERM or SIGINT. `listen` overrides the file's
+/// addresses when not empty.
+pub fn run(config: Config, listen: Vec<SocketAddr>) -> Result<(), DaemonError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|err| DaemonError(err.to_string()))?;
+    runtime.block_on(serve(config, listen))
+}
+
+async fn serve(mut config: Config, listen: Vec<SocketAddr>) -> Result<(), DaemonError> {
+    let log = Arc::new(RateLog::default());
+    let settings = LinkSettings {
+        socket: config.agent_socket.clone(),
+        agent_uid: agent_uid(&config)?,
+        connections: config.agent_connections,
+        max_in_flight: config.max_in_flight,
+        timeout: config.agent_timeout,
+    };
+    let seen = SeenClients::load(&config.state_dir).map_err(DaemonError)?;
+    warn_about_weak_secrets(&config.clients);
+    let bridge = Arc::new(Bridge {
+        clients: RwLock::new(Arc::new(config.clients.clone())),
+        link: AgentLink::start(settings, Arc::clone(&log)),
+        dedup: Mutex::new(Cache::new(config.duplicate_window)),
+        seen: Mutex::new(seen),
+        log,
+        drops: Mutex::new(Default::default()),
+        realm_reject_delay: config.realm_reject_delay,
+    });
+    let addresses = if listen.is_empty() {
+        config.listen.clone()
+    } else {
+        listen
+    };
+    let mut listening = Vec::with_capacity(addresses.len());
+    for address in &addresses {
+        let socket = bind(*address).await?;
+        let local = socket
+            .local_addr()
+            .map_or_else(|_| address.to_string(), |local| local.to_string());
+        listening.push(local);
+        tokio::spawn(receive_loop(Arc::new(socket), Arc::clone(&bridge)));
+    }
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), listen = %listening.join(" "), clients = config.clients.len(), agent = %config.agent_socket.display(), "RADIUS bridge started");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let signal_error = |err: std::io::Error| DaemonError(format!("cannot install signal handlers: {err}"));
+    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => config = reload(config, &bridge),
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    tracing::info!("RADIUS bridge stopped");
+    Ok(())
+}
+
+async fn bind(address: SocketAddr) -> Result<UdpSocket, DaemonError> {
+    UdpSocket::bind(address)
+        .await
+        .map_err(|err| DaemonError(format!("cannot listen on UDP {address}: {err}")))
+}
+
+/// Reloads clients and realms; keeps `current` when the new file is invalid.
+fn reload(current: Config, bridge: &Bridge) -> Config {
+    match Config::load(&current.source) {
+        Ok(new) => {
+            warn_about_weak_secrets(&new.clients);
+            bridge.set_clients(new.clients.clone());
+            tracing::info!(path = %new.source.display(), clients = new.clients.len(), "configuration reloaded; listening addresses and agent settings change at the next restart");
+            Config {
+                listen: current.listen,
+                agent_socket: current.agent_socket,
+                agent_user: current.agent_user,
+                ..new
+            }
+        }
+        Err(err) => {
+            tracing::error!("configuration reload failed, keeping the running configuration: {err}");
+            current
+        }
+    }
+}

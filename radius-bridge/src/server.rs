@@ -1,0 +1,406 @@
+//! The UDP side: one receive loop per listening socket, and one task per
+//! request that checks it, asks the agent and replies.
+//!
+//! Datagrams that are malformed, come from an unknown source, or carry a bad
+//! or missing Message-Authenticator are dropped silently (RFC 2865 section
+//! 3), counted per client and reason, and logged with a rate limit. Every
+//! reply carries a Message-Authenticator as its first attribute and copies
+//! the request's Proxy-State attributes in order.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use freeauth_proto::{Origin, Request, Response, SecretString, VerifyResult};
+use tokio::net::UdpSocket;
+
+use crate::agent_link::AgentLink;
+use crate::codec::{attr, unhide_password, verify_message_authenticator, Code, Packet, ReplyBuilder, VENDOR_MICROSOFT};
+use crate::config::{Client, MessageAuthenticatorPolicy};
+use crate::dedup::{Cache, RequestKey, Seen};
+use crate::ratelog::RateLog;
+use crate::seen::SeenClients;
+
+/// Receive buffer: one byte more than the largest packet shows oversize.
+const RECEIVE_BUFFER: usize = crate::codec::MAX_PACKET_LEN + 1;
+
+/// The running bridge, shared by every task.
+pub struct Bridge {
+    pub clients: RwLock<Arc<Vec<Client>>>,
+    pub link: AgentLink,
+    pub dedup: Mutex<Cache>,
+    pub seen: Mutex<SeenClients>,
+    pub log: Arc<RateLog>,
+    pub drops: Mutex<HashMap<(String, &'static str), u64>>,
+    pub realm_reject_delay: std::time::Duration,
+}
+
+/// Why a datagram got no reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drop {
+    Malformed,
+    UnknownClient,
+    BadMessageAuthenticator,
+    MissingMessageAuthenticator,
+    UnsupportedCode,
+    MissingAttribute,
+    AgentUnavailable,
+    Retransmission,
+}
+
+impl Drop {
+    fn describe(self) -> &'static str {
+        match self {
+            Drop::Malformed => "malformed packet",
+            Drop::UnknownClient => "unknown client",
+            Drop::BadMessageAuthenticator => "invalid Message-Authenticator (wrong secret?)",
+            Drop::MissingMessageAuthenticator => "missing Message-Authenticator",
+            Drop::UnsupportedCode => "unsupported packet code",
+            Drop::MissingAttribute => "Access-Request without exactly one User-Name and User-Password",
+            Drop::AgentUnavailable => "agent unavailable; no reply so the client fails over",
+            Drop::Retransmission => "retransmission of a request still in progress",
+        }
+    }
+}
+
+impl Bridge {
+    pub fn clients(&self) -> Arc<Vec<Client>> {
+        match self.clients.read() {
+            Ok(clients) => Arc::clone(&clients),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn set_clients(&self, clients: Vec<Client>) {
+        let mut guard = match self.clients.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Arc::new(clients);
+    }
+
+    fn dropped(&self, client: &str, source: SocketAddr, reason: Drop) {
+        let count = {
+            let mut drops = lock(&self.drops);
+            let count = drops.entry((client.to_owned(), reason.describe())).or_insert(0);
+            *count += 1;
+            *count
+        };
+        let key = format!("drop/{client}/{reason:?}");
+        let message = format!(
+            "dropped a datagram from {source} (client {client}): {} [{count} so far]",
+            reason.describe()
+        );
+        self.log.warn(&key, &message);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Receives datagrams on `socket` forever.
+pub async fn receive_loop(socket: Arc<UdpSocket>, bridge: Arc<Bridge>) {
+    let mut buffer = vec![0u8; RECEIVE_BUFFER];
+    loop {
+        let (length, source) = match socket.recv_from(&mut buffer).await {
+            Ok(received) => received,
+            Err(err) => {
+                bridge.log.warn("recv", &format!("receive failed: {err}"));
+                continue;
+            }
+        };
+        let datagram = buffer[..length].to_vec();
+        let (socket, bridge) = (Arc::clone(&socket), Arc::clone(&bridge));
+        tokio::spawn(async move {
+            let reply = handle(&bridge, &datagram, source).await;
+            if let Some(reply) = reply {
+                if let Err(err) = socket.send_to(&reply, source).await {
+                    bridge
+                        .log
+                        .warn("send", &format!("cannot send reply to {source}: {err}"));
+                }
+            }
+        });
+    }
+}
+
+/// Checks one datagram and returns the reply to send, if any.
+pub async fn handle(bridge: &Bridge, datagram: &[u8], source: SocketAddr) -> Option<Vec<u8>> {
+    let Ok(packet) = Packet::parse(datagram) else {
+        bridge.dropped(&source.ip().to_string(), source, Drop::Malformed);
+        return None;
+    };
+    let clients = bridge.clients();
+    let nas_identifier = packet
+        .find(attr::NAS_IDENTIFIER)
+        .map(|a| String::from_utf8_lossy(a.value).into_owned());
+    let Some(client) = find_client(&clients, source.ip(), nas_identifier.as_deref()) else {
+        bridge.dropped(&source.ip().to_string(), source, Drop::UnknownClient);
+        return None;
+    };
+    let result = match packet.code {
+        Code::AccessRequest => access_request(bridge, client, &packet, source, nas_identifier).await,
+        Code::StatusServer => status_server(client, &packet),
+        _ => Err(Drop::UnsupportedCode),
+    };
+    match result {
+        Ok(reply) => Some(reply),
+        Err(reason) => {
+            bridge.dropped(&client.name, source, reason);
+            None
+        }
+    }
+}
+
+/// The client for a source address: one that names the request's
+/// NAS-Identifier wins, else the most specific network without one.
+pub fn find_client<'c>(clients: &'c [Client], ip: IpAddr, nas_identifier: Option<&str>) -> Option<&'c Client> {
+    let mut matching: Vec<&Client> = clients.iter().filter(|client| client.network.contains(ip)).collect();
+    matching.sort_by_key(|client| std::cmp::Reverse(client.network.prefix));
+    if let Some(identifier) = nas_identifier {
+        if let Some(client) = matching
+            .iter()
+            .find(|c| c.nas_identifier.as_deref() == Some(identifier))
+        {
+            return Some(client);
+        }
+    }
+    matching.into_iter().find(|client| client.nas_identifier.is_none())
+}
+
+fn status_server(client: &Client, packet: &Packet<'_>) -> Result<Vec<u8>, Drop> {
+    // RFC 5997 section 3: a Status-Server without a valid Message-Authenticator is dropped.
+    match verify_message_authenticator(packet, &client.secret) {
+        Some(true) => {}
+        Some(false) => return Err(Drop::BadMessageAuthenticator),
+        None => return Err(Drop::MissingMessageAuthenticator),
+    }
+    let reply = ReplyBuilder::new(Code::AccessAccept, packet.identifier);
+    Ok(reply.finish(&packet.authenticator, &client.secret, true))
+}
+
+/// Applies the client's Message-Authenticator policy to a request.
+fn check_message_authenticator(bridge: &Bridge, client: &Client, packet: &Packet<'_>) -> Result<(), Drop> {
+    match verify_message_authenticator(packet, &client.secret) {
+        Some(false) => Err(Drop::BadMessageAuthenticator),
+        Some(true) => {
+            if client.message_authenticator == MessageAuthenticatorPolicy::Auto {
+                let mut seen = lock(&bridge.seen);
+                if !seen.contains(&client.name) {
+                    if let Err(err) = seen.remember(&client.name) {
+                        bridge.log.warn("seen", &err);
+                    }
+                    tracing::info!(client = %client.name, "client sent a Message-Authenticator; requiring it from now on");
+                }
+            }
+            Ok(())
+        }
+        None => match client.message_authenticator {
+            MessageAuthenticatorPolicy::Require => Err(Drop::MissingMessageAuthenticator),
+            MessageAuthenticatorPolicy::Auto if lock(&bridge.seen).contains(&client.name) => {
+                Err(Drop::MissingMessageAuthenticator)
+            }
+            _ => Ok(()),
+        },
+    }
+}
+
+async fn access_request(
+    bridge: &Bridge,
+    client: &Client,
+    packet: &Packet<'_>,
+    source: SocketAddr,
+    nas_identifier: Option<String>,
+) -> Result<Vec<u8>, Drop> {
+    check_message_authenticator(bridge, client, packet)?;
+    let key = RequestKey {
+        client: client.name.clone(),
+        source,
+        identifier: packet.identifier,
+        authenticator: packet.authenticator,
+    };
+    let seen = lock(&bridge.dedup).check(&key, Instant::now());
+    match seen {
+        Seen::Answered(reply) => {
+            tracing::debug!(client = %client.name, %source, id = packet.identifier, "retransmission answered from the cache");
+            return Ok(reply);
+        }
+        Seen::InFlight => return Err(Drop::Retransmission),
+        Seen::New => {}
+    }
+    match decide(bridge, client, packet, nas_identifier).await {
+        Ok(reply) => {
+            lock(&bridge.dedup).finish(&key, reply.clone());
+            Ok(reply)
+        }
+        Err(reason) => {
+            lock(&bridge.dedup).forget(&key);
+            Err(reason)
+        }
+    }
+}
+
+/// Decides an Access-Request and builds the reply.
+async fn decide(
+    bridge: &Bridge,
+    client: &Client,
+    packet: &Packet<'_>,
+    nas_identifier: Option<String>,
+) -> Result<Vec<u8>, Drop> {
+    if uses_other_method(packet) {
+        tracing::info!(target: "freeauth::auth", client = %client.name, "rejected: CHAP, MS-CHAP or EAP request; only PAP is supported");
+        return Ok(reply(
+            client,
+            packet,
+            Code::AccessReject,
+            Some("Only PAP is supported by this server."),
+        ));
+    }
+    if packet.count(attr::USER_NAME) != 1 || packet.count(attr::USER_PASSWORD) != 1 {
+        return Err(Drop::MissingAttribute);
+    }
+    let name = packet
+        .find(attr::USER_NAME)
+        .map(|a| String::from_utf8_lossy(a.value).into_owned())
+        .unwrap_or_default();
+    let hidden = packet.find(attr::USER_PASSWORD).map(|a| a.value).unwrap_or_default();
+    let Some(code) = unhide_password(hidden, &client.secret, &packet.authenticator) else {
+        return Err(Drop::Malformed);
+    };
+    let account = match account_name(client, &name) {
+        Ok(account) => account,
+        Err(reason) => {
+            tracing::warn!(target: "freeauth::auth", client = %client.name, user = %name, reason, "rejected by realm policy");
+            tokio::time::sleep(bridge.realm_reject_delay).await;
+            return Ok(reply(client, packet, Code::AccessReject, None));
+        }
+    };
+    let origin = Origin::Radius {
+        client: client.name.clone(),
+        nas_identifier,
+        nas_ip: packet.find(attr::NAS_IP_ADDRESS).and_then(|a| ipv4_text(a.value)),
+        calling_station: packet
+            .find(attr::CALLING_STATION_ID)
+            .map(|a| String::from_utf8_lossy(a.value).into_owned()),
+    };
+    let code = SecretString::new(String::from_utf8_lossy(&code).into_owned());
+    let request = Request::Verify {
+        user: account,
+        code,
+        origin,
+    };
+    match bridge.link.call(request).await {
+        Some(Response::Verdict {
+            result: VerifyResult::Accepted,
+        }) => Ok(reply(client, packet, Code::AccessAccept, None)),
+        Some(Response::Verdict { .. }) => Ok(reply(client, packet, Code::AccessReject, None)),
+        Some(Response::Error { message, .. }) => {
+            bridge.log.warn(
+                "agent-error",
+                &format!("agent refused a verification for client {}: {message}", client.name),
+            );
+            Ok(reply(client, packet, Code::AccessReject, None))
+        }
+        Some(_) | None => Err(Drop::AgentUnavailable),
+    }
+}
+
+/// Maps a RADIUS user name to the agent account under the client's realms.
+/// `user@realm` needs the realm in the client's list; a bare name gets the
+/// default realm, or stays bare when the client lists no realms.
+pub fn account_name(client: &Client, name: &str) -> Result<String, &'static str> {
+    match name.rsplit_once('@') {
+        Some((user, realm)) if !user.is_empty() => {
+            let realm = realm.to_lowercase();
+            if client.realms.contains(&realm) {
+                Ok(format!("{user}@{realm}"))
+            } else {
+                Err("realm not allowed for this client")
+            }
+        }
+        Some(_) => Err("empty user part"),
+        None => match (&client.default_realm, client.realms.is_empty()) {
+            (Some(realm), _) => Ok(format!("{name}@{realm}")),
+            (None, true) => Ok(name.to_owned()),
+            (None, false) => Err("name without realm and no default_realm"),
+        },
+    }
+}
+
+fn uses_other_method(packet: &Packet<'_>) -> bool {
+    let microsoft = packet
+        .all(attr::VENDOR_SPECIFIC)
+        .any(|a| a.value.get(..4).map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]])) == Some(VENDOR_MICROSOFT));
+    packet.find(attr::CHAP_PASSWORD).is_some() || packet.find(attr::EAP_MESSAGE).is_some() || microsoft
+}
+
+fn ipv4_text(value: &[u8]) -> Option<String> {
+    let octets: [u8; 4] = value.try_into().ok()?;
+    Some(std::net::Ipv4Addr::from(octets).to_string())
+}
+
+/// A reply with Message-Authenticator first and Proxy-State copied in order.
+fn reply(client: &Client, packet: &Packet<'_>, code: Code, message: Option<&str>) -> Vec<u8> {
+    let mut builder = ReplyBuilder::new(code, packet.identifier);
+    if let Some(message) = message {
+        builder.add(attr::REPLY_MESSAGE, message.as_bytes());
+    }
+    for proxy_state in packet.all(attr::PROXY_STATE) {
+        builder.add(attr::PROXY_STATE, proxy_state.value);
+    }
+    builder.finish(&packet.authenticator, &client.secret, true)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::codec::SharedSecret;
+    use crate::config::Network;
+
+    fn client(name: &str, address: &str, nas: Option<&str>, realms: &[&str], default: Option<&str>) -> Client {
+        Client {
+            name: name.into(),
+            network: Network::parse(address).unwrap(),
+            nas_identifier: nas.map(str::to_owned),
+            secret: SharedSecret::new(b"secret-secret-secret".to_vec()),
+            realms: realms.iter().map(|r| (*r).to_owned()).collect(),
+            default_realm: default.map(str::to_owned),
+            message_authenticator: MessageAuthenticatorPolicy::Require,
+        }
+    }
+
+    #[test]
+    fn realms_map_names_to_accounts() {
+        let com = client("com", "192.0.2.1", None, &["example.com"], Some("example.com"));
+        assert_eq!(account_name(&com, "alice@Example.COM"), Ok("alice@example.com".into()));
+        assert_eq!(account_name(&com, "alice"), Ok("alice@example.com".into()));
+        assert!(account_name(&com, "alice@example.net").is_err());
+        assert!(account_name(&com, "@example.com").is_err());
+        let bare = client("bare", "192.0.2.1", None, &[], None);
+        assert_eq!(account_name(&bare, "root"), Ok("root".into()));
+        assert!(account_name(&bare, "root@example.com").is_err());
+        let strict = client("strict", "192.0.2.1", None, &["example.com"], None);
+        assert!(account_name(&strict, "alice").is_err());
+    }
+
+    #[test]
+    fn clients_on_one_address_split_by_nas_identifier() {
+        let clients = vec![
+            client("vpn", "192.0.2.1", Some("vpn1"), &[], None),
+            client("web", "192.0.2.1", Some("web1"), &[], None),
+            client("lan", "192.0.2.0/24", None, &[], None),
+        ];
+        let ip = "192.0.2.1".parse().unwrap();
+        assert_eq!(find_client(&clients, ip, Some("web1")).unwrap().name, "web");
+        assert_eq!(find_client(&clients, ip, Some("vpn1")).unwrap().name, "vpn");
+        assert_eq!(find_client(&clients, ip, Some("other")).unwrap().name, "lan");
+        assert_eq!(find_client(&clients, ip, None).unwrap().name, "lan");
+        assert!(find_client(&clients, "198.51.100.1".parse().unwrap(), None).is_none());
+    }
+}
