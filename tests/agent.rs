@@ -891,3 +891,104 @@ fn non_root_caller_may_ask_only_about_itself() {
     let admin = exchange_as_nobody(&agent.admin_socket(), &[]);
     assert_eq!(admin, ["closed"], "admin socket refuses other users");
 }
+
+#[test]
+fn importing_a_file_twice_is_refused() {
+    let agent = Agent::start();
+    let file = agent.dir.path().join("users.oath");
+    fs::write(&file, format!("HOTP twice - {RFC_SEED_HEX}\n")).unwrap();
+    agent.ctl_ok(&["import", "--format", "oath", file.to_str().unwrap()]);
+    let again = agent.ctl(&["import", "--format", "oath", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("already has tokens"), "{stderr}");
+    let shown = agent.ctl_ok(&["show", "twice"]);
+    assert_eq!(shown.matches("token ").count(), 1, "{shown}");
+}
+
+#[test]
+fn disabling_tokens_stops_backup_codes() {
+    let agent = Agent::start();
+    let output = agent.ctl_ok(&[
+        "--json",
+        "enroll",
+        "liz",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--backup-codes",
+        "1",
+    ]);
+    let printed: serde_json::Value = serde_json::from_str(&output).unwrap();
+    let backup = printed["backup_codes"][0].as_str().unwrap().to_owned();
+    agent.ctl_ok(&["disable", "liz"]);
+    assert_eq!(agent.verify_pam("liz", &backup), VerifyResult::NoToken);
+    agent.ctl_ok(&["enable", "liz"]);
+    assert_eq!(agent.verify_pam("liz", &backup), VerifyResult::Accepted);
+}
+
+#[test]
+fn removing_last_token_removes_the_user() {
+    let agent = Agent::start();
+    agent.ctl_ok(&[
+        "enroll",
+        "max",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    agent.ctl_ok(&["remove", "max", "--token", "1"]);
+    assert!(agent.ctl_ok(&["list"]).contains("no users"));
+}
+
+#[test]
+fn check_config_reports_open_state_folder() {
+    let mut agent = Agent::start();
+    agent.stop();
+    fs::set_permissions(agent.dir.path().join("state"), fs::Permissions::from_mode(0o755)).unwrap();
+    let output = agent.ctl(&["check-config"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("chmod 700"), "{stderr}");
+}
+
+#[test]
+fn stop_lets_delayed_reply_finish() {
+    let mut agent = Agent::start_with(Options {
+        failure_delay_ms: 1500,
+        max_failure_delay_ms: 1500,
+        ..Options::default()
+    });
+    agent.ctl_ok(&[
+        "enroll",
+        "ned",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    let socket = agent.agent_socket();
+    let waiter = std::thread::spawn(move || {
+        let mut client = Client::connect(&socket, "t", Duration::from_secs(10)).unwrap();
+        client.call(verify_request("ned", "000000", pam_origin()))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    agent.stop();
+    let reply = waiter.join().unwrap().expect("reply before the agent exits");
+    assert_eq!(verdict(reply), VerifyResult::Rejected);
+}
+
+#[test]
+fn created_files_are_private() {
+    let agent = Agent::start();
+    agent.ctl_ok(&["enroll", "oz", "--no-qr"]);
+    for name in ["freeauth.db", "freeauth.db-wal", "freeauth.db-shm", "seed.key"] {
+        let path = agent.dir.path().join("state").join(name);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{name} has mode {mode:o}");
+    }
+}

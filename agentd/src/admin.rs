@@ -228,6 +228,17 @@ fn import(
     backups: &[(String, BackupSet)],
 ) -> AdminResult {
     let mut users = std::collections::BTreeSet::new();
+    // An import adds accounts; it never stacks tokens on an existing one, so
+    // importing a file twice is an error instead of a duplicate.
+    for (user, _) in tokens {
+        if let Some(account) = db.account(user)? {
+            if !db.tokens(account.id)?.is_empty() {
+                let message =
+                    format!("user {user} already has tokens; remove them first (freeauthctl remove {user}); nothing was imported");
+                return error(ErrorKind::Conflict, message);
+            }
+        }
+    }
     for (index, (user, token)) in tokens.iter().enumerate() {
         if let Err(problem) = store_token(context, db, user, token)? {
             let message = format!("entry {} (user {user}): {problem}; nothing was imported", index + 1);
@@ -349,6 +360,11 @@ fn remove(db: Db<'_>, user: &str, token: Option<u64>) -> AdminResult {
         Some(id) => db.remove_token(account.id, id)?,
         None => db.remove_account(account.id)?,
     };
+    // An account without tokens keeps nothing worth keeping: drop it, with
+    // its backup codes, so `list` shows only users who can authenticate.
+    if token.is_some() && changed > 0 && db.tokens(account.id)?.is_empty() {
+        db.remove_account(account.id)?;
+    }
     if changed == 0 {
         return error(
             ErrorKind::NotFound,

@@ -18,7 +18,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::access::{RateLimiter, Rules};
-use crate::config::Config;
+use crate::config::{Config, Server};
 use crate::engine::{Engine, Job, Settings, Stats};
 use crate::keys::{Field, SeedCipher};
 use crate::loglimit::LogLimiter;
@@ -65,6 +65,8 @@ pub fn open_state(config: &Config) -> Result<(Store, SeedCipher), DaemonError> {
             )));
         }
         SeedCipher::create(key_path).map_err(fail)?;
+        // No token exists, so no seed is lost: forget the old key's marker.
+        store.db().delete_meta("key_check").map_err(fail)?;
         tracing::info!(path = %key_path.display(), "created a new seed key");
     }
     let cipher = SeedCipher::load(key_path).map_err(fail)?;
@@ -92,6 +94,8 @@ fn check_key(db: Db<'_>, cipher: &SeedCipher, key_path: &Path) -> Result<(), Dae
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), DaemonError> {
+    // Files the agent and SQLite create (database, -wal, -shm) are private.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let rules = Rules::resolve(&config.access).map_err(fail)?;
     let (store, cipher) = open_state(&config)?;
     let stats = Arc::new(Stats::default());
@@ -131,15 +135,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
 async fn serve_until_stopped(mut config: Config, shared: Arc<Shared>) -> Result<(), DaemonError> {
     let agent = bind(&config.paths.agent_socket, 0o666)?;
-    let admin_mode = if config.access.admin_group.is_some() {
-        0o660
-    } else {
-        0o600
-    };
-    let admin = bind(&config.paths.admin_socket, admin_mode)?;
-    if let Some(gid) = shared.rules().admin_gid {
-        std::os::unix::fs::chown(&config.paths.admin_socket, None, Some(gid)).map_err(fail)?;
-    }
+    let admin = bind(&config.paths.admin_socket, 0o600)?;
+    set_admin_socket_access(&config.paths.admin_socket, shared.rules().admin_gid)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(fail)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(fail)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(fail)?;
@@ -161,10 +158,27 @@ async fn serve_until_stopped(mut config: Config, shared: Arc<Shared>) -> Result<
         }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    tracing::info!("agent stopping");
+    drop(agent);
+    drop(admin);
     let _ = fs::remove_file(&config.paths.agent_socket);
     let _ = fs::remove_file(&config.paths.admin_socket);
+    tracing::info!("agent stopping: no new connections; finishing requests in flight");
+    drain(&shared).await;
     Ok(())
+}
+
+/// Waits until no request is in flight, at most `DRAIN_LIMIT`, so that
+/// replies already decided (and their reply delays) go out before the exit.
+async fn drain(shared: &Shared) {
+    const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+    while shared.stats.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("requests still in flight after 10 s; stopping anyway");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 fn spawn_connection(
@@ -196,8 +210,23 @@ async fn reload(current: Config, shared: &Shared) -> Config {
             return current;
         }
     };
-    if new.paths != current.paths || new.server != current.server {
-        tracing::warn!("changes to [paths] and [server] take effect at the next restart");
+    let unchanged_server = Server {
+        max_batch: current.server.max_batch,
+        ..new.server
+    };
+    if new.paths != current.paths || unchanged_server != current.server {
+        tracing::warn!(
+            "changes to [paths], and to [server] settings other than max_batch, take effect at the next restart"
+        );
+    }
+    if new.log_level != current.log_level {
+        tracing::warn!("log_level changes take effect at the next restart");
+    }
+    if new.access.admin_group != current.access.admin_group {
+        if let Err(err) = set_admin_socket_access(&current.paths.admin_socket, rules.admin_gid) {
+            tracing::error!("configuration reload failed, keeping the running configuration: {err}");
+            return current;
+        }
     }
     shared.set_rules(rules);
     let _ = shared
@@ -214,6 +243,19 @@ async fn reload(current: Config, shared: &Shared) -> Config {
     }
 }
 
+/// Gives the admin socket to the admin group (mode 0660), or to the agent's
+/// user alone (mode 0600) when no group is configured.
+fn set_admin_socket_access(path: &Path, admin_gid: Option<u32>) -> Result<(), DaemonError> {
+    let (gid, mode) = match admin_gid {
+        Some(gid) => (gid, 0o660),
+        None => (nix::unistd::getegid().as_raw(), 0o600),
+    };
+    std::os::unix::fs::chown(path, None, Some(gid))
+        .map_err(|err| fail(format!("cannot chown {}: {err}", path.display())))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|err| fail(format!("cannot chmod {}: {err}", path.display())))
+}
+
 /// Binds a socket at `path`, replacing a stale file but never a live agent.
 fn bind(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
     if let Some(parent) = path.parent() {
@@ -223,6 +265,9 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
                 .mode(0o755)
                 .create(parent)
                 .map_err(|err| fail(format!("cannot create socket folder {}: {err}", parent.display())))?;
+            // The umask of 077 would close it; every user must reach the agent socket.
+            fs::set_permissions(parent, fs::Permissions::from_mode(0o755))
+                .map_err(|err| fail(format!("cannot chmod socket folder {}: {err}", parent.display())))?;
         }
     }
     if path.exists() {

@@ -37,6 +37,8 @@ pub struct Stats {
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
     pub open_connections: AtomicU64,
+    /// Requests received and not answered yet, for a clean shutdown.
+    pub in_flight: AtomicU64,
 }
 
 /// A request for the engine thread.
@@ -366,7 +368,7 @@ impl Context<'_> {
             .filter(|token| token.enabled)
             .map(|token| code_length(token.kind, token.digits))
             .collect();
-        if db.backup_codes_left(account.id)? > 0 {
+        if !code_lengths.is_empty() && db.backup_codes_left(account.id)? > 0 {
             code_lengths.push(BACKUP_CODE_LEN);
         }
         code_lengths.sort_unstable();
@@ -394,10 +396,12 @@ impl Context<'_> {
             return Ok(self.verdict(Outcome::Locked, Reason::Locked, failures.count));
         }
         let tokens: Vec<TokenRow> = db.tokens(account.id)?.into_iter().filter(|t| t.enabled).collect();
-        let backup_left = db.backup_codes_left(account.id)?;
-        if tokens.is_empty() && backup_left == 0 {
+        // Backup codes stand in for a token, so they work only while the
+        // account has an enabled one: `disable USER` stops them too.
+        if tokens.is_empty() {
             return self.reject(db, &account, failures, Outcome::NoToken, Reason::NoActiveToken);
         }
+        let backup_left = db.backup_codes_left(account.id)?;
         let mut reason = Reason::MalformedCode;
         for row in tokens {
             let token = self.open(row)?;

@@ -144,7 +144,15 @@ fn log_refusal(task: &Task, user: &str, origin: &Origin, response: &Response) {
             Origin::Radius { .. } => "radius",
             Origin::Admin {} => "admin",
         };
-        tracing::warn!(target: "freeauth::auth", user, frontend, uid = task.caller.uid(), reason = %message, "verification refused");
+        // Rate-limited: a local user can send any number of refused requests.
+        let Some(suppressed) = task
+            .shared
+            .log_limit
+            .admit("verification-refused", std::time::Instant::now())
+        else {
+            return;
+        };
+        tracing::warn!(target: "freeauth::auth", user, frontend, uid = task.caller.uid(), reason = %message, suppressed, "verification refused");
     }
 }
 

@@ -175,6 +175,12 @@ fn decode_hex_key(text: &str, key: &mut [u8; KEY_LEN]) -> Option<()> {
 /// Fails unless `path` is a regular file owned by this process's user and
 /// not accessible to group or others.
 pub fn check_private_file(path: &Path) -> Result<(), KeyError> {
+    check_private(path, false, nix::unistd::geteuid().as_raw())
+}
+
+/// Fails unless `path` is a regular file (or, with `directory`, a folder)
+/// owned by uid `owner` and closed to group and others.
+pub fn check_private(path: &Path, directory: bool, owner: u32) -> Result<(), KeyError> {
     let unsafe_because = |reason: String| KeyError::Unsafe {
         path: path.display().to_string(),
         reason,
@@ -183,21 +189,31 @@ pub fn check_private_file(path: &Path) -> Result<(), KeyError> {
         path: path.display().to_string(),
         source,
     })?;
-    if !meta.file_type().is_file() {
-        return Err(unsafe_because("not a regular file".into()));
+    let right_type = if directory {
+        meta.file_type().is_dir()
+    } else {
+        meta.file_type().is_file()
+    };
+    if !right_type {
+        let expected = if directory {
+            "not a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(unsafe_because(expected.into()));
     }
-    let euid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != euid {
+    if meta.uid() != owner {
         return Err(unsafe_because(format!(
-            "owned by uid {} but the agent runs as uid {euid}; run `chown {euid} {}`",
+            "owned by uid {} but the agent runs as uid {owner}; run `chown {owner} {}`",
             meta.uid(),
             path.display()
         )));
     }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
+        let fix = if directory { 700 } else { 600 };
         return Err(unsafe_because(format!(
-            "mode {mode:04o} lets other users read it; run `chmod 600 {}`",
+            "mode {mode:04o} lets other users read it; run `chmod {fix} {}`",
             path.display()
         )));
     }

@@ -29,8 +29,9 @@ impl LogLimiter {
     }
 
     /// Returns the number of lines suppressed since the last one logged, or
-    /// `None` if this line is to be suppressed.
-    fn admit(&self, key: &'static str, now: Instant) -> Option<u64> {
+    /// `None` if this line is to be suppressed. For callers that log with
+    /// their own fields and target.
+    pub fn admit(&self, key: &'static str, now: Instant) -> Option<u64> {
         let mut keys = match self.keys.lock() {
             Ok(keys) => keys,
             Err(poisoned) => poisoned.into_inner(),

@@ -163,6 +163,7 @@ async fn converse(
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             break Ok(());
         };
+        let task_shared = Arc::clone(shared);
         let task = Task {
             shared: Arc::clone(shared),
             caller: caller.clone(),
@@ -170,12 +171,14 @@ async fn converse(
             arrived: Instant::now(),
         };
         let replies = replies.clone();
+        shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let response = task.handle(frame.request).await;
             let reply = ResponseFrame { id: frame.id, response };
             if let Ok(bytes) = frame::encode(&reply) {
                 let _ = replies.send(bytes).await;
             }
+            task_shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     };

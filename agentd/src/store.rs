@@ -225,6 +225,11 @@ impl Db<'_> {
         Ok(())
     }
 
+    pub fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.0.execute("DELETE FROM meta WHERE key = ?1", [key])?;
+        Ok(())
+    }
+
     pub fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
         let mut statement = self
             .0

@@ -1,6 +1,6 @@
 //! One function per command: build the request, send it, print the answer.
 
-use std::io::Read;
+use std::io::{BufRead, IsTerminal, Read};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -111,10 +111,29 @@ fn check_config(config: &Config) -> Result<ExitCode, CommandError> {
     if let Err(err) = freeauth_agentd::access::Rules::resolve(&config.access) {
         problems.push(err);
     }
-    if config.paths.seed_key.exists() {
-        if let Err(err) = freeauth_agentd::keys::check_private_file(&config.paths.seed_key) {
-            problems.push(err.to_string());
+    // The agent's user owns the state folder; the key must belong to it too.
+    let state_dir = &config.paths.state_dir;
+    match std::fs::metadata(state_dir) {
+        Ok(meta) => {
+            use std::os::unix::fs::MetadataExt;
+            let owner = meta.uid();
+            if let Err(err) = freeauth_agentd::keys::check_private(state_dir, true, owner) {
+                problems.push(err.to_string());
+            }
+            let key = &config.paths.seed_key;
+            if key.exists() {
+                if let Err(err) = freeauth_agentd::keys::check_private(key, false, owner) {
+                    problems.push(err.to_string());
+                }
+            }
         }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            println!(
+                "note: state folder {} does not exist yet; the agent creates it",
+                state_dir.display()
+            );
+        }
+        Err(err) => problems.push(format!("state folder {}: {err}", state_dir.display())),
     }
     if problems.is_empty() {
         println!("{}: valid", config.source.display());
@@ -147,13 +166,18 @@ fn verify(config: &Config, user: String, code: &str, json: bool) -> Result<ExitC
 /// Reads one line from standard input, for values that must not appear in
 /// the process list.
 fn read_stdin_line(what: &str) -> Result<Zeroizing<String>, CommandError> {
-    let mut text = Zeroizing::new(String::new());
+    let failed = |err: std::io::Error| format!("cannot read the {what} from standard input: {err}");
+    if std::io::stdin().is_terminal() {
+        let typed = rpassword::prompt_password(format!("{what}: ")).map_err(failed)?;
+        return Ok(Zeroizing::new(typed.trim().to_owned()));
+    }
+    let mut line = Zeroizing::new(String::new());
     std::io::stdin()
+        .lock()
         .take(1024)
-        .read_to_string(&mut text)
-        .map_err(|err| format!("cannot read the {what} from standard input: {err}"))?;
-    let line = text.lines().next().unwrap_or("").trim().to_owned();
-    Ok(Zeroizing::new(line))
+        .read_line(&mut line)
+        .map_err(failed)?;
+    Ok(Zeroizing::new(line.trim().to_owned()))
 }
 
 fn enroll(config: &Config, args: EnrollArgs, json: bool) -> Result<ExitCode, CommandError> {

@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 /// FreeAuth agent: verifies one-time passwords for PAM and RADIUS.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Configuration file.
     #[arg(long, short, default_value = "/etc/freeauth/agentd.toml")]
@@ -32,11 +32,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(err) = freeauth_agentd::access::Rules::resolve(&config.access) {
+        eprintln!(
+            "freeauth-agentd: invalid configuration {}: {err}",
+            args.config.display()
+        );
+        return ExitCode::from(2);
+    }
     if args.check {
         println!("{}: valid", args.config.display());
         return ExitCode::SUCCESS;
     }
-    let filter = EnvFilter::try_from_env("FREEAUTH_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let filter = log_filter(&config.log_level);
     let ansi = std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -46,9 +53,28 @@ fn main() -> ExitCode {
     match freeauth_agentd::daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err}");
-            eprintln!("freeauth-agentd: {err}");
+            tracing::error!("cannot run: {err}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// The log filter: FREEAUTH_LOG when it is set to a valid filter, else the
+/// configured level. An empty or invalid FREEAUTH_LOG is reported, not
+/// taken, so it cannot silence error messages by mistake.
+fn log_filter(configured: &str) -> EnvFilter {
+    match std::env::var("FREEAUTH_LOG") {
+        Ok(value) if !value.trim().is_empty() => match EnvFilter::try_new(&value) {
+            Ok(filter) => filter,
+            Err(err) => {
+                eprintln!("freeauth-agentd: ignoring invalid FREEAUTH_LOG ({err}); using log_level {configured}");
+                EnvFilter::new(configured)
+            }
+        },
+        Ok(_) => {
+            eprintln!("freeauth-agentd: ignoring empty FREEAUTH_LOG; using log_level {configured}");
+            EnvFilter::new(configured)
+        }
+        Err(_) => EnvFilter::new(configured),
     }
 }
