@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Quick start: builds FreeAuth, starts the agent with the development
-# configuration in conf/dev/ (no root; state, key and sockets stay in that
-# folder), enrols the user "demo" with a fresh TOTP token, and shows how to
-# try a code. Run it again to reuse the running agent.
+# Quick start: builds FreeAuth, starts the agent and the RADIUS bridge with
+# the development configuration in conf/dev/ (no root; state, key and
+# sockets stay in that folder; the bridge listens on 127.0.0.1 and ::1 port
+# 18120), enrols the user "demo" with a fresh TOTP token, and shows how to
+# try a code. Run it again to reuse the running daemons.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,8 +11,11 @@ config=conf/dev/agentd.toml
 ctl=(target/debug/freeauthctl --config "$config")
 pidfile=conf/dev/run/agentd.pid
 log=conf/dev/agentd.log
+radius_config=conf/dev/radius.toml
+radius_pidfile=conf/dev/run/radius.pid
+radius_log=conf/dev/radius.log
 
-cargo build --quiet -p freeauth-agentd -p freeauthctl
+cargo build --quiet -p freeauth-agentd -p freeauthctl -p freeauth-radius
 
 if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   echo "agent already running (pid $(cat "$pidfile"))"
@@ -29,6 +33,22 @@ else
     exit 1
   fi
   echo "agent started (pid $(cat "$pidfile")), log in $log"
+fi
+
+# The bridge refuses a configuration with a secret that other users can read.
+chmod 600 "$radius_config"
+if [[ -f $radius_pidfile ]] && kill -0 "$(cat "$radius_pidfile")" 2>/dev/null; then
+  echo "RADIUS bridge already running (pid $(cat "$radius_pidfile"))"
+else
+  target/debug/freeauth-radius --config "$radius_config" 2>>"$radius_log" &
+  echo $! >"$radius_pidfile"
+  sleep 0.5
+  if ! kill -0 "$(cat "$radius_pidfile")" 2>/dev/null; then
+    echo "the RADIUS bridge did not start; its log ($radius_log) ends with:" >&2
+    tail -n 5 "$radius_log" >&2
+    exit 1
+  fi
+  echo "RADIUS bridge started (pid $(cat "$radius_pidfile")) on 127.0.0.1:18120 and [::1]:18120, log in $radius_log"
 fi
 
 if "${ctl[@]}" show demo >/dev/null 2>&1; then
@@ -50,10 +70,15 @@ if [[ -n ${secret:-} ]] && command -v oathtool >/dev/null 2>&1; then
 fi
 cat <<TEXT
 
+Or through RADIUS (radclient is in the freeradius-utils package):
+
+  printf 'User-Name = demo\\nUser-Password = CODE\\nMessage-Authenticator = 0x00\\n' |
+    radclient -x 127.0.0.1:18120 auth dev-secret-0123456789
+
 A code is accepted once; the same code again is rejected. See the token,
 its drift and failures with:
 
   ${ctl[*]} show demo
 
-Stop the agent with:  kill \$(cat $pidfile)
+Stop both daemons with:  kill \$(cat $pidfile) \$(cat $radius_pidfile)
 TEXT
