@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 config=conf/dev/agentd.toml
-ctl=(target/debug/freeauthctl --config "$config")
+bin=${CARGO_TARGET_DIR:-target}/debug
+ctl=("$bin/freeauthctl" --config "$config")
 pidfile=conf/dev/run/agentd.pid
 log=conf/dev/agentd.log
 radius_config=conf/dev/radius.toml
@@ -21,7 +22,7 @@ if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   echo "agent already running (pid $(cat "$pidfile"))"
 else
   mkdir -p conf/dev/run
-  target/debug/freeauth-agentd --config "$config" 2>>"$log" &
+  "$bin/freeauth-agentd" --config "$config" 2>>"$log" &
   echo $! >"$pidfile"
   for _ in $(seq 50); do
     [[ -S conf/dev/run/admin.sock ]] && break
@@ -40,7 +41,7 @@ chmod 600 "$radius_config"
 if [[ -f $radius_pidfile ]] && kill -0 "$(cat "$radius_pidfile")" 2>/dev/null; then
   echo "RADIUS bridge already running (pid $(cat "$radius_pidfile"))"
 else
-  target/debug/freeauth-radius --config "$radius_config" 2>>"$radius_log" &
+  "$bin/freeauth-radius" --config "$radius_config" 2>>"$radius_log" &
   echo $! >"$radius_pidfile"
   sleep 0.5
   if ! kill -0 "$(cat "$radius_pidfile")" 2>/dev/null; then
