@@ -5,19 +5,35 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian 12 packages the tests need, as "command package" pairs.
+# Debian 12 packages the tests need, as "command package" pairs. A command
+# may also be a file pattern, for packages that ship only libraries.
 needed=(
   "oathtool oathtool"
   "/usr/bin/python3 python3"
   "setpriv util-linux"
+  "unshare util-linux"
+  "mount mount"
   "md5sum coreutils"
   "cc gcc"
+  "/usr/lib/*/libpam.so libpam0g-dev"
+  "pamtester pamtester"
+  "/usr/lib/*/libpam_wrapper.so libpam-wrapper"
+  "/usr/lib/*/security/pam_exec.so libpam-modules"
+  "expect expect"
+  "ssh openssh-client"
+  "ssh-keygen openssh-client"
+  "openssl openssl"
+  "radclient freeradius-utils"
+  "/lib/*/security/pam_radius_auth.so libpam-radius-auth"
 )
+# tests/sshd.rs also needs an sshd. It uses an installed openssh-server, or
+# else downloads the package into target/test-cache/ without installing it,
+# because installing it would start an sshd on port 22.
 
 missing=()
 for pair in "${needed[@]}"; do
   read -r command package <<<"$pair"
-  command -v "$command" >/dev/null 2>&1 || missing+=("$package")
+  command -v "$command" >/dev/null 2>&1 || compgen -G "$command" >/dev/null || missing+=("$package")
 done
 
 if ((${#missing[@]})); then
@@ -47,5 +63,5 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo build (binaries and the PAM module)"
 cargo build --workspace --quiet
 echo "== cargo test"
-cargo test --workspace --quiet 2>&1 | tee /tmp/freeauth-test.log | grep -v '^$'
+cargo test --workspace
 echo "== all checks passed in $((SECONDS - start)) s"

@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use freeauth_proto::{Client, ClientError, Origin, Request, Response, SecretString};
+use freeauth_proto::{Client, ClientError, ErrorKind, Origin, Request, Response, SecretString};
 
 /// Why the agent could not be asked.
 #[derive(Debug)]
@@ -26,8 +26,10 @@ pub enum AgentError {
     Untrusted { reason: String },
     /// The conversation with the agent failed.
     Protocol { source: ClientError },
-    /// The agent answered with an error or an unexpected message.
-    Refused { message: String },
+    /// The agent returned an error response.
+    Refused { kind: ErrorKind, message: String },
+    /// The agent returned a response of the wrong type.
+    Unexpected,
 }
 
 impl fmt::Display for AgentError {
@@ -37,7 +39,8 @@ impl fmt::Display for AgentError {
             AgentError::Connect { source } => write!(f, "cannot connect to the agent: {source}"),
             AgentError::Untrusted { reason } => write!(f, "agent socket not trusted: {reason}"),
             AgentError::Protocol { source } => write!(f, "{source}"),
-            AgentError::Refused { message } => write!(f, "agent refused the request: {message}"),
+            AgentError::Refused { message, .. } => write!(f, "agent refused the request: {message}"),
+            AgentError::Unexpected => write!(f, "agent sent a response of an unexpected type"),
         }
     }
 }
@@ -129,12 +132,11 @@ impl Agent {
 
 fn unexpected(response: &Response) -> AgentError {
     match response {
-        Response::Error { message, .. } => AgentError::Refused {
+        Response::Error { kind, message } => AgentError::Refused {
+            kind: *kind,
             message: message.clone(),
         },
-        _ => AgentError::Refused {
-            message: "unexpected response type".into(),
-        },
+        _ => AgentError::Unexpected,
     }
 }
 

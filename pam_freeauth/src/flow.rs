@@ -98,6 +98,7 @@ pub fn authenticate(host: &mut dyn Host, options: &Options) -> Outcome {
     };
     let account = match agent.lookup(&user) {
         Ok(account) => account,
+        Err(AgentError::Refused { kind, message }) => return refused(host, options, "lookup", &user, kind, &message),
         Err(err) => return unavailable(host, options, &user, &err),
     };
     if let Some(outcome) = before_prompt(host, options, &user, &account) {
@@ -219,19 +220,40 @@ fn ask_agent(
             VerifyResult::NoToken if options.nullok => Outcome::NoTokenAllowed,
             VerifyResult::NoToken => Outcome::NoToken,
         },
-        Ok(Response::Error { kind, message }) => {
+        Ok(Response::Error { kind, message }) => refused(host, options, "verification", user, kind, &message),
+        Ok(_) => unavailable_outcome(options),
+        // The agent responded to the lookup, so it is up. A failure after the code
+        // was sent, such as a rejection held back by the failure delay for
+        // longer than `timeout`, must not become PAM_IGNORE.
+        Err(err) => {
             host.log(
                 Priority::Error,
-                &format!("agent refused verification of {user}: {message}"),
+                &format!("no answer from the agent on the code of {user}: {err}; failing closed"),
             );
-            match kind {
-                ErrorKind::RateLimited => Outcome::Locked,
-                ErrorKind::Forbidden | ErrorKind::Invalid | ErrorKind::NotFound => Outcome::Rejected,
-                _ => unavailable_outcome(options),
-            }
+            Outcome::Unavailable
         }
-        Ok(_) => unavailable_outcome(options),
-        Err(err) => unavailable(host, options, user, &err),
+    }
+}
+
+/// Maps an error response of the agent. A refusal of this caller or request
+/// (forbidden, rate limited, invalid) fails the authentication: it is not
+/// an outage, so `ignore_unavailable` must not turn it into PAM_IGNORE.
+fn refused(
+    host: &mut dyn Host,
+    options: &Options,
+    request: &str,
+    user: &str,
+    kind: ErrorKind,
+    message: &str,
+) -> Outcome {
+    host.log(
+        Priority::Error,
+        &format!("agent refused {request} of {user}: {message}"),
+    );
+    match kind {
+        ErrorKind::RateLimited => Outcome::Locked,
+        ErrorKind::Forbidden | ErrorKind::Invalid | ErrorKind::NotFound => Outcome::Rejected,
+        _ => unavailable_outcome(options),
     }
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod pam;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -13,6 +15,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use freeauth_proto::{Client, Origin, Request, Response, SecretString, VerifyResult};
+
+pub mod radius;
 
 /// Folder of the built binaries: the test executable lives in
 /// `target/<profile>/deps/`, the binaries one level up.

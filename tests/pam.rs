@@ -1,0 +1,525 @@
+//! End-to-end tests of `pam_freeauth.so` through the real libpam: pamtester
+//! runs under pam_wrapper with PAM service files in a temporary folder, the
+//! built module queries a real agent, and codes come from oathtool. Each test
+//! checks the PAM return code (through the text pamtester prints), the
+//! prompts the user saw and, where it matters, the module's log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixListener;
+
+use freeauth_e2e::pam::*;
+use freeauth_e2e::*;
+
+const SEED: &str = "3132333435363738393031323334353637383930";
+/// The password the forward_pass tests put in front of the code.
+const PASSWORD: &str = "correct horse 7";
+
+fn enroll_hotp(agent: &Agent, user: &str) {
+    agent.ctl_ok(&["enroll", user, "--type", "hotp", "--secret-hex", SEED, "--no-qr"]);
+}
+
+fn hotp(counter: u64) -> String {
+    oath_hotp(SEED, counter, 6)
+}
+
+/// Asserts that no line the module logged contains `code`.
+fn assert_code_not_logged(run: &PamRun, code: &str) {
+    for line in run.log_lines() {
+        assert!(!line.contains(code), "the code {code} appears in the log line {line:?}");
+    }
+}
+
+#[test]
+fn accepts_totp_code_once() {
+    let agent = Agent::start();
+    agent.ctl_ok(&["enroll", "alice", "--secret-hex", SEED, "--no-qr"]);
+    let services = Services::new();
+    services.write("login", &[freeauth_line("required", &agent_args(&agent))]);
+    wait_for_fresh_step(30, 4);
+    let code = oath_totp(SEED, "sha1", 6, 30, now());
+
+    let first = services
+        .pamtester("login", "alice")
+        .item("rhost=192.0.2.7")
+        .item("tty=pts/3")
+        .response(&code)
+        .run();
+    first.assert_success("fresh code");
+    assert!(first.prompted(CODE_PROMPT), "{first}");
+    assert!(first.logged("code accepted for alice"), "{first}");
+    assert_code_not_logged(&first, &code);
+    let agent_log = agent.log();
+    assert!(agent_log.contains("service=\"login\""), "{agent_log}");
+    assert!(agent_log.contains("rhost=\"192.0.2.7\""), "{agent_log}");
+    assert!(agent_log.contains("tty=\"pts/3\""), "{agent_log}");
+
+    let again = services.pamtester("login", "alice").response(&code).run();
+    again.assert_failure(AUTH_ERR, "same code again");
+    assert!(again.logged("code rejected for alice"), "{again}");
+    assert_code_not_logged(&again, &code);
+}
+
+#[test]
+fn rejects_wrong_code() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let services = Services::new();
+    services.write("login", &[freeauth_line("required", &agent_args(&agent))]);
+
+    let run = services.pamtester("login", "alice").response("000000").run();
+    run.assert_failure(AUTH_ERR, "wrong code");
+    assert!(run.prompted(CODE_PROMPT), "{run}");
+    assert_code_not_logged(&run, "000000");
+    assert_eq!(agent.ctl_verify("alice", &hotp(0)), 0, "the right code still works");
+}
+
+#[test]
+fn shows_prompt_from_option() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let services = Services::new();
+    let args = format!("{} [prompt=Token code for FreeAuth: ]", agent_args(&agent));
+    services.write("login", &[freeauth_line("required", &args)]);
+
+    let run = services.pamtester("login", "alice").response(&hotp(0)).run();
+    run.assert_success("code after the custom prompt");
+    assert!(run.prompted("Token code for FreeAuth: "), "{run}");
+    assert!(!run.prompted(CODE_PROMPT), "{run}");
+}
+
+#[test]
+fn user_without_token_is_unknown_without_nullok() {
+    let agent = Agent::start();
+    let services = Services::new();
+    services.write("login", &[freeauth_line("required", &agent_args(&agent))]);
+
+    let run = services.pamtester("login", "bob").response("123456").run();
+    run.assert_failure(USER_UNKNOWN, "no token, no nullok");
+    assert!(!run.prompted(CODE_PROMPT), "asked for a code that cannot work\n{run}");
+    assert!(run.logged("user bob has no active token; refused"), "{run}");
+}
+
+#[test]
+fn nullok_ignores_user_without_token() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let args = format!("{} nullok", agent_args(&agent));
+    let services = Services::new();
+    services.write("probe", &ignore_probe_stack(&args));
+    services.write(
+        "login",
+        &[
+            freeauth_line("required", &args),
+            "auth optional pam_permit.so".to_owned(),
+        ],
+    );
+    services.write("alone", &[freeauth_line("required", &args)]);
+
+    let probe = services.pamtester("probe", "bob").run();
+    probe.assert_success("PAM_IGNORE jumps over pam_deny");
+    assert!(!probe.prompted(CODE_PROMPT), "{probe}");
+    assert!(
+        probe.logged("user bob has no active token; skipped (nullok)"),
+        "{probe}"
+    );
+
+    let login = services.pamtester("login", "bob").run();
+    login.assert_success("the next module decides");
+
+    let alone = services.pamtester("alone", "bob").run();
+    alone.assert_failure(PERM_DENIED, "a stack of only ignored modules");
+
+    let enrolled = services.pamtester("login", "alice").response("000000").run();
+    enrolled.assert_failure(AUTH_ERR, "nullok does not excuse a user with a token");
+}
+
+#[test]
+fn agent_down_fails_closed() {
+    let mut agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let services = Services::new();
+    services.write("login", &[freeauth_line("required", &agent_args(&agent))]);
+    agent.stop();
+
+    let run = services.pamtester("login", "alice").response(&hotp(0)).run();
+    run.assert_failure(AUTHINFO_UNAVAIL, "agent stopped");
+    assert!(!run.prompted(CODE_PROMPT), "{run}");
+    assert!(run.logged("agent unavailable while authenticating alice"), "{run}");
+    assert!(run.logged("failing closed"), "{run}");
+
+    let missing = format!("socket=/nonexistent/freeauth.sock agent_user={}", current_user_name());
+    services.write("missing", &[freeauth_line("required", &missing)]);
+    let run = services.pamtester("missing", "alice").response(&hotp(0)).run();
+    run.assert_failure(AUTHINFO_UNAVAIL, "no socket file");
+}
+
+#[test]
+fn agent_down_with_ignore_unavailable_is_ignored() {
+    let mut agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let args = format!("{} ignore_unavailable", agent_args(&agent));
+    let services = Services::new();
+    services.write("probe", &ignore_probe_stack(&args));
+    services.write(
+        "login",
+        &[
+            "auth required pam_permit.so".to_owned(),
+            freeauth_line("required", &args),
+        ],
+    );
+    agent.stop();
+
+    let probe = services.pamtester("probe", "alice").response(&hotp(0)).run();
+    probe.assert_success("PAM_IGNORE jumps over pam_deny");
+    assert!(probe.logged("ignoring the module (ignore_unavailable)"), "{probe}");
+
+    let login = services.pamtester("login", "alice").response(&hotp(0)).run();
+    login.assert_success("the second factor is bypassed while the agent is down");
+}
+
+#[test]
+fn ignore_unavailable_does_not_cover_slow_rejection() {
+    // The agent holds back a rejection for 3 s, longer than the module's
+    // 1 s timeout, so the module gives up after it has sent the code.
+    let agent = Agent::start_with(Options {
+        failure_delay_ms: 3000,
+        max_failure_delay_ms: 3000,
+        ..Options::default()
+    });
+    enroll_hotp(&agent, "alice");
+    let args = format!(
+        "socket={} agent_user={} timeout=1 ignore_unavailable",
+        agent.agent_socket().display(),
+        current_user_name()
+    );
+    let services = Services::new();
+    services.write(
+        "login",
+        &[
+            "auth required pam_permit.so".to_owned(),
+            freeauth_line("required", &args),
+        ],
+    );
+
+    let run = services.pamtester("login", "alice").response("000000").run();
+    run.assert_failure(AUTHINFO_UNAVAIL, "wrong code answered after the timeout");
+    assert!(run.logged("failing closed"), "{run}");
+}
+
+#[test]
+fn locked_user_gets_maxtries_without_prompt() {
+    let agent = Agent::start_with(Options {
+        threshold: 3,
+        ..Options::default()
+    });
+    enroll_hotp(&agent, "carol");
+    for _ in 0..3 {
+        agent.verify_pam("carol", "000000");
+    }
+    let services = Services::new();
+    services.write("login", &[freeauth_line("required", &agent_args(&agent))]);
+    let quiet = format!("{} quiet", agent_args(&agent));
+    services.write("quiet", &[freeauth_line("required", &quiet)]);
+
+    let run = services.pamtester("login", "carol").response(&hotp(0)).run();
+    run.assert_failure(MAXTRIES, "locked account");
+    assert!(!run.prompted(CODE_PROMPT), "{run}");
+    assert!(run.output().contains("Too many failed codes"), "{run}");
+    assert!(run.logged("user carol is locked after too many failures"), "{run}");
+
+    let quiet = services.pamtester("quiet", "carol").response(&hotp(0)).run();
+    quiet.assert_failure(MAXTRIES, "locked account, quiet");
+    assert!(!quiet.output().contains("Too many failed codes"), "{quiet}");
+
+    agent.ctl_ok(&["unlock", "carol"]);
+    assert_eq!(agent.ctl_verify("carol", &hotp(0)), 0, "the code was never sent");
+}
+
+#[test]
+fn use_first_pass_reads_authtok() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let args = format!("{} use_first_pass", agent_args(&agent));
+    let services = Services::new();
+    let set_items = format!("auth required {}", pam_wrapper_file("pam_set_items.so").display());
+    services.write("chained", &[set_items, freeauth_line("required", &args)]);
+    services.write("alone", &[freeauth_line("required", &args)]);
+
+    let run = services
+        .pamtester("chained", "alice")
+        .env("PAM_AUTHTOK", &hotp(0))
+        .run();
+    run.assert_success("code from PAM_AUTHTOK");
+    assert!(!run.prompted(CODE_PROMPT), "{run}");
+
+    let wrong = services
+        .pamtester("chained", "alice")
+        .env("PAM_AUTHTOK", "000000")
+        .run();
+    wrong.assert_failure(AUTH_ERR, "wrong code in PAM_AUTHTOK");
+
+    let unset = services.pamtester("alone", "alice").response(&hotp(1)).run();
+    unset.assert_failure(CONV_ERR, "PAM_AUTHTOK unset");
+    assert!(!unset.prompted(CODE_PROMPT), "use_first_pass must not prompt\n{unset}");
+}
+
+#[test]
+fn try_first_pass_prompts_only_without_authtok() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let args = format!("{} try_first_pass", agent_args(&agent));
+    let services = Services::new();
+    let set_items = format!("auth required {}", pam_wrapper_file("pam_set_items.so").display());
+    services.write("chained", &[set_items, freeauth_line("required", &args)]);
+    services.write("alone", &[freeauth_line("required", &args)]);
+
+    let chained = services
+        .pamtester("chained", "alice")
+        .env("PAM_AUTHTOK", &hotp(0))
+        .run();
+    chained.assert_success("code from PAM_AUTHTOK");
+    assert!(!chained.prompted(CODE_PROMPT), "{chained}");
+
+    let alone = services.pamtester("alone", "alice").response(&hotp(1)).run();
+    alone.assert_success("code from the prompt");
+    assert!(alone.prompted(CODE_PROMPT), "{alone}");
+}
+
+/// A script for `pam_exec.so expose_authtok` that succeeds only when
+/// PAM_AUTHTOK equals its first argument. pam_exec writes the item and a NUL
+/// byte on standard input, and prompts for a password when the item is
+/// unset (which fails here, as pamtester has no response left).
+const CHECK_AUTHTOK: &str = "#!/bin/sh\nreceived=$(/usr/bin/tr -d '\\000')\n[ \"$received\" = \"$1\" ]\n";
+
+/// Writes a `forward_pass` stack whose next module checks that PAM_AUTHTOK
+/// contains `PASSWORD`; with `set_items`, pam_set_items first copies the
+/// PAM_AUTHTOK environment variable into the item.
+fn forward_pass_stack(services: &Services, agent: &Agent, set_items: bool) -> Vec<String> {
+    let script = services.write_script("check-authtok", CHECK_AUTHTOK);
+    let args = format!("{} forward_pass", agent_args(agent));
+    let mut lines = Vec::new();
+    if set_items {
+        lines.push(format!(
+            "auth required {}",
+            pam_wrapper_file("pam_set_items.so").display()
+        ));
+    }
+    lines.push(freeauth_line("required", &args));
+    lines.push(format!(
+        "auth required pam_exec.so expose_authtok quiet {} [{PASSWORD}]",
+        script.display()
+    ));
+    lines
+}
+
+#[test]
+fn forward_pass_splits_prompt_answer() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let services = Services::new();
+    services.write("login", &forward_pass_stack(&services, &agent, false));
+
+    let run = services
+        .pamtester("login", "alice")
+        .response(&format!("{PASSWORD}{}", hotp(0)))
+        .run();
+    run.assert_success("password and code in one answer");
+    assert!(run.prompted(FORWARD_PROMPT), "{run}");
+    assert!(!run.prompted("Password: "), "pam_exec had to prompt\n{run}");
+    assert_code_not_logged(&run, &hotp(0));
+
+    let wrong_password = services
+        .pamtester("login", "alice")
+        .response(&format!("wrong{}", hotp(1)))
+        .run();
+    assert_eq!(
+        wrong_password.status,
+        Some(1),
+        "the next module sees the wrong password\n{wrong_password}"
+    );
+    assert!(wrong_password.logged("code accepted for alice"), "{wrong_password}");
+
+    let wrong_code = services
+        .pamtester("login", "alice")
+        .response(&format!("{PASSWORD}000000"))
+        .run();
+    wrong_code.assert_failure(AUTH_ERR, "right password, wrong code");
+
+    let code_only = services.pamtester("login", "alice").response(&hotp(2)).run();
+    assert_eq!(code_only.status, Some(1), "an empty password is passed on\n{code_only}");
+    assert!(code_only.logged("code accepted for alice"), "{code_only}");
+}
+
+#[test]
+fn forward_pass_splits_authtok() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let services = Services::new();
+    services.write("login", &forward_pass_stack(&services, &agent, true));
+
+    let combined = format!("{PASSWORD}{}", hotp(0));
+    let run = services.pamtester("login", "alice").env("PAM_AUTHTOK", &combined).run();
+    run.assert_success("password and code in PAM_AUTHTOK");
+    assert!(!run.prompted(FORWARD_PROMPT), "{run}");
+    assert!(!run.prompted("Password: "), "{run}");
+
+    let reused = services.pamtester("login", "alice").env("PAM_AUTHTOK", &combined).run();
+    reused.assert_failure(AUTH_ERR, "same password and code again");
+}
+
+#[test]
+fn non_root_caller_verifies_only_itself() {
+    if !running_as_root() {
+        eprintln!("SKIPPED: needs root to run pamtester as uid 65534 (CI runs as root)");
+        return;
+    }
+    let agent = Agent::start();
+    enroll_hotp(&agent, "nobody");
+    enroll_hotp(&agent, "alice");
+    let services = Services::new();
+    services.write("xlock", &[freeauth_line("required", &agent_args(&agent))]);
+
+    let itself = services
+        .pamtester("xlock", "nobody")
+        .response(&hotp(0))
+        .as_nobody()
+        .run();
+    itself.assert_success("nobody verifies its own code");
+
+    let other = services
+        .pamtester("xlock", "alice")
+        .response(&hotp(0))
+        .as_nobody()
+        .run();
+    other.assert_failure(AUTH_ERR, "nobody asks about alice");
+    assert!(!other.prompted(CODE_PROMPT), "{other}");
+    assert!(other.logged("agent refused lookup of alice"), "{other}");
+    assert_eq!(agent.ctl_verify("alice", &hotp(0)), 0, "alice's code was not consumed");
+}
+
+#[test]
+fn non_root_refusals_are_not_ignored() {
+    if !running_as_root() {
+        eprintln!("SKIPPED: needs root to run pamtester as uid 65534 (CI runs as root)");
+        return;
+    }
+    let agent = Agent::start_with(Options {
+        extra: "[access]\nlocal_requests_per_minute = 4\n".into(),
+        ..Options::default()
+    });
+    enroll_hotp(&agent, "nobody");
+    enroll_hotp(&agent, "alice");
+    let args = format!("{} ignore_unavailable", agent_args(&agent));
+    let services = Services::new();
+    // A screen locker's stack: the password module, then the code.
+    services.write(
+        "xlock",
+        &[
+            "auth required pam_permit.so".to_owned(),
+            freeauth_line("required", &args),
+        ],
+    );
+
+    let other = services
+        .pamtester("xlock", "alice")
+        .response(&hotp(0))
+        .as_nobody()
+        .run();
+    other.assert_failure(AUTH_ERR, "nobody asks about alice");
+
+    // Each attempt takes a lookup and a verification from nobody's bucket of
+    // 4 requests a minute; the refused lookup of alice took none.
+    for attempt in 1..=2 {
+        let run = services
+            .pamtester("xlock", "nobody")
+            .response("000000")
+            .as_nobody()
+            .run();
+        run.assert_failure(AUTH_ERR, &format!("wrong code, attempt {attempt}"));
+    }
+    let limited = services
+        .pamtester("xlock", "nobody")
+        .response("000000")
+        .as_nobody()
+        .run();
+    limited.assert_failure(MAXTRIES, "rate limited");
+    assert!(limited.logged("agent refused lookup of nobody"), "{limited}");
+    let again = services
+        .pamtester("xlock", "nobody")
+        .response(&hotp(0))
+        .as_nobody()
+        .run();
+    again.assert_failure(MAXTRIES, "still rate limited, even with the right code");
+}
+
+#[test]
+fn socket_of_other_user_fails_closed() {
+    let agent = Agent::start();
+    let owner = std::fs::metadata(agent.agent_socket()).unwrap().uid();
+    let other_user = if owner == 0 { "nobody" } else { "root" };
+    enroll_hotp(&agent, "alice");
+    let args = format!("socket={} agent_user={other_user}", agent.agent_socket().display());
+    let services = Services::new();
+    services.write("login", &[freeauth_line("required", &args)]);
+    services.write("ignoring", &ignore_probe_stack(&format!("{args} ignore_unavailable")));
+
+    let run = services.pamtester("login", "alice").response(&hotp(0)).run();
+    run.assert_failure(AUTHINFO_UNAVAIL, "socket not owned by agent_user");
+    assert!(!run.prompted(CODE_PROMPT), "{run}");
+    assert!(run.logged("agent socket not trusted"), "{run}");
+    let reason = format!("is owned by uid {owner}, not by {other_user}");
+    assert!(run.logged(&reason), "{run}");
+
+    let ignoring = services.pamtester("ignoring", "alice").response(&hotp(0)).run();
+    ignoring.assert_success("ignore_unavailable also covers an untrusted socket");
+    assert!(ignoring.logged("agent socket not trusted"), "{ignoring}");
+
+    assert_eq!(
+        agent.ctl_verify("alice", &hotp(0)),
+        0,
+        "the code never reached the agent"
+    );
+}
+
+#[test]
+fn peer_of_other_user_fails_closed() {
+    if !running_as_root() {
+        eprintln!("SKIPPED: needs root to give the socket file to nobody");
+        return;
+    }
+    // A listener of root whose socket file belongs to nobody: the file check
+    // passes and only SO_PEERCRED can tell.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let _listener = UnixListener::bind(&socket).unwrap();
+    std::os::unix::fs::chown(&socket, Some(65534), Some(65534)).unwrap();
+    let services = Services::new();
+    let args = format!("socket={} agent_user=nobody timeout=2", socket.display());
+    services.write("login", &[freeauth_line("required", &args)]);
+
+    let run = services.pamtester("login", "alice").response("123456").run();
+    run.assert_failure(AUTHINFO_UNAVAIL, "peer runs as root, not nobody");
+    assert!(!run.prompted(CODE_PROMPT), "{run}");
+    assert!(run.logged("runs as uid 0, not as nobody"), "{run}");
+}
+
+#[test]
+fn unknown_option_is_logged_and_ignored() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let args = format!("{} frobnicate timeout=0 nullok=yes", agent_args(&agent));
+    let services = Services::new();
+    services.write("login", &[freeauth_line("required", &args)]);
+
+    let run = services.pamtester("login", "alice").response(&hotp(0)).run();
+    run.assert_success("valid code despite unknown options");
+    for option in ["frobnicate", "timeout=0", "nullok=yes"] {
+        let line = format!("unknown or invalid option ignored: {option}");
+        assert!(run.logged(&line), "missing log line {line:?}\n{run}");
+    }
+
+    let without_token = services.pamtester("login", "bob").run();
+    without_token.assert_failure(USER_UNKNOWN, "nullok=yes is not nullok");
+}

@@ -1,0 +1,435 @@
+//! End-to-end tests of `freeauth-radius` with `radclient` from
+//! freeradius-utils as the RADIUS client and a real agent behind it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use freeauth_e2e::radius::{loopback_clients, verdict_of, Bridge, SECRET};
+use freeauth_e2e::*;
+use freeauth_radius::codec::{attr, hide_password, message_authenticator, Code, Packet, SharedSecret};
+
+const SEED: &str = "3132333435363738393031323334353637383930";
+
+fn agent_with(users: &[&str]) -> Agent {
+    let agent = Agent::start();
+    for user in users {
+        agent.ctl_ok(&["enroll", user, "--type", "hotp", "--secret-hex", SEED, "--no-qr"]);
+    }
+    agent
+}
+
+fn code(counter: u64) -> String {
+    oath_hotp(SEED, counter, 6)
+}
+
+#[test]
+fn accepts_fresh_code_once() {
+    let agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    assert_eq!(bridge.auth("alice", &code(0)), "accept");
+    assert_eq!(bridge.auth("alice", &code(0)), "reject", "reused code");
+    assert_eq!(bridge.auth("alice", "000000"), "reject", "wrong code");
+    assert_eq!(bridge.auth("nobody-here", &code(1)), "reject", "unknown user");
+    assert_eq!(bridge.auth("alice", &code(1)), "accept");
+}
+
+#[test]
+fn answers_over_ipv6() {
+    let agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    let server = format!("[::1]:{}", bridge.port);
+    assert_eq!(bridge.auth_with(&server, SECRET, "alice", &code(0), ""), "accept");
+}
+
+#[test]
+fn wrong_secret_gets_no_reply() {
+    let agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    let server = format!("127.0.0.1:{}", bridge.port);
+    assert_eq!(
+        bridge.auth_with(&server, "not-the-secret", "alice", &code(0), ""),
+        "none"
+    );
+    assert!(
+        bridge.log_text().contains("invalid Message-Authenticator"),
+        "{}",
+        bridge.log_text()
+    );
+    assert_eq!(bridge.auth("alice", &code(0)), "accept", "the code was not consumed");
+}
+
+#[test]
+fn drops_requests_without_message_authenticator() {
+    let agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    let server = format!("127.0.0.1:{}", bridge.port);
+    let output = bridge.radclient(
+        &server,
+        "auth",
+        SECRET,
+        &format!("User-Name = alice\nUser-Password = {}\n", code(0)),
+    );
+    assert_eq!(verdict_of(&output), "none");
+    assert!(bridge.log_text().contains("missing Message-Authenticator"));
+}
+
+#[test]
+fn insecure_client_may_omit_message_authenticator() {
+    let agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(
+        &agent,
+        &loopback_clients("message_authenticator = \"danger_not_required\""),
+    );
+    let server = format!("127.0.0.1:{}", bridge.port);
+    let output = bridge.radclient(
+        &server,
+        "auth",
+        SECRET,
+        &format!("User-Name = alice\nUser-Password = {}\n", code(0)),
+    );
+    assert_eq!(verdict_of(&output), "accept");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("Message-Authenticator = 0x"),
+        "replies always carry one: {text}"
+    );
+}
+
+#[test]
+fn auto_policy_requires_after_first_seen_across_restarts() {
+    let agent = agent_with(&["alice"]);
+    let mut bridge = Bridge::start(&agent, &loopback_clients("message_authenticator = \"auto\""));
+    let server = format!("127.0.0.1:{}", bridge.port);
+    let without = |counter| format!("User-Name = alice\nUser-Password = {}\n", code(counter));
+    assert_eq!(
+        verdict_of(&bridge.radclient(&server, "auth", SECRET, &without(0))),
+        "accept",
+        "not seen yet"
+    );
+    assert_eq!(bridge.auth("alice", &code(1)), "accept");
+    assert_eq!(
+        verdict_of(&bridge.radclient(&server, "auth", SECRET, &without(2))),
+        "none",
+        "seen once"
+    );
+    bridge.stop();
+    bridge.spawn();
+    assert_eq!(
+        verdict_of(&bridge.radclient(&server, "auth", SECRET, &without(2))),
+        "none",
+        "remembered"
+    );
+}
+
+#[test]
+fn realms_are_enforced_per_client() {
+    let agent = agent_with(&["alice@example.com"]);
+    let clients = format!(
+        "[[client]]\nname = \"com\"\naddress = \"127.0.0.1\"\nsecret = \"{SECRET}\"\nrealms = [\"example.com\"]\ndefault_realm = \"example.com\"\n\
+         [[client]]\nname = \"net\"\naddress = \"::1\"\nsecret = \"{SECRET}\"\nrealms = [\"example.net\"]\n"
+    );
+    let bridge = Bridge::start(&agent, &clients);
+    let net = format!("[::1]:{}", bridge.port);
+    assert_eq!(
+        bridge.auth_with(&net, SECRET, "alice@example.com", &code(0), ""),
+        "reject",
+        "foreign realm"
+    );
+    assert!(bridge.log_text().contains("realm not allowed"), "{}", bridge.log_text());
+    assert_eq!(
+        bridge.auth("alice@example.com", &code(0)),
+        "accept",
+        "own realm; code not consumed before"
+    );
+    assert_eq!(bridge.auth("alice", &code(1)), "accept", "default realm");
+    assert_eq!(bridge.auth("alice@example.net", &code(2)), "reject");
+}
+
+#[test]
+fn two_clients_behind_one_address() {
+    let agent = agent_with(&["alice"]);
+    let clients = "[[client]]\nname = \"vpn\"\naddress = \"127.0.0.1\"\nnas_identifier = \"vpn1\"\nsecret = \"vpn-secret-0123456789\"\n\
+                   [[client]]\nname = \"web\"\naddress = \"127.0.0.1\"\nnas_identifier = \"web1\"\nsecret = \"web-secret-0123456789\"\n";
+    let bridge = Bridge::start(&agent, clients);
+    let server = format!("127.0.0.1:{}", bridge.port);
+    let web = "NAS-Identifier = \"web1\"\n";
+    assert_eq!(
+        bridge.auth_with(&server, "vpn-secret-0123456789", "alice", &code(0), web),
+        "none",
+        "web's secret needed"
+    );
+    assert_eq!(
+        bridge.auth_with(&server, "web-secret-0123456789", "alice", &code(0), web),
+        "accept"
+    );
+    let vpn = "NAS-Identifier = \"vpn1\"\n";
+    assert_eq!(
+        bridge.auth_with(&server, "vpn-secret-0123456789", "alice", &code(1), vpn),
+        "accept"
+    );
+    assert!(agent.log().contains("client=\"web\"") && agent.log().contains("client=\"vpn\""));
+}
+
+#[test]
+fn status_server_needs_message_authenticator() {
+    let agent = agent_with(&[]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    let server = format!("127.0.0.1:{}", bridge.port);
+    let with = bridge.radclient(&server, "status", SECRET, "Message-Authenticator = 0x00\n");
+    assert_eq!(verdict_of(&with), "accept");
+    let without = bridge.radclient(&server, "status", SECRET, "NAS-Identifier = x\n");
+    assert_eq!(verdict_of(&without), "none");
+}
+
+#[test]
+fn chap_gets_reject_with_explanation() {
+    let agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    let server = format!("127.0.0.1:{}", bridge.port);
+    let output = bridge.radclient(
+        &server,
+        "auth",
+        SECRET,
+        "User-Name = alice\nCHAP-Password = 755224\nMessage-Authenticator = 0x00\n",
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(verdict_of(&output), "reject");
+    assert!(text.contains("Only PAP is supported"), "{text}");
+}
+
+#[test]
+fn proxy_state_is_copied_in_order() {
+    let agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    let extra = "Proxy-State = 0x01020304\nProxy-State = 0x0a0b\n";
+    let server = format!("127.0.0.1:{}", bridge.port);
+    let attributes = format!(
+        "User-Name = alice\nUser-Password = {}\nMessage-Authenticator = 0x00\n{extra}",
+        code(0)
+    );
+    let output = bridge.radclient(&server, "auth", SECRET, &attributes);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let reply = &text[text.find("Received").unwrap()..];
+    let first = reply.find("Proxy-State = 0x01020304").expect("first Proxy-State");
+    let second = reply.find("Proxy-State = 0x0a0b").expect("second Proxy-State");
+    assert!(first < second, "{reply}");
+}
+
+/// Builds an Access-Request with a Message-Authenticator, as a client would.
+fn request(identifier: u8, user: &str, password: &str) -> Vec<u8> {
+    let secret = SharedSecret::new(SECRET.as_bytes().to_vec());
+    let authenticator: [u8; 16] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(identifier));
+    let hidden = hide_password(password.as_bytes(), &secret, &authenticator);
+    let mut packet = vec![Code::AccessRequest.to_byte(), identifier, 0, 0];
+    packet.extend_from_slice(&authenticator);
+    packet.extend_from_slice(&[attr::USER_NAME, (user.len() + 2) as u8]);
+    packet.extend_from_slice(user.as_bytes());
+    packet.extend_from_slice(&[attr::USER_PASSWORD, (hidden.len() + 2) as u8]);
+    packet.extend_from_slice(&hidden);
+    let offset = packet.len() + 2;
+    packet.extend_from_slice(&[attr::MESSAGE_AUTHENTICATOR, 18]);
+    packet.extend_from_slice(&[0; 16]);
+    let length = (packet.len() as u16).to_be_bytes();
+    packet[2..4].copy_from_slice(&length);
+    let mac = message_authenticator(&packet, offset, &secret);
+    packet[offset..offset + 16].copy_from_slice(&mac);
+    packet
+}
+
+#[test]
+fn retransmission_gets_cached_accept() {
+    let agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let packet = request(42, "alice", &code(0));
+    let mut replies = Vec::new();
+    for _ in 0..2 {
+        socket.send_to(&packet, ("127.0.0.1", bridge.port)).unwrap();
+        let mut buffer = [0u8; 4096];
+        let (length, _) = socket.recv_from(&mut buffer).unwrap();
+        replies.push(buffer[..length].to_vec());
+    }
+    assert_eq!(replies[0], replies[1], "the same bytes again");
+    assert_eq!(Packet::parse(&replies[0]).unwrap().code, Code::AccessAccept);
+    assert_eq!(
+        agent.log().matches("result=\"accepted\"").count(),
+        1,
+        "the agent was asked once"
+    );
+    let fresh = request(43, "alice", &code(0));
+    socket.send_to(&fresh, ("127.0.0.1", bridge.port)).unwrap();
+    let mut buffer = [0u8; 4096];
+    let (length, _) = socket.recv_from(&mut buffer).unwrap();
+    assert_eq!(
+        Packet::parse(&buffer[..length]).unwrap().code,
+        Code::AccessReject,
+        "a new request reuses the code"
+    );
+}
+
+#[test]
+fn malformed_datagrams_are_dropped_and_counted() {
+    let agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for garbage in [
+        &b"\x01\x02"[..],
+        &[1, 0, 0, 200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+    ] {
+        socket.send_to(garbage, ("127.0.0.1", bridge.port)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        bridge.log_text().contains("malformed packet [2 so far]"),
+        "{}",
+        bridge.log_text()
+    );
+    assert_eq!(bridge.auth("alice", &code(0)), "accept", "still serving");
+}
+
+#[test]
+fn agent_outage_gives_no_reply_then_recovers() {
+    let mut agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    agent.stop();
+    assert_eq!(bridge.auth("alice", &code(0)), "none");
+    agent.spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut verdict = "none";
+    while verdict == "none" && std::time::Instant::now() < deadline {
+        verdict = bridge.auth("alice", &code(0));
+    }
+    assert_eq!(verdict, "accept", "reconnected by itself");
+}
+
+#[test]
+fn reload_applies_new_clients_and_keeps_old_on_error() {
+    let agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    let original = std::fs::read_to_string(&bridge.config).unwrap();
+    std::fs::write(&bridge.config, format!("{original}\n[[client]]\nname = \"broken\"\n")).unwrap();
+    bridge.signal_hangup();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        bridge.log_text().contains("configuration reload failed"),
+        "{}",
+        bridge.log_text()
+    );
+    assert_eq!(bridge.auth("alice", &code(0)), "accept", "old clients still served");
+    let rotated = original.replace(SECRET, "rotated-secret-0123456789");
+    std::fs::write(&bridge.config, rotated).unwrap();
+    bridge.signal_hangup();
+    std::thread::sleep(Duration::from_millis(300));
+    let server = format!("127.0.0.1:{}", bridge.port);
+    assert_eq!(
+        bridge.auth_with(&server, "rotated-secret-0123456789", "alice", &code(1), ""),
+        "accept"
+    );
+    assert_eq!(bridge.auth("alice", &code(2)), "none", "old secret no longer valid");
+}
+
+/// A UDP relay between a RADIUS client and the bridge that drops the first
+/// reply, so the client times out and sends its request again. Returns the
+/// relay's port; the thread ends after `lifetime`.
+fn lossy_relay(bridge_port: u16, lifetime: Duration) -> u16 {
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+    back.connect(("127.0.0.1", bridge_port)).unwrap();
+    let port = front.local_addr().unwrap().port();
+    front.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    back.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + lifetime;
+        let mut client = None;
+        let mut replies_seen = 0;
+        let mut buffer = [0u8; 4096];
+        while std::time::Instant::now() < deadline {
+            if let Ok((length, source)) = front.recv_from(&mut buffer) {
+                client = Some(source);
+                let _ = back.send(&buffer[..length]);
+            }
+            if let Ok(length) = back.recv(&mut buffer) {
+                replies_seen += 1;
+                if replies_seen > 1 {
+                    if let Some(client) = client {
+                        let _ = front.send_to(&buffer[..length], client);
+                    }
+                }
+            }
+        }
+    });
+    port
+}
+
+/// Runs pamtester under pam_wrapper with a stack of pam_radius_auth.
+fn pam_radius_login(dir: &std::path::Path, radius_port: u16, user: &str, code: &str) -> std::process::Output {
+    use std::io::Write;
+    let conf = dir.join("pam_radius_auth.conf");
+    std::fs::write(&conf, format!("127.0.0.1:{radius_port} {SECRET} 1\n")).unwrap();
+    let services = dir.join("pam.d");
+    std::fs::create_dir_all(&services).unwrap();
+    let module = "/lib/x86_64-linux-gnu/security/pam_radius_auth.so";
+    assert!(
+        std::path::Path::new(module).exists(),
+        "{module} missing: apt-get install libpam-radius-auth"
+    );
+    std::fs::write(
+        services.join("radius-login"),
+        format!("auth required {module} conf={} retry=1\n", conf.display()),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new("pamtester")
+        .args(["radius-login", user, "authenticate"])
+        .env("LD_PRELOAD", "libpam_wrapper.so")
+        .env("PAM_WRAPPER", "1")
+        .env("PAM_WRAPPER_SERVICE_DIR", &services)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("pamtester (apt-get install pamtester libpam-wrapper)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{code}\n").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn pam_radius_auth_logs_in_and_its_resend_gets_cached_reply() {
+    let agent = agent_with(&["alice"]);
+    // pam_radius_auth 2.0 sends no Message-Authenticator.
+    let bridge = Bridge::start(
+        &agent,
+        &loopback_clients("message_authenticator = \"danger_not_required\""),
+    );
+    let direct = pam_radius_login(agent.dir.path(), bridge.port, "alice", &code(0));
+    assert!(direct.status.success(), "{}", String::from_utf8_lossy(&direct.stderr));
+    let reused = pam_radius_login(agent.dir.path(), bridge.port, "alice", &code(0));
+    assert!(!reused.status.success(), "a reused code must fail");
+
+    let relay = lossy_relay(bridge.port, Duration::from_secs(10));
+    let resent = pam_radius_login(agent.dir.path(), relay, "alice", &code(1));
+    assert!(
+        resent.status.success(),
+        "the resend after a lost reply must get the cached accept: {}\nbridge log:\n{}\nagent log:\n{}",
+        String::from_utf8_lossy(&resent.stderr),
+        bridge.log_text(),
+        agent.log()
+    );
+    assert!(
+        bridge.log_text().contains("retransmission answered from the cache"),
+        "{}",
+        bridge.log_text()
+    );
+    assert_eq!(
+        agent.log().matches("result=\"accepted\"").count(),
+        2,
+        "the agent saw the resent code once"
+    );
+}
