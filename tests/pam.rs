@@ -523,3 +523,32 @@ fn unknown_option_is_logged_and_ignored() {
     let without_token = services.pamtester("login", "bob").run();
     without_token.assert_failure(USER_UNKNOWN, "nullok=yes is not nullok");
 }
+
+#[test]
+fn try_first_pass_prompts_after_rejected_or_password_authtok() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let args = format!("{} try_first_pass", agent_args(&agent));
+    let services = Services::new();
+    let set_items = format!("auth required {}", pam_wrapper_file("pam_set_items.so").display());
+    services.write("chained", &[set_items, freeauth_line("required", &args)]);
+
+    let stale = services
+        .pamtester("chained", "alice")
+        .env("PAM_AUTHTOK", "000000")
+        .response(&hotp(0))
+        .run();
+    stale.assert_success("a rejected PAM_AUTHTOK is followed by one prompt");
+    assert!(stale.prompted(CODE_PROMPT), "{stale}");
+
+    let password = services
+        .pamtester("chained", "alice")
+        .env("PAM_AUTHTOK", "my unix password")
+        .response(&hotp(1))
+        .run();
+    password.assert_success("a password-shaped PAM_AUTHTOK is not sent; the user is asked");
+    assert!(
+        !agent.log().contains("malformed code"),
+        "the password never reached the agent"
+    );
+}

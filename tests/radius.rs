@@ -433,3 +433,26 @@ fn pam_radius_auth_logs_in_and_its_resend_gets_cached_reply() {
         "the agent saw the resent code once"
     );
 }
+
+#[test]
+fn status_server_goes_silent_while_agent_is_down() {
+    let mut agent = agent_with(&[]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    let server = format!("127.0.0.1:{}", bridge.port);
+    agent.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    let down = bridge.radclient(&server, "status", SECRET, "Message-Authenticator = 0x00\n");
+    assert_eq!(verdict_of(&down), "none", "no Access-Accept while logins cannot work");
+    agent.spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut verdict = "none";
+    while verdict == "none" && std::time::Instant::now() < deadline {
+        verdict = verdict_of(&bridge.radclient(
+            &server,
+            "status",
+            SECRET,
+            "Message-Authenticator = 0x00\nProxy-State = 0x0102\n",
+        ));
+    }
+    assert_eq!(verdict, "accept");
+}

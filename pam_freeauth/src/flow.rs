@@ -109,7 +109,21 @@ pub fn authenticate(host: &mut dyn Host, options: &Options) -> Outcome {
         None => return Outcome::ConversationFailed,
     };
     let origin = host.context();
-    let outcome = verify_answer(host, options, &mut agent, &user, &answer, &account, origin);
+    let mut outcome = verify_answer(host, options, &mut agent, &user, &answer, &account, origin.clone());
+    // try_first_pass: a rejected PAM_AUTHTOK gets one prompt, as pam_unix does.
+    let tried_authtok = host.authtok().is_some_and(|token| *token == *answer);
+    if options.source == CodeSource::TryFirstPass && outcome == Outcome::Rejected && tried_authtok {
+        let prompt = options.prompt.clone().unwrap_or_else(|| account.prompt.clone());
+        let prompt = if prompt.is_empty() {
+            DEFAULT_PROMPT.to_owned()
+        } else {
+            prompt
+        };
+        let Some(second) = host.ask_secret(&prompt) else {
+            return Outcome::ConversationFailed;
+        };
+        outcome = verify_answer(host, options, &mut agent, &user, &second, &account, origin);
+    }
     log_outcome(host, options, &user, outcome);
     outcome
 }
@@ -139,6 +153,14 @@ fn before_prompt(host: &mut dyn Host, options: &Options, user: &str, account: &A
     None
 }
 
+/// Whether `text`, spaces removed, has the length of one of the account's
+/// codes and only characters a code can have (digits, or hex for Mobile-OTP).
+fn looks_like_code(text: &str, lengths: &[u8]) -> bool {
+    let compact: String = text.trim().chars().filter(|c| *c != ' ').collect();
+    let right_length = lengths.iter().any(|length| compact.len() == usize::from(*length));
+    right_length && compact.chars().all(|c| c.is_ascii_hexdigit())
+}
+
 /// Gets the code (or password and code) as `options` says.
 fn read_answer(host: &mut dyn Host, options: &Options, account: &Account) -> Option<Zeroizing<String>> {
     let prompt = options
@@ -149,7 +171,12 @@ fn read_answer(host: &mut dyn Host, options: &Options, account: &Account) -> Opt
     let answer = match options.source {
         CodeSource::Prompt => host.ask_secret(&prompt),
         CodeSource::UseFirstPass => host.authtok(),
-        CodeSource::TryFirstPass => host.authtok().or_else(|| host.ask_secret(&prompt)),
+        CodeSource::TryFirstPass => match host.authtok() {
+            // Only a value shaped like one of the account's codes is sent, so
+            // the password of an earlier module never reaches the agent.
+            Some(token) if looks_like_code(&token, &account.code_lengths) => Some(token),
+            _ => host.ask_secret(&prompt),
+        },
         CodeSource::ForwardPass => host.authtok().or_else(|| {
             let combined = options
                 .prompt
@@ -220,11 +247,21 @@ fn ask_agent(
             VerifyResult::NoToken if options.nullok => Outcome::NoTokenAllowed,
             VerifyResult::NoToken => Outcome::NoToken,
         },
-        Ok(Response::Error { kind, message }) => refused(host, options, "verification", user, kind, &message),
-        Ok(_) => unavailable_outcome(options),
-        // The agent responded to the lookup, so it is up. A failure after the code
-        // was sent, such as a rejection held back by the failure delay for
-        // longer than `timeout`, must not become PAM_IGNORE.
+        // Once the code is sent, nothing may turn into PAM_IGNORE: the agent
+        // was up for the lookup, so any failure now fails closed.
+        Ok(Response::Error { kind, message }) => match refused(host, options, "verification", user, kind, &message) {
+            Outcome::UnavailableIgnored => Outcome::Unavailable,
+            outcome => outcome,
+        },
+        Ok(_) => {
+            host.log(
+                Priority::Error,
+                &format!("unexpected answer from the agent on the code of {user}; failing closed"),
+            );
+            Outcome::Unavailable
+        }
+        // A failure after the code was sent, such as a rejection held back by
+        // the failure delay for longer than `timeout`, fails closed too.
         Err(err) => {
             host.log(
                 Priority::Error,
@@ -293,6 +330,16 @@ fn log_outcome(host: &mut dyn Host, options: &Options, user: &str, outcome: Outc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recognises_code_shapes() {
+        assert!(looks_like_code("123456", &[6]));
+        assert!(looks_like_code(" 123 456 ", &[6, 8]));
+        assert!(looks_like_code("12345678", &[6, 8]));
+        assert!(!looks_like_code("hunter22", &[6]));
+        assert!(!looks_like_code("correct horse", &[6, 8]));
+        assert!(!looks_like_code("123456", &[]));
+    }
 
     #[test]
     fn maps_every_outcome_once() {

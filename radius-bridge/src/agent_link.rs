@@ -41,6 +41,7 @@ struct Call {
 /// A pool of pipelined agent connections.
 pub struct AgentLink {
     senders: Vec<mpsc::Sender<Call>>,
+    connected: Arc<AtomicUsize>,
     next: AtomicUsize,
     in_flight: Arc<Semaphore>,
     timeout: Duration,
@@ -50,48 +51,71 @@ impl AgentLink {
     /// Starts the connection tasks; they connect in the background.
     pub fn start(settings: LinkSettings, log: Arc<RateLog>) -> AgentLink {
         let mut senders = Vec::with_capacity(settings.connections);
+        let connected = Arc::new(AtomicUsize::new(0));
         for _ in 0..settings.connections.max(1) {
             let (sender, receiver) = mpsc::channel(settings.max_in_flight.max(1));
-            tokio::spawn(connection_task(settings.clone(), receiver, Arc::clone(&log)));
+            tokio::spawn(connection_task(
+                settings.clone(),
+                receiver,
+                Arc::clone(&log),
+                Arc::clone(&connected),
+            ));
             senders.push(sender);
         }
         AgentLink {
             senders,
+            connected,
             next: AtomicUsize::new(0),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
             timeout: settings.timeout,
         }
     }
 
+    /// Whether at least one connection to the agent is up.
+    pub fn is_up(&self) -> bool {
+        self.connected.load(Ordering::Relaxed) > 0
+    }
+
     /// Sends `request` and waits for the response; `None` if the agent is
-    /// unreachable or does not answer within the timeout.
+    /// unreachable or does not answer within the timeout, which also bounds
+    /// the wait for a free in-flight slot.
     pub async fn call(&self, request: Request) -> Option<Response> {
-        let _permit = self.in_flight.acquire().await.ok()?;
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
-        let (reply, answer) = oneshot::channel();
-        self.senders.get(index)?.send(Call { request, reply }).await.ok()?;
-        tokio::time::timeout(self.timeout, answer).await.ok()?.ok()
+        let exchange = async {
+            let _permit = self.in_flight.acquire().await.ok()?;
+            let index = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
+            let (reply, answer) = oneshot::channel();
+            self.senders.get(index)?.send(Call { request, reply }).await.ok()?;
+            answer.await.ok()
+        };
+        // NOTE: a verification that times out here may still be accepted by
+        // the agent; the client's resend then gets a reject for a used code.
+        // The default timeout (10 s) exceeds the agent's longest reply delay.
+        tokio::time::timeout(self.timeout, exchange).await.ok()?
     }
 }
 
-async fn connection_task(settings: LinkSettings, mut calls: mpsc::Receiver<Call>, log: Arc<RateLog>) {
+async fn connection_task(
+    settings: LinkSettings,
+    mut calls: mpsc::Receiver<Call>,
+    log: Arc<RateLog>,
+    connected: Arc<AtomicUsize>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match connect(&settings).await {
             Ok(stream) => {
-                log.info("agent-link", "connected to the agent");
+                log.info("agent-link-up", "connected to the agent");
                 backoff = Duration::from_millis(100);
+                connected.fetch_add(1, Ordering::Relaxed);
                 let error = serve(stream, &mut calls).await;
-                if error.is_none() {
+                connected.fetch_sub(1, Ordering::Relaxed);
+                let Some(error) = error else {
                     return;
-                }
-                log.warn(
-                    "agent-link",
-                    &format!("agent connection lost: {}", error.unwrap_or_default()),
-                );
+                };
+                log.warn("agent-link-down", &format!("agent connection lost: {error}"));
             }
             Err(err) => log.warn(
-                "agent-link",
+                "agent-link-down",
                 &format!("cannot reach the agent at {}: {err}", settings.socket.display()),
             ),
         }

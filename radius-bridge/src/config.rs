@@ -73,6 +73,13 @@ impl Network {
         let address: IpAddr = address
             .parse()
             .map_err(|_| format!("{text:?} is not an IP address or CIDR network"))?;
+        if let IpAddr::V6(v6) = address {
+            if v6.to_ipv4_mapped().is_some() {
+                return Err(format!(
+                    "{text:?} is an IPv4-mapped address; write the IPv4 address instead"
+                ));
+            }
+        }
         let max = if address.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
@@ -83,6 +90,12 @@ impl Network {
                 .ok_or_else(|| format!("prefix length of {text:?} must be 0 to {max}"))?,
         };
         Ok(Network { address, prefix })
+    }
+
+    /// Whether both describe the same network, however the host bits are
+    /// written (`127.0.0.0/8` and `127.0.0.1/8` are the same).
+    pub fn same_as(&self, other: &Network) -> bool {
+        self.prefix == other.prefix && self.contains(other.address)
     }
 
     /// Whether `ip` is inside this network. IPv4-mapped IPv6 addresses
@@ -152,7 +165,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str, readable_by_others: bool) -> Result<Config, ConfigError> {
         let document = Document::parse(path, text)?;
         let root = document.root();
-        let log_level = root.string_or("log_level", "info");
+        let log_level = read_log_level(&root);
         let server = root.section("server");
         let mut config = Config {
             source: path.to_owned(),
@@ -177,6 +190,21 @@ impl Config {
         document.finish()?;
         Ok(config)
     }
+}
+
+fn read_log_level(root: &Section) -> String {
+    let Some(level) = root.string("log_level") else {
+        return "info".to_owned();
+    };
+    let known = ["error", "warn", "info", "debug", "trace"];
+    if !known.contains(&level.value.as_str()) {
+        root.problem(
+            level.span,
+            "log_level",
+            format_args!("must be one of {}", known.join(", ")),
+        );
+    }
+    level.value
 }
 
 fn read_server(section: &Section, config: &mut Config) {
@@ -352,15 +380,16 @@ fn check_clients(root: &Section, clients: &[Client]) {
                     format_args!("name {:?} is used twice", client.name),
                 );
             }
-            let overlap = other.network == client.network;
+            // Nested networks are fine (the most specific wins); the same one twice is not.
+            let overlap = other.network.same_as(&client.network);
             let told_apart = matches!((&other.nas_identifier, &client.nas_identifier), (Some(a), Some(b)) if a != b);
             if overlap && !told_apart {
                 root.problem(
                     root.span_of("client"),
                     "client",
                     format_args!(
-                        "{:?} and {:?} share address {}; give each a different nas_identifier",
-                        other.name, client.name, client.network.address
+                        "{:?} and {:?} have the same address {}/{}; give each a different nas_identifier",
+                        other.name, client.name, client.network.address, client.network.prefix
                     ),
                 );
             }
@@ -434,6 +463,13 @@ mod tests {
         assert!(!net.contains("2001:db9::1".parse().unwrap()));
         let host = Network::parse("127.0.0.1").unwrap();
         assert!(host.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(
+            Network::parse("::ffff:127.0.0.1").is_err(),
+            "mapped addresses are written as IPv4"
+        );
+        let wide = Network::parse("127.0.0.0/8").unwrap();
+        assert!(wide.same_as(&Network::parse("127.0.0.1/8").unwrap()));
+        assert!(!wide.same_as(&host), "nested networks are different");
         assert!(Network::parse("10.0.0.0/33").is_err());
         assert!(Network::parse("ten").is_err());
         assert!(Network::parse("0.0.0.0/0")

@@ -95,11 +95,11 @@ async fn serve(mut config: Config, listen: Vec<SocketAddr>) -> Result<(), Daemon
         tokio::spawn(receive_loop(Arc::new(socket), Arc::clone(&bridge)));
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), listen = %listening.join(" "), clients = config.clients.len(), agent = %config.agent_socket.display(), "RADIUS bridge started");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let signal_error = |err: std::io::Error| DaemonError(format!("cannot install signal handlers: {err}"));
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     loop {
         tokio::select! {
             _ = hangup.recv() => config = reload(config, &bridge),
@@ -112,10 +112,18 @@ async fn serve(mut config: Config, listen: Vec<SocketAddr>) -> Result<(), Daemon
     Ok(())
 }
 
+/// Binds a UDP socket; an IPv6 socket takes IPv6 only, so `0.0.0.0:1812`
+/// and `[::]:1812` can both be listened on, as the default does.
 async fn bind(address: SocketAddr) -> Result<UdpSocket, DaemonError> {
-    UdpSocket::bind(address)
-        .await
-        .map_err(|err| DaemonError(format!("cannot listen on UDP {address}: {err}")))
+    use socket2::{Domain, Protocol, Socket, Type};
+    let failed = |err: std::io::Error| DaemonError(format!("cannot listen on UDP {address}: {err}"));
+    let socket = Socket::new(Domain::for_address(address), Type::DGRAM, Some(Protocol::UDP)).map_err(failed)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true).map_err(failed)?;
+    }
+    socket.set_nonblocking(true).map_err(failed)?;
+    socket.bind(&address.into()).map_err(failed)?;
+    UdpSocket::from_std(socket.into()).map_err(failed)
 }
 
 /// Reloads clients and realms; keeps `current` when the new file is invalid.
@@ -124,12 +132,10 @@ fn reload(current: Config, bridge: &Bridge) -> Config {
         Ok(new) => {
             warn_about_weak_secrets(&new.clients);
             bridge.set_clients(new.clients.clone());
-            tracing::info!(path = %new.source.display(), clients = new.clients.len(), "configuration reloaded; listening addresses and agent settings change at the next restart");
+            tracing::info!(path = %new.source.display(), clients = new.clients.len(), "clients and realms reloaded; [server] settings and log_level change at the next restart");
             Config {
-                listen: current.listen,
-                agent_socket: current.agent_socket,
-                agent_user: current.agent_user,
-                ..new
+                clients: new.clients,
+                ..current
             }
         }
         Err(err) => {

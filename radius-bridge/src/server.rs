@@ -22,6 +22,9 @@ use crate::dedup::{Cache, RequestKey, Seen};
 use crate::ratelog::RateLog;
 use crate::seen::SeenClients;
 
+/// Counter and log bucket of datagrams not (yet) tied to a client.
+const UNKNOWN_SOURCE: &str = "(unknown source)";
+
 /// Receive buffer: one byte more than the largest packet shows oversize.
 const RECEIVE_BUFFER: usize = crate::codec::MAX_PACKET_LEN + 1;
 
@@ -81,12 +84,16 @@ impl Bridge {
     }
 
     fn dropped(&self, client: &str, source: SocketAddr, reason: Drop) {
+        let client = if client.is_empty() { UNKNOWN_SOURCE } else { client };
         let count = {
             let mut drops = lock(&self.drops);
             let count = drops.entry((client.to_owned(), reason.describe())).or_insert(0);
             *count += 1;
             *count
         };
+        // Counters and log keys exist per configured client and reason, plus
+        // one "unknown source" bucket, so a flood from many addresses cannot
+        // grow them.
         let key = format!("drop/{client}/{reason:?}");
         let message = format!(
             "dropped a datagram from {source} (client {client}): {} [{count} so far]",
@@ -132,7 +139,7 @@ pub async fn receive_loop(socket: Arc<UdpSocket>, bridge: Arc<Bridge>) {
 /// Checks one datagram and returns the reply to send, if any.
 pub async fn handle(bridge: &Bridge, datagram: &[u8], source: SocketAddr) -> Option<Vec<u8>> {
     let Ok(packet) = Packet::parse(datagram) else {
-        bridge.dropped(&source.ip().to_string(), source, Drop::Malformed);
+        bridge.dropped(UNKNOWN_SOURCE, source, Drop::Malformed);
         return None;
     };
     let clients = bridge.clients();
@@ -140,12 +147,12 @@ pub async fn handle(bridge: &Bridge, datagram: &[u8], source: SocketAddr) -> Opt
         .find(attr::NAS_IDENTIFIER)
         .map(|a| String::from_utf8_lossy(a.value).into_owned());
     let Some(client) = find_client(&clients, source.ip(), nas_identifier.as_deref()) else {
-        bridge.dropped(&source.ip().to_string(), source, Drop::UnknownClient);
+        bridge.dropped(UNKNOWN_SOURCE, source, Drop::UnknownClient);
         return None;
     };
     let result = match packet.code {
         Code::AccessRequest => access_request(bridge, client, &packet, source, nas_identifier).await,
-        Code::StatusServer => status_server(client, &packet),
+        Code::StatusServer => status_server(bridge, client, &packet),
         _ => Err(Drop::UnsupportedCode),
     };
     match result {
@@ -173,15 +180,19 @@ pub fn find_client<'c>(clients: &'c [Client], ip: IpAddr, nas_identifier: Option
     matching.into_iter().find(|client| client.nas_identifier.is_none())
 }
 
-fn status_server(client: &Client, packet: &Packet<'_>) -> Result<Vec<u8>, Drop> {
+/// Answers Status-Server (RFC 5997) only while the agent is reachable, so a
+/// client's health check fails over exactly when logins would.
+fn status_server(bridge: &Bridge, client: &Client, packet: &Packet<'_>) -> Result<Vec<u8>, Drop> {
     // RFC 5997 section 3: a Status-Server without a valid Message-Authenticator is dropped.
     match verify_message_authenticator(packet, &client.secret) {
         Some(true) => {}
         Some(false) => return Err(Drop::BadMessageAuthenticator),
         None => return Err(Drop::MissingMessageAuthenticator),
     }
-    let reply = ReplyBuilder::new(Code::AccessAccept, packet.identifier);
-    Ok(reply.finish(&packet.authenticator, &client.secret, true))
+    if !bridge.link.is_up() {
+        return Err(Drop::AgentUnavailable);
+    }
+    Ok(reply(client, packet, Code::AccessAccept, None))
 }
 
 /// Applies the client's Message-Authenticator policy to a request.
@@ -300,11 +311,17 @@ async fn decide(
         }) => Ok(reply(client, packet, Code::AccessAccept, None)),
         Some(Response::Verdict { .. }) => Ok(reply(client, packet, Code::AccessReject, None)),
         Some(Response::Error { message, .. }) => {
+            // Forbidden (this bridge's user is missing from the agent's
+            // bridge_users) or an agent failure: not the user's fault, so no
+            // reply, and the client fails over instead of rejecting everyone.
             bridge.log.warn(
                 "agent-error",
-                &format!("agent refused a verification for client {}: {message}", client.name),
+                &format!(
+                    "agent refused a verification for client {}: {message}; sending no reply",
+                    client.name
+                ),
             );
-            Ok(reply(client, packet, Code::AccessReject, None))
+            Err(Drop::AgentUnavailable)
         }
         Some(_) | None => Err(Drop::AgentUnavailable),
     }
@@ -332,10 +349,15 @@ pub fn account_name(client: &Client, name: &str) -> Result<String, &'static str>
     }
 }
 
+/// Microsoft vendor types that carry MS-CHAP (RFC 2548): MS-CHAP-Response,
+/// MS-CHAP-Challenge and MS-CHAP2-Response.
+const MS_CHAP_TYPES: [u8; 3] = [1, 11, 25];
+
 fn uses_other_method(packet: &Packet<'_>) -> bool {
-    let microsoft = packet
-        .all(attr::VENDOR_SPECIFIC)
-        .any(|a| a.value.get(..4).map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]])) == Some(VENDOR_MICROSOFT));
+    let microsoft = packet.all(attr::VENDOR_SPECIFIC).any(|a| {
+        let vendor = a.value.get(..4).map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+        vendor == Some(VENDOR_MICROSOFT) && a.value.get(4).is_some_and(|kind| MS_CHAP_TYPES.contains(kind))
+    });
     packet.find(attr::CHAP_PASSWORD).is_some() || packet.find(attr::EAP_MESSAGE).is_some() || microsoft
 }
 
