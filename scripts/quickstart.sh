@@ -22,7 +22,7 @@ if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   echo "agent already running (pid $(cat "$pidfile"))"
 else
   mkdir -p conf/dev/run
-  "$bin/freeauth-agentd" --config "$config" 2>>"$log" &
+  "$bin/freeauth-agentd" --config "$config" </dev/null >>"$log" 2>&1 &
   echo $! >"$pidfile"
   for _ in $(seq 50); do
     [[ -S conf/dev/run/admin.sock ]] && break
@@ -41,7 +41,7 @@ chmod 600 "$radius_config"
 if [[ -f $radius_pidfile ]] && kill -0 "$(cat "$radius_pidfile")" 2>/dev/null; then
   echo "RADIUS bridge already running (pid $(cat "$radius_pidfile"))"
 else
-  "$bin/freeauth-radius" --config "$radius_config" 2>>"$radius_log" &
+  "$bin/freeauth-radius" --config "$radius_config" </dev/null >>"$radius_log" 2>&1 &
   echo $! >"$radius_pidfile"
   sleep 0.5
   if ! kill -0 "$(cat "$radius_pidfile")" 2>/dev/null; then

@@ -623,7 +623,11 @@ fn refuses_to_start_with_readable_key() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "an unusable installation is a configuration error"
+    );
     assert!(stderr.contains("chmod 600"), "{stderr}");
 }
 
@@ -638,7 +642,11 @@ fn refuses_to_start_with_open_state_folder() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "an unusable installation is a configuration error"
+    );
     assert!(stderr.contains("chmod 700"), "{stderr}");
 }
 
@@ -991,4 +999,103 @@ fn created_files_are_private() {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & 0o077, 0, "{name} has mode {mode:o}");
     }
+}
+
+#[test]
+fn enroll_rejects_options_the_type_ignores() {
+    let agent = Agent::start();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["enroll", "x", "--type", "motp", "--pin", "1234", "--digits", "8"],
+            "--digits does not apply",
+        ),
+        (
+            &["enroll", "x", "--type", "hotp", "--period", "60"],
+            "--period does not apply",
+        ),
+        (&["enroll", "x", "--counter", "5"], "--counter does not apply"),
+        (&["enroll", "x", "--pin", "1234"], "--pin applies only"),
+    ];
+    for (args, expected) in cases {
+        let output = agent.ctl(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let uri = "otpauth://totp/x?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+    assert_eq!(
+        agent.ctl(&["enroll", "x", "--uri", uri, "--digits", "8"]).status.code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn supplied_secret_is_read_from_stdin_and_not_printed() {
+    use std::io::Write;
+    let agent = Agent::start();
+    let mut child = Command::new(binary("freeauthctl"))
+        .arg("--config")
+        .arg(agent.config())
+        .args(["enroll", "sam", "--type", "hotp", "--secret-hex", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{RFC_SEED_HEX}\n").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        !stdout.contains("otpauth://") && !stdout.contains("GEZDGNBV"),
+        "{stdout}"
+    );
+    assert_eq!(agent.ctl_verify("sam", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
+}
+
+#[test]
+fn socket_option_works_with_broken_config() {
+    let agent = Agent::start();
+    let config = agent.config();
+    let original = fs::read_to_string(&config).unwrap();
+    fs::write(&config, format!("{original}\n[lockout]\ntreshold = 3\n")).unwrap();
+    let strict = agent.ctl(&["list"]);
+    let stderr = String::from_utf8_lossy(&strict.stderr);
+    assert_eq!(strict.status.code(), Some(2));
+    assert!(stderr.contains("--socket"), "{stderr}");
+    let socket = agent.admin_socket();
+    let lenient = agent.ctl(&["--socket", socket.to_str().unwrap(), "list"]);
+    assert!(lenient.status.success(), "{}", String::from_utf8_lossy(&lenient.stderr));
+}
+
+#[test]
+fn output_to_a_closed_pipe_is_not_a_crash() {
+    let agent = Agent::start();
+    agent.ctl_ok(&[
+        "enroll",
+        "pipe",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    // The reader closes its end at once, so the first write gets EPIPE.
+    let script = format!(
+        "{} --config {} list | (exec 0<&-; true); echo ${{PIPESTATUS[0]}}",
+        binary("freeauthctl").display(),
+        agent.config().display()
+    );
+    let output = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+    let status = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        status.trim() == "0",
+        "exit status {status}; stderr {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"));
 }

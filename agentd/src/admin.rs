@@ -339,15 +339,16 @@ fn set_enabled(db: Db<'_>, user: &str, token: Option<u64>, enabled: bool) -> Adm
         Ok(account) => account,
         Err(response) => return Ok(response),
     };
-    let changed = db.set_enabled(account.id, token_id(token), enabled)?;
-    if changed == 0 {
-        return error(
-            ErrorKind::NotFound,
-            format!("user {user} has no token {}", token.unwrap_or(0)),
-        );
+    let tokens = db.tokens(account.id)?;
+    if let Some(wanted) = token_id(token) {
+        if !tokens.iter().any(|row| row.id == wanted) {
+            return error(ErrorKind::NotFound, format!("user {user} has no token {wanted}"));
+        }
     }
+    // Counts tokens whose state really changed; 0 means they already were so.
+    let changed = db.set_enabled(account.id, token_id(token), enabled)?;
     let action = if enabled { "enabled" } else { "disabled" };
-    tracing::info!(user, token, action, "token state changed by an administrator");
+    tracing::info!(user, token, action, changed, "token state changed by an administrator");
     Ok(Response::Done { changed })
 }
 

@@ -158,6 +158,7 @@ fn log_refusal(task: &Task, user: &str, origin: &Origin, response: &Response) {
 
 /// Serves a request that arrived on the admin socket.
 pub async fn admin(task: &Task, request: Request) -> Response {
+    log_admin_request(task, &request);
     let op = match into_op(request).await {
         Ok(op) => op,
         Err(response) => return response,
@@ -185,6 +186,35 @@ pub async fn admin(task: &Task, request: Request) -> Response {
         }
         other => other,
     }
+}
+
+/// Logs who asked for a management change, before it runs.
+fn log_admin_request(task: &Task, request: &Request) {
+    let (kind, user) = match request {
+        Request::Enroll { user, .. } => ("enroll", Some(user)),
+        Request::Import { entries } => {
+            tracing::info!(
+                uid = task.caller.uid(),
+                entries = entries.len(),
+                "admin request: import"
+            );
+            return;
+        }
+        Request::SetEnabled {
+            user, enabled: true, ..
+        } => ("enable", Some(user)),
+        Request::SetEnabled { user, .. } => ("disable", Some(user)),
+        Request::Remove { user, .. } => ("remove", Some(user)),
+        Request::Resync { user, .. } => ("resync", Some(user)),
+        Request::Unlock { user } => ("unlock", Some(user)),
+        // Reads change nothing and are not logged.
+        _ => return,
+    };
+    tracing::info!(
+        uid = task.caller.uid(),
+        user = user.map_or("-", String::as_str),
+        "admin request: {kind}"
+    );
 }
 
 type Prepared = (AdminOp, Vec<SecretString>);

@@ -16,6 +16,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod engine;

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS users (
     backup_salt  BLOB
 );
 CREATE TABLE IF NOT EXISTS tokens (
-    id          INTEGER PRIMARY KEY,
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     kind        TEXT NOT NULL,
     algorithm   TEXT NOT NULL,
@@ -402,11 +402,11 @@ impl Db<'_> {
     pub fn set_enabled(&self, user_id: i64, token_id: Option<i64>, enabled: bool) -> Result<u64, StoreError> {
         let changed = match token_id {
             Some(token) => self.0.execute(
-                "UPDATE tokens SET enabled = ?3 WHERE user_id = ?1 AND id = ?2",
+                "UPDATE tokens SET enabled = ?3 WHERE user_id = ?1 AND id = ?2 AND enabled != ?3",
                 params![user_id, token, enabled],
             )?,
             None => self.0.execute(
-                "UPDATE tokens SET enabled = ?2 WHERE user_id = ?1",
+                "UPDATE tokens SET enabled = ?2 WHERE user_id = ?1 AND enabled != ?2",
                 params![user_id, enabled],
             )?,
         };

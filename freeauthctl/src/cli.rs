@@ -13,6 +13,11 @@ pub struct Args {
     /// Agent configuration file; the admin socket path is read from it.
     #[arg(long, short, global = true, default_value = "/etc/freeauth/agentd.toml")]
     pub config: PathBuf,
+    /// Admin socket to use instead of the one in the configuration. With it,
+    /// a configuration file that fails to load is only a warning, so a
+    /// running agent can be managed while its file is being fixed.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     /// Print results as JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -83,31 +88,34 @@ pub enum HashName {
 #[derive(clap::Args, Debug)]
 pub struct EnrollArgs {
     pub user: String,
-    /// Token type.
-    #[arg(long = "type", value_enum, default_value = "totp")]
-    pub kind: TokenType,
-    /// HMAC hash (HOTP and TOTP).
-    #[arg(long, value_enum, default_value = "sha1")]
-    pub algorithm: HashName,
-    /// Code length (6 or 8; Mobile-OTP always 6).
-    #[arg(long, default_value_t = 6)]
-    pub digits: u8,
-    /// TOTP time step in seconds.
-    #[arg(long, default_value_t = 30)]
-    pub period: u32,
-    /// First HOTP counter to accept.
-    #[arg(long, default_value_t = 0)]
-    pub counter: u64,
+    /// Token type [default: totp].
+    #[arg(long = "type", value_enum, conflicts_with = "uri")]
+    pub kind: Option<TokenType>,
+    /// HMAC hash of HOTP and TOTP tokens [default: sha1].
+    #[arg(long, value_enum, conflicts_with = "uri")]
+    pub algorithm: Option<HashName>,
+    /// Code length of HOTP and TOTP tokens, 6 or 8 [default: 6].
+    #[arg(long, conflicts_with = "uri")]
+    pub digits: Option<u8>,
+    /// TOTP time step in seconds [default: 30].
+    #[arg(long, conflicts_with = "uri")]
+    pub period: Option<u32>,
+    /// First HOTP counter to accept [default: 0].
+    #[arg(long, conflicts_with = "uri")]
+    pub counter: Option<u64>,
     /// Mobile-OTP PIN (4 to 16 digits). Give `-` to read it from standard input.
     #[arg(long)]
     pub pin: Option<String>,
-    /// Existing secret in base32 (as shown by authenticator apps).
+    /// Existing secret in base32 (as shown by authenticator apps); `-` reads
+    /// it from standard input, keeping it out of the process list.
     #[arg(long, conflicts_with_all = ["secret_hex", "uri"])]
     pub secret: Option<String>,
-    /// Existing secret in hexadecimal (hardware tokens, Mobile-OTP).
+    /// Existing secret in hexadecimal (hardware tokens, Mobile-OTP); `-`
+    /// reads it from standard input.
     #[arg(long, conflicts_with_all = ["secret", "uri"])]
     pub secret_hex: Option<String>,
-    /// Existing token as an otpauth:// URI; its type, hash, digits and period win.
+    /// Existing token as an otpauth:// URI, which sets type, hash, digits,
+    /// period and counter; `-` reads it from standard input.
     #[arg(long, conflicts_with_all = ["secret", "secret_hex"])]
     pub uri: Option<String>,
     /// Free text shown by list and show (device name, issuer).

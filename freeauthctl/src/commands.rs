@@ -24,7 +24,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 pub type CommandError = String;
 
 pub fn run(args: Args) -> Result<ExitCode, CommandError> {
-    let config = Config::load(&args.config).map_err(|err| err.to_string())?;
+    let strict = matches!(args.command, Command::Init | Command::CheckConfig);
+    let config = load_config(&args, strict)?;
     let json = args.json;
     match args.command {
         Command::Init => init(&config),
@@ -54,6 +55,29 @@ pub fn run(args: Args) -> Result<ExitCode, CommandError> {
         Command::Import(import_args) => crate::import_command::run(&config, import_args, json),
         Command::Status => simple(&config, Request::Status {}, json),
     }
+}
+
+/// Loads the configuration; with `--socket` (and not `strict`), a file that
+/// fails to load gives a warning and default settings instead.
+fn load_config(args: &Args, strict: bool) -> Result<Config, CommandError> {
+    let loaded = Config::load(&args.config);
+    let mut config = match (loaded, &args.socket) {
+        (Ok(config), _) => config,
+        (Err(err), Some(socket)) if !strict => {
+            eprintln!("freeauthctl: warning: {err}");
+            eprintln!("freeauthctl: using --socket {} with default settings", socket.display());
+            Config::parse(&args.config, "").map_err(|err| err.to_string())?
+        }
+        (Err(err), _) => {
+            return Err(format!(
+                "{err}\n  To manage a running agent meanwhile, add --socket PATH (its admin socket)."
+            ));
+        }
+    };
+    if let Some(socket) = &args.socket {
+        config.paths.admin_socket = socket.clone();
+    }
+    Ok(config)
 }
 
 /// Connects to the admin socket named in `config`.
@@ -98,48 +122,25 @@ fn init(config: &Config) -> Result<ExitCode, CommandError> {
     let key_existed = config.paths.seed_key.exists();
     freeauth_agentd::daemon::open_state(config).map_err(|err| err.to_string())?;
     if key_existed {
-        println!("seed key {} already exists; kept it", config.paths.seed_key.display());
+        say!("seed key {} already exists; kept it", config.paths.seed_key.display());
     } else {
-        println!("created seed key {} (mode 0600)", config.paths.seed_key.display());
+        say!("created seed key {} (mode 0600)", config.paths.seed_key.display());
     }
-    println!("state folder {} is ready", config.paths.state_dir.display());
+    say!("state folder {} is ready", config.paths.state_dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
 fn check_config(config: &Config) -> Result<ExitCode, CommandError> {
-    let mut problems = Vec::new();
-    if let Err(err) = freeauth_agentd::access::Rules::resolve(&config.access) {
-        problems.push(err);
-    }
-    // The agent's user owns the state folder; the key must belong to it too.
-    let state_dir = &config.paths.state_dir;
-    match std::fs::metadata(state_dir) {
-        Ok(meta) => {
-            use std::os::unix::fs::MetadataExt;
-            let owner = meta.uid();
-            if let Err(err) = freeauth_agentd::keys::check_private(state_dir, true, owner) {
-                problems.push(err.to_string());
-            }
-            let key = &config.paths.seed_key;
-            if key.exists() {
-                if let Err(err) = freeauth_agentd::keys::check_private(key, false, owner) {
-                    problems.push(err.to_string());
-                }
-            }
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            println!(
-                "note: state folder {} does not exist yet; the agent creates it",
-                state_dir.display()
-            );
-        }
-        Err(err) => problems.push(format!("state folder {}: {err}", state_dir.display())),
-    }
+    let problems = freeauth_agentd::check::installation_problems(config);
     if problems.is_empty() {
-        println!("{}: valid", config.source.display());
+        say!("{}: valid", config.source.display());
         return Ok(ExitCode::SUCCESS);
     }
-    Err(format!("{}: {}", config.source.display(), problems.join("\n  ")))
+    Err(format!(
+        "{} cannot be used:\n  {}",
+        config.source.display(),
+        problems.join("\n  ")
+    ))
 }
 
 fn verify(config: &Config, user: String, code: &str, json: bool) -> Result<ExitCode, CommandError> {
@@ -181,7 +182,7 @@ fn read_stdin_line(what: &str) -> Result<Zeroizing<String>, CommandError> {
 }
 
 fn enroll(config: &Config, args: EnrollArgs, json: bool) -> Result<ExitCode, CommandError> {
-    let description = describe_token(config, &args)?;
+    let (description, generated) = describe_token(config, &args)?;
     let pin = match args.pin.as_deref() {
         Some("-") => Some(SecretString::new(read_stdin_line("PIN")?.as_str())),
         Some(pin) => Some(SecretString::new(pin)),
@@ -214,7 +215,9 @@ fn enroll(config: &Config, args: EnrollArgs, json: bool) -> Result<ExitCode, Com
     else {
         return Err("the agent sent an unexpected answer to enroll".into());
     };
-    let uri = (description.kind != Kind::Motp).then(|| format_uri(&description));
+    // A secret the administrator supplied is known already: print it only
+    // when this command generated it.
+    let uri = (generated && description.kind != Kind::Motp).then(|| format_uri(&description));
     output::print_enrolled(&output::Enrolled {
         user: &user,
         token,
@@ -229,46 +232,104 @@ fn enroll(config: &Config, args: EnrollArgs, json: bool) -> Result<ExitCode, Com
                 .map_err(|e| e.to_string())?
         },
         backup_codes: &backup_codes,
+        show_secret: generated,
         json,
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Builds the token from `--uri`, `--secret`, `--secret-hex` or a fresh
-/// random secret.
-fn describe_token(config: &Config, args: &EnrollArgs) -> Result<TokenDescription, CommandError> {
+/// random secret. Returns whether the secret was generated here.
+fn describe_token(config: &Config, args: &EnrollArgs) -> Result<(TokenDescription, bool), CommandError> {
     let issuer = Some(config.enroll.issuer.clone());
     if let Some(uri) = &args.uri {
-        let mut description = parse_uri(uri).map_err(|err| format!("invalid --uri: {err}"))?;
+        let uri = read_value(uri, "URI")?;
+        let mut description = parse_uri(&uri).map_err(|err| format!("invalid --uri: {err}"))?;
         description.account = Some(args.user.clone());
         description.issuer = description.issuer.or(issuer);
-        return Ok(description);
+        return Ok((description, false));
     }
-    let kind = match args.kind {
+    let kind = match args.kind.unwrap_or(TokenType::Totp) {
         TokenType::Totp => Kind::Totp,
         TokenType::Hotp => Kind::Hotp,
         TokenType::Motp => Kind::Motp,
     };
-    let algorithm = match args.algorithm {
+    check_options_fit(kind, args)?;
+    let algorithm = match args.algorithm.unwrap_or(HashName::Sha1) {
         HashName::Sha1 => Algorithm::Sha1,
         HashName::Sha256 => Algorithm::Sha256,
         HashName::Sha512 => Algorithm::Sha512,
     };
-    let secret = match (&args.secret, &args.secret_hex) {
-        (Some(text), _) => Secret::from_base32(text).map_err(|err| format!("invalid --secret: {err}"))?,
-        (None, Some(text)) => Secret::from_hex(text).map_err(|err| format!("invalid --secret-hex: {err}"))?,
-        (None, None) => generate_secret(kind, algorithm)?,
+    let (secret, generated) = match (&args.secret, &args.secret_hex) {
+        (Some(text), _) => {
+            let text = read_value(text, "secret")?;
+            (
+                Secret::from_base32(&text).map_err(|err| format!("invalid --secret: {err}"))?,
+                false,
+            )
+        }
+        (None, Some(text)) => {
+            let text = read_value(text, "secret")?;
+            (
+                Secret::from_hex(&text).map_err(|err| format!("invalid --secret-hex: {err}"))?,
+                false,
+            )
+        }
+        (None, None) => (generate_secret(kind, algorithm)?, true),
     };
-    Ok(TokenDescription {
+    let description = TokenDescription {
         kind,
         algorithm,
-        digits: if kind == Kind::Motp { 6 } else { args.digits },
-        period: if kind == Kind::Motp { 10 } else { args.period },
-        counter: args.counter,
+        digits: if kind == Kind::Motp {
+            6
+        } else {
+            args.digits.unwrap_or(6)
+        },
+        period: if kind == Kind::Motp {
+            10
+        } else {
+            args.period.unwrap_or(30)
+        },
+        counter: args.counter.unwrap_or(0),
         secret,
         issuer,
         account: Some(args.user.clone()),
-    })
+    };
+    Ok((description, generated))
+}
+
+/// Rejects options that the token type would silently ignore.
+fn check_options_fit(kind: Kind, args: &EnrollArgs) -> Result<(), CommandError> {
+    let misplaced = match kind {
+        Kind::Motp => [
+            ("--algorithm", args.algorithm.is_some()),
+            ("--digits", args.digits.is_some()),
+            ("--period", args.period.is_some()),
+            ("--counter", args.counter.is_some()),
+        ]
+        .iter()
+        .find(|(_, given)| *given)
+        .map(|(name, _)| (*name, "Mobile-OTP tokens always use 6 hex digits and 10 s steps")),
+        Kind::Hotp if args.period.is_some() => Some(("--period", "HOTP tokens count events, not time")),
+        Kind::Totp if args.counter.is_some() => Some(("--counter", "TOTP tokens count time, not events")),
+        _ => None,
+    };
+    if let Some((name, reason)) = misplaced {
+        return Err(format!("{name} does not apply to this token type: {reason}"));
+    }
+    if kind != Kind::Motp && args.pin.is_some() {
+        return Err("--pin applies only to Mobile-OTP tokens (--type motp)".into());
+    }
+    Ok(())
+}
+
+/// Returns `value`, or one line of standard input when it is `-`.
+fn read_value(value: &str, what: &str) -> Result<Zeroizing<String>, CommandError> {
+    if value == "-" {
+        read_stdin_line(what)
+    } else {
+        Ok(Zeroizing::new(value.to_owned()))
+    }
 }
 
 /// A fresh secret as long as the hash output (RFC 4226 recommends at least

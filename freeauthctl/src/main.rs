@@ -7,6 +7,18 @@
 
 #![forbid(unsafe_code)]
 
+/// Prints a line on standard output. When the reader has gone away
+/// (`freeauthctl list | head`), the tool exits quietly with status 0
+/// instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 mod cli;
 mod commands;
 mod import_command;

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 fn print_json<T: Serialize>(value: &T) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|err| format!("cannot format JSON: {err}"))?;
-    println!("{text}");
+    say!("{text}");
     Ok(())
 }
 
@@ -21,14 +21,14 @@ pub fn print_response(response: &Response, json: bool) -> Result<(), String> {
     match response {
         Response::Users { users } => print_users(users),
         Response::User { user } => print_user(user),
-        Response::Done { changed } => println!("done ({changed} changed)"),
+        Response::Done { changed } => say!("done ({changed} changed)"),
         Response::Resynced { token, drift_steps } => {
-            println!("token {token} resynchronised, drift {drift_steps:+} steps")
+            say!("token {token} resynchronised, drift {drift_steps:+} steps")
         }
-        Response::Verdict { result } => println!("{}", verdict_text(*result)),
+        Response::Verdict { result } => say!("{}", verdict_text(*result)),
         Response::Status { status } => print_status(status),
-        Response::Imported { users, tokens } => println!("imported {tokens} tokens for {users} users"),
-        other => println!("{other:?}"),
+        Response::Imported { users, tokens } => say!("imported {tokens} tokens for {users} users"),
+        other => say!("{other:?}"),
     }
     Ok(())
 }
@@ -57,30 +57,40 @@ pub fn error_kind(kind: ErrorKind) -> &'static str {
 
 fn print_users(users: &[UserSummary]) {
     if users.is_empty() {
-        println!("no users have tokens");
+        say!("no users have tokens");
         return;
     }
-    println!(
+    say!(
         "{:<24} {:>6} {:>8} {:>8} {:>7} {:>7}",
-        "USER", "TOKENS", "ENABLED", "FAILURES", "LOCKED", "BACKUP"
+        "USER",
+        "TOKENS",
+        "ENABLED",
+        "FAILURES",
+        "LOCKED",
+        "BACKUP"
     );
     for user in users {
         let locked = if user.locked { "yes" } else { "no" };
-        println!(
+        say!(
             "{:<24} {:>6} {:>8} {:>8} {:>7} {:>7}",
-            user.user, user.tokens, user.enabled_tokens, user.failures, locked, user.backup_codes_left
+            user.user,
+            user.tokens,
+            user.enabled_tokens,
+            user.failures,
+            locked,
+            user.backup_codes_left
         );
     }
 }
 
 fn print_user(user: &UserDetail) {
-    println!("user:              {}", user.user);
-    println!("failures:          {}", user.failures);
+    say!("user:              {}", user.user);
+    say!("failures:          {}", user.failures);
     match user.locked_until {
-        Some(until) => println!("locked until:      {}", format_time(until)),
-        None => println!("locked:            no"),
+        Some(until) => say!("locked until:      {}", format_time(until)),
+        None => say!("locked:            no"),
     }
-    println!("backup codes left: {}", user.backup_codes_left);
+    say!("backup codes left: {}", user.backup_codes_left);
     for token in &user.tokens {
         print_token(token);
     }
@@ -98,39 +108,39 @@ fn print_token(token: &TokenInfo) {
         freeauth_proto::HashAlgorithm::Sha256 => "SHA256",
         freeauth_proto::HashAlgorithm::Sha512 => "SHA512",
     };
-    println!("token {}: {kind}, {state}", token.id);
+    say!("token {}: {kind}, {state}", token.id);
     match token.kind {
         freeauth_proto::TokenKind::Hotp => {
-            println!("  {algorithm}, {} digits, next counter {}", token.digits, token.counter);
+            say!("  {algorithm}, {} digits, next counter {}", token.digits, token.counter);
         }
         freeauth_proto::TokenKind::Motp => {
-            println!("  6 hex digits, period 10 s");
-            println!("  drift {:+} steps ({:+} s)", token.drift_steps, token.drift_seconds);
+            say!("  6 hex digits, period 10 s");
+            say!("  drift {:+} steps ({:+} s)", token.drift_steps, token.drift_seconds);
         }
         freeauth_proto::TokenKind::Totp => {
-            println!("  {algorithm}, {} digits, period {} s", token.digits, token.period);
-            println!("  drift {:+} steps ({:+} s)", token.drift_steps, token.drift_seconds);
+            say!("  {algorithm}, {} digits, period {} s", token.digits, token.period);
+            say!("  drift {:+} steps ({:+} s)", token.drift_steps, token.drift_seconds);
         }
     }
     if let Some(label) = &token.label {
-        println!("  label {label}");
+        say!("  label {label}");
     }
-    println!("  enrolled {}", format_time(token.created));
+    say!("  enrolled {}", format_time(token.created));
     match token.last_used {
-        Some(time) => println!("  last used {}", format_time(time)),
-        None => println!("  never used"),
+        Some(time) => say!("  last used {}", format_time(time)),
+        None => say!("  never used"),
     }
 }
 
 fn print_status(status: &AgentStatus) {
-    println!("version:          {}", status.version);
-    println!("uptime:           {} s", status.uptime_seconds);
-    println!("users:            {}", status.users);
-    println!("tokens:           {}", status.tokens);
-    println!("accepted:         {}", status.accepted);
-    println!("rejected:         {}", status.rejected);
-    println!("open connections: {}", status.open_connections);
-    println!("database:         {}", status.database);
+    say!("version:          {}", status.version);
+    say!("uptime:           {} s", status.uptime_seconds);
+    say!("users:            {}", status.users);
+    say!("tokens:           {}", status.tokens);
+    say!("accepted:         {}", status.accepted);
+    say!("rejected:         {}", status.rejected);
+    say!("open connections: {}", status.open_connections);
+    say!("database:         {}", status.database);
 }
 
 /// What `enroll` prints; the URI and QR code carry the secret and are shown
@@ -142,6 +152,8 @@ pub struct Enrolled<'a> {
     pub uri: Option<&'a str>,
     pub qr: Option<String>,
     pub backup_codes: &'a [SecretString],
+    /// Whether the secret was generated here and must be shown once.
+    pub show_secret: bool,
     pub json: bool,
 }
 
@@ -150,7 +162,7 @@ struct EnrolledJson<'a> {
     user: &'a str,
     token: u64,
     uri: Option<&'a str>,
-    secret_hex: &'a str,
+    secret_hex: Option<&'a str>,
     backup_codes: Vec<&'a str>,
 }
 
@@ -162,24 +174,26 @@ pub fn print_enrolled(enrolled: &Enrolled<'_>) -> Result<(), String> {
             user: enrolled.user,
             token: enrolled.token,
             uri: enrolled.uri,
-            secret_hex: &secret_hex,
+            secret_hex: enrolled.show_secret.then_some(secret_hex.as_str()),
             backup_codes: codes,
         });
     }
-    println!("enrolled token {} for {}", enrolled.token, enrolled.user);
+    say!("enrolled token {} for {}", enrolled.token, enrolled.user);
     if let Some(qr) = &enrolled.qr {
-        println!("{qr}");
+        say!("{qr}");
     }
     if let Some(uri) = enrolled.uri {
-        println!("URI (shown once; it contains the secret): {uri}");
+        say!("URI (shown once; it contains the secret): {uri}");
     }
-    if enrolled.description.kind == Kind::Motp {
-        println!("Mobile-OTP secret (shown once): {}", secret_hex.as_str());
+    if !enrolled.show_secret {
+        say!("the secret you supplied is stored encrypted; it is not printed");
+    } else if enrolled.description.kind == Kind::Motp {
+        say!("Mobile-OTP secret (shown once): {}", secret_hex.as_str());
     }
     if !codes.is_empty() {
-        println!("backup codes (shown once; each works one time):");
+        say!("backup codes (shown once; each works one time):");
         for code in codes {
-            println!("  {code}");
+            say!("  {code}");
         }
     }
     Ok(())

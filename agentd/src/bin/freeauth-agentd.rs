@@ -32,11 +32,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(err) = freeauth_agentd::access::Rules::resolve(&config.access) {
-        eprintln!(
-            "freeauth-agentd: invalid configuration {}: {err}",
-            args.config.display()
-        );
+    let problems = freeauth_agentd::check::installation_problems(&config);
+    if !problems.is_empty() {
+        eprintln!("freeauth-agentd: {} cannot be used:", args.config.display());
+        for problem in &problems {
+            eprintln!("  {problem}");
+        }
         return ExitCode::from(2);
     }
     if args.check {
