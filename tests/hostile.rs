@@ -167,3 +167,31 @@ fn random_bytes_never_stop_the_agent() {
     }
     assert_serving(&agent, 0);
 }
+
+#[test]
+fn errors_never_quote_the_peer() {
+    let agent = agent_with_user();
+    let mut stream = connect(&agent);
+    raw_send(&mut stream, &hello_frame());
+    let forged = br#"{"id":1,"request":{"type":"FORGED\nverification user=\"root\" result=\"accepted\""}}"#;
+    raw_send(&mut stream, &frame(forged));
+    let reply = raw_read_all(&mut stream, Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains("malformed"), "{text}");
+    assert!(
+        !text.contains("FORGED") && !agent.log().contains("FORGED"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn large_frames_are_refused_on_the_agent_socket() {
+    let agent = agent_with_user();
+    let mut stream = connect(&agent);
+    raw_send(&mut stream, &hello_frame());
+    raw_send(&mut stream, &(64 * 1024u32).to_be_bytes());
+    let reply = raw_read_all(&mut stream, Duration::from_secs(5));
+    assert!(String::from_utf8_lossy(&reply).contains("invalid frame length 65536"));
+    assert_serving(&agent, 0);
+}

@@ -552,3 +552,48 @@ fn try_first_pass_prompts_after_rejected_or_password_authtok() {
         "the password never reached the agent"
     );
 }
+
+#[test]
+fn nullok_does_not_skip_disabled_tokens() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    agent.ctl_ok(&["disable", "alice"]);
+    let args = format!("{} nullok", agent_args(&agent));
+    let services = Services::new();
+    services.write("probe", &ignore_probe_stack(&args));
+    let run = services.pamtester("probe", "alice").response(&hotp(0)).run();
+    assert!(!run.output().contains("successfully authenticated"), "{run}");
+    assert!(run.logged("user alice has only disabled tokens; refused"), "{run}");
+}
+
+#[test]
+fn remote_login_prompts_whatever_the_account_state() {
+    let agent = Agent::start_with(Options {
+        threshold: 3,
+        ..Options::default()
+    });
+    enroll_hotp(&agent, "carol");
+    for _ in 0..3 {
+        agent.verify_pam("carol", "000000");
+    }
+    let services = Services::new();
+    services.write("sshd", &[freeauth_line("required", &agent_args(&agent))]);
+    let locked = services
+        .pamtester("sshd", "carol")
+        .item("rhost=192.0.2.9")
+        .response("123456")
+        .run();
+    locked.assert_failure(MAXTRIES, "locked account, remote");
+    assert!(
+        locked.prompted(CODE_PROMPT),
+        "a remote party sees the usual prompt: {locked}"
+    );
+    assert!(!locked.output().contains("Too many failed codes"), "{locked}");
+    let unknown = services
+        .pamtester("sshd", "nobody-here")
+        .item("rhost=192.0.2.9")
+        .response("123456")
+        .run();
+    assert!(unknown.prompted(CODE_PROMPT), "{unknown}");
+    assert!(!unknown.output().contains("successfully authenticated"), "{unknown}");
+}

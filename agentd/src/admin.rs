@@ -183,6 +183,15 @@ fn store_token(
         Err(problem) => return Ok(Err(problem)),
     };
     let user_id = db.ensure_account(user)?;
+    // Two tokens with one seed would accept each code twice, once per token.
+    for row in db.tokens(user_id)? {
+        let existing = row.id;
+        if context.open(row)?.seed == checked.seed {
+            return Ok(Err(format!(
+                "user {user} already has token {existing} with this secret"
+            )));
+        }
+    }
     let token_id = db.insert_token(user_id, &checked.settings, context.now)?;
     let seal_failed = |_| EngineError {
         message: "the random generator failed while sealing a seed".into(),

@@ -92,12 +92,52 @@ fn check_key(db: Db<'_>, cipher: &SeedCipher, key_path: &Path) -> Result<(), Dae
     }
 }
 
+/// Keeps the seed key out of core dumps and away from ptrace by other
+/// processes of the same user.
+fn protect_memory() {
+    use nix::sys::resource::{setrlimit, Resource};
+    if let Err(err) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        tracing::warn!("cannot disable core dumps: {err}");
+    }
+    if let Err(err) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!("cannot mark the process non-dumpable: {err}");
+    }
+}
+
+/// Raises the soft limit on open files so that two pools of
+/// `max_connections` fit, and warns when the hard limit is too low.
+fn raise_file_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let needed = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        .saturating_add(64);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= needed {
+        return;
+    }
+    let target = needed.min(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_err() || target < needed {
+        tracing::warn!(
+            soft,
+            hard,
+            needed,
+            "the open-file limit is below what max_connections needs; raise LimitNOFILE or lower max_connections"
+        );
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), DaemonError> {
     // Files the agent and SQLite create (database, -wal, -shm) are private.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    protect_memory();
+    raise_file_limit(config.server.max_connections);
     let rules = Rules::resolve(&config.access).map_err(fail)?;
     let (store, cipher) = open_state(&config)?;
+    crate::store::start_checkpointer(config.paths.database(), std::time::Duration::from_secs(1)).map_err(fail)?;
     let stats = Arc::new(Stats::default());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let engine = Engine::new(store, cipher, clock, settings_of(&config));
@@ -120,6 +160,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         rate: Mutex::new(RateLimiter::default()),
         log_limit: LogLimiter::default(),
         connections: Arc::new(Semaphore::new(config.server.max_connections)),
+        local_connections: Arc::new(Semaphore::new(config.server.max_connections)),
+        connections_per_uid: Mutex::new(Default::default()),
+        backup_hashing: Semaphore::new(crate::handlers::BACKUP_HASHES_AT_ONCE),
         started: Instant::now(),
         database: config.paths.database().display().to_string(),
     });
@@ -190,7 +233,11 @@ fn spawn_connection(
         Ok((stream, _)) => {
             tokio::spawn(serve(stream, kind, Arc::clone(shared)));
         }
-        Err(err) => shared.log_limit.warn("accept", &format!("accept failed: {err}")),
+        Err(err) => {
+            shared.log_limit.warn("accept", &format!("accept failed: {err}"));
+            // Out of file descriptors (EMFILE): pause instead of spinning.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
 

@@ -74,6 +74,8 @@ pub struct Lookup {
     pub locked: bool,
     pub prompt: String,
     pub code_lengths: Vec<u8>,
+    /// The account has tokens, all disabled.
+    pub disabled: bool,
 }
 
 /// The engine's decision on a code, with the reason for the log.
@@ -360,10 +362,12 @@ impl Context<'_> {
                 locked,
                 prompt,
                 code_lengths: Vec::new(),
+                disabled: false,
             });
         };
-        let mut code_lengths: Vec<u8> = db
-            .tokens(account.id)?
+        let tokens = db.tokens(account.id)?;
+        let disabled = !tokens.is_empty() && tokens.iter().all(|token| !token.enabled);
+        let mut code_lengths: Vec<u8> = tokens
             .iter()
             .filter(|token| token.enabled)
             .map(|token| code_length(token.kind, token.digits))
@@ -378,6 +382,7 @@ impl Context<'_> {
             locked: failures_of(&account).current(self.now).is_locked(self.now),
             prompt,
             code_lengths,
+            disabled,
         })
     }
 
@@ -420,13 +425,18 @@ impl Context<'_> {
             }
         }
         if backup_left > 0 && is_backup_code_shape(code.expose()) {
+            // The attempt counts as a failure now, before the slow hash runs
+            // off this thread, so pipelined guesses meet the lock like any
+            // others; a match clears the count again.
+            let after = self.policy().after_failure(failures, self.now);
+            db.set_failures(account.id, after.count, after.locked_until)?;
             let salt = account.backup_salt.clone().unwrap_or_default();
             let hashes = db.backup_codes(account.id)?;
             let outcome = Outcome::CheckBackup { salt, hashes };
             return Ok(Verdict {
                 outcome,
                 reason: Reason::BackupCodeNeeded,
-                failures: failures.count,
+                failures: after.count,
                 delay: Duration::ZERO,
             });
         }
@@ -443,18 +453,17 @@ impl Context<'_> {
         let Some(account) = db.account(user)? else {
             return Ok(self.reject_unknown(unknown, user));
         };
+        // The failure of this attempt was counted when the check began; a
+        // lock it caused does not stop a right code of this same attempt.
         let failures = failures_of(&account).current(self.now);
-        if failures.is_locked(self.now) {
-            return Ok(self.verdict(Outcome::Locked, Reason::Locked, failures.count));
-        }
         if let Some(code_id) = matched {
             if db.consume_backup_code(code_id, account.id, self.now)? {
                 db.set_failures(account.id, 0, None)?;
                 return Ok(self.verdict(Outcome::Accepted, Reason::AcceptedBackupCode, 0));
             }
-            return self.reject(db, &account, failures, Outcome::Rejected, Reason::ReusedCode);
+            return Ok(self.verdict(Outcome::Rejected, Reason::ReusedCode, failures.count));
         }
-        self.reject(db, &account, failures, Outcome::Rejected, Reason::WrongCode)
+        Ok(self.verdict(Outcome::Rejected, Reason::WrongCode, failures.count))
     }
 
     pub(crate) fn open(&self, row: TokenRow) -> Result<OpenToken, EngineError> {

@@ -13,6 +13,9 @@ use crate::engine::{self, internal_error, Job, Outcome, Verdict};
 use crate::keys::hash_backup_code;
 use crate::server::Task;
 
+/// Argon2 computations of backup-code checks allowed at the same time.
+pub const BACKUP_HASHES_AT_ONCE: usize = 2;
+
 /// Most backup codes one enrolment may create.
 pub const MAX_BACKUP_CODES: u32 = 100;
 
@@ -23,7 +26,19 @@ fn unavailable() -> Response {
     }
 }
 
+/// Rejects names no account can have, before they reach the engine, the
+/// unknown-name table or the log.
+fn check_name(user: &str) -> Result<(), Response> {
+    crate::admin::check_user_name(user).map_err(|problem| Response::Error {
+        kind: ErrorKind::Invalid,
+        message: problem,
+    })
+}
+
 pub async fn lookup(task: &Task, user: String) -> Response {
+    if let Err(response) = check_name(&user) {
+        return response;
+    }
     if let Err(response) = task.check_caller(&user, None) {
         return response;
     }
@@ -33,6 +48,7 @@ pub async fn lookup(task: &Task, user: String) -> Response {
             locked: lookup.locked,
             prompt: lookup.prompt,
             code_lengths: lookup.code_lengths,
+            disabled: lookup.disabled,
         },
         Some(Err(_)) => internal_error(),
         None => unavailable(),
@@ -40,6 +56,9 @@ pub async fn lookup(task: &Task, user: String) -> Response {
 }
 
 pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origin) -> Response {
+    if let Err(response) = check_name(&user) {
+        return response;
+    }
     if let Err(response) = task.check_caller(&user, Some(&origin)) {
         log_refusal(task, &user, &origin, &response);
         return response;
@@ -50,7 +69,12 @@ pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origi
     };
     engine::count(&task.shared.stats, &verdict.outcome);
     log_decision(task, &user, &origin, &verdict);
-    tokio::time::sleep_until((task.arrived + verdict.delay).into()).await;
+    // Sleep only for a real delay: tokio rounds a timer up to the next
+    // millisecond, which would add about 1 ms to every accepted code.
+    let deadline = task.arrived + verdict.delay;
+    if !verdict.delay.is_zero() && std::time::Instant::now() < deadline {
+        tokio::time::sleep_until(deadline.into()).await;
+    }
     let result = match verdict.outcome {
         Outcome::Accepted => VerifyResult::Accepted,
         _ if task.is_remote(&origin) => VerifyResult::Rejected,
@@ -75,6 +99,14 @@ async fn decide(task: &Task, user: &str, code: SecretString) -> Result<Verdict, 
     let Outcome::CheckBackup { salt, hashes } = first.outcome else {
         return Ok(first);
     };
+    // At most BACKUP_HASHES_AT_ONCE Argon2 runs at a time (each takes 8 MiB),
+    // whatever the number of guesses in flight.
+    let _permit = task
+        .shared
+        .backup_hashing
+        .acquire()
+        .await
+        .map_err(|_| internal_error())?;
     let matched = tokio::task::spawn_blocking(move || match_backup_code(&code, &salt, &hashes))
         .await
         .map_err(|_| internal_error())?;

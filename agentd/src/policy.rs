@@ -75,10 +75,13 @@ impl UnknownNames {
 
     pub fn set(&mut self, name: &str, failures: Failures) {
         if self.counts.len() >= MAX_UNKNOWN_NAMES && !self.counts.contains_key(name) {
-            // NOTE: emptying the table resets every count at once; an attacker
-            // who floods names gets fresh delays for them, but never a way
-            // into an account, since unknown names have nothing to guess.
-            self.counts.clear();
+            // Evict one entry (in the map's arbitrary order) rather than the
+            // whole table, so a flood of made-up names cannot reset the delay
+            // of a name being probed. NOTE: an evicted name does restart its
+            // count; unknown names have nothing to guess, only timing to hide.
+            if let Some(victim) = self.counts.keys().next().cloned() {
+                self.counts.remove(&victim);
+            }
         }
         self.counts.insert(name.to_owned(), failures);
     }

@@ -43,6 +43,11 @@ pub struct Shared {
     pub rate: Mutex<RateLimiter>,
     pub log_limit: LogLimiter,
     pub connections: Arc<Semaphore>,
+    /// Connections of local users other than root and the agent's user.
+    pub local_connections: Arc<Semaphore>,
+    pub connections_per_uid: Mutex<std::collections::HashMap<u32, usize>>,
+    /// Bounds concurrent backup-code hashing; see `handlers::BACKUP_HASHES_AT_ONCE`.
+    pub backup_hashing: Semaphore,
     pub started: Instant,
     pub database: String,
 }
@@ -66,13 +71,30 @@ impl Shared {
 
 /// Serves one accepted connection to its end.
 pub async fn serve(stream: UnixStream, kind: SocketKind, shared: Arc<Shared>) {
-    let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
-        shared
-            .log_limit
-            .warn("connections", "connection refused: max_connections reached");
+    let Some(caller) = identify(&stream, kind, &shared) else {
         return;
     };
-    let Some(caller) = identify(&stream, kind, &shared) else {
+    // Local users draw from their own pool, capped per uid, so no local
+    // user can take the connections root, the bridge and admins need.
+    let pool = match caller {
+        Caller::Local { .. } => &shared.local_connections,
+        _ => &shared.connections,
+    };
+    let Ok(permit) = Arc::clone(pool).try_acquire_owned() else {
+        shared.log_limit.warn(
+            "connections",
+            &format!("connection from uid {} refused: max_connections reached", caller.uid()),
+        );
+        return;
+    };
+    let Some(_uid_slot) = UidSlot::take(&shared, &caller) else {
+        shared.log_limit.warn(
+            "connections-per-uid",
+            &format!(
+                "connection from uid {} refused: more than {MAX_LOCAL_CONNECTIONS_PER_UID} open",
+                caller.uid()
+            ),
+        );
         return;
     };
     shared.stats.open_connections.fetch_add(1, Ordering::Relaxed);
@@ -89,6 +111,57 @@ pub async fn serve(stream: UnixStream, kind: SocketKind, shared: Arc<Shared>) {
     drop(permit);
 }
 
+/// Largest frame accepted on the agent socket: a lookup or verification is
+/// a few hundred bytes.
+pub const MAX_AGENT_FRAME_LEN: usize = 16 * 1024;
+
+/// Connections one local user other than root may hold open at once.
+pub const MAX_LOCAL_CONNECTIONS_PER_UID: usize = 8;
+
+/// Time a local user's connection may stay idle between requests.
+const LOCAL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One of a local uid's connection slots, given back on drop.
+struct UidSlot<'a> {
+    shared: &'a Shared,
+    uid: u32,
+}
+
+impl<'a> UidSlot<'a> {
+    /// Takes a slot for local callers; other callers need none.
+    fn take(shared: &'a Shared, caller: &Caller) -> Option<Option<UidSlot<'a>>> {
+        let Caller::Local { uid, .. } = caller else {
+            return Some(None);
+        };
+        let mut open = lock(&shared.connections_per_uid);
+        let count = open.entry(*uid).or_insert(0);
+        if *count >= MAX_LOCAL_CONNECTIONS_PER_UID {
+            return None;
+        }
+        *count += 1;
+        Some(Some(UidSlot { shared, uid: *uid }))
+    }
+}
+
+impl Drop for UidSlot<'_> {
+    fn drop(&mut self) {
+        let mut open = lock(&self.shared.connections_per_uid);
+        if let Some(count) = open.get_mut(&self.uid) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 fn identify(stream: &UnixStream, kind: SocketKind, shared: &Shared) -> Option<Caller> {
     let cred = match stream.peer_cred() {
         Ok(cred) => cred,
@@ -101,7 +174,17 @@ fn identify(stream: &UnixStream, kind: SocketKind, shared: &Shared) -> Option<Ca
     };
     let rules = shared.rules();
     match kind {
-        SocketKind::Agent => Some(rules.agent_caller(cred.uid())),
+        SocketKind::Agent => match rules.agent_caller(cred.uid()) {
+            // A uid without a user name may ask nothing: close at once.
+            Caller::Nobody { uid } => {
+                shared.log_limit.warn(
+                    "nameless-uid",
+                    &format!("connection from uid {uid}, which has no user name, closed"),
+                );
+                None
+            }
+            caller => Some(caller),
+        },
         SocketKind::Admin if rules.is_admin(cred.uid(), cred.gid(), cred.pid()) => {
             Some(Caller::Admin { uid: cred.uid() })
         }
@@ -126,7 +209,12 @@ async fn converse(
 ) -> Result<(), FrameError> {
     let (mut reader, mut writer) = stream.into_split();
     let timeout = shared.server.io_timeout;
-    let hello: Hello = read_frame(&mut reader, timeout, true).await?;
+    // Only the admin socket carries large messages (imports).
+    let max_len = match kind {
+        SocketKind::Admin => frame::MAX_FRAME_LEN,
+        SocketKind::Agent => MAX_AGENT_FRAME_LEN,
+    };
+    let hello: Hello = read_frame(&mut reader, timeout, true, max_len).await?;
     let accepted = hello.version == PROTOCOL_VERSION;
     let reply = if accepted {
         HelloReply::Welcome {
@@ -155,8 +243,16 @@ async fn converse(
         }
     });
     let in_flight = Arc::new(Semaphore::new(shared.server.max_in_flight));
+    let idle_limit = matches!(caller, Caller::Local { .. }).then_some(LOCAL_IDLE_TIMEOUT);
     let result = loop {
-        let frame: RequestFrame = match read_frame(&mut reader, timeout, false).await {
+        let next = read_frame(&mut reader, timeout, false, max_len);
+        let frame: Result<RequestFrame, FrameError> = match idle_limit {
+            Some(limit) => tokio::time::timeout(limit, next)
+                .await
+                .unwrap_or_else(|_| Err(timed_out("next request"))),
+            None => next.await,
+        };
+        let frame = match frame {
             Ok(frame) => frame,
             Err(err) => break Err(err),
         };
@@ -174,8 +270,18 @@ async fn converse(
         shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let response = task.handle(frame.request).await;
-            let reply = ResponseFrame { id: frame.id, response };
-            if let Ok(bytes) = frame::encode(&reply) {
+            let id = frame.id;
+            let encoded = frame::encode(&ResponseFrame { id, response }).or_else(|err| {
+                // Only a reply over the frame cap gets here (`list` of a huge
+                // user base); say so instead of leaving the client waiting.
+                tracing::error!(id, error = %err, "cannot send a reply; sending an error instead");
+                let response = Response::Error {
+                    kind: ErrorKind::Internal,
+                    message: format!("the reply is too large to send: {err}"),
+                };
+                frame::encode(&ResponseFrame { id, response })
+            });
+            if let Ok(bytes) = encoded {
                 let _ = replies.send(bytes).await;
             }
             task_shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -210,6 +316,7 @@ async fn read_frame<T: serde::de::DeserializeOwned>(
     reader: &mut OwnedReadHalf,
     timeout: Duration,
     first: bool,
+    max_len: usize,
 ) -> Result<T, FrameError> {
     let mut header = [0u8; HEADER_LEN];
     let got = if first {
@@ -228,6 +335,9 @@ async fn read_frame<T: serde::de::DeserializeOwned>(
             .await
             .map_err(|err| truncated(err, 1, HEADER_LEN))?;
         let length = frame::body_len(header)?;
+        if length > max_len {
+            return Err(FrameError::BadLength { length: length as u64 });
+        }
         let mut body = zeroize::Zeroizing::new(vec![0u8; length]);
         reader
             .read_exact(&mut body)

@@ -140,6 +140,9 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // 4 MiB of page cache keeps resident memory small at a million tokens.
         conn.pragma_update(None, "cache_size", -4096)?;
+        // Checkpoints run on their own thread (see `start_checkpointer`), not
+        // inside the commit of a verification, where they stall the engine.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
@@ -171,6 +174,25 @@ impl Store {
     pub fn db(&self) -> Db<'_> {
         Db(&self.conn)
     }
+}
+
+/// Copies the WAL back into the database from a second connection every
+/// `interval`, while the engine keeps writing. Runs until the process ends.
+pub fn start_checkpointer(database: std::path::PathBuf, interval: std::time::Duration) -> Result<(), StoreError> {
+    let conn = Connection::open(&database)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let spawned = std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %err, "WAL checkpoint failed; will retry");
+            }
+        });
+    spawned.map(drop).map_err(|err| StoreError::Folder {
+        path: database.display().to_string(),
+        reason: format!("cannot start the checkpoint thread: {err}"),
+    })
 }
 
 fn prepare_state_dir(dir: &Path) -> Result<(), StoreError> {

@@ -243,3 +243,36 @@ fn malformed_code_counts_as_failure() {
     let short = h.verify("alice", "12345".into());
     assert_eq!(short.failures, 2);
 }
+
+#[test]
+fn backup_code_attempt_counts_before_hashing() {
+    let mut h = harness(3);
+    let backup = freeauth_agentd::admin::BackupSet {
+        salt: b"0123456789abcdef".to_vec(),
+        hashes: vec![freeauth_agentd::keys::hash_backup_code("12345678", b"0123456789abcdef").unwrap()],
+    };
+    let token = NewToken {
+        kind: TokenKind::Totp,
+        algorithm: HashAlgorithm::Sha1,
+        digits: 6,
+        period: 30,
+        counter: 0,
+        last_step: None,
+        secret_hex: "00112233445566778899aabbccddeeff00112233".into(),
+        pin: None,
+        label: None,
+    };
+    let (reply, mut answer) = oneshot::channel();
+    let op = AdminOp::Enroll {
+        user: "bea".into(),
+        token,
+        backup: Some(backup),
+    };
+    h.engine.run_batch(vec![Job::Admin { op, reply }]);
+    assert!(matches!(answer.try_recv().unwrap(), Response::Enrolled { .. }));
+    let guesses: Vec<Verdict> = (0..4).map(|_| h.verify("bea", "99999999".into())).collect();
+    assert!(matches!(guesses[0].outcome, Outcome::CheckBackup { .. }));
+    assert_eq!(guesses[0].failures, 1, "counted before the hash runs");
+    assert_eq!(guesses[2].failures, 3);
+    assert_eq!(guesses[3].outcome, Outcome::Locked, "pipelined guesses meet the lock");
+}

@@ -42,6 +42,20 @@ fn new_token(token: &TokenDescription, last_step: Option<u64>) -> NewToken {
     }
 }
 
+/// For a time-based token of a users file, which does not record its last
+/// time step: the current step, so a code pam_oath accepted moments ago
+/// cannot be used again here. Codes of the next step work.
+fn current_step(token: &TokenDescription) -> Option<u64> {
+    if token.kind != freeauth_otp::Kind::Totp {
+        return None;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(freeauth_otp::totp_step(now, token.period))
+}
+
 fn google_authenticator(user: &str, path: &Path) -> Result<Vec<ImportEntry>, CommandError> {
     let text = read_file(path)?;
     let file = parse_google_authenticator(&text).map_err(|errors| describe(path, &errors))?;
@@ -79,7 +93,7 @@ fn oath(path: &Path) -> Result<Vec<ImportEntry>, CommandError> {
         .iter()
         .map(|entry| ImportEntry {
             user: entry.user.clone(),
-            token: new_token(&entry.token, entry.last_step),
+            token: new_token(&entry.token, entry.last_step.or_else(|| current_step(&entry.token))),
             backup_codes: Vec::new(),
         })
         .collect())

@@ -52,6 +52,8 @@ pub struct Account {
     pub locked: bool,
     pub prompt: String,
     pub code_lengths: Vec<u8>,
+    /// All tokens disabled by an administrator: `nullok` does not apply.
+    pub disabled: bool,
 }
 
 /// A verified connection to the agent.
@@ -103,11 +105,13 @@ impl Agent {
                 locked,
                 prompt,
                 code_lengths,
+                disabled,
             } => Ok(Account {
                 enrolled,
                 locked,
                 prompt,
                 code_lengths,
+                disabled,
             }),
             other => Err(unexpected(&other)),
         }

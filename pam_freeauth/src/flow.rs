@@ -102,6 +102,12 @@ pub fn authenticate(host: &mut dyn Host, options: &Options) -> Outcome {
         Err(err) => return unavailable(host, options, &user, &err),
     };
     if let Some(outcome) = before_prompt(host, options, &user, &account) {
+        // A remote party sees the same prompt whatever the account's state,
+        // so it cannot list enrolled or locked accounts; nullok is the
+        // documented exception, since it lets the user in without one.
+        if outcome != Outcome::NoTokenAllowed && is_remote(host) {
+            let _ignored = read_answer(host, options, &account);
+        }
         return outcome;
     }
     let answer = match read_answer(host, options, &account) {
@@ -130,6 +136,13 @@ pub fn authenticate(host: &mut dyn Host, options: &Options) -> Outcome {
 
 /// Decides without prompting when the account has no token or is locked.
 fn before_prompt(host: &mut dyn Host, options: &Options, user: &str, account: &Account) -> Option<Outcome> {
+    if account.disabled {
+        host.log(
+            Priority::Notice,
+            &format!("user {user} has only disabled tokens; refused"),
+        );
+        return Some(Outcome::Rejected);
+    }
     if !account.enrolled {
         let outcome = if options.nullok {
             Outcome::NoTokenAllowed
@@ -145,12 +158,17 @@ fn before_prompt(host: &mut dyn Host, options: &Options, user: &str, account: &A
             Priority::Notice,
             &format!("user {user} is locked after too many failures"),
         );
-        if !options.quiet {
+        if !options.quiet && !is_remote(host) {
             host.tell("Too many failed codes; this account is locked for a while.", true);
         }
         return Some(Outcome::Locked);
     }
     None
+}
+
+/// Whether the login comes from another host (PAM_RHOST is set).
+fn is_remote(host: &dyn Host) -> bool {
+    matches!(host.context(), Origin::Pam { rhost: Some(rhost), .. } if !rhost.is_empty())
 }
 
 /// Whether `text`, spaces removed, has the length of one of the account's
@@ -216,6 +234,11 @@ fn verify_answer(
             continue;
         }
         let (password, code) = answer.split_at(split);
+        // A tail that cannot be a code is not sent: it would count as a
+        // failure and hand part of the password to the agent.
+        if !looks_like_code(code, &[length]) {
+            continue;
+        }
         outcome = ask_agent(host, options, agent, user, code, origin.clone());
         if outcome == Outcome::Accepted {
             if let Err(err) = host.set_authtok(password) {
@@ -244,8 +267,9 @@ fn ask_agent(
             VerifyResult::Accepted => Outcome::Accepted,
             VerifyResult::Rejected => Outcome::Rejected,
             VerifyResult::Locked => Outcome::Locked,
-            VerifyResult::NoToken if options.nullok => Outcome::NoTokenAllowed,
-            VerifyResult::NoToken => Outcome::NoToken,
+            // The lookup found a token; losing it since then is no reason
+            // to let the user in, nullok or not.
+            VerifyResult::NoToken => Outcome::Rejected,
         },
         // Once the code is sent, nothing may turn into PAM_IGNORE: the agent
         // was up for the lookup, so any failure now fails closed.

@@ -86,11 +86,21 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
     Ok(frame)
 }
 
-/// Decodes a frame body. Serde's own messages name the field and position
-/// but never echo string values, so no secret reaches the error.
+/// Decodes a frame body. The error names only the kind of problem and its
+/// position: serde's own message can quote the peer's input (an unknown
+/// tag, a number given for a code), which could carry a secret or forge
+/// a log line.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    serde_json::from_slice(body).map_err(|err| FrameError::Malformed {
-        reason: err.to_string(),
+    serde_json::from_slice(body).map_err(|err| {
+        let kind = match err.classify() {
+            serde_json::error::Category::Io => "read error",
+            serde_json::error::Category::Syntax => "invalid JSON",
+            serde_json::error::Category::Data => "JSON that is not a valid message",
+            serde_json::error::Category::Eof => "truncated JSON",
+        };
+        FrameError::Malformed {
+            reason: format!("{kind} at line {} column {}", err.line(), err.column()),
+        }
     })
 }
 

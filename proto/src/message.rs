@@ -182,6 +182,10 @@ pub enum Response {
         /// Lengths of the codes the account's enabled tokens and backup
         /// codes take, so `forward_pass` can split password and code.
         code_lengths: Vec<u8>,
+        /// The account exists but an administrator disabled all its
+        /// tokens; `nullok` must not let such a user in.
+        #[serde(default)]
+        disabled: bool,
     },
     Verdict {
         result: VerifyResult,
