@@ -261,18 +261,7 @@ fn read_enroll(section: &Section) -> Enroll {
 }
 
 fn read_log_level(root: &Section) -> String {
-    let Some(level) = root.string("log_level") else {
-        return "info".to_owned();
-    };
-    let known = ["error", "warn", "info", "debug", "trace"];
-    if !known.contains(&level.value.as_str()) {
-        root.problem(
-            level.span,
-            "log_level",
-            format_args!("must be one of {}", known.join(", ")),
-        );
-    }
-    level.value
+    root.choice_or("log_level", &["error", "warn", "info", "debug", "trace"], "info")
 }
 
 fn millis(value: i64) -> Duration {

@@ -296,6 +296,18 @@ impl<'d, 'a> Section<'d, 'a> {
             .map_or_else(|| default.to_owned(), |located| located.value)
     }
 
+    /// One of `allowed`, or `default` when the key is absent. Any other
+    /// value records a problem listing the allowed ones.
+    pub fn choice_or(&self, key: &str, allowed: &[&str], default: &str) -> String {
+        let Some(located) = self.string(key) else {
+            return default.to_owned();
+        };
+        if !allowed.contains(&located.value.as_str()) {
+            self.problem(located.span, key, format_args!("must be one of {}", allowed.join(", ")));
+        }
+        located.value
+    }
+
     /// A path; relative paths resolve against the file's folder.
     pub fn path(&self, key: &str) -> Option<Located<PathBuf>> {
         let located = self.string(key)?;
