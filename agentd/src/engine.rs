@@ -430,6 +430,7 @@ impl Context<'_> {
             // others; a match clears the count again.
             let after = self.policy().after_failure(failures, self.now);
             db.set_failures(account.id, after.count, after.locked_until)?;
+            log_new_lock(&account.name, failures, after, self.now);
             let salt = account.backup_salt.clone().unwrap_or_default();
             let hashes = db.backup_codes(account.id)?;
             let outcome = Outcome::CheckBackup { salt, hashes };
@@ -574,9 +575,7 @@ impl Context<'_> {
     ) -> Result<Verdict, EngineError> {
         let after = self.policy().after_failure(before, self.now);
         db.set_failures(account.id, after.count, after.locked_until)?;
-        if after.is_locked(self.now) && !before.is_locked(self.now) {
-            tracing::warn!(target: "freeauth::auth", user = %account.name, failures = after.count, until = after.locked_until, "account locked after consecutive failures");
-        }
+        log_new_lock(&account.name, before, after, self.now);
         Ok(self.verdict(outcome, reason, after.count))
     }
 
@@ -601,6 +600,13 @@ impl Context<'_> {
             failures,
             delay,
         }
+    }
+}
+
+/// Logs the failure that locked an account, once, when it happens.
+fn log_new_lock(user: &str, before: Failures, after: Failures, now: u64) {
+    if after.is_locked(now) && !before.is_locked(now) {
+        tracing::warn!(target: "freeauth::auth", user, failures = after.count, until = after.locked_until, "account locked after consecutive failures");
     }
 }
 
