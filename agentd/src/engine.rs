@@ -406,7 +406,6 @@ impl Context<'_> {
         if tokens.is_empty() {
             return self.reject(db, &account, failures, Outcome::NoToken, Reason::NoActiveToken);
         }
-        let backup_left = db.backup_codes_left(account.id)?;
         let mut reason = Reason::MalformedCode;
         for row in tokens {
             let token = self.open(row)?;
@@ -424,7 +423,8 @@ impl Context<'_> {
                 reason = Reason::ReusedCode;
             }
         }
-        if backup_left > 0 && is_backup_code_shape(code.expose()) {
+        // Asked only after no token matched, off the path of accepted codes.
+        if is_backup_code_shape(code.expose()) && db.backup_codes_left(account.id)? > 0 {
             // The attempt counts as a failure now, before the slow hash runs
             // off this thread, so pipelined guesses meet the lock like any
             // others; a match clears the count again.

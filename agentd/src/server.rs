@@ -207,7 +207,9 @@ async fn converse(
     caller: Caller,
     shared: &Arc<Shared>,
 ) -> Result<(), FrameError> {
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
+    // Buffered, so a frame costs one read system call, not three.
+    let mut reader = tokio::io::BufReader::new(reader);
     let timeout = shared.server.io_timeout;
     // Only the admin socket carries large messages (imports).
     let max_len = match kind {
@@ -235,11 +237,18 @@ async fn converse(
 
     let (replies, mut outgoing) = mpsc::channel::<Vec<u8>>(64);
     let write_task = tokio::spawn(async move {
+        // Replies that are ready together go out in one write.
+        let mut batch = zeroize::Zeroizing::new(Vec::new());
         while let Some(bytes) = outgoing.recv().await {
-            let bytes = zeroize::Zeroizing::new(bytes);
-            if writer.write_all(&bytes).await.is_err() {
+            batch.extend_from_slice(&zeroize::Zeroizing::new(bytes));
+            while let Ok(more) = outgoing.try_recv() {
+                batch.extend_from_slice(&zeroize::Zeroizing::new(more));
+            }
+            if writer.write_all(&batch).await.is_err() {
                 break;
             }
+            // Wipes the bytes and empties the buffer for the next batch.
+            zeroize::Zeroize::zeroize(&mut *batch);
         }
     });
     let in_flight = Arc::new(Semaphore::new(shared.server.max_in_flight));
@@ -313,7 +322,7 @@ async fn converse(
 /// likes unless `first` is set; once a frame has begun, it must arrive whole
 /// within `timeout`.
 async fn read_frame<T: serde::de::DeserializeOwned>(
-    reader: &mut OwnedReadHalf,
+    reader: &mut tokio::io::BufReader<OwnedReadHalf>,
     timeout: Duration,
     first: bool,
     max_len: usize,

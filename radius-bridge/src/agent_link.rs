@@ -172,23 +172,32 @@ async fn connect(settings: &LinkSettings) -> Result<UnixStream, String> {
 /// Pipelines calls on one connection until it fails (`Some(reason)`) or
 /// the bridge shuts down (`None`).
 async fn serve(stream: UnixStream, calls: &mut mpsc::Receiver<Call>) -> Option<String> {
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(reader);
     let mut pending: HashMap<u64, oneshot::Sender<Response>> = HashMap::new();
     let mut next_id: u64 = 1;
     loop {
         tokio::select! {
             call = calls.recv() => {
-                let call = call?;
-                let id = next_id;
-                next_id = next_id.wrapping_add(1);
-                let bytes = match frame::encode(&RequestFrame { id, request: call.request }) {
-                    Ok(bytes) => zeroize::Zeroizing::new(bytes),
-                    Err(err) => return Some(err.to_string()),
-                };
-                if let Err(err) = writer.write_all(&bytes).await {
+                // Every call waiting now goes out in one write.
+                let mut batch = zeroize::Zeroizing::new(Vec::new());
+                let mut next = call;
+                while let Some(call) = next {
+                    let id = next_id;
+                    next_id = next_id.wrapping_add(1);
+                    match frame::encode(&RequestFrame { id, request: call.request }) {
+                        Ok(bytes) => batch.extend_from_slice(&zeroize::Zeroizing::new(bytes)),
+                        Err(err) => return Some(err.to_string()),
+                    }
+                    pending.insert(id, call.reply);
+                    next = calls.try_recv().ok();
+                }
+                if batch.is_empty() {
+                    return None;
+                }
+                if let Err(err) = writer.write_all(&batch).await {
                     return Some(err.to_string());
                 }
-                pending.insert(id, call.reply);
             }
             frame = read_frame::<ResponseFrame, _>(&mut reader) => {
                 let frame = match frame {

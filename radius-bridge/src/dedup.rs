@@ -34,6 +34,10 @@ enum Entry {
 }
 
 /// Most requests remembered at once; the oldest are forgotten first.
+/// NOTE: at a sustained rate above MAX_ENTRIES / duplicate_seconds (3,333
+/// requests/s with the default 30 s), entries leave before the window ends,
+/// and a late retransmission then reaches the agent and is rejected as a
+/// reused code. The cap bounds memory (about 0.6 KiB an entry).
 const MAX_ENTRIES: usize = 100_000;
 
 /// Recent requests and their replies.
