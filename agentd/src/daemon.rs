@@ -137,7 +137,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     raise_file_limit(config.server.max_connections);
     let rules = Rules::resolve(&config.access).map_err(fail)?;
     let (store, cipher) = open_state(&config)?;
-    crate::store::start_checkpointer(config.paths.database(), std::time::Duration::from_secs(1)).map_err(fail)?;
+    crate::store::start_checkpointer(config.paths.database(), std::time::Duration::from_millis(100)).map_err(fail)?;
     let stats = Arc::new(Stats::default());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let engine = Engine::new(store, cipher, clock, settings_of(&config));

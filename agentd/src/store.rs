@@ -140,9 +140,13 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // 4 MiB of page cache keeps resident memory small at a million tokens.
         conn.pragma_update(None, "cache_size", -4096)?;
-        // Checkpoints run on their own thread (see `start_checkpointer`), not
-        // inside the commit of a verification, where they stall the engine.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // A thread of its own copies the WAL into the database every 100 ms
+        // (see `start_checkpointer`), so the checkpoint SQLite still runs
+        // inside a commit every 1000 pages finds little left to copy; that
+        // commit is also what lets the WAL start over, which bounds its size.
+        conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
+        // When the WAL starts over, it shrinks to 64 MiB.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
