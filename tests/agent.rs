@@ -1186,3 +1186,40 @@ print(welcomed)
         "root still served"
     );
 }
+
+#[test]
+fn ctl_refuses_a_fake_admin_socket() {
+    if !running_as_root() {
+        eprintln!("SKIPPED: needs root to run a fake listener as uid 65534 (CI runs as root)");
+        return;
+    }
+    let agent = Agent::start();
+    let fake_dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(fake_dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let fake = fake_dir.path().join("admin.sock");
+    let script = "import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(1)\nc, _ = s.accept()\ntime.sleep(3)\n";
+    let mut listener = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
+        .arg(&fake)
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if fake.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = agent.ctl(&["--socket", fake.to_str().unwrap(), "enroll", "eve", "--no-qr"]);
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("refusing to talk to it"), "{stderr}");
+}

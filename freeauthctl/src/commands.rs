@@ -83,12 +83,39 @@ fn load_config(args: &Args, strict: bool) -> Result<Config, CommandError> {
 /// Connects to the admin socket named in `config`.
 pub fn connect(config: &Config) -> Result<Client, CommandError> {
     let path = &config.paths.admin_socket;
-    Client::connect(path, "freeauthctl", ANSWER_TIMEOUT).map_err(|err| {
+    let unreachable = |err: &dyn std::fmt::Display| {
         format!(
             "{err}\n  Is freeauth-agentd running with {}, and are you root or in its admin group?",
             config.source.display()
         )
-    })
+    };
+    let stream = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|err| unreachable(&format!("cannot connect to the agent at {}: {err}", path.display())))?;
+    check_peer(config, &stream)?;
+    Client::handshake(stream, "freeauthctl", ANSWER_TIMEOUT).map_err(|err| unreachable(&err))
+}
+
+/// Refuses to send secrets to a process that is not the agent: the peer
+/// must run as the owner of the state folder. When this user cannot read
+/// the folder's owner, the check is skipped (the socket's permissions
+/// still apply).
+fn check_peer(config: &Config, stream: &std::os::unix::net::UnixStream) -> Result<(), CommandError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(&config.paths.state_dir) else {
+        return Ok(());
+    };
+    let peer = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|err| format!("cannot read the credentials of the admin socket's peer: {err}"))?;
+    let expected = meta.uid();
+    if peer.uid() != expected {
+        return Err(format!(
+            "the process behind {} runs as uid {}, but the agent's state folder {} belongs to uid {expected}; refusing to talk to it",
+            config.paths.admin_socket.display(),
+            peer.uid(),
+            config.paths.state_dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Sends `request` and returns the response, or the agent's error message.
