@@ -45,7 +45,7 @@ impl Paths {
     }
 }
 
-/// Who may use which socket.
+/// Access rules: which callers may use which socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Access {
     /// Group whose members may use the admin socket besides root.

@@ -25,7 +25,7 @@ use crate::loglimit::LogLimiter;
 use crate::server::{serve, Shared, SocketKind};
 use crate::store::{Db, Store};
 
-/// Why the agent could not start or had to stop.
+/// Error that kept the agent from starting or stopped it.
 #[derive(Debug)]
 pub struct DaemonError(pub String);
 

@@ -67,7 +67,7 @@ pub enum Job {
     },
 }
 
-/// What a local caller may learn about an account before it prompts.
+/// Account facts a local caller may learn before it prompts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lookup {
     pub enrolled: bool,
@@ -331,7 +331,7 @@ fn in_savepoint<T: KeepsChanges>(
     result
 }
 
-/// What every decision of one batch shares.
+/// State shared by every decision of one batch.
 pub(crate) struct Context<'a> {
     pub(crate) cipher: &'a SeedCipher,
     pub(crate) settings: &'a Settings,

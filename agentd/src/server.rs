@@ -27,7 +27,7 @@ use crate::engine::{Job, Stats};
 use crate::handlers;
 use crate::loglimit::LogLimiter;
 
-/// Which socket a connection came in on.
+/// Socket that a connection came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SocketKind {
     Agent,
@@ -399,8 +399,8 @@ impl Task {
         answer.await.ok()
     }
 
-    /// Whether this caller may ask about `user` with `origin`; the error
-    /// response otherwise.
+    /// Checks that this caller may ask about `user` with `origin`; returns
+    /// the error response otherwise.
     pub fn check_caller(&self, user: &str, origin: Option<&Origin>) -> Result<(), Response> {
         match (&self.caller, origin) {
             (Caller::Admin { .. }, _)
@@ -430,13 +430,13 @@ impl Task {
         })
     }
 
-    /// Whether the caller gets only accept or reject (a remote party).
+    /// Returns whether the caller gets only accept or reject (a remote party).
     pub fn is_remote(&self, origin: &Origin) -> bool {
         matches!(self.caller, Caller::Bridge { .. }) || matches!(origin, Origin::Radius { .. })
     }
 }
 
-/// The response for a request the caller may not make.
+/// Builds the response for a request the caller may not make.
 pub fn forbidden(message: &str) -> Response {
     Response::Error {
         kind: ErrorKind::Forbidden,

@@ -26,7 +26,7 @@ pub enum Priority {
     Debug,
 }
 
-/// What the flow needs from the PAM stack.
+/// Operations the flow needs from the PAM stack.
 pub trait Host {
     /// The user name; the error describes why PAM could not give one.
     fn user(&mut self) -> Result<String, String>;

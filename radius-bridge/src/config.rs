@@ -33,7 +33,7 @@ pub struct Config {
     pub log_level: String,
 }
 
-/// How a client's requests must carry a Message-Authenticator.
+/// Policy for the Message-Authenticator of a client's requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageAuthenticatorPolicy {
     /// Requests without a valid one are dropped.

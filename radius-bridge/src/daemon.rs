@@ -17,7 +17,7 @@ use crate::ratelog::RateLog;
 use crate::seen::SeenClients;
 use crate::server::{receive_loop, Bridge};
 
-/// Why the bridge could not start.
+/// Error that kept the bridge from starting.
 #[derive(Debug)]
 pub struct DaemonError(pub String);
 

@@ -17,7 +17,7 @@ pub struct RequestKey {
     pub authenticator: [u8; 16],
 }
 
-/// What the cache knows about a request.
+/// State of a request in the cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Seen {
     /// First time: the caller must answer it and then call [`Cache::finish`].
