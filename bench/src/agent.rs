@@ -22,7 +22,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// `target/release` during a run cannot mix two versions. Dropping it
 /// removes the copy.
 pub struct AgentBinary {
-    _dir: tempfile::TempDir,
+    /// Folder of the copy, removed on drop.
+    _folder: tempfile::TempDir,
     pub path: PathBuf,
     /// SHA-256 of the binary in hex, to tell runs of different builds apart.
     pub sha256: String,
@@ -45,7 +46,7 @@ impl AgentBinary {
             .map(|byte| format!("{byte:02x}"))
             .collect();
         Ok(AgentBinary {
-            _dir: dir,
+            _folder: dir,
             path,
             sha256,
         })
@@ -58,7 +59,7 @@ pub struct AgentSettings {
     pub binary: PathBuf,
     /// `[server] max_in_flight`: requests one connection may have pending.
     pub max_in_flight: usize,
-    /// `log_level`; at `info` the agent logs one line per verification.
+    /// `log_level`. At `info` the agent logs one line per verification.
     pub log_level: String,
 }
 
@@ -74,7 +75,7 @@ pub struct Memory {
 /// A running agent in its own temporary folder. Dropping it stops the agent
 /// and removes the folder, so an error path leaves no process behind.
 pub struct RunningAgent {
-    /// Always set; taken only by [`RunningAgent::stop`] to remove the folder.
+    /// Set until [`RunningAgent::stop`] takes it to remove the folder.
     dir: Option<tempfile::TempDir>,
     folder: PathBuf,
     child: Option<Child>,
@@ -155,7 +156,8 @@ impl RunningAgent {
         self.folder.join("run/admin.sock")
     }
 
-    /// Size of the database's write-ahead log in bytes; 0 when it does not exist.
+    /// Returns the size of the database's write-ahead log in bytes, or 0 when
+    /// it does not exist.
     pub fn wal_bytes(&self) -> Result<u64, String> {
         let path = self.folder.join("state/freeauth.db-wal");
         match fs::metadata(&path) {
@@ -182,7 +184,7 @@ impl RunningAgent {
         })
     }
 
-    /// The last 4 KiB of the agent's log, for error messages.
+    /// Returns the last 4 KiB of the agent's log, for error messages.
     pub fn log_tail(&self) -> String {
         let path = self.folder.join("agentd.log");
         let Ok(mut file) = fs::File::open(&path) else {
@@ -223,8 +225,8 @@ impl Drop for RunningAgent {
     }
 }
 
-/// Sends SIGTERM to our own child `pid` and waits up to `timeout` for it;
-/// then kills it with SIGKILL.
+/// Sends SIGTERM to our own child `pid` and waits up to `timeout` for it to
+/// exit, then kills it with SIGKILL.
 fn terminate(mut child: Child, pid: u32, timeout: Duration) -> Result<(), String> {
     // NOTE: `kill` runs as a command because the workspace denies unsafe code,
     // which a direct kill(2) through libc needs.
@@ -253,9 +255,9 @@ fn terminate(mut child: Child, pid: u32, timeout: Duration) -> Result<(), String
     ))
 }
 
-/// The configuration file: relative paths, so everything stays in the
-/// temporary folder, and short failure delays, so that a wrong code cannot
-/// stall the run.
+/// Builds the configuration file. Its paths are relative, so everything
+/// stays in the temporary folder, and its failure delays are short, so that a
+/// wrong code cannot stall the run.
 fn config_text(settings: &AgentSettings) -> String {
     format!(
         "log_level = \"{log_level}\"\n\

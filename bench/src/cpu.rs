@@ -39,8 +39,8 @@ impl CpuSample {
             .split_whitespace()
             .map(|field| field.parse().map_err(|_| format!("invalid /proc/stat field {field:?}")))
             .collect::<Result<_, _>>()?;
-        // user nice system idle iowait irq softirq steal; guest time is
-        // already part of user and nice.
+        // The fields are user, nice, system, idle, iowait, irq, softirq and
+        // steal. Guest time is already part of user and nice.
         let [user, nice, system, idle, iowait, irq, softirq, steal, ..] = fields[..] else {
             return Err("the cpu line of /proc/stat has fewer than 8 fields".into());
         };
@@ -78,13 +78,14 @@ impl CpuSample {
 fn process_ticks(pid: &str) -> Result<u64, String> {
     let path = format!("/proc/{pid}/stat");
     let stat = fs::read_to_string(&path).map_err(|err| format!("cannot read {path}: {err}"))?;
-    // The command name in brackets may contain spaces; fields follow the last ')'.
+    // The command name in brackets may contain spaces, so fields are split
+    // after the last ')'.
     let after_name = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)
         .ok_or(format!("{path} has no command name"))?;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields 14 (utime) and 15 (stime) of proc(5); field 3 is the first here.
+    // Fields 14 (utime) and 15 (stime) of proc(5). Field 3 is the first here.
     let ticks = |index: usize| -> Result<u64, String> {
         fields
             .get(index)

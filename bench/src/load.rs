@@ -33,8 +33,8 @@ pub struct LoadSettings {
     pub in_flight: usize,
 }
 
-/// When the measured window starts and ends. Responses before it are warm-up;
-/// after it, no new request is sent and the ones in flight are drained.
+/// When the measured window starts and ends. Responses before it are warm-up.
+/// After it, no new request is sent and the ones in flight are drained.
 #[derive(Clone, Copy, Debug)]
 pub struct Schedule {
     pub measure_start: Instant,
@@ -55,7 +55,7 @@ impl Schedule {
     }
 }
 
-/// What the clients saw.
+/// Counts and latencies that the clients measured.
 #[derive(Debug, Default)]
 pub struct LoadResult {
     /// Accepted responses received inside the measured window.
@@ -278,8 +278,8 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
-    /// A number in `0..bound`, from the high half of a 128-bit product. The
-    /// bias is below `bound / 2^64`.
+    /// Returns a number in `0..bound`, the high half of a 128-bit product.
+    /// The bias is below `bound / 2^64`.
     fn below(&mut self, bound: usize) -> usize {
         ((u128::from(self.next()) * bound as u128) >> 64) as usize
     }

@@ -37,7 +37,7 @@ const MAX_IN_FLIGHT: usize = 65_536;
 #[derive(Parser, Debug)]
 #[command(about)]
 struct Args {
-    /// Numbers of tokens to measure, comma-separated; each gets a fresh agent.
+    /// Numbers of tokens to measure, comma-separated, each with a fresh agent.
     #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
     tokens: Vec<usize>,
     /// Connections to the agent socket.
@@ -52,14 +52,14 @@ struct Args {
     /// Seconds of the measured window.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// Tokens per import request; one request must fit in the 1 MiB frame cap
-    /// (about 210 bytes per token).
+    /// Tokens per import request. A request must fit in the 1 MiB frame cap,
+    /// at about 210 bytes per token.
     #[arg(long, default_value_t = 2000)]
     import_chunk: usize,
     /// Path of freeauth-agentd [default: next to this program].
     #[arg(long)]
     agentd: Option<PathBuf>,
-    /// log_level of the agent; at `info`, the package default, it logs one
+    /// Log level of the agent. At `info`, the package default, it logs one
     /// line per verification.
     #[arg(long, default_value = "info")]
     agent_log_level: String,
@@ -109,7 +109,7 @@ fn run(args: &Args) -> Result<bool, String> {
     report::print_targets(&runs);
     let errors: u64 = runs.iter().map(|run| run.errors).sum();
     if errors > 0 {
-        println!("{errors} responses were not accepted verdicts; the figures above are not valid");
+        println!("{errors} responses were not accepted verdicts, so the figures above are not valid");
     }
     Ok(errors == 0)
 }
@@ -137,7 +137,8 @@ fn check_args(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// The agent binary: `--agentd`, else `freeauth-agentd` next to this program.
+/// Returns the agent binary: `--agentd`, else `freeauth-agentd` next to this
+/// program.
 fn agentd_path(args: &Args) -> Result<PathBuf, String> {
     let path = match &args.agentd {
         Some(path) => path.clone(),

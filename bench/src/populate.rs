@@ -37,7 +37,7 @@ impl Tokens {
         self.seeds.len() / SECRET_LEN
     }
 
-    /// The seed of token `index`.
+    /// Returns the seed of token `index`.
     pub fn secret(&self, index: usize) -> Secret {
         let start = index * SECRET_LEN;
         Secret::new(self.seeds[start..start + SECRET_LEN].to_vec())

@@ -18,8 +18,8 @@ const MIN_ACCEPTS_PER_SECOND: f64 = 20_000.0;
 const MAX_RSS_KIB: u64 = 32 * 1024;
 
 /// CPU use by others, in cores, above which a run counts as disturbed.
-/// Kernel threads and interrupt time count as other work, so even a quiet
-/// 2-core machine showed up to 0.14 cores of it at 1,000,000 tokens.
+/// Kernel threads and interrupt time count as other work, so quiet runs on
+/// the 2-core test machine showed up to 0.14 cores of it.
 const BUSY_OTHER_CORES: f64 = 0.25;
 
 /// Latency percentiles of accepted requests, in nanoseconds.
@@ -32,7 +32,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    /// Computes nearest-rank percentiles; sorts `samples`.
+    /// Sorts `samples` and computes nearest-rank percentiles.
     pub fn of(samples: &mut [u64]) -> Latency {
         samples.sort_unstable();
         Latency {
@@ -44,8 +44,8 @@ impl Latency {
     }
 }
 
-/// The value below which a fraction `q` of the sorted `samples` lie
-/// (nearest rank); 0 for no samples.
+/// Returns the value below which a fraction `q` of the sorted `samples` lie
+/// (nearest rank), or 0 without samples.
 fn percentile(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;

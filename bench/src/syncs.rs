@@ -94,7 +94,7 @@ fn parse(text: &str) -> Result<SyncCounts, String> {
     Ok(counts)
 }
 
-/// Where perf writes its output: inside the agent's temporary folder.
+/// Returns where perf writes its output: inside the agent's temporary folder.
 pub fn output_path(folder: &Path) -> PathBuf {
     folder.join("perf-syncs.csv")
 }
