@@ -169,7 +169,8 @@ fn two_clients_behind_one_address() {
         bridge.auth_with(&server, "vpn-secret-0123456789", "alice", &code(1), vpn),
         "accept"
     );
-    assert!(agent.log().contains("client=\"web\"") && agent.log().contains("client=\"vpn\""));
+    assert!(agent.log().contains("client=\"web\""), "web client in the agent log");
+    assert!(agent.log().contains("client=\"vpn\""), "vpn client in the agent log");
 }
 
 #[test]

@@ -291,7 +291,7 @@ fn run_job(
     }
 }
 
-/// A result that says whether the changes made to reach it should stay.
+/// A result that tells whether the changes made to reach it should stay.
 trait KeepsChanges {
     fn keeps_changes(&self) -> bool;
 }
@@ -427,7 +427,7 @@ impl Context<'_> {
         if is_backup_code_shape(code.expose()) && db.backup_codes_left(account.id)? > 0 {
             // The attempt counts as a failure now, before the slow hash runs
             // off this thread, so pipelined guesses meet the lock like any
-            // others; a match clears the count again.
+            // others. A match clears the count again.
             let after = self.policy().after_failure(failures, self.now);
             db.set_failures(account.id, after.count, after.locked_until)?;
             log_new_lock(&account.name, failures, after, self.now);

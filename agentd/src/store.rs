@@ -140,10 +140,10 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // 4 MiB of page cache keeps resident memory small at a million tokens.
         conn.pragma_update(None, "cache_size", -4096)?;
-        // A thread of its own copies the WAL into the database every 100 ms
-        // (see `start_checkpointer`), so the checkpoint SQLite still runs
-        // inside a commit every 1000 pages finds little left to copy; that
-        // commit is also what lets the WAL start over, which bounds its size.
+        // A separate thread copies the WAL into the database every 100 ms
+        // (see `start_checkpointer`). The checkpoint SQLite still runs inside
+        // a commit every 1000 pages then finds little left to copy, and that
+        // commit lets the WAL start over, which bounds its size.
         conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
         // When the WAL starts over, it shrinks to 64 MiB.
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
@@ -355,8 +355,8 @@ impl Db<'_> {
         Ok(())
     }
 
-    /// Moves a token from `old` to `new` state if nobody else moved it
-    /// first; returns whether it did. This one statement is the one-use rule.
+    /// Moves a token from `old` to `new` state unless another writer moved it
+    /// first, and returns whether it did. This one statement is the one-use rule.
     pub fn advance_token(&self, token_id: i64, old: &State, new: &State, now: u64) -> Result<bool, StoreError> {
         let mut statement = self.0.prepare_cached(
             "UPDATE tokens SET counter = ?2, last_step = ?3, drift = ?4, last_used = ?5

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use freeauth_proto::{Client, ClientError, ErrorKind, Origin, Request, Response, SecretString};
 
-/// Why the agent could not be asked.
+/// Failure to reach the agent or to get a usable response from it.
 #[derive(Debug)]
 pub enum AgentError {
     /// The agent's user does not exist on this host.
@@ -45,7 +45,7 @@ impl fmt::Display for AgentError {
     }
 }
 
-/// What the agent says about an account before the prompt.
+/// Account state the agent reports before the prompt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Account {
     pub enrolled: bool,
@@ -237,7 +237,7 @@ fn wait_writable(fd: i32, timeout: Duration) -> io::Result<()> {
     Ok(())
 }
 
-/// The uid of the process on the other end (SO_PEERCRED).
+/// Returns the uid of the process on the other end (SO_PEERCRED).
 fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
     let mut credentials = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;

@@ -28,7 +28,7 @@ pub enum Priority {
 
 /// Operations the flow needs from the PAM stack.
 pub trait Host {
-    /// The user name; the error describes why PAM could not give one.
+    /// Returns the user name, or an error saying why PAM has none.
     fn user(&mut self) -> Result<String, String>;
     /// PAM_SERVICE, PAM_RHOST, PAM_TTY, PAM_RUSER.
     fn context(&self) -> Origin;
@@ -117,8 +117,8 @@ pub fn authenticate(host: &mut dyn Host, options: &Options) -> Outcome {
     let origin = host.context();
     let mut outcome = verify_answer(host, options, &mut agent, &user, &answer, &account, origin.clone());
     // try_first_pass: a rejected PAM_AUTHTOK gets one prompt, as pam_unix does.
-    let tried_authtok = host.authtok().is_some_and(|token| *token == *answer);
-    if options.source == CodeSource::TryFirstPass && outcome == Outcome::Rejected && tried_authtok {
+    let retry = options.source == CodeSource::TryFirstPass && outcome == Outcome::Rejected;
+    if retry && host.authtok().is_some_and(|token| *token == *answer) {
         let prompt = options.prompt.clone().unwrap_or_else(|| account.prompt.clone());
         let prompt = if prompt.is_empty() {
             DEFAULT_PROMPT.to_owned()
@@ -166,12 +166,12 @@ fn before_prompt(host: &mut dyn Host, options: &Options, user: &str, account: &A
     None
 }
 
-/// Whether the login comes from another host (PAM_RHOST is set).
+/// Returns whether the login comes from another host (PAM_RHOST is set).
 fn is_remote(host: &dyn Host) -> bool {
     matches!(host.context(), Origin::Pam { rhost: Some(rhost), .. } if !rhost.is_empty())
 }
 
-/// Whether `text`, spaces removed, has the length of one of the account's
+/// Returns whether `text`, spaces removed, has the length of one of the account's
 /// codes and only characters a code can have (digits, or hex for Mobile-OTP).
 fn looks_like_code(text: &str, lengths: &[u8]) -> bool {
     let compact: String = text.trim().chars().filter(|c| *c != ' ').collect();
@@ -179,7 +179,7 @@ fn looks_like_code(text: &str, lengths: &[u8]) -> bool {
     right_length && compact.chars().all(|c| c.is_ascii_hexdigit())
 }
 
-/// Gets the code (or password and code) as `options` says.
+/// Reads the code (or password and code) from the source `options` names.
 fn read_answer(host: &mut dyn Host, options: &Options, account: &Account) -> Option<Zeroizing<String>> {
     let prompt = options
         .prompt

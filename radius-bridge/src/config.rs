@@ -92,13 +92,13 @@ impl Network {
         Ok(Network { address, prefix })
     }
 
-    /// Whether both describe the same network, however the host bits are
+    /// Returns whether both describe the same network, however the host bits are
     /// written (`127.0.0.0/8` and `127.0.0.1/8` are the same).
     pub fn same_as(&self, other: &Network) -> bool {
         self.prefix == other.prefix && self.contains(other.address)
     }
 
-    /// Whether `ip` is inside this network. IPv4-mapped IPv6 addresses
+    /// Returns whether `ip` is inside this network. IPv4-mapped IPv6 addresses
     /// count as their IPv4 address.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {

@@ -39,7 +39,7 @@ pub struct Bridge {
     pub realm_reject_delay: std::time::Duration,
 }
 
-/// Why a datagram got no reply.
+/// Reason a datagram got no reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Drop {
     Malformed,
@@ -164,7 +164,7 @@ pub async fn handle(bridge: &Bridge, datagram: &[u8], source: SocketAddr) -> Opt
     }
 }
 
-/// The client for a source address: one that names the request's
+/// Finds the client for a source address: one that names the request's
 /// NAS-Identifier wins, else the most specific network without one.
 pub fn find_client<'c>(clients: &'c [Client], ip: IpAddr, nas_identifier: Option<&str>) -> Option<&'c Client> {
     let mut matching: Vec<&Client> = clients.iter().filter(|client| client.network.contains(ip)).collect();
@@ -366,7 +366,7 @@ fn ipv4_text(value: &[u8]) -> Option<String> {
     Some(std::net::Ipv4Addr::from(octets).to_string())
 }
 
-/// A reply with Message-Authenticator first and Proxy-State copied in order.
+/// Builds a reply with Message-Authenticator first and Proxy-State copied in order.
 fn reply(client: &Client, packet: &Packet<'_>, code: Code, message: Option<&str>) -> Vec<u8> {
     let mut builder = ReplyBuilder::new(code, packet.identifier);
     if let Some(message) = message {

@@ -88,7 +88,7 @@ impl<'a> Problems<'a> {
         self.add(0..0, message);
     }
 
-    /// Whether any problem was recorded so far.
+    /// Returns whether any problem was recorded so far.
     pub fn is_empty(&self) -> bool {
         self.found.borrow().is_empty()
     }
@@ -223,7 +223,7 @@ impl<'d, 'a> Section<'d, 'a> {
             .add(span, format!("`{}` {message}", self.full_key(key)));
     }
 
-    /// Where `key`'s value stands, or where the table starts when it is absent.
+    /// Returns the span of `key`'s value, or of the table when the key is absent.
     pub fn span_of(&self, key: &str) -> Range<usize> {
         self.table
             .get(key)

@@ -77,7 +77,7 @@ pub struct Packet<'a> {
     pub bytes: &'a [u8],
 }
 
-/// Why a datagram is not a valid packet. The bridge drops such datagrams
+/// Reason a datagram is not a valid packet. The bridge drops such datagrams
 /// silently and counts them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParseError {
@@ -135,17 +135,17 @@ impl<'a> Packet<'a> {
         })
     }
 
-    /// The first attribute of `kind`.
+    /// Returns the first attribute of `kind`.
     pub fn find(&self, kind: u8) -> Option<&Attribute<'a>> {
         self.attributes.iter().find(|attribute| attribute.kind == kind)
     }
 
-    /// Every attribute of `kind`, in packet order.
+    /// Returns every attribute of `kind`, in packet order.
     pub fn all(&self, kind: u8) -> impl Iterator<Item = &Attribute<'a>> {
         self.attributes.iter().filter(move |attribute| attribute.kind == kind)
     }
 
-    /// How many attributes of `kind` the packet has.
+    /// Counts the attributes of `kind`.
     pub fn count(&self, kind: u8) -> usize {
         self.all(kind).count()
     }
