@@ -30,6 +30,19 @@ needed=(
 # else downloads the package into target/test-cache/ without installing it,
 # because installing it would start an sshd on port 22.
 
+# The package install test (tests/debian/install-test.sh) runs only as root,
+# which it needs for debootstrap, chroot and namespaces.
+if [[ $(id -u) -eq 0 ]]; then
+  needed+=(
+    "dpkg-buildpackage dpkg-dev"
+    "dh debhelper"
+    "lintian lintian"
+    "debootstrap debootstrap"
+    "ip iproute2"
+    "systemd-analyze systemd"
+  )
+fi
+
 missing=()
 for pair in "${needed[@]}"; do
   read -r command package <<<"$pair"
@@ -64,4 +77,6 @@ echo "== cargo build (binaries and the PAM module)"
 cargo build --workspace --quiet
 echo "== cargo test"
 cargo test --workspace
+echo "== Debian packages (build, lintian, install in a fresh Debian 12 root)"
+tests/debian/install-test.sh
 echo "== all checks passed in $((SECONDS - start)) s"

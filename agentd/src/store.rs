@@ -18,6 +18,9 @@ use freeauth_otp::{Algorithm, Kind, State};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 /// Version of the schema below, kept in the `meta` table.
+/// Name of the database file inside the state folder.
+pub const DB_FILE: &str = "freeauth.db";
+
 const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
@@ -133,7 +136,7 @@ impl Store {
     /// that the folder belongs to this user and is closed to everyone else.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         prepare_state_dir(state_dir)?;
-        let path = state_dir.join("freeauth.db");
+        let path = state_dir.join(DB_FILE);
         let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;

@@ -28,7 +28,13 @@ pub struct Args {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create the state folder and the seed key if they are missing.
-    Init,
+    Init {
+        /// Run as root: create the state folder and the key for the agent's
+        /// user USER instead of the calling user, without opening the
+        /// database (the agent creates it at its first start).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+    },
     /// Add a token to USER and print its otpauth:// URI and QR code once.
     Enroll(EnrollArgs),
     /// List users with tokens.

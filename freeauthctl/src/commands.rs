@@ -24,11 +24,12 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 pub type CommandError = String;
 
 pub fn run(args: Args) -> Result<ExitCode, CommandError> {
-    let strict = matches!(args.command, Command::Init | Command::CheckConfig);
+    let strict = matches!(args.command, Command::Init { .. } | Command::CheckConfig);
     let config = load_config(&args, strict)?;
     let json = args.json;
     match args.command {
-        Command::Init => init(&config),
+        Command::Init { user: None } => init(&config),
+        Command::Init { user: Some(user) } => init_for(&config, &user),
         Command::CheckConfig => check_config(&config),
         Command::Enroll(enroll_args) => enroll(&config, enroll_args, json),
         Command::List => simple(&config, Request::List {}, json),
@@ -154,6 +155,60 @@ fn init(config: &Config) -> Result<ExitCode, CommandError> {
         say!("created seed key {} (mode 0600)", config.paths.seed_key.display());
     }
     say!("state folder {} is ready", config.paths.state_dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prepares the state folder and seed key for the agent's user `user`, as
+/// root does at package installation. The database is left to the agent,
+/// so that every file in the state folder is created by its owner.
+fn init_for(config: &Config, user: &str) -> Result<ExitCode, CommandError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err("init --user changes file owners and needs root".to_owned());
+    }
+    let account = nix::unistd::User::from_name(user)
+        .map_err(|err| format!("cannot look up user {user}: {err}"))?
+        .ok_or_else(|| format!("user {user} does not exist"))?;
+    let owner = |path: &std::path::Path| {
+        std::os::unix::fs::chown(path, Some(account.uid.as_raw()), Some(account.gid.as_raw()))
+            .map_err(|err| format!("cannot give {} to {user}: {err}", path.display()))
+    };
+    let state_dir = &config.paths.state_dir;
+    if state_dir.exists() {
+        say!("state folder {} already exists; kept it", state_dir.display());
+    } else {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|err| format!("cannot create state folder {}: {err}", state_dir.display()))?;
+        // The mode given to mkdir is reduced by the umask; set it exactly.
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|err| format!("cannot set the mode of {}: {err}", state_dir.display()))?;
+        owner(state_dir)?;
+        say!("created state folder {} (mode 0700, owner {user})", state_dir.display());
+    }
+    let key = &config.paths.seed_key;
+    if key.exists() {
+        say!("seed key {} already exists; kept it", key.display());
+    } else if state_dir.join(freeauth_agentd::store::DB_FILE).exists() {
+        return Err(format!(
+            "seed key {} is missing but {} holds a database; restore the key from a backup",
+            key.display(),
+            state_dir.display()
+        ));
+    } else {
+        freeauth_agentd::keys::SeedCipher::create(key).map_err(|err| err.to_string())?;
+        owner(key)?;
+        say!("created seed key {} (mode 0600, owner {user})", key.display());
+    }
+    let problems = freeauth_agentd::check::installation_problems(config);
+    if !problems.is_empty() {
+        return Err(format!(
+            "{} cannot be used yet:\n  {}",
+            config.source.display(),
+            problems.join("\n  ")
+        ));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

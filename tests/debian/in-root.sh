@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+# Checks the installed packages inside the fresh Debian 12 root that
+# tests/debian/install-test.sh prepares. It runs as root, in private mount,
+# PID and network namespaces, next to the three .deb files. There is no
+# systemd, so it starts each daemon the way its installed unit describes
+# (user, groups, capabilities, folders, umask, ExecStartPre, ExecStart) and
+# stops it by PID.
+set -euo pipefail
+debs=/root/freeauth-test
+cd "$debs"
+export DEBIAN_FRONTEND=noninteractive
+
+step() { printf '  - %s\n' "$*"; }
+fail() {
+  printf 'in-root: FAILED: %s\n' "$*" >&2
+  local log
+  for log in freeauth-agentd.log freeauth-radius.log; do
+    [[ -s $log ]] || continue
+    printf '  last lines of %s:\n' "$log" >&2
+    tail -n 15 "$log" | sed 's/^/    /' >&2
+  done
+  exit 1
+}
+expect_eq() { [[ $1 == "$2" ]] || fail "$3: expected \"$2\", got \"$1\""; }
+mode_of() { stat -c '%a %U %G' "$1"; }
+# Runs pamtester on service freeauth-login with the given responses, one per
+# line, and prints its verdict line.
+pam_login() {
+  local user=$1
+  shift
+  # The prompts end without a newline, so the verdict shares their line.
+  printf '%s\n' "$@" | pamtester freeauth-login "$user" authenticate 2>&1 | tail -n 1 | sed 's/.*\(pamtester: \)/\1/'
+}
+PAM_OK="pamtester: successfully authenticated"
+PAM_FAILED="pamtester: Authentication failure"
+
+# --- Daemons, started as their units describe --------------------------------------
+declare -A pids=()
+
+# Prints the last value of KEY in the installed unit NAME.
+unit_get() { sed -n "s/^$2=//p" "/lib/systemd/system/$1.service" | tail -n 1; }
+
+start_unit() {
+  local unit=$1 user group groups umask caps command kind dir mode
+  user=$(unit_get "$unit" User)
+  group=$(unit_get "$unit" Group)
+  groups=$(unit_get "$unit" SupplementaryGroups)
+  umask=$(unit_get "$unit" UMask)
+  caps=$(unit_get "$unit" AmbientCapabilities)
+  for kind in Runtime State; do
+    dir=$(unit_get "$unit" "${kind}Directory")
+    mode=$(unit_get "$unit" "${kind}DirectoryMode")
+    [[ -n $dir ]] || continue
+    case $kind in
+      Runtime) dir=/run/$dir ;;
+      State) dir=/var/lib/$dir ;;
+    esac
+    install -d -m "${mode:-0755}" -o "$user" -g "$group" "$dir"
+  done
+
+  local as_unit=(setpriv --reuid "$user" --regid "$group" --no-new-privs)
+  if [[ -n $groups ]]; then
+    as_unit+=(--groups "${groups// /,}")
+  else
+    as_unit+=(--clear-groups)
+  fi
+  if [[ -n $caps ]]; then
+    caps=$(tr 'A-Z' 'a-z' <<<"${caps// /,}")
+    caps=${caps//cap_/+}
+    as_unit+=(--inh-caps "$caps" --ambient-caps "$caps" --bounding-set "-all,$caps")
+  else
+    as_unit+=(--inh-caps -all --bounding-set -all)
+  fi
+
+  command=$(unit_get "$unit" ExecStartPre)
+  if [[ -n $command ]]; then
+    # shellcheck disable=SC2086 # the unit's command line, split as systemd does
+    (umask "$umask" && "${as_unit[@]}" -- $command) >"$unit.check.log" 2>&1 ||
+      {
+        cat "$unit.check.log" >&2
+        fail "ExecStartPre of $unit failed"
+      }
+  fi
+  command=$(unit_get "$unit" ExecStart)
+  # shellcheck disable=SC2086
+  (umask "$umask" && exec "${as_unit[@]}" -- $command) >"$unit.log" 2>&1 &
+  pids[$unit]=$!
+}
+
+stop_unit() {
+  local unit=$1 pid=${pids[$1]:-}
+  [[ -n $pid ]] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" || true
+  unset "pids[$unit]"
+}
+
+# Waits up to 10 s for LINE in the unit's log.
+wait_for_log() {
+  local unit=$1 line=$2
+  for _ in $(seq 100); do
+    grep -q -- "$line" "$unit.log" && return 0
+    kill -0 "${pids[$unit]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$unit.log" >&2
+  fail "$unit did not log \"$line\""
+}
+
+start_agent() {
+  start_unit freeauth-agentd
+  for _ in $(seq 100); do
+    [[ -S /run/freeauth/admin.sock ]] && return 0
+    kill -0 "${pids[freeauth-agentd]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat freeauth-agentd.log >&2
+  fail "the agent did not create its sockets"
+}
+
+start_bridge() {
+  start_unit freeauth-radius
+  wait_for_log freeauth-radius "RADIUS bridge started"
+}
+
+trap 'for unit in "${!pids[@]}"; do stop_unit "$unit"; done' EXIT
+
+# Sends one Access-Request for USER with CODE to the bridge and prints the
+# reply's type.
+radius_request() {
+  printf 'User-Name = "%s"\nUser-Password = "%s"\nMessage-Authenticator = 0x00\n' "$1" "$2" |
+    radclient -r 1 -t 5 -S /etc/freeauth/secrets/test 127.0.0.1:1812 auth 2>&1 |
+    sed -n 's/^Received \(Access-[A-Za-z]*\) .*/\1/p'
+}
+
+# --- Install ------------------------------------------------------------------
+step "apt-get install of freeauth, freeauth-radius and libpam-freeauth"
+apt-get install -y "$debs"/freeauth_*.deb "$debs"/freeauth-radius_*.deb "$debs"/libpam-freeauth_*.deb >apt.log 2>&1 ||
+  {
+    cat apt.log >&2
+    fail "apt-get install"
+  }
+
+step "system accounts"
+for user in freeauth freeauth-radius; do
+  entry=$(getent passwd "$user") || fail "user $user was not created"
+  IFS=: read -r _ _ uid _ _ _ shell <<<"$entry"
+  ((uid < 1000)) || fail "user $user is not a system user (uid $uid)"
+  expect_eq "$shell" /usr/sbin/nologin "login shell of $user"
+done
+getent group freeauth-admin >/dev/null || fail "group freeauth-admin was not created"
+
+step "owners and modes"
+expect_eq "$(mode_of /etc/freeauth)" "755 root root" /etc/freeauth
+expect_eq "$(mode_of /etc/freeauth/agentd.toml)" "644 root root" /etc/freeauth/agentd.toml
+expect_eq "$(mode_of /etc/freeauth/radius.toml)" "640 root freeauth-radius" /etc/freeauth/radius.toml
+expect_eq "$(mode_of /etc/freeauth/seed.key)" "600 freeauth freeauth" /etc/freeauth/seed.key
+expect_eq "$(mode_of /var/lib/freeauth)" "700 freeauth freeauth" /var/lib/freeauth
+key_sum=$(sha256sum /etc/freeauth/seed.key)
+
+step "conffiles, units, man pages and the PAM module"
+dpkg-query -W -f='${Conffiles}\n' freeauth | grep -q '^ /etc/freeauth/agentd.toml ' ||
+  fail "agentd.toml is not a conffile of freeauth"
+dpkg-query -W -f='${Conffiles}\n' freeauth-radius | grep -q '^ /etc/freeauth/radius.toml ' ||
+  fail "radius.toml is not a conffile of freeauth-radius"
+for unit in freeauth-agentd freeauth-radius; do
+  [[ -f /lib/systemd/system/$unit.service ]] || fail "$unit.service is not installed"
+  [[ -L /etc/systemd/system/multi-user.target.wants/$unit.service ]] || fail "$unit.service is not enabled"
+done
+grep -q '_dh_action=restart' /var/lib/dpkg/info/freeauth.postinst ||
+  fail "freeauth.postinst does not restart the agent on upgrade"
+for page in man8/freeauth-agentd.8 man5/freeauth-agentd.toml.5 man8/freeauthctl.8 \
+  man8/freeauth-radius.8 man5/freeauth-radius.toml.5 man8/pam_freeauth.8; do
+  [[ -f /usr/share/man/$page.gz ]] || fail "man page $page is not installed"
+done
+compgen -G '/lib/*-linux-gnu*/security/pam_freeauth.so' >/dev/null || fail "pam_freeauth.so is not installed"
+
+step "the PAM profiles are registered but not enabled"
+[[ -f /usr/share/pam-configs/freeauth && -f /usr/share/pam-configs/freeauth-required ]] ||
+  fail "the pam-auth-update profiles are missing"
+grep -qx freeauth /var/lib/pam/seen || fail "pam-auth-update did not register the profile"
+! grep -q pam_freeauth /etc/pam.d/common-auth || fail "installing enabled pam_freeauth in common-auth"
+
+# --- The agent and freeauthctl -----------------------------------------------
+step "the agent starts as its unit would and enrols tokens"
+start_agent
+expect_eq "$(mode_of /run/freeauth/admin.sock)" "660 freeauth freeauth-admin" "admin socket"
+expect_eq "$(mode_of /run/freeauth/agent.sock)" "666 freeauth freeauth" "agent socket"
+alice_key=3132333435363738393031323334353637383930
+carol_key=4142434445464748494a4b4c4d4e4f5051525354
+freeauthctl enroll alice --type hotp --secret-hex - <<<"$alice_key" >/dev/null
+freeauthctl enroll carol --type hotp --secret-hex - <<<"$carol_key" >/dev/null
+useradd --no-create-home --groups freeauth-admin ops
+useradd --no-create-home visitor
+setpriv --reuid ops --regid ops --init-groups freeauthctl list | grep -q '^alice' ||
+  fail "a member of freeauth-admin cannot list tokens"
+! setpriv --reuid visitor --regid visitor --init-groups freeauthctl list >/dev/null 2>&1 ||
+  fail "a user outside freeauth-admin can list tokens"
+
+# --- PAM through the installed stack -----------------------------------------
+step "pam-auth-update --enable freeauth: a code after the password; no token, no code"
+useradd --create-home alice
+useradd --create-home bob
+chpasswd <<<$'alice:alice-password\nbob:bob-password'
+printf '@include common-auth\naccount required pam_permit.so\n' >/etc/pam.d/freeauth-login
+pam-auth-update --enable freeauth
+grep -q 'pam_freeauth.so nullok' /etc/pam.d/common-auth || fail "the freeauth profile is not in common-auth"
+code=$(oathtool --hotp -c 0 "$alice_key")
+expect_eq "$(pam_login alice alice-password "$code")" "$PAM_OK" "alice with a fresh code"
+expect_eq "$(pam_login alice alice-password "$code")" "$PAM_FAILED" "alice with the same code again"
+expect_eq "$(pam_login alice wrong-password "$(oathtool --hotp -c 1 "$alice_key")")" "$PAM_FAILED" "alice with a wrong password"
+expect_eq "$(pam_login bob bob-password)" "$PAM_OK" "bob, who has no token"
+
+step "the switch to freeauth-required: users without a token are refused"
+pam-auth-update --disable freeauth --enable freeauth-required
+grep -q -E 'pam_freeauth[.]so\s*$' /etc/pam.d/common-auth || fail "the freeauth-required profile is not in common-auth"
+[[ $(grep -c pam_freeauth /etc/pam.d/common-auth) -eq 1 ]] || fail "both profiles are in common-auth"
+pam_login bob bob-password | grep -q "$PAM_OK" && fail "bob logged in without a token under freeauth-required"
+expect_eq "$(pam_login alice alice-password "$(oathtool --hotp -c 2 "$alice_key")")" "$PAM_OK" "alice under freeauth-required"
+
+# --- RADIUS through the bridge -------------------------------------------------
+step "the bridge starts as its unit would and answers radclient"
+install -d -m 0750 -o root -g freeauth-radius /etc/freeauth/secrets
+install -m 0640 -o root -g freeauth-radius /dev/null /etc/freeauth/secrets/test
+echo "install-test-secret" >/etc/freeauth/secrets/test
+cat >>/etc/freeauth/radius.toml <<'EOF'
+
+[[client]]
+name = "install-test"
+address = "127.0.0.1"
+secret_file = "/etc/freeauth/secrets/test"
+EOF
+start_bridge
+code=$(oathtool --hotp -c 0 "$carol_key")
+expect_eq "$(radius_request carol "$code")" Access-Accept "carol with a fresh code"
+expect_eq "$(radius_request carol "$code")" Access-Reject "carol with the same code again"
+
+# --- Upgrade -------------------------------------------------------------------
+step "reinstalling (the upgrade path) keeps the key, the tokens and the configuration"
+apt-get install -y --reinstall "$debs"/freeauth_*.deb "$debs"/freeauth-radius_*.deb "$debs"/libpam-freeauth_*.deb >apt.log 2>&1 ||
+  {
+    cat apt.log >&2
+    fail "apt-get install --reinstall"
+  }
+expect_eq "$(sha256sum /etc/freeauth/seed.key)" "$key_sum" "seed key after the upgrade"
+grep -q 'name = "install-test"' /etc/freeauth/radius.toml || fail "the upgrade replaced radius.toml"
+expect_eq "$(mode_of /etc/freeauth/radius.toml)" "640 root freeauth-radius" "radius.toml after the upgrade"
+grep -q -E 'pam_freeauth[.]so\s*$' /etc/pam.d/common-auth || fail "the upgrade changed the PAM profile choice"
+stop_unit freeauth-radius
+stop_unit freeauth-agentd
+start_agent
+start_bridge
+freeauthctl show alice | grep -q -i hotp || fail "alice's token is gone after the upgrade"
+expect_eq "$(radius_request carol "$code")" Access-Reject "carol's used code after the upgrade"
+expect_eq "$(radius_request carol "$(oathtool --hotp -c 1 "$carol_key")")" Access-Accept "carol's next code after the upgrade"
+
+# --- Removal and purge -----------------------------------------------------------
+step "removing libpam-freeauth takes the module out of the stack first"
+stop_unit freeauth-radius
+apt-get remove -y libpam-freeauth >apt.log 2>&1 || {
+  cat apt.log >&2
+  fail "apt-get remove libpam-freeauth"
+}
+! grep -q pam_freeauth /etc/pam.d/common-auth || fail "common-auth still calls pam_freeauth after removal"
+expect_eq "$(pam_login bob bob-password)" "$PAM_OK" "bob after libpam-freeauth is removed"
+
+step "remove keeps state and configuration"
+stop_unit freeauth-agentd
+apt-get remove -y freeauth-radius freeauth >apt.log 2>&1 || {
+  cat apt.log >&2
+  fail "apt-get remove"
+}
+for path in /var/lib/freeauth/freeauth.db /etc/freeauth/seed.key /etc/freeauth/agentd.toml /etc/freeauth/radius.toml; do
+  [[ -e $path ]] || fail "$path is gone after remove"
+done
+[[ ! -e /usr/sbin/freeauth-agentd ]] || fail "remove left the agent's binary"
+
+step "purge deletes state and configuration"
+# Files this test made, as an administrator would have: purge keeps those.
+rm -rf /etc/freeauth/secrets /etc/pam.d/freeauth-login
+apt-get purge -y freeauth-radius freeauth libpam-freeauth >apt.log 2>&1 || {
+  cat apt.log >&2
+  fail "apt-get purge"
+}
+left=$(find / -xdev \( -path /proc -o -path /root/freeauth-test -o -path /home \) -prune -o \
+  -name '*freeauth*' -print | grep -v -x -e /etc/freeauth || true)
+[[ ! -e /etc/freeauth ]] || left+=$'\n'"/etc/freeauth: $(ls -A /etc/freeauth | tr '\n' ' ')"
+[[ -z $left ]] || fail "purge left: $left"
+step "done"

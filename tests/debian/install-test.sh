@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Tests the Debian packages. It builds them with dpkg-buildpackage and checks
+# them with lintian and systemd-analyze. Then it installs them with apt in a
+# fresh Debian 12 root made by debootstrap, and runs tests/debian/in-root.sh
+# there: accounts, modes, conffiles, PAM profiles, both daemons, a PAM login,
+# a RADIUS request, upgrade, removal and purge.
+#
+# The root runs in private mount, PID and network namespaces. The daemons see
+# only their own loopback interface, and every process of the test ends with
+# it. The test needs root. The base root is cached in $FREEAUTH_TEST_CACHE
+# (default /var/cache/freeauth-test) for a week, keyed by mirror and package
+# list.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+start=$SECONDS
+
+say() { printf 'install test: %s\n' "$*"; }
+fail() {
+  printf 'install test: FAILED: %s\n' "$*" >&2
+  exit 1
+}
+
+if [[ $(id -u) -ne 0 ]]; then
+  say "skipped: it needs root (debootstrap, chroot and namespaces); run scripts/test.sh as root to include it"
+  exit 0
+fi
+for tool in dpkg-buildpackage dh lintian debootstrap systemd-analyze unshare chroot; do
+  command -v "$tool" >/dev/null || fail "$tool is missing; scripts/test.sh installs it"
+done
+
+work=$(mktemp -d /tmp/freeauth-install.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+# --- Build ------------------------------------------------------------------
+# dpkg-buildpackage writes the packages next to the source folder, so the
+# build runs in a copy. Cargo still uses the repository's target folder.
+say "building the packages"
+mkdir "$work/src"
+tar -C "$repo" --exclude=./.git --exclude=./target --exclude-vcs-ignores -cf - . | tar -C "$work/src" -xf -
+(cd "$work/src" && CARGO_TARGET_DIR="$repo/target" dpkg-buildpackage -b -us -uc >"$work/build.log" 2>&1) ||
+  {
+    tail -n 40 "$work/build.log" >&2
+    fail "dpkg-buildpackage failed (log above)"
+  }
+debs=("$work"/*.deb)
+changes=("$work"/*.changes)
+for package in freeauth freeauth-radius libpam-freeauth; do
+  compgen -G "$work/${package}_*.deb" >/dev/null || fail "package $package was not built"
+done
+say "built: $(cd "$work" && ls -- *.deb | tr '\n' ' ')"
+
+# --- Static checks -----------------------------------------------------------
+say "lintian"
+if ! lintian --fail-on error,warning "${changes[0]}" >"$work/lintian.log" 2>&1; then
+  cat "$work/lintian.log" >&2
+  fail "lintian reported errors or warnings"
+fi
+sed 's/^/  /' "$work/lintian.log"
+
+mkdir "$work/unpacked"
+for deb in "${debs[@]}"; do dpkg-deb -x "$deb" "$work/unpacked"; done
+for unit in freeauth-agentd freeauth-radius; do
+  file="$work/unpacked/lib/systemd/system/$unit.service"
+  [[ -f $file ]] || fail "$unit.service is not in the packages"
+  score=$(systemd-analyze security --offline=true --no-pager "$file" | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
+  say "systemd-analyze security $unit.service: exposure $score"
+  awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 2.0) }' || fail "$unit.service exposure ${score:-unknown} is above 2.0"
+done
+
+# --- The Debian 12 root -----------------------------------------------------
+# The mirror of the host's apt configuration (deb822 or one-line format).
+mirror=$(
+  {
+    cat /etc/apt/sources.list.d/*.sources 2>/dev/null | sed -n 's/^URIs: *\([^ ]*\).*/\1/p' || true
+    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '$1 == "deb" { print $2 }' || true
+  } | awk '!/security/ && m == "" { m = $0 } END { print m }'
+)
+mirror=${mirror:-http://deb.debian.org/debian}
+# Besides the packages' own dependencies: the test's peers and tools.
+extra=adduser,libpam-runtime,pamtester,freeradius-utils,oathtool,passwd,util-linux,procps
+cache=${FREEAUTH_TEST_CACHE:-/var/cache/freeauth-test}
+key=$(printf '%s %s %s' bookworm "$mirror" "$extra" | sha256sum | cut -c1-16)
+tarball="$cache/bookworm-$key.tar"
+mkdir -p "$cache"
+if [[ -f $tarball ]] && [[ -n $(find "$tarball" -mtime -7) ]]; then
+  say "using the cached Debian 12 root $tarball"
+else
+  say "creating a Debian 12 root with debootstrap from $mirror"
+  rm -f "$cache"/bookworm-*.tar
+  base="$work/base"
+  debootstrap --variant=minbase --include="$extra" bookworm "$base" "$mirror" >"$work/debootstrap.log" 2>&1 ||
+    {
+      tail -n 20 "$work/debootstrap.log" >&2
+      fail "debootstrap failed (log above)"
+    }
+  rm -rf "$base"/var/cache/apt/archives/*.deb
+  tar -C "$base" -cf "$tarball.new" . && mv "$tarball.new" "$tarball"
+  rm -rf "$base"
+fi
+root="$work/root"
+mkdir "$root"
+tar -C "$root" -xf "$tarball"
+
+mkdir -p "$root/root/freeauth-test"
+cp "${debs[@]}" "$root/root/freeauth-test/"
+cp tests/debian/in-root.sh "$root/root/freeauth-test/"
+
+# --- Install and check, inside the namespaces -------------------------------
+say "installing and checking inside the root"
+root_start=$SECONDS
+unshare --mount --pid --net --fork --kill-child --propagation private bash -euo pipefail -c '
+  root=$1
+  ip link set lo up
+  mount -t proc proc "$root/proc"
+  mount --rbind /dev "$root/dev"
+  mount -t tmpfs -o mode=0755 tmpfs "$root/run"
+  mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+  exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+    bash /root/freeauth-test/in-root.sh
+' _ "$root" || fail "a check inside the Debian 12 root failed (output above)"
+
+say "passed in $((SECONDS - start)) s (build and static checks $((root_start - start)) s, root $((SECONDS - root_start)) s)"
