@@ -1225,3 +1225,52 @@ fn ctl_refuses_a_fake_admin_socket() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("refusing to talk to it"), "{stderr}");
 }
+
+#[test]
+fn init_for_user_creates_owned_files() {
+    if !freeauth_e2e::pam::running_as_root() {
+        eprintln!("skipped: init --user needs root");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    // The key's folder stays root's, as /etc/freeauth is.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("agentd.toml");
+    fs::write(&config, "[paths]\nstate_dir = \"state\"\nseed_key = \"seed.key\"\n").unwrap();
+    let init = || {
+        Command::new(binary("freeauthctl"))
+            .args(["--config", config.to_str().unwrap(), "init", "--user", "nobody"])
+            .output()
+            .unwrap()
+    };
+
+    let first = init();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let state = fs::metadata(dir.path().join("state")).unwrap();
+    assert_eq!(state.uid(), 65534);
+    assert_eq!(state.mode() & 0o7777, 0o700);
+    let key = fs::metadata(dir.path().join("seed.key")).unwrap();
+    assert_eq!(key.uid(), 65534);
+    assert_eq!(key.mode() & 0o7777, 0o600);
+    assert!(
+        !dir.path().join("state/freeauth.db").exists(),
+        "the database is left to the agent"
+    );
+    let key_text = fs::read(dir.path().join("seed.key")).unwrap();
+
+    let again = init();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already exists; kept it"));
+    assert_eq!(
+        fs::read(dir.path().join("seed.key")).unwrap(),
+        key_text,
+        "the key is kept"
+    );
+
+    std::os::unix::fs::chown(dir.path().join("seed.key"), Some(0), Some(0)).unwrap();
+    let wrong_owner = init();
+    assert_eq!(wrong_owner.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&wrong_owner.stderr);
+    assert!(stderr.contains("belongs to uid 0, not to nobody"), "{stderr}");
+}

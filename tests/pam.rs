@@ -76,6 +76,26 @@ fn rejects_wrong_code() {
 }
 
 #[test]
+fn password_at_code_prompt_is_not_sent() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let services = Services::new();
+    services.write("login", &[freeauth_line("required", &agent_args(&agent))]);
+
+    // sshd's password method answers every prompt with the password.
+    let run = services.pamtester("login", "alice").response("alice-password").run();
+    run.assert_failure(AUTH_ERR, "a password at the code prompt");
+    assert!(run.logged("not shaped like a code"), "{run}");
+    assert!(!agent.log().contains("verification user=\"alice\""), "{}", agent.log());
+    let shown = agent.ctl_ok(&["show", "alice"]);
+    let failures = shown
+        .lines()
+        .find_map(|line| line.strip_prefix("failures:"))
+        .map(str::trim);
+    assert_eq!(failures, Some("0"), "{shown}");
+}
+
+#[test]
 fn shows_prompt_from_option() {
     let agent = Agent::start();
     enroll_hotp(&agent, "alice");

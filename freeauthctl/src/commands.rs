@@ -174,7 +174,21 @@ fn init_for(config: &Config, user: &str) -> Result<ExitCode, CommandError> {
             .map_err(|err| format!("cannot give {} to {user}: {err}", path.display()))
     };
     let state_dir = &config.paths.state_dir;
+    let owned_by_user = |path: &std::path::Path| -> Result<(), CommandError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path).map_err(|err| format!("cannot check {}: {err}", path.display()))?;
+        if meta.uid() != account.uid.as_raw() {
+            return Err(format!(
+                "{} exists but belongs to uid {}, not to {user}; run `chown {user}: {}` if it is the agent's, then run init again",
+                path.display(),
+                meta.uid(),
+                path.display()
+            ));
+        }
+        Ok(())
+    };
     if state_dir.exists() {
+        owned_by_user(state_dir)?;
         say!("state folder {} already exists; kept it", state_dir.display());
     } else {
         std::fs::DirBuilder::new()
@@ -189,6 +203,7 @@ fn init_for(config: &Config, user: &str) -> Result<ExitCode, CommandError> {
     }
     let key = &config.paths.seed_key;
     if key.exists() {
+        owned_by_user(key)?;
         say!("seed key {} already exists; kept it", key.display());
     } else if state_dir.join(freeauth_agentd::store::DB_FILE).exists() {
         return Err(format!(

@@ -219,6 +219,18 @@ fn verify_answer(
     origin: Origin,
 ) -> Outcome {
     if options.source != CodeSource::ForwardPass {
+        // An answer that cannot be a code is not sent. sshd's password
+        // method answers every prompt with the password, and a mail client
+        // on common-auth sends only its password; counting those as failures
+        // would let them lock the account, and would hand a password to the
+        // agent.
+        if !looks_like_code(answer, &account.code_lengths) {
+            host.log(
+                Priority::Notice,
+                &format!("answer for {user} is not shaped like a code; rejected without asking the agent"),
+            );
+            return Outcome::Rejected;
+        }
         return ask_agent(host, options, agent, user, answer, origin);
     }
     // Try each code length the account uses, longest first, on the end of

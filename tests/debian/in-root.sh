@@ -159,16 +159,19 @@ expect_eq "$(mode_of /var/lib/freeauth)" "700 freeauth freeauth" /var/lib/freeau
 key_sum=$(sha256sum /etc/freeauth/seed.key)
 
 step "conffiles, units, man pages and the PAM module"
-dpkg-query -W -f='${Conffiles}\n' freeauth | grep -q '^ /etc/freeauth/agentd.toml ' ||
+grep -q '^ /etc/freeauth/agentd.toml ' <<<"$(dpkg-query -W -f='${Conffiles}\n' freeauth)" ||
   fail "agentd.toml is not a conffile of freeauth"
-dpkg-query -W -f='${Conffiles}\n' freeauth-radius | grep -q '^ /etc/freeauth/radius.toml ' ||
+grep -q '^ /etc/freeauth/radius.toml ' <<<"$(dpkg-query -W -f='${Conffiles}\n' freeauth-radius)" ||
   fail "radius.toml is not a conffile of freeauth-radius"
 for unit in freeauth-agentd freeauth-radius; do
   [[ -f /lib/systemd/system/$unit.service ]] || fail "$unit.service is not installed"
   [[ -L /etc/systemd/system/multi-user.target.wants/$unit.service ]] || fail "$unit.service is not enabled"
 done
-grep -q '_dh_action=restart' /var/lib/dpkg/info/freeauth.postinst ||
-  fail "freeauth.postinst does not restart the agent on upgrade"
+for unit in freeauth-agentd freeauth-radius; do
+  package=${unit%-agentd}
+  grep -q "try-restart $unit.service" "/var/lib/dpkg/info/$package.postinst" ||
+    fail "$package.postinst does not restart $unit after an upgrade"
+done
 for page in man8/freeauth-agentd.8 man5/freeauth-agentd.toml.5 man8/freeauthctl.8 \
   man8/freeauth-radius.8 man5/freeauth-radius.toml.5 man8/pam_freeauth.8; do
   [[ -f /usr/share/man/$page.gz ]] || fail "man page $page is not installed"
@@ -192,7 +195,7 @@ freeauthctl enroll alice --type hotp --secret-hex - <<<"$alice_key" >/dev/null
 freeauthctl enroll carol --type hotp --secret-hex - <<<"$carol_key" >/dev/null
 useradd --no-create-home --groups freeauth-admin ops
 useradd --no-create-home visitor
-setpriv --reuid ops --regid ops --init-groups freeauthctl list | grep -q '^alice' ||
+grep -q '^alice' <<<"$(setpriv --reuid ops --regid ops --init-groups freeauthctl list)" ||
   fail "a member of freeauth-admin cannot list tokens"
 ! setpriv --reuid visitor --regid visitor --init-groups freeauthctl list >/dev/null 2>&1 ||
   fail "a user outside freeauth-admin can list tokens"
@@ -215,8 +218,16 @@ step "the switch to freeauth-required: users without a token are refused"
 pam-auth-update --disable freeauth --enable freeauth-required
 grep -q -E 'pam_freeauth[.]so\s*$' /etc/pam.d/common-auth || fail "the freeauth-required profile is not in common-auth"
 [[ $(grep -c pam_freeauth /etc/pam.d/common-auth) -eq 1 ]] || fail "both profiles are in common-auth"
-pam_login bob bob-password | grep -q "$PAM_OK" && fail "bob logged in without a token under freeauth-required"
+expect_eq "$(pam_login bob bob-password)" "pamtester: User not known to the underlying authentication module" \
+  "bob, who has no token, under freeauth-required"
 expect_eq "$(pam_login alice alice-password "$(oathtool --hotp -c 2 "$alice_key")")" "$PAM_OK" "alice under freeauth-required"
+
+step "with the agent stopped, every login through common-auth fails closed"
+stop_unit freeauth-agentd
+unavailable="pamtester: Authentication service cannot retrieve authentication info"
+expect_eq "$(pam_login alice alice-password "$(oathtool --hotp -c 3 "$alice_key")")" "$unavailable" "alice with the agent stopped"
+expect_eq "$(pam_login bob bob-password)" "$unavailable" "bob with the agent stopped"
+start_agent
 
 # --- RADIUS through the bridge -------------------------------------------------
 step "the bridge starts as its unit would and answers radclient"
@@ -236,27 +247,64 @@ expect_eq "$(radius_request carol "$code")" Access-Accept "carol with a fresh co
 expect_eq "$(radius_request carol "$code")" Access-Reject "carol with the same code again"
 
 # --- Upgrade -------------------------------------------------------------------
-step "reinstalling (the upgrade path) keeps the key, the tokens and the configuration"
-apt-get install -y --reinstall "$debs"/freeauth_*.deb "$debs"/freeauth-radius_*.deb "$debs"/libpam-freeauth_*.deb >apt.log 2>&1 ||
+# upgrade/ holds the same packages as version VERSION+upgrade, whose
+# agentd.toml gained a comment line (see install-test.sh).
+step "an upgrade keeps the key, the tokens and changed conffiles, and updates the others"
+apt-get install -y "$debs"/upgrade/*.deb >apt.log 2>&1 ||
   {
     cat apt.log >&2
-    fail "apt-get install --reinstall"
+    fail "apt-get install of the upgrade"
   }
+grep -q '+upgrade$' <<<"$(dpkg-query -W -f='${Version}\n' freeauth)" || fail "freeauth was not upgraded"
 expect_eq "$(sha256sum /etc/freeauth/seed.key)" "$key_sum" "seed key after the upgrade"
-grep -q 'name = "install-test"' /etc/freeauth/radius.toml || fail "the upgrade replaced radius.toml"
+grep -q '^# upgrade test$' /etc/freeauth/agentd.toml || fail "the unchanged agentd.toml was not updated"
+grep -q 'name = "install-test"' /etc/freeauth/radius.toml || fail "the upgrade replaced the changed radius.toml"
 expect_eq "$(mode_of /etc/freeauth/radius.toml)" "640 root freeauth-radius" "radius.toml after the upgrade"
+expect_eq "$(mode_of /etc/freeauth/seed.key)" "600 freeauth freeauth" "seed key after the upgrade"
 grep -q -E 'pam_freeauth[.]so\s*$' /etc/pam.d/common-auth || fail "the upgrade changed the PAM profile choice"
 stop_unit freeauth-radius
 stop_unit freeauth-agentd
 start_agent
 start_bridge
-freeauthctl show alice | grep -q -i hotp || fail "alice's token is gone after the upgrade"
+grep -q -i hotp <<<"$(freeauthctl show alice)" || fail "alice's token is gone after the upgrade"
 expect_eq "$(radius_request carol "$code")" Access-Reject "carol's used code after the upgrade"
 expect_eq "$(radius_request carol "$(oathtool --hotp -c 1 "$carol_key")")" Access-Accept "carol's next code after the upgrade"
 
+step "an upgrade with an invalid agentd.toml leaves the running agent alone"
+cp /etc/freeauth/agentd.toml agentd.toml.good
+echo 'unknown_setting = 1' >>/etc/freeauth/agentd.toml
+# postinst restarts daemons only where systemd runs; systemctl itself is
+# absent here, and the check must keep postinst from calling it at all.
+mkdir -p /run/systemd/system
+apt-get install -y --reinstall "$debs"/upgrade/freeauth_*.deb >apt.log 2>&1 ||
+  {
+    cat apt.log >&2
+    fail "the upgrade failed on an invalid agentd.toml"
+  }
+grep -q 'freeauth-agentd was not restarted and still runs the old version' apt.log ||
+  {
+    cat apt.log >&2
+    fail "postinst did not warn about the invalid agentd.toml"
+  }
+! grep -q 'try-restart' apt.log || fail "postinst tried to restart the agent with an invalid agentd.toml"
+rmdir /run/systemd/system /run/systemd 2>/dev/null || true
+cp agentd.toml.good /etc/freeauth/agentd.toml
+kill -0 "${pids[freeauth-agentd]}" || fail "the agent stopped during the upgrade"
+
 # --- Removal and purge -----------------------------------------------------------
-step "removing libpam-freeauth takes the module out of the stack first"
+step "libpam-freeauth refuses removal while a PAM file written by hand uses it"
 stop_unit freeauth-radius
+printf 'auth required pam_freeauth.so\n' >/etc/pam.d/freeauth-direct
+apt-get remove -y libpam-freeauth >apt.log 2>&1 && fail "libpam-freeauth was removed while freeauth-direct uses it"
+grep -q '/etc/pam.d/freeauth-direct' apt.log || {
+  cat apt.log >&2
+  fail "prerm did not name the PAM file that uses the module"
+}
+compgen -G '/lib/*-linux-gnu*/security/pam_freeauth.so' >/dev/null || fail "the refused removal deleted the module"
+grep -q -E 'pam_freeauth[.]so\s*$' /etc/pam.d/common-auth || fail "the refused removal changed common-auth"
+rm /etc/pam.d/freeauth-direct
+
+step "removing libpam-freeauth takes the module out of the stack first"
 apt-get remove -y libpam-freeauth >apt.log 2>&1 || {
   cat apt.log >&2
   fail "apt-get remove libpam-freeauth"

@@ -102,8 +102,24 @@ root="$work/root"
 mkdir "$root"
 tar -C "$root" -xf "$tarball"
 
-mkdir -p "$root/root/freeauth-test"
+mkdir -p "$root/root/freeauth-test/upgrade"
 cp "${debs[@]}" "$root/root/freeauth-test/"
+
+# The same packages as a later version, for a real upgrade: agentd.toml gains
+# a line, so dpkg replaces it where the administrator left it unchanged.
+say "repacking the packages as the next version"
+for package in freeauth freeauth-radius libpam-freeauth; do
+  tree="$work/repack/$package"
+  mkdir -p "$tree"
+  dpkg-deb -R "$work/${package}"_*.deb "$tree"
+  version=$(sed -n 's/^Version: //p' "$tree/DEBIAN/control")
+  sed -i -e "s/^Version: .*/Version: $version+upgrade/" -e "s/(= $version)/(= $version+upgrade)/g" "$tree/DEBIAN/control"
+  if [[ $package == freeauth ]]; then
+    echo "# upgrade test" >>"$tree/etc/freeauth/agentd.toml"
+    (cd "$tree" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | xargs -0 md5sum >DEBIAN/md5sums)
+  fi
+  dpkg-deb --root-owner-group -b "$tree" "$root/root/freeauth-test/upgrade/" >/dev/null
+done
 cp tests/debian/in-root.sh "$root/root/freeauth-test/"
 
 # --- Install and check, inside the namespaces -------------------------------
