@@ -173,6 +173,7 @@ fn init_for(config: &Config, user: &str) -> Result<ExitCode, CommandError> {
         std::os::unix::fs::chown(path, Some(account.uid.as_raw()), Some(account.gid.as_raw()))
             .map_err(|err| format!("cannot give {} to {user}: {err}", path.display()))
     };
+
     let state_dir = &config.paths.state_dir;
     let owned_by_user = |path: &std::path::Path| -> Result<(), CommandError> {
         use std::os::unix::fs::MetadataExt;
@@ -201,6 +202,7 @@ fn init_for(config: &Config, user: &str) -> Result<ExitCode, CommandError> {
         owner(state_dir)?;
         say!("created state folder {} (mode 0700, owner {user})", state_dir.display());
     }
+
     let key = &config.paths.seed_key;
     if key.exists() {
         owned_by_user(key)?;
@@ -216,6 +218,7 @@ fn init_for(config: &Config, user: &str) -> Result<ExitCode, CommandError> {
         owner(key)?;
         say!("created seed key {} (mode 0600, owner {user})", key.display());
     }
+
     let problems = freeauth_agentd::check::installation_problems(config);
     if !problems.is_empty() {
         return Err(format!(

@@ -219,11 +219,10 @@ fn verify_answer(
     origin: Origin,
 ) -> Outcome {
     if options.source != CodeSource::ForwardPass {
-        // An answer that cannot be a code is not sent. sshd's password
-        // method answers every prompt with the password, and a mail client
-        // on common-auth sends only its password; counting those as failures
-        // would let them lock the account, and would hand a password to the
-        // agent.
+        // A response that cannot be a code is not sent. sshd's password
+        // method sends the password to every prompt, and so does a mail
+        // client on common-auth. Counting those as failures would lock the
+        // account, and the agent would receive a password.
         if !looks_like_code(answer, &account.code_lengths) {
             host.log(
                 Priority::Notice,

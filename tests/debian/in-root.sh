@@ -177,6 +177,11 @@ for page in man8/freeauth-agentd.8 man5/freeauth-agentd.toml.5 man8/freeauthctl.
   [[ -f /usr/share/man/$page.gz ]] || fail "man page $page is not installed"
 done
 compgen -G '/lib/*-linux-gnu*/security/pam_freeauth.so' >/dev/null || fail "pam_freeauth.so is not installed"
+for package in freeauth freeauth-radius libpam-freeauth; do
+  notices=/usr/share/doc/$package/crate-notices.txt.gz
+  [[ -f $notices ]] || fail "$notices is not installed"
+  grep -q '^zeroize ' <<<"$(zcat "$notices")" || fail "$notices does not list the crate zeroize"
+done
 
 step "the PAM profiles are registered but not enabled"
 [[ -f /usr/share/pam-configs/freeauth && -f /usr/share/pam-configs/freeauth-required ]] ||
@@ -185,7 +190,7 @@ grep -qx freeauth /var/lib/pam/seen || fail "pam-auth-update did not register th
 ! grep -q pam_freeauth /etc/pam.d/common-auth || fail "installing enabled pam_freeauth in common-auth"
 
 # --- The agent and freeauthctl -----------------------------------------------
-step "the agent starts as its unit would and enrols tokens"
+step "the agent starts with its unit's user, groups and folders, and enrols tokens"
 start_agent
 expect_eq "$(mode_of /run/freeauth/admin.sock)" "660 freeauth freeauth-admin" "admin socket"
 expect_eq "$(mode_of /run/freeauth/agent.sock)" "666 freeauth freeauth" "agent socket"
@@ -230,7 +235,7 @@ expect_eq "$(pam_login bob bob-password)" "$unavailable" "bob with the agent sto
 start_agent
 
 # --- RADIUS through the bridge -------------------------------------------------
-step "the bridge starts as its unit would and answers radclient"
+step "the bridge starts with its unit's user and folders, and answers radclient"
 install -d -m 0750 -o root -g freeauth-radius /etc/freeauth/secrets
 install -m 0640 -o root -g freeauth-radius /dev/null /etc/freeauth/secrets/test
 echo "install-test-secret" >/etc/freeauth/secrets/test
@@ -247,7 +252,7 @@ expect_eq "$(radius_request carol "$code")" Access-Accept "carol with a fresh co
 expect_eq "$(radius_request carol "$code")" Access-Reject "carol with the same code again"
 
 # --- Upgrade -------------------------------------------------------------------
-# upgrade/ holds the same packages as version VERSION+upgrade, whose
+# upgrade/ contains the same packages as version VERSION+upgrade, whose
 # agentd.toml gained a comment line (see install-test.sh).
 step "an upgrade keeps the key, the tokens and changed conffiles, and updates the others"
 apt-get install -y "$debs"/upgrade/*.deb >apt.log 2>&1 ||
