@@ -40,8 +40,26 @@ declare -A pids=()
 # Prints the last value of KEY in the installed unit NAME.
 unit_get() { sed -n "s/^$2=//p" "/lib/systemd/system/$1.service" | tail -n 1; }
 
+# Mounts what ProtectSystem=strict and PrivateTmp=yes describe, inside the
+# mount namespace that `unshare` made: the system read-only except the
+# folders given in $1, and an empty /tmp. Then runs the remaining arguments.
+# shellcheck disable=SC2016 # expanded by the inner bash
+SANDBOX='
+  set -e
+  for dir in $1; do mount --bind "$dir" "$dir"; done
+  mount -o remount,bind,ro /
+  mount -o remount,bind,ro /run
+  mount -t tmpfs -o mode=1777 tmpfs /tmp
+  shift
+  exec "$@"
+'
+
+# Starts the daemon of unit NAME: the unit's user, groups, capabilities,
+# folders, umask, ProtectSystem=strict, PrivateTmp, PrivateNetwork,
+# NoNewPrivileges, ExecStartPre and ExecStart. Other settings (the system
+# call filter, ProtectKernel* and the like) need systemd.
 start_unit() {
-  local unit=$1 user group groups umask caps command kind dir mode
+  local unit=$1 user group groups umask caps command kind dir mode writable=""
   user=$(unit_get "$unit" User)
   group=$(unit_get "$unit" Group)
   groups=$(unit_get "$unit" SupplementaryGroups)
@@ -56,7 +74,16 @@ start_unit() {
       State) dir=/var/lib/$dir ;;
     esac
     install -d -m "${mode:-0755}" -o "$user" -g "$group" "$dir"
+    writable+=" $dir"
   done
+  [[ $(unit_get "$unit" ProtectSystem) == strict ]] || fail "$unit.service does not set ProtectSystem=strict"
+  [[ $(unit_get "$unit" PrivateTmp) == yes ]] || fail "$unit.service does not set PrivateTmp=yes"
+  [[ $(unit_get "$unit" NoNewPrivileges) == yes ]] || fail "$unit.service does not set NoNewPrivileges=yes"
+  local namespaces=(unshare --mount --propagation private)
+  if [[ $(unit_get "$unit" PrivateNetwork) == yes ]]; then
+    namespaces+=(--net)
+  fi
+  namespaces+=(bash -c "$SANDBOX" _ "$writable")
 
   local as_unit=(setpriv --reuid "$user" --regid "$group" --no-new-privs)
   if [[ -n $groups ]]; then
@@ -75,7 +102,7 @@ start_unit() {
   command=$(unit_get "$unit" ExecStartPre)
   if [[ -n $command ]]; then
     # shellcheck disable=SC2086 # the unit's command line, split as systemd does
-    (umask "$umask" && "${as_unit[@]}" -- $command) >"$unit.check.log" 2>&1 ||
+    (umask "$umask" && "${namespaces[@]}" "${as_unit[@]}" -- $command) >"$unit.check.log" 2>&1 ||
       {
         cat "$unit.check.log" >&2
         fail "ExecStartPre of $unit failed"
@@ -83,7 +110,8 @@ start_unit() {
   fi
   command=$(unit_get "$unit" ExecStart)
   # shellcheck disable=SC2086
-  (umask "$umask" && exec "${as_unit[@]}" -- $command) >"$unit.log" 2>&1 &
+  # unshare and bash exec, so the PID is the daemon's.
+  (umask "$umask" && exec "${namespaces[@]}" "${as_unit[@]}" -- $command) >"$unit.log" 2>&1 &
   pids[$unit]=$!
 }
 
@@ -190,7 +218,7 @@ grep -qx freeauth /var/lib/pam/seen || fail "pam-auth-update did not register th
 ! grep -q pam_freeauth /etc/pam.d/common-auth || fail "installing enabled pam_freeauth in common-auth"
 
 # --- The agent and freeauthctl -----------------------------------------------
-step "the agent starts with its unit's user, groups and folders, and enrols tokens"
+step "the agent starts in its unit's sandbox (user, groups, read-only system) and enrols tokens"
 start_agent
 expect_eq "$(mode_of /run/freeauth/admin.sock)" "660 freeauth freeauth-admin" "admin socket"
 expect_eq "$(mode_of /run/freeauth/agent.sock)" "666 freeauth freeauth" "agent socket"
@@ -235,7 +263,7 @@ expect_eq "$(pam_login bob bob-password)" "$unavailable" "bob with the agent sto
 start_agent
 
 # --- RADIUS through the bridge -------------------------------------------------
-step "the bridge starts with its unit's user and folders, and answers radclient"
+step "the bridge starts in its unit's sandbox and answers radclient"
 install -d -m 0750 -o root -g freeauth-radius /etc/freeauth/secrets
 install -m 0640 -o root -g freeauth-radius /dev/null /etc/freeauth/secrets/test
 echo "install-test-secret" >/etc/freeauth/secrets/test

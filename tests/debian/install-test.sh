@@ -128,6 +128,8 @@ root_start=$SECONDS
 unshare --mount --pid --net --fork --kill-child --propagation private bash -euo pipefail -c '
   root=$1
   ip link set lo up
+  # A mount point of its own, so that the sandbox can remount it read-only.
+  mount --bind "$root" "$root"
   mount -t proc proc "$root/proc"
   mount --rbind /dev "$root/dev"
   mount -t tmpfs -o mode=0755 tmpfs "$root/run"
