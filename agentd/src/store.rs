@@ -17,10 +17,10 @@ use std::path::Path;
 use freeauth_otp::{Algorithm, Kind, State};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-/// Version of the schema below, kept in the `meta` table.
 /// Name of the database file inside the state folder.
 pub const DB_FILE: &str = "freeauth.db";
 
+/// Version of the schema below, kept in the `meta` table.
 const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
