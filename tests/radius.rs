@@ -457,3 +457,86 @@ fn status_server_goes_silent_while_agent_is_down() {
     }
     assert_eq!(verdict, "accept");
 }
+
+/// Runs `freeauthctl [--json] clients` on `config`.
+fn ctl_clients(config: &std::path::Path, json: bool) -> std::process::Output {
+    let mut command = std::process::Command::new(binary("freeauthctl"));
+    if json {
+        command.arg("--json");
+    }
+    command
+        .arg("clients")
+        .arg("--radius-config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn ctl_clients_lists_without_secrets() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("gw.secret");
+    std::fs::write(&secret_file, "secret-from-a-file\n").unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.path().join("radius.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = [\"127.0.0.1:18120\"]\nstate_dir = \"state\"\n\n\
+         [[client]]\nname = \"gw\"\naddress = \"192.0.2.10\"\nsecret_file = \"gw.secret\"\n\
+         realms = [\"example.com\", \"example.net\"]\ndefault_realm = \"example.com\"\n\
+         message_authenticator = \"auto\"\n\n\
+         [[client]]\nname = \"lab\"\naddress = \"2001:db8::/64\"\nnas_identifier = \"lab-nas\"\n\
+         secret = \"inline-secret-value\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let text = ctl_clients(&config, false);
+    assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    let gw = stdout.lines().find(|line| line.starts_with("gw ")).unwrap_or_default();
+    assert!(gw.contains("192.0.2.10"), "{stdout}");
+    assert!(gw.contains("example.com*,example.net"), "{stdout}");
+    assert!(gw.contains("auto (none seen yet)"), "{stdout}");
+    assert!(gw.contains(&format!("file {}", secret_file.display())), "{stdout}");
+    let lab = stdout.lines().find(|line| line.starts_with("lab ")).unwrap_or_default();
+    assert!(lab.contains("2001:db8::/64"), "{stdout}");
+    assert!(lab.contains("lab-nas"), "{stdout}");
+    assert!(lab.ends_with("inline"), "{stdout}");
+    assert!(!stdout.contains("secret-from-a-file"), "{stdout}");
+    assert!(!stdout.contains("inline-secret-value"), "{stdout}");
+    assert!(
+        !dir.path().join("state").exists(),
+        "clients created the bridge's state folder"
+    );
+
+    // What the bridge remembers for "auto" clients.
+    std::fs::create_dir(dir.path().join("state")).unwrap();
+    std::fs::write(dir.path().join("state/message-authenticator-clients"), "gw\n").unwrap();
+    let json = ctl_clients(&config, true);
+    assert!(json.status.success(), "{}", String::from_utf8_lossy(&json.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(rows[0]["name"], "gw");
+    assert_eq!(rows[0]["message_authenticator_seen"], true);
+    assert_eq!(rows[1]["message_authenticator"], "require");
+    assert!(rows[1]["message_authenticator_seen"].is_null());
+    assert!(!String::from_utf8_lossy(&json.stdout).contains("secret-from-a-file"));
+}
+
+#[test]
+fn ctl_clients_reports_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("radius.toml");
+    std::fs::write(
+        &config,
+        "[server]\nbogus = 1\n[[client]]\nname = \"x\"\naddress = \"10.0.0.0/33\"\nsecret = \"abc\"\n",
+    )
+    .unwrap();
+    let output = ctl_clients(&config, false);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("radius.toml:2:1"), "{stderr}");
+    assert!(stderr.contains("radius.toml:5:11"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}

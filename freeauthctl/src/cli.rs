@@ -67,6 +67,13 @@ pub enum Command {
     Status,
     /// Check the configuration file and the key and state permissions.
     CheckConfig,
+    /// Check the RADIUS bridge's configuration and list its clients (never
+    /// their secrets). Clients are edited in that file.
+    Clients {
+        /// The bridge's configuration file.
+        #[arg(long, value_name = "FILE", default_value = "/etc/freeauth/radius.toml")]
+        radius_config: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]

@@ -24,6 +24,10 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 pub type CommandError = String;
 
 pub fn run(args: Args) -> Result<ExitCode, CommandError> {
+    // The bridge's file is read on its own: the agent's may not even exist.
+    if let Command::Clients { radius_config } = &args.command {
+        return crate::clients_command::run(radius_config, args.json);
+    }
     let strict = matches!(args.command, Command::Init { .. } | Command::CheckConfig);
     let config = load_config(&args, strict)?;
     let json = args.json;
@@ -55,6 +59,7 @@ pub fn run(args: Args) -> Result<ExitCode, CommandError> {
         Command::Verify { user, code } => verify(&config, user, &code, json),
         Command::Import(import_args) => crate::import_command::run(&config, import_args, json),
         Command::Status => simple(&config, Request::Status {}, json),
+        Command::Clients { radius_config } => crate::clients_command::run(&radius_config, json),
     }
 }
 

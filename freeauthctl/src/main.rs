@@ -20,6 +20,7 @@ macro_rules! say {
 }
 
 mod cli;
+mod clients_command;
 mod commands;
 mod import_command;
 mod output;

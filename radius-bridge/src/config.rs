@@ -51,6 +51,8 @@ pub struct Client {
     pub network: Network,
     pub nas_identifier: Option<String>,
     pub secret: SharedSecret,
+    /// The `secret_file` the secret was read from; `None` for an inline secret.
+    pub secret_file: Option<PathBuf>,
     pub realms: Vec<String>,
     pub default_realm: Option<String>,
     pub message_authenticator: MessageAuthenticatorPolicy,
@@ -251,7 +253,10 @@ fn read_client(section: &Section, readable_by_others: bool) -> Option<Client> {
             None
         }
     };
-    let secret = read_secret(section, readable_by_others);
+    let (secret, secret_file) = match read_secret(section, readable_by_others) {
+        Some((secret, file)) => (Some(secret), file),
+        None => (None, None),
+    };
     let realms: Vec<String> = section
         .strings("realms")
         .into_iter()
@@ -277,13 +282,15 @@ fn read_client(section: &Section, readable_by_others: bool) -> Option<Client> {
         network: network?,
         nas_identifier,
         secret: secret?,
+        secret_file,
         realms,
         default_realm,
         message_authenticator: policy?,
     })
 }
 
-fn read_secret(section: &Section, readable_by_others: bool) -> Option<SharedSecret> {
+/// Reads the client's secret, and the file it came from if any.
+fn read_secret(section: &Section, readable_by_others: bool) -> Option<(SharedSecret, Option<PathBuf>)> {
     let inline = section.string("secret");
     let file = section.path("secret_file");
     match (inline, file) {
@@ -295,7 +302,7 @@ fn read_secret(section: &Section, readable_by_others: bool) -> Option<SharedSecr
                     "is in a file other users can read; run chmod 640 on it, or use secret_file",
                 );
             }
-            check_secret_text(section, "secret", &secret.value, secret.span)
+            check_secret_text(section, "secret", &secret.value, secret.span).map(|secret| (secret, None))
         }
         (None, Some(path)) => {
             let text = match read_secret_file(&path.value) {
@@ -306,6 +313,7 @@ fn read_secret(section: &Section, readable_by_others: bool) -> Option<SharedSecr
                 }
             };
             check_secret_text(section, "secret_file", text.trim_end_matches(['\n', '\r']), path.span)
+                .map(|secret| (secret, Some(path.value)))
         }
         (Some(secret), Some(_)) => {
             section.problem(secret.span, "secret", "and secret_file are both set; keep one");

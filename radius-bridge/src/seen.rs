@@ -8,6 +8,9 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// Name of the list inside the bridge's state folder.
+const FILE_NAME: &str = "message-authenticator-clients";
+
 /// The remembered client names and their file.
 pub struct SeenClients {
     path: PathBuf,
@@ -24,13 +27,22 @@ impl SeenClients {
                 .create(state_dir)
                 .map_err(|err| format!("cannot create state folder {}: {err}", state_dir.display()))?;
         }
-        let path = state_dir.join("message-authenticator-clients");
-        let names = match fs::read_to_string(&path) {
-            Ok(text) => text.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect(),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
-            Err(err) => return Err(format!("cannot read {}: {err}", path.display())),
-        };
-        Ok(SeenClients { path, names })
+        let names = SeenClients::read(state_dir)?;
+        Ok(SeenClients {
+            path: state_dir.join(FILE_NAME),
+            names,
+        })
+    }
+
+    /// Reads the remembered names in `state_dir` without creating anything;
+    /// a missing folder or file means none.
+    pub fn read(state_dir: &Path) -> Result<BTreeSet<String>, String> {
+        let path = state_dir.join(FILE_NAME);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+            Err(err) => Err(format!("cannot read {}: {err}", path.display())),
+        }
     }
 
     pub fn contains(&self, client: &str) -> bool {

@@ -391,6 +391,7 @@ mod tests {
             network: Network::parse(address).unwrap(),
             nas_identifier: nas.map(str::to_owned),
             secret: SharedSecret::new(b"secret-secret-secret".to_vec()),
+            secret_file: None,
             realms: realms.iter().map(|r| (*r).to_owned()).collect(),
             default_realm: default.map(str::to_owned),
             message_authenticator: MessageAuthenticatorPolicy::Require,

@@ -274,6 +274,8 @@ name = "install-test"
 address = "127.0.0.1"
 secret_file = "/etc/freeauth/secrets/test"
 EOF
+grep -q '^install-test .* file /etc/freeauth/secrets/test$' <<<"$(freeauthctl clients)" ||
+  fail "freeauthctl clients does not list the client install-test"
 start_bridge
 code=$(oathtool --hotp -c 0 "$carol_key")
 expect_eq "$(radius_request carol "$code")" Access-Accept "carol with a fresh code"
