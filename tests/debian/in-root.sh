@@ -184,6 +184,7 @@ expect_eq "$(mode_of /etc/freeauth/agentd.toml)" "644 root root" /etc/freeauth/a
 expect_eq "$(mode_of /etc/freeauth/radius.toml)" "640 root freeauth-radius" /etc/freeauth/radius.toml
 expect_eq "$(mode_of /etc/freeauth/seed.key)" "600 freeauth freeauth" /etc/freeauth/seed.key
 expect_eq "$(mode_of /var/lib/freeauth)" "700 freeauth freeauth" /var/lib/freeauth
+expect_eq "$(mode_of /var/lib/freeauth-radius)" "700 freeauth-radius freeauth-radius" /var/lib/freeauth-radius
 key_sum=$(sha256sum /etc/freeauth/seed.key)
 
 step "conffiles, units, man pages and the PAM module"
