@@ -756,7 +756,8 @@ fn pipelined_requests_on_one_connection() {
         assert_eq!(
             frame.response,
             Response::Verdict {
-                result: VerifyResult::Accepted
+                result: VerifyResult::Accepted,
+                reason: None
             }
         );
         ids.push(frame.id);
@@ -1273,4 +1274,28 @@ fn init_for_user_creates_owned_files() {
     assert_eq!(wrong_owner.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&wrong_owner.stderr);
     assert!(stderr.contains("belongs to uid 0, not to nobody"), "{stderr}");
+}
+
+#[test]
+fn ctl_verify_says_why_and_pam_does_not_learn() {
+    let agent = Agent::start();
+    enroll_totp(&agent, "alice", RFC_SEED_HEX, &["--type", "hotp"]);
+    let code = oath_hotp(RFC_SEED_HEX, 0, 6);
+    assert_eq!(agent.ctl_verify("alice", &code), 0);
+
+    let reused = agent.ctl(&["verify", "alice", &code]);
+    assert_eq!(reused.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&reused.stdout);
+    assert_eq!(stdout.trim(), "rejected: code already used");
+
+    // A front end on the agent socket gets the verdict without a reason.
+    let mut client = agent.agent_client();
+    let response = client.call(verify_request("alice", &code, pam_origin())).unwrap();
+    assert_eq!(
+        response,
+        Response::Verdict {
+            result: VerifyResult::Rejected,
+            reason: None
+        }
+    );
 }

@@ -55,6 +55,7 @@ fn client_loop(
         match client.as_mut().unwrap().call(request) {
             Ok(Response::Verdict {
                 result: VerifyResult::Accepted,
+                ..
             }) => {
                 assert!(!replay, "replayed counter {try_counter} of {name} was accepted again");
                 accepted.lock().unwrap().push((user, try_counter));

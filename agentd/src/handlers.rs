@@ -82,7 +82,8 @@ pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origi
         Outcome::NoToken => VerifyResult::NoToken,
         Outcome::Rejected | Outcome::CheckBackup { .. } => VerifyResult::Rejected,
     };
-    Response::Verdict { result }
+    let reason = task.is_admin().then(|| verdict.reason.describe());
+    Response::Verdict { result, reason }
 }
 
 /// Runs the engine's decision, including the backup-code round trip.

@@ -430,6 +430,12 @@ impl Task {
         })
     }
 
+    /// Returns whether the caller came through the admin socket, and so may
+    /// learn why a code was rejected.
+    pub fn is_admin(&self) -> bool {
+        matches!(self.caller, Caller::Admin { .. })
+    }
+
     /// Returns whether the caller gets only accept or reject (a remote party).
     pub fn is_remote(&self, origin: &Origin) -> bool {
         matches!(self.caller, Caller::Bridge { .. }) || matches!(origin, Origin::Radius { .. })

@@ -120,7 +120,8 @@ fn time_one(socket: &Path, user: &str, code: &str, steps: &mut Steps) -> Result<
     if !matches!(
         verdict,
         Response::Verdict {
-            result: VerifyResult::Accepted
+            result: VerifyResult::Accepted,
+            ..
         }
     ) {
         return Err(format!("verify returned {verdict:?}"));

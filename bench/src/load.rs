@@ -197,7 +197,8 @@ impl<'t> Connection<'t> {
             let accepted = matches!(
                 frame.response,
                 Response::Verdict {
-                    result: VerifyResult::Accepted
+                    result: VerifyResult::Accepted,
+                    ..
                 }
             );
             if accepted {
@@ -249,7 +250,7 @@ impl<'t> Connection<'t> {
 /// Short description of an unexpected response, used to count errors.
 fn describe(response: &Response) -> String {
     match response {
-        Response::Verdict { result } => format!("verdict {result:?}"),
+        Response::Verdict { result, .. } => format!("verdict {result:?}"),
         Response::Error { kind, message } => format!("error {kind:?}: {message}"),
         other => format!("unexpected response {other:?}"),
     }

@@ -264,6 +264,7 @@ fn verify(config: &Config, user: String, code: &str, json: bool) -> Result<ExitC
     match response {
         Response::Verdict {
             result: VerifyResult::Accepted,
+            ..
         } => Ok(ExitCode::SUCCESS),
         _ => Ok(ExitCode::from(1)),
     }

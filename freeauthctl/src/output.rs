@@ -25,7 +25,10 @@ pub fn print_response(response: &Response, json: bool) -> Result<(), String> {
         Response::Resynced { token, drift_steps } => {
             say!("token {token} resynchronised, drift {drift_steps:+} steps")
         }
-        Response::Verdict { result } => say!("{}", verdict_text(*result)),
+        Response::Verdict { result, reason } => match (result, reason) {
+            (VerifyResult::Rejected, Some(reason)) => say!("rejected: {reason}"),
+            _ => say!("{}", verdict_text(*result)),
+        },
         Response::Status { status } => print_status(status),
         Response::Imported { users, tokens } => say!("imported {tokens} tokens for {users} users"),
         other => say!("{other:?}"),

@@ -274,7 +274,7 @@ fn ask_agent(
     origin: Origin,
 ) -> Outcome {
     match agent.verify(user, SecretString::new(code), origin) {
-        Ok(Response::Verdict { result }) => match result {
+        Ok(Response::Verdict { result, .. }) => match result {
             VerifyResult::Accepted => Outcome::Accepted,
             VerifyResult::Rejected => Outcome::Rejected,
             VerifyResult::Locked => Outcome::Locked,

@@ -189,6 +189,10 @@ pub enum Response {
     },
     Verdict {
         result: VerifyResult,
+        /// Why, for `freeauthctl verify` only: the admin socket's callers
+        /// may know; every other caller gets `None`, left out on the wire.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     Enrolled {
         user: String,
@@ -350,7 +354,8 @@ mod tests {
         assert_eq!(
             frame.response,
             Response::Verdict {
-                result: VerifyResult::Accepted
+                result: VerifyResult::Accepted,
+                reason: None
             }
         );
         let text = r#"{"id":4,"response":{"type":"error","kind":"forbidden","message":"no"}}"#;

@@ -308,6 +308,7 @@ async fn decide(
     match bridge.link.call(request).await {
         Some(Response::Verdict {
             result: VerifyResult::Accepted,
+            ..
         }) => Ok(reply(client, packet, Code::AccessAccept, None)),
         Some(Response::Verdict { .. }) => Ok(reply(client, packet, Code::AccessReject, None)),
         Some(Response::Error { message, .. }) => {

@@ -274,7 +274,7 @@ pub fn verify_request(user: &str, code: &str, origin: Origin) -> Request {
 
 pub fn verdict(response: Response) -> VerifyResult {
     match response {
-        Response::Verdict { result } => result,
+        Response::Verdict { result, .. } => result,
         other => panic!("expected a verdict, got {other:?}"),
     }
 }
