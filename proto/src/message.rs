@@ -189,8 +189,9 @@ pub enum Response {
     },
     Verdict {
         result: VerifyResult,
-        /// Why, for `freeauthctl verify` only: the admin socket's callers
-        /// may know; every other caller gets `None`, left out on the wire.
+        /// The agent's reason, for callers on the admin socket
+        /// (`freeauthctl verify`). Other callers get `None`, which is left
+        /// out of the JSON.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
