@@ -1277,7 +1277,7 @@ fn init_for_user_creates_owned_files() {
 }
 
 #[test]
-fn ctl_verify_says_why_and_pam_does_not_learn() {
+fn ctl_verify_prints_reason() {
     let agent = Agent::start();
     enroll_totp(&agent, "alice", RFC_SEED_HEX, &["--type", "hotp"]);
     let code = oath_hotp(RFC_SEED_HEX, 0, 6);

@@ -87,12 +87,12 @@ fn password_at_code_prompt_is_not_sent() {
     run.assert_failure(AUTH_ERR, "a password at the code prompt");
     assert!(run.logged("not shaped like a code"), "{run}");
     assert!(!agent.log().contains("verification user=\"alice\""), "{}", agent.log());
-    let shown = agent.ctl_ok(&["show", "alice"]);
-    let failures = shown
+    let account = agent.ctl_ok(&["show", "alice"]);
+    let failures = account
         .lines()
         .find_map(|line| line.strip_prefix("failures:"))
         .map(str::trim);
-    assert_eq!(failures, Some("0"), "{shown}");
+    assert_eq!(failures, Some("0"), "{account}");
 }
 
 #[test]
