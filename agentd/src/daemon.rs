@@ -191,8 +191,15 @@ async fn serve_until_stopped(mut config: Config, shared: Arc<Shared>) -> Result<
         "agent started"
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    // Lets the engine fold its use log while no request comes.
+    let mut maintain = tokio::time::interval(std::time::Duration::from_secs(1));
+    maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = maintain.tick() => {
+                // A full queue means the engine is busy and folds anyway.
+                let _ = shared.jobs.try_send(Job::Maintain);
+            }
             accepted = agent.accept() => spawn_connection(accepted, SocketKind::Agent, &shared),
             accepted = admin.accept() => spawn_connection(accepted, SocketKind::Admin, &shared),
             _ = hangup.recv() => config = reload(config, &shared).await,

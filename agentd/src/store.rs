@@ -1,18 +1,43 @@
 //! Durable token state in SQLite, written only by the agent's engine thread.
 //!
-//! The database runs in WAL mode with `synchronous = FULL`, so a committed
-//! transaction survives a crash or power loss. The engine groups concurrent
-//! requests into one transaction, which is what lets many verifications share
-//! one fsync. Each request runs inside its own savepoint, so a failed admin
+//! The database runs in WAL mode. A commit writes its pages to the WAL, and
+//! the engine sends no reply of the batch until a [`WalSync`] has synced the
+//! WAL file to disk, so an answered request survives a crash or power loss.
+//! SQLite itself runs with `synchronous = NORMAL`: it syncs before and after
+//! checkpoints, which keeps the database consistent, and leaves the sync of
+//! each commit to [`WalSync`]. That sync can then run on its own thread while
+//! the engine decides the next batch. The engine groups concurrent requests
+//! into one transaction, which is what lets many verifications share one
+//! fsync. Each request runs inside its own savepoint, so a failed admin
 //! change rolls back alone.
 //!
 //! Everything the engine needs is a method of [`Db`]. A shared PostgreSQL
 //! store would implement the same methods, with the one-use rule enforced by
-//! the conditional update in [`Db::advance_token`].
+//! a conditional update in [`Db::advance_token`].
+//!
+//! # The use log
+//!
+//! An accepted code does not rewrite its `tokens` row. It appends the token's
+//! new state to `token_uses`, and [`UseLog`] keeps the newest such state of
+//! each token in memory, where [`Db::tokens`] finds it. Appends fill pages in
+//! order, so a commit of a hundred accepts writes two or three pages instead
+//! of a hundred pages scattered over the `tokens` table.
+//!
+//! The log is folded back into `tokens` by a sweep in token-id order (see
+//! [`UseLog::fold`]): each batch copies the states of the next range of ids,
+//! so one page write carries every token on that page used since the last
+//! sweep. When a sweep has passed every id, every log row written before it
+//! began is either folded or replaced by a newer row, and those rows are
+//! deleted. Folds and deletions run in the batch's transaction, so after a
+//! crash the newest state of a token is still the newest log row, or the
+//! `tokens` row when the token has no log row left.
 
-use std::fs;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use freeauth_otp::{Algorithm, Kind, State};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -20,8 +45,10 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 /// Name of the database file inside the state folder.
 pub const DB_FILE: &str = "freeauth.db";
 
-/// Version of the schema below, kept in the `meta` table.
-const SCHEMA_VERSION: i64 = 1;
+/// Version of the schema below, kept in the `meta` table. Version 1 lacked
+/// `token_uses` and `users.token_ids`; opening such a database adds both and
+/// moves it to 2.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -33,7 +60,10 @@ CREATE TABLE IF NOT EXISTS users (
     name         TEXT NOT NULL UNIQUE,
     failures     INTEGER NOT NULL DEFAULT 0,
     locked_until INTEGER,
-    backup_salt  BLOB
+    backup_salt  BLOB,
+    -- Ids of the user's tokens, comma-separated: a copy of what
+    -- tokens_by_user holds, so that a verification finds the tokens by id.
+    token_ids    TEXT
 );
 CREATE TABLE IF NOT EXISTS tokens (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -60,7 +90,27 @@ CREATE TABLE IF NOT EXISTS backup_codes (
     used_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS backup_codes_by_user ON backup_codes(user_id);
+CREATE TABLE IF NOT EXISTS token_uses (
+    seq       INTEGER PRIMARY KEY,
+    token_id  INTEGER NOT NULL,
+    counter   INTEGER NOT NULL,
+    last_step INTEGER,
+    drift     INTEGER NOT NULL,
+    used_at   INTEGER NOT NULL
+);
 ";
+
+/// Indexes created after the schema is brought up to date.
+const INDEXES: &str = "
+-- Holds every column a verification reads from `users`, so that it reads
+-- one B-tree to find an account instead of two.
+CREATE INDEX IF NOT EXISTS users_by_name ON users(name, id, failures, locked_until, token_ids);
+";
+
+/// The statement that brings `users.token_ids` up to date for user ?1.
+const REFRESH_TOKEN_IDS: &str = "UPDATE users SET token_ids =
+    (SELECT group_concat(id, ',') FROM (SELECT id FROM tokens WHERE user_id = ?1 ORDER BY id))
+    WHERE id = ?1";
 
 /// A database or state-folder failure.
 #[derive(Debug)]
@@ -95,7 +145,8 @@ pub struct Account {
     pub name: String,
     pub failures: u32,
     pub locked_until: Option<u64>,
-    pub backup_salt: Option<Vec<u8>>,
+    /// Ids of the account's tokens, ascending.
+    pub token_ids: Vec<i64>,
 }
 
 /// A token row. The seed stays sealed here; the engine opens it when needed.
@@ -129,6 +180,9 @@ pub struct TokenSettings {
 /// The open database.
 pub struct Store {
     conn: Connection,
+    uses: UseLog,
+    path: PathBuf,
+    sync: WalSync,
 }
 
 impl Store {
@@ -139,7 +193,9 @@ impl Store {
         let path = state_dir.join(DB_FILE);
         let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // Commits are synced by `WalSync` before any reply; see the module
+        // documentation.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // 4 MiB of page cache keeps resident memory small at a million tokens.
         conn.pragma_update(None, "cache_size", -4096)?;
@@ -153,34 +209,376 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
-        let store = Store { conn };
+        let store = Store {
+            conn,
+            uses: UseLog::default(),
+            sync: WalSync::new(&path),
+            path,
+        };
         store.check_schema_version()?;
+        store.conn.execute_batch(INDEXES)?;
+        store.uses.load(&store.conn)?;
         Ok(store)
     }
 
     fn check_schema_version(&self) -> Result<(), StoreError> {
-        let db = Db(&self.conn);
+        let db = self.db();
+        let current = SCHEMA_VERSION.to_string();
         match db.meta("schema_version")? {
-            None => {
-                db.set_meta("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
+            // Version 1 differs only by the missing `token_uses`, which the
+            // schema above has just created.
+            None => db.set_meta("schema_version", current.as_bytes()),
+            Some(value) if value == b"1" => {
+                let tx = self.conn.unchecked_transaction()?;
+                tx.execute_batch(
+                    "ALTER TABLE users ADD COLUMN token_ids TEXT;
+                     UPDATE users SET token_ids =
+                         (SELECT group_concat(id, ',') FROM (SELECT id FROM tokens WHERE user_id = users.id ORDER BY id));",
+                )?;
+                self.db().set_meta("schema_version", current.as_bytes())?;
+                tx.commit()?;
+                tracing::info!("database schema upgraded from version 1 to {current}");
                 Ok(())
             }
-            Some(value) if value == SCHEMA_VERSION.to_string().as_bytes() => Ok(()),
+            Some(value) if value == current.as_bytes() => Ok(()),
             Some(_) => Err(StoreError::Corrupt {
-                what: "schema_version is not 1; this database was written by another FreeAuth version".into(),
+                what: format!("schema_version is not {current}; this database was written by a newer FreeAuth version"),
             }),
         }
     }
 
-    /// Starts the transaction a batch of requests runs in.
-    pub fn begin(&mut self) -> Result<Transaction<'_>, StoreError> {
-        Ok(self.conn.transaction()?)
+    /// Starts the transaction a batch of requests runs in, with the use log
+    /// its statements see.
+    pub fn begin(&mut self) -> Result<(Transaction<'_>, &UseLog), StoreError> {
+        let Store { conn, uses, .. } = self;
+        Ok((conn.transaction()?, &*uses))
+    }
+
+    /// Syncs the WAL file: every transaction committed so far is on disk
+    /// when this returns `Ok`.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        self.sync.sync()
+    }
+
+    /// A second [`WalSync`] for this database, for a thread of its own.
+    pub fn wal_sync(&self) -> WalSync {
+        WalSync::new(&self.path)
     }
 
     /// Read access outside a batch (start-up checks).
     pub fn db(&self) -> Db<'_> {
-        Db(&self.conn)
+        Db {
+            conn: &self.conn,
+            uses: &self.uses,
+        }
     }
+}
+
+/// Makes committed transactions durable by syncing the database's WAL file.
+///
+/// A sync through any open file of the WAL writes every page the engine's
+/// connection wrote to it before. SQLite keeps the WAL file while a
+/// connection is open, so the file stays the same one. After a failed sync
+/// Linux may have dropped the unwritten pages and a later sync can succeed
+/// without them, so one failure makes every later call fail until the agent
+/// restarts.
+pub struct WalSync {
+    path: PathBuf,
+    file: Option<File>,
+    failed: bool,
+}
+
+impl WalSync {
+    fn new(database: &Path) -> WalSync {
+        let mut name = database.as_os_str().to_owned();
+        name.push("-wal");
+        WalSync {
+            path: PathBuf::from(name),
+            file: None,
+            failed: false,
+        }
+    }
+
+    /// Syncs the WAL file to disk.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        let failure = |path: &Path, reason: String| StoreError::Folder {
+            path: path.display().to_string(),
+            reason,
+        };
+        if self.failed {
+            return Err(failure(
+                &self.path,
+                "an earlier sync failed, so no commit can be called durable; restart the agent".into(),
+            ));
+        }
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => {
+                let opened =
+                    File::open(&self.path).map_err(|err| failure(&self.path, format!("cannot open it: {err}")))?;
+                self.file.insert(opened)
+            }
+        };
+        file.sync_data().map_err(|err| {
+            self.failed = true;
+            failure(&self.path, format!("sync failed: {err}"))
+        })
+    }
+}
+
+/// How long a sweep of the use log takes at most, whatever the load.
+const SWEEP_PERIOD: Duration = Duration::from_secs(10);
+
+/// Tokens with unfolded uses above which a sweep speeds up, to bound memory
+/// (about 90 bytes each).
+const MAX_UNFOLDED: usize = 262_144;
+
+/// Token states one batch folds at most, to bound the batch's latency.
+const MAX_FOLD_PER_BATCH: usize = 8_192;
+
+/// One accepted use of a token: the state it left the token in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Use {
+    pub seq: i64,
+    pub state: State,
+    pub used_at: u64,
+}
+
+/// The newest state of each token whose use is not yet folded into
+/// `tokens`; see the module documentation. Only the engine thread touches
+/// it, between the statements of one transaction.
+#[derive(Default)]
+pub struct UseLog {
+    inner: RefCell<Uses>,
+}
+
+#[derive(Default)]
+struct Uses {
+    /// Newest committed, unfolded use per token id.
+    committed: BTreeMap<i64, Use>,
+    /// Uses written in the open transaction, oldest first.
+    staged: Vec<(i64, Use)>,
+    /// The newest use in `staged` of each token, for lookups.
+    staged_newest: HashMap<i64, Use>,
+    /// The sequence number of the next use.
+    next_seq: i64,
+    /// Token ids below this one were folded in the current sweep.
+    cursor: i64,
+    /// The highest sequence number written before the current sweep began.
+    sweep_start_seq: i64,
+    /// Log rows up to this sequence number are deleted.
+    deleted_up_to: i64,
+    /// When the sweep last advanced.
+    last_fold: Option<Instant>,
+    /// The fold written in the open transaction.
+    fold: Option<Fold>,
+}
+
+/// What a fold changes in memory once its transaction commits.
+struct Fold {
+    /// Token ids and the sequence numbers of the uses copied to `tokens`.
+    folded: Vec<(i64, i64)>,
+    cursor: i64,
+    /// The sweep ended: rows up to `sweep_start_seq` were deleted.
+    sweep_done: bool,
+    at: Instant,
+}
+
+impl UseLog {
+    /// Reads the log after a start: the newest row of each token wins.
+    fn load(&self, conn: &Connection) -> Result<(), StoreError> {
+        let mut uses = self.inner.borrow_mut();
+        let mut statement =
+            conn.prepare("SELECT seq, token_id, counter, last_step, drift, used_at FROM token_uses ORDER BY seq")?;
+        let mut rows = statement.query([])?;
+        let mut last = 0;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            let token_id: i64 = row.get(1)?;
+            let state = State {
+                counter: to_u64(row.get(2)?)?,
+                last_step: row.get::<_, Option<i64>>(3)?.map(to_u64).transpose()?,
+                drift: row.get(4)?,
+            };
+            let used_at = to_u64(row.get(5)?)?;
+            uses.committed.insert(token_id, Use { seq, state, used_at });
+            last = seq;
+        }
+        uses.next_seq = last + 1;
+        // The first sweep folds every state just loaded.
+        uses.sweep_start_seq = last;
+        Ok(())
+    }
+
+    /// The newest use of a token, staged or committed.
+    pub fn newest(&self, token_id: i64) -> Option<Use> {
+        let uses = self.inner.borrow();
+        let staged = uses.staged.iter().rev().find(|(id, _)| *id == token_id);
+        staged
+            .map(|(_, used)| *used)
+            .or_else(|| uses.committed.get(&token_id).copied())
+    }
+
+    /// Number of tokens with an unfolded use.
+    pub fn unfolded(&self) -> usize {
+        self.inner.borrow().committed.len()
+    }
+
+    /// A point to roll the staged uses back to.
+    pub fn mark(&self) -> usize {
+        self.inner.borrow().staged.len()
+    }
+
+    /// Forgets the uses staged after `mark`, whose savepoint rolled back.
+    pub fn rollback_to(&self, mark: usize) {
+        let mut uses = self.inner.borrow_mut();
+        if uses.staged.len() <= mark {
+            return;
+        }
+        uses.staged.truncate(mark);
+        let newest = uses.staged.iter().copied().collect();
+        uses.staged_newest = newest;
+    }
+
+    /// Forgets everything of a transaction that did not commit.
+    pub fn rolled_back(&self) {
+        let mut uses = self.inner.borrow_mut();
+        uses.staged.clear();
+        uses.staged_newest.clear();
+        uses.fold = None;
+    }
+
+    /// Makes the staged uses and the fold of a committed transaction current.
+    pub fn committed(&self) {
+        let mut uses = self.inner.borrow_mut();
+        if let Some(fold) = uses.fold.take() {
+            for (token_id, seq) in fold.folded {
+                // A use staged in this same transaction is newer and stays.
+                if uses.committed.get(&token_id).is_some_and(|used| used.seq == seq) {
+                    uses.committed.remove(&token_id);
+                }
+            }
+            uses.cursor = fold.cursor;
+            uses.last_fold = Some(fold.at);
+            if fold.sweep_done {
+                uses.deleted_up_to = uses.sweep_start_seq;
+                uses.sweep_start_seq = uses.next_seq - 1;
+            }
+        }
+        let staged = std::mem::take(&mut uses.staged);
+        uses.staged_newest.clear();
+        for (token_id, used) in staged {
+            uses.committed.insert(token_id, used);
+        }
+    }
+
+    fn next_seq(&self) -> i64 {
+        let mut uses = self.inner.borrow_mut();
+        let seq = uses.next_seq;
+        uses.next_seq += 1;
+        seq
+    }
+
+    fn stage(&self, token_id: i64, used: Use) {
+        let mut uses = self.inner.borrow_mut();
+        uses.staged.push((token_id, used));
+        uses.staged_newest.insert(token_id, used);
+    }
+
+    /// Copies the next range of the sweep into `tokens`, inside the open
+    /// transaction. The range covers the ids a full sweep in
+    /// [`SWEEP_PERIOD`] would have passed since the last fold, more when
+    /// over [`MAX_UNFOLDED`] tokens have unfolded uses. Does nothing and
+    /// writes nothing when there is nothing to fold or delete.
+    pub fn fold(&self, conn: &Connection, now: Instant) -> Result<(), StoreError> {
+        let mut uses = self.inner.borrow_mut();
+        let Some(&last_id) = uses.committed.keys().next_back() else {
+            return Self::finish_idle_sweep(conn, &mut uses, now);
+        };
+        // The sweep passes `span` ids per SWEEP_PERIOD. Time that did not
+        // make up a whole id carries over to the next fold.
+        let period = SWEEP_PERIOD.as_micros().max(1);
+        let elapsed = uses
+            .last_fold
+            .map_or(period, |last| now.saturating_duration_since(last).as_micros())
+            .min(period);
+        let span = u128::try_from(last_id).unwrap_or(0) + 1;
+        let advance = span * elapsed / period;
+        let swept_until = match uses.last_fold {
+            Some(last) if elapsed < period => {
+                last + Duration::from_micros(u64::try_from(advance * period / span).unwrap_or(u64::MAX))
+            }
+            _ => now,
+        };
+        let end = uses.cursor.saturating_add(i64::try_from(advance).unwrap_or(i64::MAX));
+        let excess = uses.committed.len().saturating_sub(MAX_UNFOLDED);
+        let mut folded = Vec::new();
+        let mut cursor = uses.cursor;
+        let mut update = conn.prepare_cached(
+            "UPDATE tokens SET counter = ?2, last_step = ?3, drift = ?4, last_used = ?5 WHERE id = ?1",
+        )?;
+        for (&token_id, used) in uses.committed.range(uses.cursor..) {
+            let wanted = token_id < end || folded.len() < excess;
+            if !wanted || folded.len() >= MAX_FOLD_PER_BATCH {
+                break;
+            }
+            update.execute(params![
+                token_id,
+                to_i64(used.state.counter)?,
+                used.state.last_step.map(to_i64).transpose()?,
+                used.state.drift,
+                to_i64(used.used_at)?,
+            ])?;
+            folded.push((token_id, used.seq));
+            cursor = token_id + 1;
+        }
+        if folded.len() < MAX_FOLD_PER_BATCH && folded.len() >= excess {
+            cursor = cursor.max(end);
+        }
+        let sweep_done = cursor > last_id;
+        if sweep_done {
+            delete_log(conn, uses.sweep_start_seq)?;
+            cursor = 0;
+        }
+        if folded.is_empty() && !sweep_done {
+            // Nothing written; the range passed was empty.
+            uses.cursor = cursor;
+            uses.last_fold = Some(swept_until);
+            return Ok(());
+        }
+        uses.fold = Some(Fold {
+            folded,
+            cursor,
+            sweep_done,
+            at: swept_until,
+        });
+        Ok(())
+    }
+
+    /// With no unfolded use left, ends the sweep: deletes the log rows it
+    /// covered, if any are left.
+    fn finish_idle_sweep(conn: &Connection, uses: &mut Uses, now: Instant) -> Result<(), StoreError> {
+        if uses.sweep_start_seq <= uses.deleted_up_to {
+            // A new sweep must pass every id, so it starts from the first.
+            uses.sweep_start_seq = uses.next_seq - 1;
+            uses.cursor = 0;
+            return Ok(());
+        }
+        delete_log(conn, uses.sweep_start_seq)?;
+        uses.fold = Some(Fold {
+            folded: Vec::new(),
+            cursor: 0,
+            sweep_done: true,
+            at: now,
+        });
+        Ok(())
+    }
+}
+
+fn delete_log(conn: &Connection, up_to: i64) -> Result<(), StoreError> {
+    let mut statement = conn.prepare_cached("DELETE FROM token_uses WHERE seq <= ?1")?;
+    statement.execute([up_to])?;
+    Ok(())
 }
 
 /// Copies the WAL back into the database from a second connection every
@@ -236,18 +634,22 @@ fn prepare_state_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Statements on a connection, transaction or savepoint.
+/// Statements on a connection, transaction or savepoint, with the use log
+/// that holds the newest token states.
 #[derive(Clone, Copy)]
-pub struct Db<'c>(pub &'c Connection);
+pub struct Db<'c> {
+    pub conn: &'c Connection,
+    pub uses: &'c UseLog,
+}
 
 impl Db<'_> {
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut statement = self.0.prepare_cached("SELECT value FROM meta WHERE key = ?1")?;
+        let mut statement = self.conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?;
         Ok(statement.query_row([key], |row| row.get(0)).optional()?)
     }
 
     pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.0.execute(
+        self.conn.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
             params![key, value],
         )?;
@@ -255,14 +657,14 @@ impl Db<'_> {
     }
 
     pub fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
-        self.0.execute("DELETE FROM meta WHERE key = ?1", [key])?;
+        self.conn.execute("DELETE FROM meta WHERE key = ?1", [key])?;
         Ok(())
     }
 
     pub fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
-        let mut statement = self
-            .0
-            .prepare_cached("SELECT id, name, failures, locked_until, backup_salt FROM users WHERE name = ?1")?;
+        let mut statement = self.conn.prepare_cached(
+            "SELECT id, name, failures, locked_until, token_ids FROM users INDEXED BY users_by_name WHERE name = ?1",
+        )?;
         let row = statement
             .query_row([name], |row| {
                 Ok((
@@ -270,67 +672,104 @@ impl Db<'_> {
                     row.get::<_, String>(1)?,
                     row.get::<_, i64>(2)?,
                     row.get::<_, Option<i64>>(3)?,
-                    row.get::<_, Option<Vec<u8>>>(4)?,
+                    row.get::<_, Option<String>>(4)?,
                 ))
             })
             .optional()?;
-        let Some((id, name, failures, locked_until, backup_salt)) = row else {
+        let Some((id, name, failures, locked_until, token_ids)) = row else {
             return Ok(None);
         };
+        let mut ids = Vec::new();
+        for part in token_ids
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|part| !part.is_empty())
+        {
+            ids.push(part.parse().map_err(|_| StoreError::Corrupt {
+                what: format!("token_ids of user {id}"),
+            })?);
+        }
+        ids.sort_unstable();
         Ok(Some(Account {
             id,
             name,
             failures: u32::try_from(failures).unwrap_or(u32::MAX),
             locked_until: locked_until.map(to_u64).transpose()?,
-            backup_salt,
+            token_ids: ids,
         }))
+    }
+
+    /// The salt of the account's backup-code hashes, if it has codes.
+    pub fn backup_salt(&self, user_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT backup_salt FROM users WHERE id = ?1")?;
+        Ok(statement.query_row([user_id], |row| row.get(0)).optional()?.flatten())
     }
 
     /// Returns the account's id, creating the account if needed.
     pub fn ensure_account(&self, name: &str) -> Result<i64, StoreError> {
-        self.0.execute(
+        self.conn.execute(
             "INSERT INTO users (name) VALUES (?1) ON CONFLICT(name) DO NOTHING",
             [name],
         )?;
-        let mut statement = self.0.prepare_cached("SELECT id FROM users WHERE name = ?1")?;
+        let mut statement = self.conn.prepare_cached("SELECT id FROM users WHERE name = ?1")?;
         Ok(statement.query_row([name], |row| row.get(0))?)
     }
 
+    /// The tokens of a user, found through `tokens_by_user`.
     pub fn tokens(&self, user_id: i64) -> Result<Vec<TokenRow>, StoreError> {
-        let mut statement = self.0.prepare_cached(
+        let mut statement = self.conn.prepare_cached(
             "SELECT id, kind, algorithm, digits, period, counter, last_step, drift, enabled, label,
                     created, last_used, sealed_seed, sealed_pin
              FROM tokens WHERE user_id = ?1 ORDER BY id",
         )?;
-        let rows = statement.query_map([user_id], |row| {
-            Ok(RawToken {
-                id: row.get(0)?,
-                kind: row.get(1)?,
-                algorithm: row.get(2)?,
-                digits: row.get(3)?,
-                period: row.get(4)?,
-                counter: row.get(5)?,
-                last_step: row.get(6)?,
-                drift: row.get(7)?,
-                enabled: row.get(8)?,
-                label: row.get(9)?,
-                created: row.get(10)?,
-                last_used: row.get(11)?,
-                sealed_seed: row.get(12)?,
-                sealed_pin: row.get(13)?,
-            })
-        })?;
+        let rows = statement.query_map([user_id], raw_token)?;
         let mut tokens = Vec::new();
         for raw in rows {
-            tokens.push(raw?.check()?);
+            tokens.push(self.with_newest_state(raw?.check()?));
         }
         Ok(tokens)
+    }
+
+    /// The tokens of an account, found by the ids in its row. The same as
+    /// [`Db::tokens`], reading one B-tree fewer.
+    pub fn tokens_of(&self, account: &Account) -> Result<Vec<TokenRow>, StoreError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT id, kind, algorithm, digits, period, counter, last_step, drift, enabled, label,
+                    created, last_used, sealed_seed, sealed_pin, user_id
+             FROM tokens WHERE id = ?1",
+        )?;
+        let mut tokens = Vec::with_capacity(account.token_ids.len());
+        for &id in &account.token_ids {
+            let row = statement
+                .query_row([id], |row| Ok((raw_token(row)?, row.get::<_, i64>(14)?)))
+                .optional()?;
+            match row {
+                Some((raw, owner)) if owner == account.id => tokens.push(self.with_newest_state(raw.check()?)),
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        what: format!("token_ids of user {} names token {id}, which is not theirs", account.id),
+                    })
+                }
+            }
+        }
+        Ok(tokens)
+    }
+
+    fn with_newest_state(&self, mut token: TokenRow) -> TokenRow {
+        if let Some(used) = self.uses.newest(token.id) {
+            token.state = used.state;
+            token.last_used = Some(used.used_at);
+        }
+        token
     }
 
     /// Inserts a token with placeholder seed and returns its id; the caller
     /// seals the seed for that id and stores it with [`Db::set_sealed`].
     pub fn insert_token(&self, user_id: i64, token: &TokenSettings, now: u64) -> Result<i64, StoreError> {
-        self.0.execute(
+        self.conn.execute(
             "INSERT INTO tokens (user_id, kind, algorithm, digits, period, counter, last_step, drift,
                                  label, created, sealed_seed)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, x'')",
@@ -347,39 +786,79 @@ impl Db<'_> {
                 to_i64(now)?,
             ],
         )?;
-        Ok(self.0.last_insert_rowid())
+        let token_id = self.conn.last_insert_rowid();
+        self.conn.prepare_cached(REFRESH_TOKEN_IDS)?.execute([user_id])?;
+        Ok(token_id)
     }
 
     pub fn set_sealed(&self, token_id: i64, seed: &[u8], pin: Option<&[u8]>) -> Result<(), StoreError> {
-        self.0.execute(
+        self.conn.execute(
             "UPDATE tokens SET sealed_seed = ?2, sealed_pin = ?3 WHERE id = ?1",
             params![token_id, seed, pin],
         )?;
         Ok(())
     }
 
-    /// Moves a token from `old` to `new` state unless another writer moved it
-    /// first, and returns whether it did. This one statement is the one-use rule.
+    /// Moves a token from `old` to `new` state unless it has moved since it
+    /// was read, and returns whether it did. This is the one-use rule. Only
+    /// the engine thread writes, so comparing with the newest state it knows
+    /// is enough; the new state goes to the use log.
     pub fn advance_token(&self, token_id: i64, old: &State, new: &State, now: u64) -> Result<bool, StoreError> {
-        let mut statement = self.0.prepare_cached(
-            "UPDATE tokens SET counter = ?2, last_step = ?3, drift = ?4, last_used = ?5
-             WHERE id = ?1 AND counter = ?6 AND last_step IS ?7",
+        let current = match self.uses.newest(token_id) {
+            Some(used) => Some(used.state),
+            None => self.stored_state(token_id)?,
+        };
+        if current.as_ref() != Some(old) {
+            return Ok(false);
+        }
+        let used = Use {
+            seq: self.uses.next_seq(),
+            state: *new,
+            used_at: now,
+        };
+        let mut statement = self.conn.prepare_cached(
+            "INSERT INTO token_uses (seq, token_id, counter, last_step, drift, used_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let changed = statement.execute(params![
+        statement.execute(params![
+            used.seq,
             token_id,
             to_i64(new.counter)?,
             new.last_step.map(to_i64).transpose()?,
             new.drift,
             to_i64(now)?,
-            to_i64(old.counter)?,
-            old.last_step.map(to_i64).transpose()?,
         ])?;
-        Ok(changed == 1)
+        self.uses.stage(token_id, used);
+        Ok(true)
+    }
+
+    /// The state in the `tokens` row, without the use log.
+    fn stored_state(&self, token_id: i64) -> Result<Option<State>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT counter, last_step, drift FROM tokens WHERE id = ?1")?;
+        let row = statement
+            .query_row([token_id], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Option<i64>>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })
+            .optional()?;
+        row.map(|(counter, last_step, drift)| {
+            Ok(State {
+                counter: to_u64(counter)?,
+                last_step: last_step.map(to_u64).transpose()?,
+                drift,
+            })
+        })
+        .transpose()
     }
 
     pub fn set_failures(&self, user_id: i64, failures: u32, locked_until: Option<u64>) -> Result<(), StoreError> {
         let mut statement = self
-            .0
+            .conn
             .prepare_cached("UPDATE users SET failures = ?2, locked_until = ?3 WHERE id = ?1")?;
         statement.execute(params![user_id, failures, locked_until.map(to_i64).transpose()?])?;
         Ok(())
@@ -388,7 +867,7 @@ impl Db<'_> {
     /// Unused backup code hashes of a user, with their ids.
     pub fn backup_codes(&self, user_id: i64) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
         let mut statement = self
-            .0
+            .conn
             .prepare_cached("SELECT id, hash FROM backup_codes WHERE user_id = ?1 AND used_at IS NULL ORDER BY id")?;
         let rows = statement.query_map([user_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -396,7 +875,7 @@ impl Db<'_> {
 
     pub fn backup_codes_left(&self, user_id: i64) -> Result<u32, StoreError> {
         let mut statement = self
-            .0
+            .conn
             .prepare_cached("SELECT count(*) FROM backup_codes WHERE user_id = ?1 AND used_at IS NULL")?;
         let count: i64 = statement.query_row([user_id], |row| row.get(0))?;
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
@@ -404,7 +883,7 @@ impl Db<'_> {
 
     /// Marks a backup code used unless it already was; returns whether it was unused.
     pub fn consume_backup_code(&self, code_id: i64, user_id: i64, now: u64) -> Result<bool, StoreError> {
-        let changed = self.0.execute(
+        let changed = self.conn.execute(
             "UPDATE backup_codes SET used_at = ?3 WHERE id = ?1 AND user_id = ?2 AND used_at IS NULL",
             params![code_id, user_id, to_i64(now)?],
         )?;
@@ -413,14 +892,14 @@ impl Db<'_> {
 
     /// Replaces all backup codes of a user with `hashes` made with `salt`.
     pub fn replace_backup_codes(&self, user_id: i64, salt: &[u8], hashes: &[[u8; 32]]) -> Result<(), StoreError> {
-        self.0
+        self.conn
             .execute("DELETE FROM backup_codes WHERE user_id = ?1", [user_id])?;
-        self.0.execute(
+        self.conn.execute(
             "UPDATE users SET backup_salt = ?2 WHERE id = ?1",
             params![user_id, salt],
         )?;
         let mut statement = self
-            .0
+            .conn
             .prepare_cached("INSERT INTO backup_codes (user_id, hash) VALUES (?1, ?2)")?;
         for hash in hashes {
             statement.execute(params![user_id, &hash[..]])?;
@@ -430,11 +909,11 @@ impl Db<'_> {
 
     pub fn set_enabled(&self, user_id: i64, token_id: Option<i64>, enabled: bool) -> Result<u64, StoreError> {
         let changed = match token_id {
-            Some(token) => self.0.execute(
+            Some(token) => self.conn.execute(
                 "UPDATE tokens SET enabled = ?3 WHERE user_id = ?1 AND id = ?2 AND enabled != ?3",
                 params![user_id, token, enabled],
             )?,
-            None => self.0.execute(
+            None => self.conn.execute(
                 "UPDATE tokens SET enabled = ?2 WHERE user_id = ?1 AND enabled != ?2",
                 params![user_id, enabled],
             )?,
@@ -443,31 +922,55 @@ impl Db<'_> {
     }
 
     pub fn remove_token(&self, user_id: i64, token_id: i64) -> Result<u64, StoreError> {
-        let changed = self.0.execute(
+        let changed = self.conn.execute(
             "DELETE FROM tokens WHERE user_id = ?1 AND id = ?2",
             params![user_id, token_id],
         )?;
+        self.conn.prepare_cached(REFRESH_TOKEN_IDS)?.execute([user_id])?;
         Ok(changed as u64)
     }
 
     pub fn remove_account(&self, user_id: i64) -> Result<u64, StoreError> {
-        let changed = self.0.execute("DELETE FROM users WHERE id = ?1", [user_id])?;
+        let changed = self.conn.execute("DELETE FROM users WHERE id = ?1", [user_id])?;
         Ok(changed as u64)
     }
 
     /// Names of all accounts, sorted.
     pub fn account_names(&self) -> Result<Vec<String>, StoreError> {
-        let mut statement = self.0.prepare_cached("SELECT name FROM users ORDER BY name")?;
+        let mut statement = self.conn.prepare_cached("SELECT name FROM users ORDER BY name")?;
         let rows = statement.query_map([], |row| row.get(0))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Numbers of accounts and tokens.
     pub fn counts(&self) -> Result<(u64, u64), StoreError> {
-        let users: i64 = self.0.query_row("SELECT count(*) FROM users", [], |row| row.get(0))?;
-        let tokens: i64 = self.0.query_row("SELECT count(*) FROM tokens", [], |row| row.get(0))?;
+        let users: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM users", [], |row| row.get(0))?;
+        let tokens: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM tokens", [], |row| row.get(0))?;
         Ok((to_u64(users)?, to_u64(tokens)?))
     }
+}
+
+fn raw_token(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawToken> {
+    Ok(RawToken {
+        id: row.get(0)?,
+        kind: row.get(1)?,
+        algorithm: row.get(2)?,
+        digits: row.get(3)?,
+        period: row.get(4)?,
+        counter: row.get(5)?,
+        last_step: row.get(6)?,
+        drift: row.get(7)?,
+        enabled: row.get(8)?,
+        label: row.get(9)?,
+        created: row.get(10)?,
+        last_used: row.get(11)?,
+        sealed_seed: row.get(12)?,
+        sealed_pin: row.get(13)?,
+    })
 }
 
 struct RawToken {
@@ -531,4 +1034,247 @@ fn to_u64(value: i64) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt {
         what: format!("negative value {value}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    fn settings(counter: u64) -> TokenSettings {
+        TokenSettings {
+            kind: Kind::Hotp,
+            algorithm: Algorithm::Sha1,
+            digits: 6,
+            period: 30,
+            state: State {
+                counter,
+                last_step: None,
+                drift: 0,
+            },
+            label: None,
+        }
+    }
+
+    fn hotp_state(counter: u64) -> State {
+        State {
+            counter,
+            last_step: None,
+            drift: 0,
+        }
+    }
+
+    /// Runs `work` in one committed transaction, as the engine does.
+    fn batch<T>(store: &mut Store, work: impl FnOnce(Db<'_>) -> T) -> T {
+        let (tx, uses) = store.begin().unwrap();
+        let result = work(Db { conn: &tx, uses });
+        tx.commit().unwrap();
+        uses.committed();
+        result
+    }
+
+    fn enroll(store: &mut Store, user: &str, counter: u64) -> (i64, i64) {
+        batch(store, |db| {
+            let user_id = db.ensure_account(user).unwrap();
+            let token_id = db.insert_token(user_id, &settings(counter), 100).unwrap();
+            db.set_sealed(token_id, b"sealed", None).unwrap();
+            (user_id, token_id)
+        })
+    }
+
+    fn log_rows(store: &Store) -> i64 {
+        store
+            .conn
+            .query_row("SELECT count(*) FROM token_uses", [], |row| row.get(0))
+            .unwrap()
+    }
+
+    /// Folds as a batch would at `at`.
+    fn fold(store: &mut Store, at: Instant) {
+        let (tx, uses) = store.begin().unwrap();
+        uses.fold(&tx, at).unwrap();
+        tx.commit().unwrap();
+        uses.committed();
+    }
+
+    #[test]
+    fn a_use_is_logged_then_folded_into_its_row_and_the_log_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state")).unwrap();
+        let (user_id, token_id) = enroll(&mut store, "alice", 5);
+
+        let moved = batch(&mut store, |db| {
+            db.advance_token(token_id, &hotp_state(5), &hotp_state(6), 200).unwrap()
+        });
+        assert!(moved);
+        // The row is untouched; the state comes from the log.
+        assert_eq!(store.db().stored_state(token_id).unwrap(), Some(hotp_state(5)));
+        let token = &store.db().tokens(user_id).unwrap()[0];
+        assert_eq!((token.state, token.last_used), (hotp_state(6), Some(200)));
+        assert_eq!(log_rows(&store), 1);
+        // The old state no longer moves the token: the one-use rule.
+        let again = batch(&mut store, |db| {
+            db.advance_token(token_id, &hotp_state(5), &hotp_state(6), 201).unwrap()
+        });
+        assert!(!again);
+
+        let start = Instant::now();
+        fold(&mut store, start);
+        assert_eq!(store.db().stored_state(token_id).unwrap(), Some(hotp_state(6)));
+        assert_eq!(store.uses.unfolded(), 0);
+        // The use came after the first sweep began, so the second one
+        // deletes its row.
+        fold(&mut store, start + SWEEP_PERIOD);
+        assert_eq!(log_rows(&store), 0);
+        let token = &store.db().tokens(user_id).unwrap()[0];
+        assert_eq!((token.state, token.last_used), (hotp_state(6), Some(200)));
+    }
+
+    #[test]
+    fn a_restart_replays_the_log_and_keeps_codes_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut store = Store::open(&state).unwrap();
+        let (user_id, token_id) = enroll(&mut store, "alice", 5);
+        for counter in 5..8 {
+            let moved = batch(&mut store, |db| {
+                db.advance_token(token_id, &hotp_state(counter), &hotp_state(counter + 1), 300 + counter)
+                    .unwrap()
+            });
+            assert!(moved);
+        }
+        drop(store);
+
+        let mut store = Store::open(&state).unwrap();
+        let token = &store.db().tokens(user_id).unwrap()[0];
+        assert_eq!((token.state, token.last_used), (hotp_state(8), Some(307)));
+        for stale in 5..8 {
+            let moved = batch(&mut store, |db| {
+                db.advance_token(token_id, &hotp_state(stale), &hotp_state(stale + 1), 400)
+                    .unwrap()
+            });
+            assert!(!moved, "state {stale} moved the token again after a restart");
+        }
+    }
+
+    #[test]
+    fn a_sweep_passes_every_token_before_it_deletes_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut store = Store::open(&state).unwrap();
+        let tokens: Vec<(i64, i64)> = (0..50).map(|i| enroll(&mut store, &format!("u{i}"), 0)).collect();
+        for &(_, token_id) in &tokens {
+            batch(&mut store, |db| {
+                db.advance_token(token_id, &hotp_state(0), &hotp_state(1), 10).unwrap()
+            });
+        }
+        // Many short folds, each passing a small range of ids, with uses
+        // of tokens both behind and ahead of the sweep in between.
+        let start = Instant::now();
+        for round in 0..400u64 {
+            fold(&mut store, start + SWEEP_PERIOD * u32::try_from(round).unwrap() / 100);
+            let (_, token_id) = tokens[usize::try_from(round * 7).unwrap() % tokens.len()];
+            let newest = store.uses.newest(token_id).map_or_else(
+                || store.db().stored_state(token_id).unwrap().unwrap(),
+                |used| used.state,
+            );
+            let next = hotp_state(newest.counter + 1);
+            batch(&mut store, |db| {
+                db.advance_token(token_id, &newest, &next, 20 + round).unwrap()
+            });
+        }
+        let expected: Vec<State> = tokens
+            .iter()
+            .map(|&(user_id, _)| store.db().tokens(user_id).unwrap()[0].state)
+            .collect();
+        drop(store);
+        // Whatever the sweep deleted, a restart sees the same states.
+        let store = Store::open(&state).unwrap();
+        let after: Vec<State> = tokens
+            .iter()
+            .map(|&(user_id, _)| store.db().tokens(user_id).unwrap()[0].state)
+            .collect();
+        assert_eq!(after, expected);
+        // Four sweeps ran; only rows of the last two can be left.
+        assert!(
+            log_rows(&store) <= 200,
+            "the log was not trimmed: {} rows",
+            log_rows(&store)
+        );
+    }
+
+    #[test]
+    fn rolled_back_uses_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state")).unwrap();
+        let (_, token_id) = enroll(&mut store, "alice", 5);
+        let (tx, uses) = store.begin().unwrap();
+        let db = Db { conn: &tx, uses };
+        let mark = uses.mark();
+        assert!(db.advance_token(token_id, &hotp_state(5), &hotp_state(6), 1).unwrap());
+        uses.rollback_to(mark);
+        assert_eq!(uses.newest(token_id), None);
+        assert!(db.advance_token(token_id, &hotp_state(5), &hotp_state(7), 1).unwrap());
+        drop(tx);
+        uses.rolled_back();
+        assert_eq!(uses.newest(token_id), None);
+        assert_eq!(store.db().stored_state(token_id).unwrap(), Some(hotp_state(5)));
+        assert_eq!(log_rows(&store), 0);
+    }
+
+    #[test]
+    fn token_ids_follow_enrolment_and_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state")).unwrap();
+        let (user_id, first) = enroll(&mut store, "alice", 0);
+        let (_, second) = enroll(&mut store, "alice", 0);
+        let account = store.db().account("alice").unwrap().unwrap();
+        assert_eq!(account.token_ids, vec![first, second]);
+        assert_eq!(
+            store.db().tokens_of(&account).unwrap(),
+            store.db().tokens(user_id).unwrap()
+        );
+        batch(&mut store, |db| db.remove_token(user_id, first).unwrap());
+        let account = store.db().account("alice").unwrap().unwrap();
+        assert_eq!(account.token_ids, vec![second]);
+        assert_eq!(store.db().tokens_of(&account).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_version_1_database_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::DirBuilder::new().mode(0o700).create(&state).unwrap();
+        let conn = Connection::open(state.join(DB_FILE)).unwrap();
+        // The tables of version 1, before `token_uses` and `token_ids`.
+        conn.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                 failures INTEGER NOT NULL DEFAULT 0, locked_until INTEGER, backup_salt BLOB);
+             CREATE TABLE tokens (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                 kind TEXT NOT NULL, algorithm TEXT NOT NULL, digits INTEGER NOT NULL,
+                 period INTEGER NOT NULL, counter INTEGER NOT NULL, last_step INTEGER,
+                 drift INTEGER NOT NULL DEFAULT 0, enabled INTEGER NOT NULL DEFAULT 1, label TEXT,
+                 created INTEGER NOT NULL, last_used INTEGER, sealed_seed BLOB NOT NULL, sealed_pin BLOB);
+             CREATE INDEX tokens_by_user ON tokens(user_id);
+             CREATE TABLE backup_codes (id INTEGER PRIMARY KEY,
+                 user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                 hash BLOB NOT NULL, used_at INTEGER);
+             CREATE INDEX backup_codes_by_user ON backup_codes(user_id);
+             INSERT INTO meta VALUES ('schema_version', CAST('1' AS BLOB));
+             INSERT INTO users (id, name) VALUES (7, 'alice'), (8, 'bob');
+             INSERT INTO tokens (id, user_id, kind, algorithm, digits, period, counter, created, sealed_seed)
+                 VALUES (3, 7, 'hotp', 'sha1', 6, 30, 4, 1, x'00'),
+                        (9, 7, 'hotp', 'sha1', 6, 30, 0, 1, x'00');",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(&state).unwrap();
+        assert_eq!(store.db().meta("schema_version").unwrap(), Some(b"2".to_vec()));
+        let alice = store.db().account("alice").unwrap().unwrap();
+        assert_eq!(alice.token_ids, vec![3, 9]);
+        assert_eq!(store.db().tokens_of(&alice).unwrap()[0].state, hotp_state(4));
+        assert!(store.db().account("bob").unwrap().unwrap().token_ids.is_empty());
+    }
 }
