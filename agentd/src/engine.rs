@@ -315,7 +315,8 @@ impl Engine {
     }
 }
 
-/// The WAL sync thread: syncs once for every batch waiting, then replies.
+/// Syncs once for every batch waiting, then replies; the body of the WAL
+/// sync thread.
 fn sync_and_reply(wal: &mut WalSync, synced: &std::sync::mpsc::Receiver<Vec<Pending>>) {
     while let Ok(mut pending) = synced.recv() {
         while let Ok(more) = synced.try_recv() {

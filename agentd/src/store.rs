@@ -2,7 +2,8 @@
 //!
 //! The database runs in WAL mode. A commit writes its pages to the WAL, and
 //! the engine sends no reply of the batch until a [`WalSync`] has synced the
-//! WAL file to disk, so an answered request survives a crash or power loss.
+//! WAL file to disk, so every reply reports a change that survives a crash
+//! or power loss.
 //! SQLite itself runs with `synchronous = NORMAL`: it syncs before and after
 //! checkpoints, which keeps the database consistent, and leaves the sync of
 //! each commit to [`WalSync`]. That sync can then run on its own thread while
@@ -23,9 +24,9 @@
 //! order, so a commit of a hundred accepts writes two or three pages instead
 //! of a hundred pages scattered over the `tokens` table.
 //!
-//! The log is folded back into `tokens` by a sweep in token-id order (see
-//! [`UseLog::fold`]): each batch copies the states of the next range of ids,
-//! so one page write carries every token on that page used since the last
+//! A sweep in token-id order folds the log back into `tokens` (see
+//! [`UseLog::fold`]). Each batch copies the states of the next range of ids.
+//! So one page write carries every token on that page used since the last
 //! sweep. When a sweep has passed every id, every log row written before it
 //! began is either folded or replaced by a newer row, and those rows are
 //! deleted. Folds and deletions run in the batch's transaction, so after a
@@ -260,7 +261,7 @@ impl Store {
         self.sync.sync()
     }
 
-    /// A second [`WalSync`] for this database, for a thread of its own.
+    /// Returns a second [`WalSync`] for this database, for a thread of its own.
     pub fn wal_sync(&self) -> WalSync {
         WalSync::new(&self.path)
     }
@@ -374,7 +375,7 @@ struct Uses {
     fold: Option<Fold>,
 }
 
-/// What a fold changes in memory once its transaction commits.
+/// Changes a fold makes in memory once its transaction commits.
 struct Fold {
     /// Token ids and the sequence numbers of the uses copied to `tokens`.
     folded: Vec<(i64, i64)>,
@@ -410,7 +411,7 @@ impl UseLog {
         Ok(())
     }
 
-    /// The newest use of a token, staged or committed.
+    /// Returns the newest use of a token, staged or committed.
     pub fn newest(&self, token_id: i64) -> Option<Use> {
         let uses = self.inner.borrow();
         let staged = uses.staged.iter().rev().find(|(id, _)| *id == token_id);
@@ -424,7 +425,7 @@ impl UseLog {
         self.inner.borrow().committed.len()
     }
 
-    /// A point to roll the staged uses back to.
+    /// Returns a point to roll the staged uses back to.
     pub fn mark(&self) -> usize {
         self.inner.borrow().staged.len()
     }
@@ -512,6 +513,7 @@ impl UseLog {
         };
         let end = uses.cursor.saturating_add(i64::try_from(advance).unwrap_or(i64::MAX));
         let excess = uses.committed.len().saturating_sub(MAX_UNFOLDED);
+
         let mut folded = Vec::new();
         let mut cursor = uses.cursor;
         let mut update = conn.prepare_cached(
@@ -535,6 +537,7 @@ impl UseLog {
         if folded.len() < MAX_FOLD_PER_BATCH && folded.len() >= excess {
             cursor = cursor.max(end);
         }
+
         let sweep_done = cursor > last_id;
         if sweep_done {
             delete_log(conn, uses.sweep_start_seq)?;
@@ -635,7 +638,7 @@ fn prepare_state_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Statements on a connection, transaction or savepoint, with the use log
-/// that holds the newest token states.
+/// that contains the newest token states.
 #[derive(Clone, Copy)]
 pub struct Db<'c> {
     pub conn: &'c Connection,
@@ -700,7 +703,7 @@ impl Db<'_> {
         }))
     }
 
-    /// The salt of the account's backup-code hashes, if it has codes.
+    /// Returns the salt of the account's backup-code hashes, if it has codes.
     pub fn backup_salt(&self, user_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
         let mut statement = self
             .conn
@@ -718,7 +721,7 @@ impl Db<'_> {
         Ok(statement.query_row([name], |row| row.get(0))?)
     }
 
-    /// The tokens of a user, found through `tokens_by_user`.
+    /// Returns the tokens of a user, found through `tokens_by_user`.
     pub fn tokens(&self, user_id: i64) -> Result<Vec<TokenRow>, StoreError> {
         let mut statement = self.conn.prepare_cached(
             "SELECT id, kind, algorithm, digits, period, counter, last_step, drift, enabled, label,
@@ -733,8 +736,8 @@ impl Db<'_> {
         Ok(tokens)
     }
 
-    /// The tokens of an account, found by the ids in its row. The same as
-    /// [`Db::tokens`], reading one B-tree fewer.
+    /// Returns the tokens of an account, found by the ids in its row. The
+    /// result equals [`Db::tokens`], with one B-tree fewer to read.
     pub fn tokens_of(&self, account: &Account) -> Result<Vec<TokenRow>, StoreError> {
         let mut statement = self.conn.prepare_cached(
             "SELECT id, kind, algorithm, digits, period, counter, last_step, drift, enabled, label,
@@ -801,7 +804,7 @@ impl Db<'_> {
 
     /// Moves a token from `old` to `new` state unless it has moved since it
     /// was read, and returns whether it did. This is the one-use rule. Only
-    /// the engine thread writes, so comparing with the newest state it knows
+    /// the engine thread writes, so comparing with the newest state in memory
     /// is enough; the new state goes to the use log.
     pub fn advance_token(&self, token_id: i64, old: &State, new: &State, now: u64) -> Result<bool, StoreError> {
         let current = match self.uses.newest(token_id) {
@@ -832,7 +835,7 @@ impl Db<'_> {
         Ok(true)
     }
 
-    /// The state in the `tokens` row, without the use log.
+    /// Reads the state in the `tokens` row, without the use log.
     fn stored_state(&self, token_id: i64) -> Result<Option<State>, StoreError> {
         let mut statement = self
             .conn
@@ -1098,7 +1101,7 @@ mod tests {
     }
 
     #[test]
-    fn a_use_is_logged_then_folded_into_its_row_and_the_log_emptied() {
+    fn use_log_folds_a_use_into_its_row() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("state")).unwrap();
         let (user_id, token_id) = enroll(&mut store, "alice", 5);
@@ -1131,7 +1134,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_replays_the_log_and_keeps_codes_used() {
+    fn use_log_replays_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let mut store = Store::open(&state).unwrap();
@@ -1158,7 +1161,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sweep_passes_every_token_before_it_deletes_their_rows() {
+    fn sweep_passes_every_token_before_deleting() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let mut store = Store::open(&state).unwrap();
@@ -1168,6 +1171,7 @@ mod tests {
                 db.advance_token(token_id, &hotp_state(0), &hotp_state(1), 10).unwrap()
             });
         }
+
         // Many short folds, each passing a small range of ids, with uses
         // of tokens both behind and ahead of the sweep in between.
         let start = Instant::now();
@@ -1183,12 +1187,14 @@ mod tests {
                 db.advance_token(token_id, &newest, &next, 20 + round).unwrap()
             });
         }
+
         let expected: Vec<State> = tokens
             .iter()
             .map(|&(user_id, _)| store.db().tokens(user_id).unwrap()[0].state)
             .collect();
         drop(store);
-        // Whatever the sweep deleted, a restart sees the same states.
+
+        // Whatever the sweep deleted, a restart reads the same states.
         let store = Store::open(&state).unwrap();
         let after: Vec<State> = tokens
             .iter()
@@ -1204,7 +1210,7 @@ mod tests {
     }
 
     #[test]
-    fn rolled_back_uses_are_forgotten() {
+    fn use_log_forgets_rolled_back_uses() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("state")).unwrap();
         let (_, token_id) = enroll(&mut store, "alice", 5);
@@ -1241,7 +1247,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_database_is_upgraded() {
+    fn schema_version_1_is_upgraded() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         fs::DirBuilder::new().mode(0o700).create(&state).unwrap();
@@ -1269,6 +1275,7 @@ mod tests {
                         (9, 7, 'hotp', 'sha1', 6, 30, 0, 1, x'00');",
         )
         .unwrap();
+
         drop(conn);
         let store = Store::open(&state).unwrap();
         assert_eq!(store.db().meta("schema_version").unwrap(), Some(b"2".to_vec()));
