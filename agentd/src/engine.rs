@@ -214,13 +214,22 @@ impl Engine {
     ///
     /// The WAL sync of a batch runs on a second thread, so that the engine
     /// decides the next batch meanwhile. The replies of a batch that wrote
-    /// leave from that thread after the sync.
+    /// leave from that thread after the sync. So do the replies of a batch
+    /// that did not write while an earlier one waits for its sync, so that
+    /// no reply reports a change that is not on disk yet.
     pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        let (to_sync, synced) = std::sync::mpsc::channel::<Vec<Pending>>();
-        let mut wal = self.store.wal_sync();
-        let syncer = std::thread::Builder::new()
-            .name("wal-sync".into())
-            .spawn(move || sync_and_reply(&mut wal, &synced));
+        let (to_sync, synced) = std::sync::mpsc::channel::<Synced>();
+        let waiting = Arc::new(AtomicU64::new(0));
+        let syncer = match self.store.wal_sync() {
+            Ok(mut wal) => {
+                let waiting = Arc::clone(&waiting);
+                std::thread::Builder::new()
+                    .name("wal-sync".into())
+                    .spawn(move || sync_and_reply(&mut wal, &synced, &waiting))
+                    .map_err(|err| err.to_string())
+            }
+            Err(err) => Err(err.to_string()),
+        };
         let syncer = match syncer {
             Ok(handle) => Some(handle),
             Err(err) => {
@@ -237,12 +246,22 @@ impl Engine {
                 }
             }
             let (pending, wrote) = self.decide(batch);
-            if !wrote {
+            if syncer.is_none() {
+                if wrote {
+                    self.sync_and_reply(pending);
+                } else {
+                    pending.into_iter().for_each(Pending::send);
+                }
+                continue;
+            }
+            if !wrote && waiting.load(Ordering::SeqCst) == 0 {
                 pending.into_iter().for_each(Pending::send);
-            } else if syncer.is_none() {
-                self.sync_and_reply(pending);
-            } else if let Err(unsent) = to_sync.send(pending) {
-                self.sync_and_reply(unsent.0);
+                continue;
+            }
+            waiting.fetch_add(1, Ordering::SeqCst);
+            if let Err(unsent) = to_sync.send(Synced { pending, wrote }) {
+                waiting.fetch_sub(1, Ordering::SeqCst);
+                self.sync_and_reply(unsent.0.pending);
             }
         }
         drop(to_sync);
@@ -266,7 +285,7 @@ impl Engine {
     fn sync_and_reply(&mut self, pending: Vec<Pending>) {
         match self.store.sync() {
             Ok(()) => pending.into_iter().for_each(Pending::send),
-            Err(err) => fail_unsynced(pending, err),
+            Err(err) => fail_unsynced(pending, &err),
         }
     }
 
@@ -291,6 +310,11 @@ impl Engine {
                     Job::Maintain => {}
                     job => pending.extend(run_job(&tx, log, cipher, settings, unknown, job, now)),
                 }
+                // After some errors SQLite ends the transaction by itself.
+                // Later savepoints would then commit one by one.
+                if tx.is_autocommit() {
+                    return Err(StoreError::TransactionLost);
+                }
             }
             log.fold(&tx, std::time::Instant::now())?;
             wrote = tx.total_changes() != changes_before;
@@ -302,7 +326,9 @@ impl Engine {
                 uses.inspect(|log| log.committed());
             }
             Err(err) => {
-                uses.inspect(|log| log.rolled_back());
+                // Whether or not the staged uses reached the disk, keeping
+                // them can only reject a code that the disk would accept.
+                uses.inspect(|log| log.keep_staged());
                 tracing::error!(error = %err, requests = pending.len(), "database commit failed; replying with an error to every request of the batch");
                 let error = EngineError::from(err);
                 std::mem::take(&mut pending).into_iter().for_each(|p| p.fail(&error));
@@ -315,24 +341,49 @@ impl Engine {
     }
 }
 
+/// The replies of one batch, for the WAL sync thread.
+struct Synced {
+    pending: Vec<Pending>,
+    /// The batch wrote to the database.
+    wrote: bool,
+}
+
 /// Syncs once for every batch waiting, then replies; the body of the WAL
-/// sync thread.
-fn sync_and_reply(wal: &mut WalSync, synced: &std::sync::mpsc::Receiver<Vec<Pending>>) {
-    while let Ok(mut pending) = synced.recv() {
+/// sync thread. `waiting` counts the batches sent to it whose replies are
+/// not sent yet.
+///
+/// A failed sync stops the process. Linux may have dropped the pages that
+/// failed to reach the disk, so no later sync can vouch for them. The service
+/// manager restarts the agent, and its start-up checkpoint writes the WAL
+/// into the database from what the page cache still has.
+fn sync_and_reply(wal: &mut WalSync, synced: &std::sync::mpsc::Receiver<Synced>, waiting: &AtomicU64) {
+    while let Ok(first) = synced.recv() {
+        let mut batches = vec![first];
         while let Ok(more) = synced.try_recv() {
-            pending.extend(more);
+            batches.push(more);
         }
-        match wal.sync() {
+        let count = u64::try_from(batches.len()).unwrap_or(u64::MAX);
+        let wrote = batches.iter().any(|batch| batch.wrote);
+        let pending: Vec<Pending> = batches.into_iter().flat_map(|batch| batch.pending).collect();
+        let result = if wrote { wal.sync() } else { Ok(()) };
+        match result {
             Ok(()) => pending.into_iter().for_each(Pending::send),
-            Err(err) => fail_unsynced(pending, err),
+            Err(err) => {
+                fail_unsynced(pending, &err);
+                tracing::error!("stopping the agent: after a failed sync no commit can be called durable; the restart copies the WAL into the database");
+                std::process::exit(1);
+            }
         }
+        waiting.fetch_sub(count, Ordering::SeqCst);
     }
 }
 
 /// Replies with an error to requests whose commit could not be synced.
-fn fail_unsynced(pending: Vec<Pending>, err: StoreError) {
+fn fail_unsynced(pending: Vec<Pending>, err: &StoreError) {
     tracing::error!(error = %err, requests = pending.len(), "cannot sync the database to disk; replying with an error to every request of the batch");
-    let error = EngineError::from(err);
+    let error = EngineError {
+        message: err.to_string(),
+    };
     pending.into_iter().for_each(|p| p.fail(&error));
 }
 

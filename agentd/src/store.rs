@@ -38,6 +38,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use freeauth_otp::{Algorithm, Kind, State};
@@ -117,8 +119,15 @@ const REFRESH_TOKEN_IDS: &str = "UPDATE users SET token_ids =
 #[derive(Debug)]
 pub enum StoreError {
     Sqlite(rusqlite::Error),
-    Folder { path: String, reason: String },
-    Corrupt { what: String },
+    Folder {
+        path: String,
+        reason: String,
+    },
+    Corrupt {
+        what: String,
+    },
+    /// SQLite ended a batch's transaction by itself after an error.
+    TransactionLost,
 }
 
 impl std::fmt::Display for StoreError {
@@ -127,6 +136,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Sqlite(err) => write!(f, "database error: {err}"),
             StoreError::Folder { path, reason } => write!(f, "state folder {path}: {reason}"),
             StoreError::Corrupt { what } => write!(f, "database holds an invalid value: {what}"),
+            StoreError::TransactionLost => write!(f, "the database ended the transaction after an error"),
         }
     }
 }
@@ -182,7 +192,6 @@ pub struct TokenSettings {
 pub struct Store {
     conn: Connection,
     uses: UseLog,
-    path: PathBuf,
     sync: WalSync,
 }
 
@@ -210,42 +219,22 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
+        check_schema_version(&conn)?;
+        // Copies the WAL into the database and syncs both. After a failed
+        // sync in an earlier run, the pages that run wrote may still be in
+        // the page cache, and this writes them to disk again.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        // The WAL file is opened here, before this process writes to it, so
+        // that a write error later is reported to this handle.
+        let sync = WalSync::open(&path)?;
+        sync_folder(state_dir)?;
         let store = Store {
             conn,
             uses: UseLog::default(),
-            sync: WalSync::new(&path),
-            path,
+            sync,
         };
-        store.check_schema_version()?;
-        store.conn.execute_batch(INDEXES)?;
         store.uses.load(&store.conn)?;
         Ok(store)
-    }
-
-    fn check_schema_version(&self) -> Result<(), StoreError> {
-        let db = self.db();
-        let current = SCHEMA_VERSION.to_string();
-        match db.meta("schema_version")? {
-            // Version 1 differs only by the missing `token_uses`, which the
-            // schema above has just created.
-            None => db.set_meta("schema_version", current.as_bytes()),
-            Some(value) if value == b"1" => {
-                let tx = self.conn.unchecked_transaction()?;
-                tx.execute_batch(
-                    "ALTER TABLE users ADD COLUMN token_ids TEXT;
-                     UPDATE users SET token_ids =
-                         (SELECT group_concat(id, ',') FROM (SELECT id FROM tokens WHERE user_id = users.id ORDER BY id));",
-                )?;
-                self.db().set_meta("schema_version", current.as_bytes())?;
-                tx.commit()?;
-                tracing::info!("database schema upgraded from version 1 to {current}");
-                Ok(())
-            }
-            Some(value) if value == current.as_bytes() => Ok(()),
-            Some(_) => Err(StoreError::Corrupt {
-                what: format!("schema_version is not {current}; this database was written by a newer FreeAuth version"),
-            }),
-        }
     }
 
     /// Starts the transaction a batch of requests runs in, with the use log
@@ -261,9 +250,10 @@ impl Store {
         self.sync.sync()
     }
 
-    /// Returns a second [`WalSync`] for this database, for a thread of its own.
-    pub fn wal_sync(&self) -> WalSync {
-        WalSync::new(&self.path)
+    /// Returns a second [`WalSync`] for this database, for a thread of its
+    /// own. It shares the open file and the failure state of the first.
+    pub fn wal_sync(&self) -> Result<WalSync, StoreError> {
+        self.sync.try_clone()
     }
 
     /// Read access outside a batch (start-up checks).
@@ -285,46 +275,118 @@ impl Store {
 /// restarts.
 pub struct WalSync {
     path: PathBuf,
-    file: Option<File>,
-    failed: bool,
+    file: File,
+    failed: Arc<AtomicBool>,
 }
 
 impl WalSync {
-    fn new(database: &Path) -> WalSync {
+    fn open(database: &Path) -> Result<WalSync, StoreError> {
         let mut name = database.as_os_str().to_owned();
         name.push("-wal");
-        WalSync {
-            path: PathBuf::from(name),
-            file: None,
-            failed: false,
-        }
+        let path = PathBuf::from(name);
+        let file = File::open(&path).map_err(|err| StoreError::Folder {
+            path: path.display().to_string(),
+            reason: format!("cannot open the WAL file: {err}"),
+        })?;
+        Ok(WalSync {
+            path,
+            file,
+            failed: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn try_clone(&self) -> Result<WalSync, StoreError> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|err| self.error(format!("cannot duplicate its handle: {err}")))?;
+        Ok(WalSync {
+            path: self.path.clone(),
+            file,
+            failed: Arc::clone(&self.failed),
+        })
     }
 
     /// Syncs the WAL file to disk.
     pub fn sync(&mut self) -> Result<(), StoreError> {
-        let failure = |path: &Path, reason: String| StoreError::Folder {
-            path: path.display().to_string(),
-            reason,
-        };
-        if self.failed {
-            return Err(failure(
-                &self.path,
-                "an earlier sync failed, so no commit can be called durable; restart the agent".into(),
-            ));
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(
+                self.error("an earlier sync failed, so no commit can be called durable; restart the agent".into())
+            );
         }
-        let file = match &mut self.file {
-            Some(file) => file,
-            None => {
-                let opened =
-                    File::open(&self.path).map_err(|err| failure(&self.path, format!("cannot open it: {err}")))?;
-                self.file.insert(opened)
-            }
-        };
-        file.sync_data().map_err(|err| {
-            self.failed = true;
-            failure(&self.path, format!("sync failed: {err}"))
+        self.file.sync_data().map_err(|err| {
+            self.failed.store(true, Ordering::SeqCst);
+            self.error(format!("sync failed: {err}"))
         })
     }
+
+    fn error(&self, reason: String) -> StoreError {
+        StoreError::Folder {
+            path: self.path.display().to_string(),
+            reason,
+        }
+    }
+}
+
+/// Syncs the state folder, so that the entries of the files SQLite created
+/// in it (the database, its WAL) survive a power loss.
+fn sync_folder(dir: &Path) -> Result<(), StoreError> {
+    let failed = |err: std::io::Error| StoreError::Folder {
+        path: dir.display().to_string(),
+        reason: format!("cannot sync the folder: {err}"),
+    };
+    File::open(dir).and_then(|folder| folder.sync_all()).map_err(failed)
+}
+
+/// Brings the tables up to date and creates the indexes, in one transaction.
+///
+/// The columns decide what to add, not the version row: a version 1 agent
+/// stopped between creating its tables and writing `schema_version` left
+/// version 1 tables without a version.
+fn check_schema_version(conn: &Connection) -> Result<(), StoreError> {
+    let current = SCHEMA_VERSION.to_string();
+    let read_version = |conn: &Connection| -> Result<Option<Vec<u8>>, StoreError> {
+        let mut statement = conn.prepare("SELECT value FROM meta WHERE key = 'schema_version'")?;
+        Ok(statement.query_row([], |row| row.get(0)).optional()?)
+    };
+    let version = read_version(conn)?;
+
+    match version.as_deref() {
+        None | Some(b"1") => {}
+        Some(value) if value == current.as_bytes() => {}
+        Some(_) => {
+            return Err(StoreError::Corrupt {
+                what: format!("schema_version is not {current}; this database was written by a newer FreeAuth version"),
+            })
+        }
+    }
+
+    let tx = conn.unchecked_transaction()?;
+    let has_token_ids: i64 = tx.query_row(
+        "SELECT count(*) FROM pragma_table_info('users') WHERE name = 'token_ids'",
+        [],
+        |row| row.get(0),
+    )?;
+    if has_token_ids == 0 {
+        tx.execute_batch(
+            "ALTER TABLE users ADD COLUMN token_ids TEXT;
+             UPDATE users SET token_ids =
+                 (SELECT group_concat(id, ',') FROM (SELECT id FROM tokens WHERE user_id = users.id ORDER BY id));",
+        )?;
+    }
+    tx.execute_batch(INDEXES)?;
+    if version.as_deref() != Some(current.as_bytes()) {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = ?1",
+            [current.as_bytes()],
+        )?;
+    }
+    tx.commit()?;
+    if version.as_deref() == Some(b"1") {
+        tracing::info!("database schema upgraded from version 1 to {current}");
+    }
+    Ok(())
 }
 
 /// How long a sweep of the use log takes at most, whatever the load.
@@ -447,6 +509,19 @@ impl UseLog {
         uses.staged.clear();
         uses.staged_newest.clear();
         uses.fold = None;
+    }
+
+    /// Keeps the staged uses of a transaction whose outcome is unknown, and
+    /// drops its fold. Memory may then be ahead of the disk, which rejects
+    /// codes the disk would accept and never the other way round.
+    pub fn keep_staged(&self) {
+        let mut uses = self.inner.borrow_mut();
+        uses.fold = None;
+        let staged = std::mem::take(&mut uses.staged);
+        uses.staged_newest.clear();
+        for (token_id, used) in staged {
+            uses.committed.insert(token_id, used);
+        }
     }
 
     /// Makes the staged uses and the fold of a committed transaction current.
@@ -924,6 +999,9 @@ impl Db<'_> {
         Ok(changed as u64)
     }
 
+    // NOTE: the token's rows in `token_uses`, and its state in memory, stay
+    // until the sweep passes them. That is safe only because AUTOINCREMENT
+    // never gives a removed token's id to a new one.
     pub fn remove_token(&self, user_id: i64, token_id: i64) -> Result<u64, StoreError> {
         let changed = self.conn.execute(
             "DELETE FROM tokens WHERE user_id = ?1 AND id = ?2",
@@ -1283,5 +1361,182 @@ mod tests {
         assert_eq!(alice.token_ids, vec![3, 9]);
         assert_eq!(store.db().tokens_of(&alice).unwrap()[0].state, hotp_state(4));
         assert!(store.db().account("bob").unwrap().unwrap().token_ids.is_empty());
+    }
+
+    /// A small xorshift generator, so that a failing run can be repeated.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, bound: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % bound
+        }
+    }
+
+    /// Newest state of every token of `tokens`, as the engine reads it.
+    fn states_seen(store: &Store, tokens: &BTreeMap<i64, (i64, u64)>) -> BTreeMap<i64, u64> {
+        let mut seen = BTreeMap::new();
+        for &(user_id, _) in tokens.values() {
+            for token in store.db().tokens(user_id).unwrap() {
+                seen.insert(token.id, token.state.counter);
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn use_log_survives_rollbacks_removals_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut store = Store::open(&state).unwrap();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        // Token id to (user id, counter the engine must see).
+        let mut model: BTreeMap<i64, (i64, u64)> = BTreeMap::new();
+        let mut clock = Instant::now();
+        let mut next_user = 0;
+        for step in 0..3000u64 {
+            match rng.below(100) {
+                // Enrols a token, sometimes for a user that had one removed.
+                0..=4 => {
+                    let name = format!("u{}", rng.below(next_user + 1));
+                    next_user += 1;
+                    let (user_id, token_id) = enroll(&mut store, &name, rng.below(50));
+                    let counter = store.db().stored_state(token_id).unwrap().unwrap().counter;
+                    model.insert(token_id, (user_id, counter));
+                }
+                5..=6 if !model.is_empty() => {
+                    let index = usize::try_from(rng.below(model.len() as u64)).unwrap();
+                    let (&token_id, &(user_id, _)) = model.iter().nth(index).unwrap();
+                    batch(&mut store, |db| db.remove_token(user_id, token_id).unwrap());
+                    model.remove(&token_id);
+                }
+                // A batch of accepts, each in a savepoint that may roll back.
+                // The batch commits, rolls back, or dies after its commit
+                // but before the use log learns of it, as with SIGKILL.
+                7..=69 if !model.is_empty() => {
+                    let ending = rng.below(10);
+                    let mut changes = Vec::new();
+                    {
+                        let (tx, uses) = store.begin().unwrap();
+                        let db = Db { conn: &tx, uses };
+                        let mut seen: BTreeMap<i64, u64> = BTreeMap::new();
+                        for _ in 0..rng.below(6) + 1 {
+                            let index = usize::try_from(rng.below(model.len() as u64)).unwrap();
+                            let (&token_id, &(_, counter)) = model.iter().nth(index).unwrap();
+                            let from = *seen.get(&token_id).unwrap_or(&counter);
+                            let to = from + 1 + rng.below(3);
+
+                            let mark = uses.mark();
+                            tx.execute_batch("SAVEPOINT job").unwrap();
+                            let moved = db
+                                .advance_token(token_id, &hotp_state(from), &hotp_state(to), step)
+                                .unwrap();
+                            assert!(moved, "step {step}: token {token_id} did not move from {from}");
+                            // A stale state never moves the token.
+                            if from > 0 {
+                                let stale = db
+                                    .advance_token(token_id, &hotp_state(from - 1), &hotp_state(to + 1), step)
+                                    .unwrap();
+                                assert!(!stale, "step {step}: token {token_id} moved from a stale state");
+                            }
+
+                            if rng.below(4) == 0 {
+                                tx.execute_batch("ROLLBACK TO job; RELEASE job").unwrap();
+                                uses.rollback_to(mark);
+                            } else {
+                                tx.execute_batch("RELEASE job").unwrap();
+                                seen.insert(token_id, to);
+                                changes.push((token_id, to));
+                            }
+                        }
+
+                        clock += Duration::from_millis(rng.below(3000));
+                        uses.fold(&tx, clock).unwrap();
+                        match ending {
+                            0 => {
+                                drop(tx);
+                                uses.rolled_back();
+                                changes.clear();
+                            }
+                            _ => {
+                                tx.commit().unwrap();
+                                if ending != 1 {
+                                    uses.committed();
+                                }
+                            }
+                        }
+                    }
+
+                    for (token_id, to) in changes {
+                        if let Some(entry) = model.get_mut(&token_id) {
+                            entry.1 = to;
+                        }
+                    }
+                    if ending == 1 {
+                        drop(store);
+                        store = Store::open(&state).unwrap();
+                    }
+                }
+                70..=97 => {
+                    clock += Duration::from_millis(rng.below(4000));
+                    fold(&mut store, clock);
+                }
+                _ => {
+                    drop(store);
+                    store = Store::open(&state).unwrap();
+                }
+            }
+
+            let expected: BTreeMap<i64, u64> = model.iter().map(|(&id, &(_, counter))| (id, counter)).collect();
+            assert_eq!(states_seen(&store, &model), expected, "step {step}");
+        }
+        let expected: BTreeMap<i64, u64> = model.iter().map(|(&id, &(_, counter))| (id, counter)).collect();
+        drop(store);
+        let store = Store::open(&state).unwrap();
+        assert_eq!(states_seen(&store, &model), expected);
+    }
+
+    #[test]
+    fn version_1_database_without_version_row_opens() {
+        // A version 1 agent created its tables before it wrote
+        // `schema_version`, so one killed in between left this behind.
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::DirBuilder::new().mode(0o700).create(&state).unwrap();
+        let conn = Connection::open(state.join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                 failures INTEGER NOT NULL DEFAULT 0, locked_until INTEGER, backup_salt BLOB);",
+        )
+        .unwrap();
+        drop(conn);
+
+        let opened = Store::open(&state);
+        let error = opened.as_ref().err().map(ToString::to_string);
+        drop(opened);
+
+        // Whatever the open did, a database marked version 2 has the column
+        // that version 2 reads.
+        let conn = Connection::open(state.join(DB_FILE)).unwrap();
+        let version: Option<Vec<u8>> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |row| {
+                row.get(0)
+            })
+            .optional()
+            .unwrap();
+        let columns: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('users') WHERE name = 'token_ids'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        if version.as_deref() == Some(b"2".as_slice()) {
+            assert_eq!(columns, 1, "marked version 2 without users.token_ids");
+        }
+        assert_eq!(error, None, "open failed");
     }
 }
