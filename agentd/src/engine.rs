@@ -254,9 +254,21 @@ impl Engine {
                 }
                 continue;
             }
-            if !wrote && waiting.load(Ordering::SeqCst) == 0 {
-                pending.into_iter().for_each(Pending::send);
-                continue;
+            if waiting.load(Ordering::SeqCst) == 0 {
+                if !wrote {
+                    pending.into_iter().for_each(Pending::send);
+                    continue;
+                }
+                // With no other request waiting there is nothing to overlap,
+                // and syncing here saves waking the sync thread.
+                if jobs.is_empty() {
+                    if let Err(err) = self.store.sync() {
+                        fail_unsynced(pending, &err);
+                        stop_after_failed_sync();
+                    }
+                    pending.into_iter().for_each(Pending::send);
+                    continue;
+                }
             }
             waiting.fetch_add(1, Ordering::SeqCst);
             if let Err(unsent) = to_sync.send(Synced { pending, wrote }) {
@@ -370,12 +382,17 @@ fn sync_and_reply(wal: &mut WalSync, synced: &std::sync::mpsc::Receiver<Synced>,
             Ok(()) => pending.into_iter().for_each(Pending::send),
             Err(err) => {
                 fail_unsynced(pending, &err);
-                tracing::error!("stopping the agent: after a failed sync no commit can be called durable; the restart copies the WAL into the database");
-                std::process::exit(1);
+                stop_after_failed_sync();
             }
         }
         waiting.fetch_sub(count, Ordering::SeqCst);
     }
+}
+
+/// Stops the process after a failed WAL sync; see [`sync_and_reply`].
+fn stop_after_failed_sync() -> ! {
+    tracing::error!("stopping the agent: after a failed sync no commit can be called durable; the restart copies the WAL into the database");
+    std::process::exit(1);
 }
 
 /// Replies with an error to requests whose commit could not be synced.

@@ -62,9 +62,16 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Connects to `socket` within `timeout` and checks that the socket file
-    /// and the peer belong to `agent_user`.
-    pub fn connect(socket: &Path, agent_user: &str, timeout: Duration) -> Result<Agent, AgentError> {
+    /// Connects to `socket` within `timeout`, checks that the socket file
+    /// and the peer belong to `agent_user`, and looks up whether `user` has an
+    /// active token and is locked. The lookup travels with the hello, in one
+    /// round trip.
+    pub fn connect_and_lookup(
+        socket: &Path,
+        agent_user: &str,
+        timeout: Duration,
+        user: &str,
+    ) -> Result<(Agent, Account), AgentError> {
         let expected_uid = match nix::unistd::User::from_name(agent_user) {
             Ok(Some(user)) => user.uid.as_raw(),
             _ => {
@@ -91,30 +98,10 @@ impl Agent {
                 ),
             });
         }
-        let client =
-            Client::handshake(stream, "pam_freeauth", timeout).map_err(|source| AgentError::Protocol { source })?;
-        Ok(Agent { client })
-    }
-
-    /// Asks whether `user` has an active token and is locked.
-    pub fn lookup(&mut self, user: &str) -> Result<Account, AgentError> {
         let request = Request::Lookup { user: user.to_owned() };
-        match self.call(request)? {
-            Response::Account {
-                enrolled,
-                locked,
-                prompt,
-                code_lengths,
-                disabled,
-            } => Ok(Account {
-                enrolled,
-                locked,
-                prompt,
-                code_lengths,
-                disabled,
-            }),
-            other => Err(unexpected(&other)),
-        }
+        let (client, response) = Client::handshake_with(stream, "pam_freeauth", timeout, request)
+            .map_err(|source| AgentError::Protocol { source })?;
+        Ok((Agent { client }, account(response)?))
     }
 
     /// Verifies `code` for `user`.
@@ -131,6 +118,26 @@ impl Agent {
         self.client
             .call(request)
             .map_err(|source| AgentError::Protocol { source })
+    }
+}
+
+/// Reads the response to a lookup.
+fn account(response: Response) -> Result<Account, AgentError> {
+    match response {
+        Response::Account {
+            enrolled,
+            locked,
+            prompt,
+            code_lengths,
+            disabled,
+        } => Ok(Account {
+            enrolled,
+            locked,
+            prompt,
+            code_lengths,
+            disabled,
+        }),
+        other => Err(unexpected(&other)),
     }
 }
 

@@ -92,12 +92,9 @@ pub fn authenticate(host: &mut dyn Host, options: &Options) -> Outcome {
             return Outcome::PamFailed;
         }
     };
-    let mut agent = match Agent::connect(&options.socket, &options.agent_user, options.timeout) {
-        Ok(agent) => agent,
-        Err(err) => return unavailable(host, options, &user, &err),
-    };
-    let account = match agent.lookup(&user) {
-        Ok(account) => account,
+    let connected = Agent::connect_and_lookup(&options.socket, &options.agent_user, options.timeout, &user);
+    let (mut agent, account) = match connected {
+        Ok(pair) => pair,
         Err(AgentError::Refused { kind, message }) => return refused(host, options, "lookup", &user, kind, &message),
         Err(err) => return unavailable(host, options, &user, &err),
     };

@@ -70,24 +70,45 @@ impl Client {
 
     /// Exchanges the hello on an already connected stream.
     pub fn handshake(mut stream: UnixStream, client_name: &str, timeout: Duration) -> Result<Client, ClientError> {
-        stream.set_read_timeout(Some(timeout)).map_err(FrameError::Io)?;
-        stream.set_write_timeout(Some(timeout)).map_err(FrameError::Io)?;
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            client: client_name.to_owned(),
-        };
-        write_frame(&mut stream, &hello)?;
-        match read_frame::<_, HelloReply>(&mut stream)? {
-            HelloReply::Welcome { .. } => Ok(Client { stream, next_id: 1 }),
-            HelloReply::Unsupported { supported } => Err(ClientError::Version { supported }),
-        }
+        set_timeouts(&stream, timeout)?;
+        write_frame(&mut stream, &hello(client_name))?;
+        welcome(&mut stream)?;
+        Ok(Client { stream, next_id: 1 })
+    }
+
+    /// Sends the hello and `first` right behind it, then reads both replies.
+    /// The agent reads frames in order, so this saves the round trip of
+    /// waiting for the welcome. Returns the client and the response to
+    /// `first`.
+    pub fn handshake_with(
+        mut stream: UnixStream,
+        client_name: &str,
+        timeout: Duration,
+        first: Request,
+    ) -> Result<(Client, Response), ClientError> {
+        set_timeouts(&stream, timeout)?;
+        write_frame(&mut stream, &hello(client_name))?;
+        let mut client = Client { stream, next_id: 1 };
+        let id = client.send(first)?;
+        welcome(&mut client.stream)?;
+        let response = client.receive(id)?;
+        Ok((client, response))
     }
 
     /// Sends one request and waits for its response.
     pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {
+        let id = self.send(request)?;
+        self.receive(id)
+    }
+
+    fn send(&mut self, request: Request) -> Result<u64, ClientError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         write_frame(&mut self.stream, &RequestFrame { id, request })?;
+        Ok(id)
+    }
+
+    fn receive(&mut self, id: u64) -> Result<Response, ClientError> {
         let frame: ResponseFrame = read_frame(&mut self.stream)?;
         if frame.id != id {
             return Err(ClientError::UnexpectedId {
@@ -103,5 +124,26 @@ impl Client {
         self.stream.set_read_timeout(Some(timeout)).map_err(FrameError::Io)?;
         self.stream.set_write_timeout(Some(timeout)).map_err(FrameError::Io)?;
         Ok(())
+    }
+}
+
+fn set_timeouts(stream: &UnixStream, timeout: Duration) -> Result<(), ClientError> {
+    stream.set_read_timeout(Some(timeout)).map_err(FrameError::Io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(FrameError::Io)?;
+    Ok(())
+}
+
+fn hello(client_name: &str) -> Hello {
+    Hello {
+        version: PROTOCOL_VERSION,
+        client: client_name.to_owned(),
+    }
+}
+
+/// Reads the agent's reply to the hello.
+fn welcome(stream: &mut UnixStream) -> Result<(), ClientError> {
+    match read_frame::<_, HelloReply>(stream)? {
+        HelloReply::Welcome { .. } => Ok(()),
+        HelloReply::Unsupported { supported } => Err(ClientError::Version { supported }),
     }
 }
