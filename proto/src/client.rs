@@ -3,12 +3,14 @@
 //! PAM module, which must not start threads or a runtime inside its host.
 
 use std::fmt;
-use std::io;
+use std::io::{self, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::frame::{read_frame, write_frame, FrameError};
+use crate::frame::{encode, read_frame, write_frame, FrameError};
+use zeroize::Zeroizing;
+
 use crate::{Hello, HelloReply, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION};
 
 /// Failure to talk to the agent.
@@ -53,7 +55,8 @@ impl From<FrameError> for ClientError {
 
 /// One connection, one request at a time.
 pub struct Client {
-    stream: UnixStream,
+    /// Buffered, so that a frame usually arrives in one read.
+    stream: BufReader<UnixStream>,
     next_id: u64,
 }
 
@@ -72,6 +75,7 @@ impl Client {
     pub fn handshake(mut stream: UnixStream, client_name: &str, timeout: Duration) -> Result<Client, ClientError> {
         set_timeouts(&stream, timeout)?;
         write_frame(&mut stream, &hello(client_name))?;
+        let mut stream = BufReader::new(stream);
         welcome(&mut stream)?;
         Ok(Client { stream, next_id: 1 })
     }
@@ -87,9 +91,15 @@ impl Client {
         first: Request,
     ) -> Result<(Client, Response), ClientError> {
         set_timeouts(&stream, timeout)?;
-        write_frame(&mut stream, &hello(client_name))?;
-        let mut client = Client { stream, next_id: 1 };
-        let id = client.send(first)?;
+        // One write for both frames, so that the agent wakes up once.
+        let id = 1;
+        let mut frames = Zeroizing::new(encode(&hello(client_name))?);
+        frames.extend_from_slice(&Zeroizing::new(encode(&RequestFrame { id, request: first })?));
+        stream.write_all(&frames).map_err(FrameError::Io)?;
+        let mut client = Client {
+            stream: BufReader::new(stream),
+            next_id: id + 1,
+        };
         welcome(&mut client.stream)?;
         let response = client.receive(id)?;
         Ok((client, response))
@@ -104,7 +114,7 @@ impl Client {
     fn send(&mut self, request: Request) -> Result<u64, ClientError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        write_frame(&mut self.stream, &RequestFrame { id, request })?;
+        write_frame(self.stream.get_mut(), &RequestFrame { id, request })?;
         Ok(id)
     }
 
@@ -121,9 +131,7 @@ impl Client {
 
     /// Changes the timeout of each later read and write.
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
-        self.stream.set_read_timeout(Some(timeout)).map_err(FrameError::Io)?;
-        self.stream.set_write_timeout(Some(timeout)).map_err(FrameError::Io)?;
-        Ok(())
+        set_timeouts(self.stream.get_ref(), timeout)
     }
 }
 
@@ -141,7 +149,7 @@ fn hello(client_name: &str) -> Hello {
 }
 
 /// Reads the agent's reply to the hello.
-fn welcome(stream: &mut UnixStream) -> Result<(), ClientError> {
+fn welcome(stream: &mut BufReader<UnixStream>) -> Result<(), ClientError> {
     match read_frame::<_, HelloReply>(stream)? {
         HelloReply::Welcome { .. } => Ok(()),
         HelloReply::Unsupported { supported } => Err(ClientError::Version { supported }),
