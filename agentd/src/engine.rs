@@ -404,7 +404,8 @@ fn fail_unsynced(pending: Vec<Pending>, err: &StoreError) {
     pending.into_iter().for_each(|p| p.fail(&error));
 }
 
-/// Runs one job inside its own savepoint. A reload has no reply.
+/// Runs one job; an admin request runs in its own savepoint. A reload has
+/// no reply.
 fn run_job(
     tx: &Transaction<'_>,
     uses: &UseLog,
