@@ -405,6 +405,9 @@ pub struct Use {
     pub seq: i64,
     pub state: State,
     pub used_at: u64,
+    /// The log row of this use may be missing: its batch failed with an
+    /// unknown outcome, and the use was kept in memory to stay safe.
+    pub unconfirmed: bool,
 }
 
 /// The newest state of each token whose use is not yet folded into
@@ -464,7 +467,13 @@ impl UseLog {
                 drift: row.get(4)?,
             };
             let used_at = to_u64(row.get(5)?)?;
-            uses.committed.insert(token_id, Use { seq, state, used_at });
+            let used = Use {
+                seq,
+                state,
+                used_at,
+                unconfirmed: false,
+            };
+            uses.committed.insert(token_id, used);
             last = seq;
         }
         uses.next_seq = last + 1;
@@ -520,6 +529,10 @@ impl UseLog {
         let staged = std::mem::take(&mut uses.staged);
         uses.staged_newest.clear();
         for (token_id, used) in staged {
+            let used = Use {
+                unconfirmed: true,
+                ..used
+            };
             uses.committed.insert(token_id, used);
         }
     }
@@ -594,21 +607,24 @@ impl UseLog {
         let mut update = conn.prepare_cached(
             "UPDATE tokens SET counter = ?2, last_step = ?3, drift = ?4, last_used = ?5 WHERE id = ?1",
         )?;
+        let mut next_seq = uses.next_seq;
         for (&token_id, used) in uses.committed.range(uses.cursor..) {
             let wanted = token_id < end || folded.len() < excess;
             if !wanted || folded.len() >= MAX_FOLD_PER_BATCH {
                 break;
             }
-            update.execute(params![
-                token_id,
-                to_i64(used.state.counter)?,
-                used.state.last_step.map(to_i64).transpose()?,
-                used.state.drift,
-                to_i64(used.used_at)?,
-            ])?;
+            if used.unconfirmed {
+                // Without a log row of its own, a restart would prefer an
+                // older row of this token over the state folded here.
+                insert_use(conn, next_seq, token_id, used)?;
+                next_seq += 1;
+            }
+            update.execute(use_columns(token_id, used)?)?;
             folded.push((token_id, used.seq));
             cursor = token_id + 1;
         }
+        drop(update);
+        uses.next_seq = next_seq;
         if folded.len() < MAX_FOLD_PER_BATCH && folded.len() >= excess {
             cursor = cursor.max(end);
         }
@@ -651,6 +667,29 @@ impl UseLog {
         });
         Ok(())
     }
+}
+
+/// Appends a use of `token_id` to the log, as sequence number `seq`.
+fn insert_use(conn: &Connection, seq: i64, token_id: i64, used: &Use) -> Result<(), StoreError> {
+    let mut statement = conn.prepare_cached(
+        "INSERT INTO token_uses (token_id, counter, last_step, drift, used_at, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let (id, counter, last_step, drift, used_at) = use_columns(token_id, used)?;
+    statement.execute((id, counter, last_step, drift, used_at, seq))?;
+    Ok(())
+}
+
+/// Returns the columns of a use, in the order token id, counter, last step,
+/// drift, time of use.
+fn use_columns(token_id: i64, used: &Use) -> Result<(i64, i64, Option<i64>, i64, i64), StoreError> {
+    Ok((
+        token_id,
+        to_i64(used.state.counter)?,
+        used.state.last_step.map(to_i64).transpose()?,
+        used.state.drift,
+        to_i64(used.used_at)?,
+    ))
 }
 
 fn delete_log(conn: &Connection, up_to: i64) -> Result<(), StoreError> {
@@ -893,19 +932,9 @@ impl Db<'_> {
             seq: self.uses.next_seq(),
             state: *new,
             used_at: now,
+            unconfirmed: false,
         };
-        let mut statement = self.conn.prepare_cached(
-            "INSERT INTO token_uses (seq, token_id, counter, last_step, drift, used_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        statement.execute(params![
-            used.seq,
-            token_id,
-            to_i64(new.counter)?,
-            new.last_step.map(to_i64).transpose()?,
-            new.drift,
-            to_i64(now)?,
-        ])?;
+        insert_use(self.conn, used.seq, token_id, &used)?;
         self.uses.stage(token_id, used);
         Ok(true)
     }
@@ -1170,6 +1199,22 @@ mod tests {
             .unwrap()
     }
 
+    /// Version 1's `meta` and `users`, the first tables it created.
+    const V1_FIRST_TABLES: &str = "
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+        CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+            failures INTEGER NOT NULL DEFAULT 0, locked_until INTEGER, backup_salt BLOB);";
+
+    /// Creates a state folder with a database made by `sql`.
+    fn old_database(sql: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::DirBuilder::new().mode(0o700).create(&state).unwrap();
+        let conn = Connection::open(state.join(DB_FILE)).unwrap();
+        conn.execute_batch(sql).unwrap();
+        (dir, state)
+    }
+
     /// Folds as a batch would at `at`.
     fn fold(store: &mut Store, at: Instant) {
         let (tx, uses) = store.begin().unwrap();
@@ -1307,6 +1352,30 @@ mod tests {
     }
 
     #[test]
+    fn kept_use_survives_fold_and_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut store = Store::open(&state).unwrap();
+        let (user_id, token_id) = enroll(&mut store, "alice", 5);
+        batch(&mut store, |db| {
+            db.advance_token(token_id, &hotp_state(5), &hotp_state(6), 1).unwrap()
+        });
+
+        // A batch whose outcome is unknown: its use stays in memory only.
+        let (tx, uses) = store.begin().unwrap();
+        let db = Db { conn: &tx, uses };
+        assert!(db.advance_token(token_id, &hotp_state(6), &hotp_state(7), 2).unwrap());
+        drop(tx);
+        uses.keep_staged();
+
+        fold(&mut store, Instant::now());
+        assert_eq!(store.db().stored_state(token_id).unwrap(), Some(hotp_state(7)));
+        drop(store);
+        let store = Store::open(&state).unwrap();
+        assert_eq!(store.db().tokens(user_id).unwrap()[0].state, hotp_state(7));
+    }
+
+    #[test]
     fn token_ids_follow_enrolment_and_removal() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("state")).unwrap();
@@ -1326,15 +1395,8 @@ mod tests {
 
     #[test]
     fn schema_version_1_is_upgraded() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        fs::DirBuilder::new().mode(0o700).create(&state).unwrap();
-        let conn = Connection::open(state.join(DB_FILE)).unwrap();
-        // The tables of version 1, before `token_uses` and `token_ids`.
-        conn.execute_batch(
-            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-             CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
-                 failures INTEGER NOT NULL DEFAULT 0, locked_until INTEGER, backup_salt BLOB);
+        // The other tables of version 1, before `token_uses` and `token_ids`.
+        let rest = "
              CREATE TABLE tokens (id INTEGER PRIMARY KEY AUTOINCREMENT,
                  user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
                  kind TEXT NOT NULL, algorithm TEXT NOT NULL, digits INTEGER NOT NULL,
@@ -1350,11 +1412,9 @@ mod tests {
              INSERT INTO users (id, name) VALUES (7, 'alice'), (8, 'bob');
              INSERT INTO tokens (id, user_id, kind, algorithm, digits, period, counter, created, sealed_seed)
                  VALUES (3, 7, 'hotp', 'sha1', 6, 30, 4, 1, x'00'),
-                        (9, 7, 'hotp', 'sha1', 6, 30, 0, 1, x'00');",
-        )
-        .unwrap();
+                        (9, 7, 'hotp', 'sha1', 6, 30, 0, 1, x'00');";
+        let (_dir, state) = old_database(&format!("{V1_FIRST_TABLES}{rest}"));
 
-        drop(conn);
         let store = Store::open(&state).unwrap();
         assert_eq!(store.db().meta("schema_version").unwrap(), Some(b"2".to_vec()));
         let alice = store.db().account("alice").unwrap().unwrap();
@@ -1502,17 +1562,7 @@ mod tests {
     fn version_1_database_without_version_row_opens() {
         // A version 1 agent created its tables before it wrote
         // `schema_version`, so one killed in between left this behind.
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        fs::DirBuilder::new().mode(0o700).create(&state).unwrap();
-        let conn = Connection::open(state.join(DB_FILE)).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-             CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
-                 failures INTEGER NOT NULL DEFAULT 0, locked_until INTEGER, backup_salt BLOB);",
-        )
-        .unwrap();
-        drop(conn);
+        let (_dir, state) = old_database(V1_FIRST_TABLES);
 
         let opened = Store::open(&state);
         let error = opened.as_ref().err().map(ToString::to_string);

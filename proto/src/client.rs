@@ -3,7 +3,7 @@
 //! PAM module, which must not start threads or a runtime inside its host.
 
 use std::fmt;
-use std::io::{self, BufReader, Write};
+use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,8 +55,7 @@ impl From<FrameError> for ClientError {
 
 /// One connection, one request at a time.
 pub struct Client {
-    /// Buffered, so that a frame usually arrives in one read.
-    stream: BufReader<UnixStream>,
+    stream: UnixStream,
     next_id: u64,
 }
 
@@ -75,7 +74,6 @@ impl Client {
     pub fn handshake(mut stream: UnixStream, client_name: &str, timeout: Duration) -> Result<Client, ClientError> {
         set_timeouts(&stream, timeout)?;
         write_frame(&mut stream, &hello(client_name))?;
-        let mut stream = BufReader::new(stream);
         welcome(&mut stream)?;
         Ok(Client { stream, next_id: 1 })
     }
@@ -91,13 +89,18 @@ impl Client {
         first: Request,
     ) -> Result<(Client, Response), ClientError> {
         set_timeouts(&stream, timeout)?;
-        // One write for both frames, so that the agent wakes up once.
+        // One write for both frames, so that the agent wakes up once. The
+        // buffer is allocated at its full size, so no unwiped copy of the
+        // request is freed on the way.
         let id = 1;
-        let mut frames = Zeroizing::new(encode(&hello(client_name))?);
-        frames.extend_from_slice(&Zeroizing::new(encode(&RequestFrame { id, request: first })?));
+        let hello = encode(&hello(client_name))?;
+        let request = Zeroizing::new(encode(&RequestFrame { id, request: first })?);
+        let mut frames = Zeroizing::new(Vec::with_capacity(hello.len() + request.len()));
+        frames.extend_from_slice(&hello);
+        frames.extend_from_slice(&request);
         stream.write_all(&frames).map_err(FrameError::Io)?;
         let mut client = Client {
-            stream: BufReader::new(stream),
+            stream,
             next_id: id + 1,
         };
         welcome(&mut client.stream)?;
@@ -114,7 +117,7 @@ impl Client {
     fn send(&mut self, request: Request) -> Result<u64, ClientError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        write_frame(self.stream.get_mut(), &RequestFrame { id, request })?;
+        write_frame(&mut self.stream, &RequestFrame { id, request })?;
         Ok(id)
     }
 
@@ -131,7 +134,7 @@ impl Client {
 
     /// Changes the timeout of each later read and write.
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
-        set_timeouts(self.stream.get_ref(), timeout)
+        set_timeouts(&self.stream, timeout)
     }
 }
 
@@ -149,7 +152,7 @@ fn hello(client_name: &str) -> Hello {
 }
 
 /// Reads the agent's reply to the hello.
-fn welcome(stream: &mut BufReader<UnixStream>) -> Result<(), ClientError> {
+fn welcome(stream: &mut UnixStream) -> Result<(), ClientError> {
     match read_frame::<_, HelloReply>(stream)? {
         HelloReply::Welcome { .. } => Ok(()),
         HelloReply::Unsupported { supported } => Err(ClientError::Version { supported }),

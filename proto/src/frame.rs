@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use zeroize::Zeroize;
 
 /// Largest accepted frame body, in bytes. The largest legitimate message is an
 /// import of many tokens; 1 MiB holds several thousand of them.
@@ -70,20 +71,47 @@ pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
 }
 
 /// Serialises `message` into a complete frame, prefix included.
+///
+/// The message is measured first and the frame allocated once at its full
+/// size. A vector that grows frees its old blocks without wiping them, and
+/// those could hold part of a code.
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
-    let mut frame = vec![0u8; HEADER_LEN];
-    serde_json::to_writer(&mut frame, message).map_err(|err| FrameError::Malformed {
+    let malformed = |err: serde_json::Error| FrameError::Malformed {
         reason: err.to_string(),
-    })?;
-    let length = frame.len() - HEADER_LEN;
+    };
+    let mut measure = ByteCount(0);
+    serde_json::to_writer(&mut measure, message).map_err(malformed)?;
+    let length = measure.0;
     if length > MAX_FRAME_LEN {
         return Err(FrameError::BadLength { length: length as u64 });
     }
     let prefix = u32::try_from(length)
         .map_err(|_| FrameError::BadLength { length: length as u64 })?
         .to_be_bytes();
-    frame[..HEADER_LEN].copy_from_slice(&prefix);
+    let mut frame = Vec::with_capacity(HEADER_LEN + length);
+    frame.extend_from_slice(&prefix);
+    serde_json::to_writer(&mut frame, message).map_err(malformed)?;
+    if frame.len() != HEADER_LEN + length {
+        frame.zeroize();
+        return Err(FrameError::Malformed {
+            reason: "the message serialised to two different lengths".into(),
+        });
+    }
     Ok(frame)
+}
+
+/// A writer that only counts the bytes written to it.
+struct ByteCount(usize);
+
+impl Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0 = self.0.saturating_add(bytes.len());
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Decodes a frame body. The error names only the kind of problem and its
