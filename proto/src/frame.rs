@@ -72,40 +72,42 @@ pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
 
 /// Serialises `message` into a complete frame, prefix included.
 ///
-/// The message is measured first and the frame allocated once at its full
-/// size. A vector that grows frees its old blocks without wiping them, and
-/// those could hold part of a code.
+/// A plain vector that grows frees its old blocks without wiping them, and
+/// those could hold part of a code. So the frame grows in a
+/// [`WipingBuffer`].
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
-    let malformed = |err: serde_json::Error| FrameError::Malformed {
+    let mut buffer = WipingBuffer(Vec::with_capacity(256));
+    buffer.0.extend_from_slice(&[0u8; HEADER_LEN]);
+    serde_json::to_writer(&mut buffer, message).map_err(|err| FrameError::Malformed {
         reason: err.to_string(),
+    })?;
+    let mut frame = buffer.0;
+    let length = frame.len() - HEADER_LEN;
+    let prefix = match u32::try_from(length) {
+        Ok(prefix) if length <= MAX_FRAME_LEN => prefix.to_be_bytes(),
+        _ => {
+            frame.zeroize();
+            return Err(FrameError::BadLength { length: length as u64 });
+        }
     };
-    let mut measure = ByteCount(0);
-    serde_json::to_writer(&mut measure, message).map_err(malformed)?;
-    let length = measure.0;
-    if length > MAX_FRAME_LEN {
-        return Err(FrameError::BadLength { length: length as u64 });
-    }
-    let prefix = u32::try_from(length)
-        .map_err(|_| FrameError::BadLength { length: length as u64 })?
-        .to_be_bytes();
-    let mut frame = Vec::with_capacity(HEADER_LEN + length);
-    frame.extend_from_slice(&prefix);
-    serde_json::to_writer(&mut frame, message).map_err(malformed)?;
-    if frame.len() != HEADER_LEN + length {
-        frame.zeroize();
-        return Err(FrameError::Malformed {
-            reason: "the message serialised to two different lengths".into(),
-        });
-    }
+    frame[..HEADER_LEN].copy_from_slice(&prefix);
     Ok(frame)
 }
 
-/// A writer that only counts the bytes written to it.
-struct ByteCount(usize);
+/// A byte buffer that wipes its old block each time it moves to a larger one.
+struct WipingBuffer(Vec<u8>);
 
-impl Write for ByteCount {
+impl Write for WipingBuffer {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.0 = self.0.saturating_add(bytes.len());
+        let needed = self.0.len().saturating_add(bytes.len());
+        if needed > self.0.capacity() {
+            let mut larger = Vec::with_capacity(needed.max(self.0.capacity().saturating_mul(2)));
+            larger.extend_from_slice(&self.0);
+            // Wipes the whole old block before it is freed.
+            self.0.zeroize();
+            self.0 = larger;
+        }
+        self.0.extend_from_slice(bytes);
         Ok(bytes.len())
     }
 

@@ -152,9 +152,10 @@ fn client_wipes_sent_code() {
     let request = Request::Verify {
         user: "alice".into(),
         code: SecretString::from(CODE),
+        // A long host name makes the frame grow after the code is written.
         origin: Origin::Pam {
             service: "login".into(),
-            rhost: None,
+            rhost: Some("h".repeat(2000)),
             tty: None,
             ruser: None,
         },
