@@ -609,8 +609,8 @@ impl UseLog {
         )?;
         let mut next_seq = uses.next_seq;
         for (&token_id, used) in uses.committed.range(uses.cursor..) {
-            let wanted = token_id < end || folded.len() < excess;
-            if !wanted || folded.len() >= MAX_FOLD_PER_BATCH {
+            let due = token_id < end || folded.len() < excess;
+            if !due || folded.len() >= MAX_FOLD_PER_BATCH {
                 break;
             }
             if used.unconfirmed {
