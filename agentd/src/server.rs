@@ -237,18 +237,23 @@ async fn converse(
 
     let (replies, mut outgoing) = mpsc::channel::<Vec<u8>>(64);
     let write_task = tokio::spawn(async move {
-        // Replies that are ready together go out in one write.
-        let mut batch = zeroize::Zeroizing::new(Vec::new());
+        // Replies that are ready together go out in one write. The buffer
+        // wipes each block it outgrows, which may hold backup codes.
+        let mut batch = frame::WipingBuffer::with_capacity(4096);
         while let Some(bytes) = outgoing.recv().await {
-            batch.extend_from_slice(&zeroize::Zeroizing::new(bytes));
+            let mut append = |bytes: Vec<u8>| {
+                let bytes = zeroize::Zeroizing::new(bytes);
+                // `WipingBuffer::write` always returns `Ok`.
+                let _ = std::io::Write::write_all(&mut batch, &bytes);
+            };
+            append(bytes);
             while let Ok(more) = outgoing.try_recv() {
-                batch.extend_from_slice(&zeroize::Zeroizing::new(more));
+                append(more);
             }
-            if writer.write_all(&batch).await.is_err() {
+            if writer.write_all(batch.as_slice()).await.is_err() {
                 break;
             }
-            // Wipes the bytes and empties the buffer for the next batch.
-            zeroize::Zeroize::zeroize(&mut *batch);
+            batch.clear();
         }
     });
     let in_flight = Arc::new(Semaphore::new(shared.server.max_in_flight));

@@ -76,12 +76,12 @@ pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
 /// those could hold part of a code. So the frame grows in a
 /// [`WipingBuffer`].
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
-    let mut buffer = WipingBuffer(Vec::with_capacity(256));
+    let mut buffer = WipingBuffer::with_capacity(256);
     buffer.0.extend_from_slice(&[0u8; HEADER_LEN]);
     serde_json::to_writer(&mut buffer, message).map_err(|err| FrameError::Malformed {
         reason: err.to_string(),
     })?;
-    let mut frame = buffer.0;
+    let mut frame = std::mem::take(&mut buffer.0);
     let length = frame.len() - HEADER_LEN;
     let prefix = match u32::try_from(length) {
         Ok(prefix) if length <= MAX_FRAME_LEN => prefix.to_be_bytes(),
@@ -94,8 +94,32 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
     Ok(frame)
 }
 
-/// A byte buffer that wipes its old block each time it moves to a larger one.
-struct WipingBuffer(Vec<u8>);
+/// A byte buffer that wipes its old block each time it moves to a larger
+/// one, and its content when it is cleared or dropped.
+pub struct WipingBuffer(Vec<u8>);
+
+impl WipingBuffer {
+    pub fn with_capacity(capacity: usize) -> WipingBuffer {
+        WipingBuffer(Vec::with_capacity(capacity))
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Wipes the content and empties the buffer, keeping its block.
+    pub fn clear(&mut self) {
+        let length = self.0.len();
+        self.0[..length].zeroize();
+        self.0.clear();
+    }
+}
+
+impl Drop for WipingBuffer {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 impl Write for WipingBuffer {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
@@ -189,6 +213,16 @@ mod tests {
         let header = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
         assert!(matches!(body_len(header), Err(FrameError::BadLength { .. })));
         assert!(matches!(body_len([0xff; 4]), Err(FrameError::BadLength { .. })));
+    }
+
+    #[test]
+    fn wiping_buffer_grows_and_clears() {
+        let mut buffer = WipingBuffer::with_capacity(2);
+        buffer.write_all(b"12345678").unwrap();
+        buffer.write_all(b"90").unwrap();
+        assert_eq!(buffer.as_slice(), b"1234567890");
+        buffer.clear();
+        assert!(buffer.as_slice().is_empty());
     }
 
     #[test]
