@@ -485,10 +485,10 @@ impl UseLog {
     /// Returns the newest use of a token, staged or committed.
     pub fn newest(&self, token_id: i64) -> Option<Use> {
         let uses = self.inner.borrow();
-        let staged = uses.staged.iter().rev().find(|(id, _)| *id == token_id);
-        staged
-            .map(|(_, used)| *used)
-            .or_else(|| uses.committed.get(&token_id).copied())
+        uses.staged_newest
+            .get(&token_id)
+            .or_else(|| uses.committed.get(&token_id))
+            .copied()
     }
 
     /// Number of tokens with an unfolded use.

@@ -10,8 +10,8 @@ use std::iter;
 use subtle::{Choice, ConditionallySelectable};
 use zeroize::Zeroizing;
 
-use crate::generate::{hotp, motp, totp_step};
-use crate::{Algorithm, Code, Kind, Matched, Params, Secret, State, Window};
+use crate::generate::{motp, totp_step, KeyedHmac};
+use crate::{Code, Kind, Matched, Params, Secret, State, Window};
 
 /// Checks `code` against one token and returns the token's new state on a
 /// match.
@@ -95,16 +95,12 @@ pub fn resync(
 }
 
 /// Code generator for one token, built only from supported settings.
+// One short-lived value per verification, on the stack: boxing the keyed
+// HMAC would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Generator<'a> {
-    Hmac {
-        secret: &'a Secret,
-        digits: u8,
-        algorithm: Algorithm,
-    },
-    Mobile {
-        secret: &'a Secret,
-        pin: &'a Secret,
-    },
+    Hmac { keyed: KeyedHmac, digits: u8 },
+    Mobile { secret: &'a Secret, pin: &'a Secret },
 }
 
 impl<'a> Generator<'a> {
@@ -114,9 +110,8 @@ impl<'a> Generator<'a> {
         }
         match params.kind {
             Kind::Hotp | Kind::Totp => Some(Generator::Hmac {
-                secret,
+                keyed: KeyedHmac::new(secret.as_bytes(), params.algorithm)?,
                 digits: params.digits,
-                algorithm: params.algorithm,
             }),
             Kind::Motp => Some(Generator::Mobile { secret, pin: pin? }),
         }
@@ -125,11 +120,7 @@ impl<'a> Generator<'a> {
     /// Computes the code for a counter or time step.
     fn code(&self, value: u64) -> Zeroizing<String> {
         match self {
-            Generator::Hmac {
-                secret,
-                digits,
-                algorithm,
-            } => hotp(secret, value, *digits, *algorithm),
+            Generator::Hmac { keyed, digits } => keyed.code(value, *digits),
             Generator::Mobile { secret, pin } => motp(secret, pin, value),
         }
     }
