@@ -82,8 +82,8 @@ pub(crate) enum KeyedHmac {
 }
 
 impl KeyedHmac {
-    /// Returns `None` only if the HMAC crate refuses the key, which it
-    /// does for no key length.
+    /// Returns `None` only if the HMAC crate rejects the key, and it
+    /// accepts keys of every length.
     pub(crate) fn new(key: &[u8], algorithm: Algorithm) -> Option<Self> {
         Some(match algorithm {
             Algorithm::Sha1 => KeyedHmac::Sha1(Mac::new_from_slice(key).ok()?),
@@ -189,9 +189,9 @@ mod tests {
     }
 
     #[test]
-    fn keyed_hmac_gives_each_counter_its_own_code() {
-        // RFC 4226 appendix D, computed from one keyed state in turn, so a
-        // state carried from one code to the next would show.
+    fn keyed_hmac_matches_rfc_counters() {
+        // RFC 4226 appendix D from one keyed state, so that state carried
+        // over from one code to the next fails the test.
         let expected = [
             "755224", "287082", "359152", "969429", "338314", "254676", "287922", "162583", "399871", "520489",
         ];
