@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use freeauth_e2e::*;
-use freeauth_proto::{Client, Request, Response, VerifyResult};
+use freeauth_proto::{Client, Origin, Request, Response, VerifyResult};
 
 const RFC_SEED_HEX: &str = "3132333435363738393031323334353637383930";
 
@@ -251,6 +251,69 @@ fn locks_after_threshold_and_unlock_clears() {
     assert!(listed.contains("yes"), "{listed}");
     agent.ctl_ok(&["unlock", "carol"]);
     assert_eq!(agent.verify_pam("carol", &good), VerifyResult::Accepted);
+}
+
+#[test]
+fn failures_from_one_host_lock_that_host() {
+    let agent = Agent::start_with(Options {
+        threshold: 10,
+        source_threshold: 3,
+        ..Options::default()
+    });
+    agent.ctl_ok(&[
+        "enroll",
+        "dave",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    let ssh_from = |host: &str| Origin::Pam {
+        service: "sshd".into(),
+        rhost: Some(host.into()),
+        tty: Some("ssh".into()),
+        ruser: None,
+    };
+    let spray = [
+        ("dave", VerifyResult::Rejected),
+        ("eve", VerifyResult::NoToken),
+        ("frank", VerifyResult::NoToken),
+    ];
+    for (user, expected) in spray {
+        assert_eq!(
+            agent.verify_from(user, "000000", ssh_from("192.0.2.99")),
+            expected,
+            "{user}"
+        );
+    }
+
+    let first = oath_hotp(RFC_SEED_HEX, 0, 6);
+    assert_eq!(
+        agent.verify_from("dave", &first, ssh_from("192.0.2.99")),
+        VerifyResult::Locked,
+        "right code from the locked host"
+    );
+    let vpn_from = Origin::Radius {
+        client: "vpn-gateway".into(),
+        nas_identifier: None,
+        nas_ip: None,
+        calling_station: Some("192.0.2.99".into()),
+    };
+    assert_eq!(
+        agent.verify_from("dave", &first, vpn_from),
+        VerifyResult::Rejected,
+        "the same host through RADIUS"
+    );
+    assert_eq!(
+        agent.verify_from("dave", &first, ssh_from("192.0.2.100")),
+        VerifyResult::Accepted,
+        "another host, with the code the locked host could not use"
+    );
+
+    let log = agent.log();
+    assert!(log.contains("source locked after consecutive failures"), "{log}");
+    assert!(log.contains("192.0.2.99"), "{log}");
 }
 
 #[test]

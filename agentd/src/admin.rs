@@ -9,7 +9,7 @@ use freeauth_proto::{
 
 use crate::engine::{failures_of, Context, EngineError};
 use crate::keys::Field;
-use crate::policy::UnknownNames;
+use crate::policy::FailureTable;
 use crate::store::{Account, Db, TokenSettings};
 
 /// Longest accepted user name, in bytes (the RADIUS User-Name limit).
@@ -63,7 +63,7 @@ pub enum AdminOp {
 type AdminResult = Result<Response, EngineError>;
 
 /// Runs `op`. An error `Response` makes the caller roll the savepoint back.
-pub(crate) fn run(context: &Context<'_>, db: Db<'_>, unknown: &mut UnknownNames, op: AdminOp) -> AdminResult {
+pub(crate) fn run(context: &Context<'_>, db: Db<'_>, unknown: &mut FailureTable, op: AdminOp) -> AdminResult {
     match op {
         AdminOp::Enroll { user, token, backup } => enroll(context, db, &user, &token, backup.as_ref()),
         AdminOp::Import { tokens, backups } => import(context, db, &tokens, &backups),
@@ -447,7 +447,7 @@ fn resync(
     )
 }
 
-fn unlock(db: Db<'_>, unknown: &mut UnknownNames, user: &str) -> AdminResult {
+fn unlock(db: Db<'_>, unknown: &mut FailureTable, user: &str) -> AdminResult {
     unknown.forget(user);
     let account = match find_account(db, user)? {
         Ok(account) => account,

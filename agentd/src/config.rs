@@ -79,6 +79,9 @@ pub struct Lockout {
     pub max_failure_delay: Duration,
     /// Consecutive failures that lock the account; 0 only with the danger switch.
     pub threshold: u32,
+    /// Consecutive failures from one source, over all accounts, that lock
+    /// the source; 0 turns counting by source off.
+    pub source_threshold: u32,
     /// How long a lock lasts before it expires by itself.
     pub lock_duration: Duration,
 }
@@ -215,6 +218,7 @@ fn read_lockout(section: &Section) -> Lockout {
     let delay_ms = section.integer_or("failure_delay_ms", 0..=60_000, 500);
     let max_delay_ms = section.integer_or("max_failure_delay_ms", 0..=600_000, 8000);
     let threshold = section.integer_or("threshold", 0..=1000, 10);
+    let source_threshold = section.integer_or("source_threshold", 0..=100_000, 30);
     let lock_seconds = section.integer_or("lock_seconds", 1..=30 * 86_400, 900);
     if threshold == 0 && !danger {
         section.problem(
@@ -235,6 +239,7 @@ fn read_lockout(section: &Section) -> Lockout {
         failure_delay: millis(delay_ms),
         max_failure_delay: millis(max_delay_ms),
         threshold: to_u32(threshold),
+        source_threshold: to_u32(source_threshold),
         lock_duration: Duration::from_secs(u64::try_from(lock_seconds).unwrap_or(900)),
     }
 }
@@ -314,6 +319,7 @@ mod tests {
         assert_eq!(config.windows.motp_steps, 18);
         assert_eq!(config.windows.hotp_lookahead, 10);
         assert_eq!(config.lockout.threshold, 10);
+        assert_eq!(config.lockout.source_threshold, 30);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::admin::AdminOp;
 use crate::config::{Lockout, Windows};
 use crate::keys::{Field, SeedCipher};
-use crate::policy::{Failures, Policy, UnknownNames};
+use crate::policy::{FailureTable, Failures, Policy};
 use crate::store::{Account, Db, Store, StoreError, TokenRow, UseLog, WalSync};
 
 /// Settings the engine reads; replaced on reload.
@@ -50,12 +50,16 @@ pub enum Job {
     Verify {
         user: String,
         code: SecretString,
+        /// The source of the attempt, set only for trusted front ends.
+        /// Failures are counted for it too.
+        source: Option<String>,
         reply: oneshot::Sender<Result<Verdict, EngineError>>,
     },
     /// The second half of a backup-code check: which stored hash matched.
     BackupResult {
         user: String,
         matched: Option<i64>,
+        source: Option<String>,
         reply: oneshot::Sender<Result<Verdict, EngineError>>,
     },
     Admin {
@@ -114,6 +118,7 @@ pub enum Reason {
     UnknownUser,
     NoActiveToken,
     Locked,
+    SourceLocked,
     WrongCode,
     ReusedCode,
     MalformedCode,
@@ -129,6 +134,7 @@ impl Reason {
             Reason::UnknownUser => "unknown user".into(),
             Reason::NoActiveToken => "no enabled token".into(),
             Reason::Locked => "account locked".into(),
+            Reason::SourceLocked => "source locked".into(),
             Reason::WrongCode => "wrong code".into(),
             Reason::ReusedCode => "code already used".into(),
             Reason::MalformedCode => "malformed code".into(),
@@ -196,7 +202,16 @@ pub struct Engine {
     pub(crate) cipher: SeedCipher,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: Settings,
-    pub(crate) unknown: UnknownNames,
+    pub(crate) counts: MemoryCounts,
+}
+
+/// Failure counts the engine keeps in memory only.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryCounts {
+    /// User names that have no account.
+    pub(crate) unknown: FailureTable,
+    /// Sources of attempts, over all accounts.
+    pub(crate) sources: FailureTable,
 }
 
 impl Engine {
@@ -206,7 +221,7 @@ impl Engine {
             cipher,
             clock,
             settings,
-            unknown: UnknownNames::default(),
+            counts: MemoryCounts::default(),
         }
     }
 
@@ -309,7 +324,7 @@ impl Engine {
         let now = self.clock.unix_time();
         let mut settings_update = None;
         let mut pending = Vec::with_capacity(batch.len());
-        let (cipher, settings, unknown) = (&self.cipher, &self.settings, &mut self.unknown);
+        let (cipher, settings, counts) = (&self.cipher, &self.settings, &mut self.counts);
         let mut uses = None;
         let mut wrote = false;
         let result = (|| -> Result<(), StoreError> {
@@ -320,7 +335,7 @@ impl Engine {
                 match job {
                     Job::Reload { settings } => settings_update = Some(settings),
                     Job::Maintain => {}
-                    job => pending.extend(run_job(&tx, log, cipher, settings, unknown, job, now)),
+                    job => pending.extend(run_job(&tx, log, cipher, settings, counts, job, now)),
                 }
                 // After some errors SQLite ends the transaction by itself.
                 // Later savepoints would then commit one by one.
@@ -411,7 +426,7 @@ fn run_job(
     uses: &UseLog,
     cipher: &SeedCipher,
     settings: &Settings,
-    unknown: &mut UnknownNames,
+    counts: &mut MemoryCounts,
     job: Job,
     now: u64,
 ) -> Option<Pending> {
@@ -423,19 +438,29 @@ fn run_job(
     let db = Db { conn: tx, uses };
     match job {
         Job::Lookup { user, reply } => {
-            let result = context.lookup(db, unknown, &user);
+            let result = context.lookup(db, &counts.unknown, &user);
             Some(Pending::Lookup(reply, result))
         }
-        Job::Verify { user, code, reply } => {
-            let result = context.verify(db, unknown, &user, &code);
+        Job::Verify {
+            user,
+            code,
+            source,
+            reply,
+        } => {
+            let result = context.verify_from(db, counts, &user, &code, source.as_deref());
             Some(Pending::Verdict(reply, result))
         }
-        Job::BackupResult { user, matched, reply } => {
-            let result = context.finish_backup(db, unknown, &user, matched);
+        Job::BackupResult {
+            user,
+            matched,
+            source,
+            reply,
+        } => {
+            let result = context.finish_backup_from(db, counts, &user, matched, source.as_deref());
             Some(Pending::Verdict(reply, result))
         }
         Job::Admin { op, reply } => {
-            let result = in_savepoint(tx, uses, |db| crate::admin::run(&context, db, unknown, op));
+            let result = in_savepoint(tx, uses, |db| crate::admin::run(&context, db, &mut counts.unknown, op));
             let response = result.unwrap_or_else(|err| {
                 tracing::error!(error = %err.message, "admin request failed in the database");
                 internal_error()
@@ -515,7 +540,7 @@ impl Context<'_> {
         }
     }
 
-    fn lookup(&self, db: Db<'_>, unknown: &UnknownNames, user: &str) -> Result<Lookup, EngineError> {
+    fn lookup(&self, db: Db<'_>, unknown: &FailureTable, user: &str) -> Result<Lookup, EngineError> {
         let prompt = self.settings.prompt.clone();
         let Some(account) = db.account(user)? else {
             let locked = unknown.get(user).current(self.now).is_locked(self.now);
@@ -548,10 +573,65 @@ impl Context<'_> {
         })
     }
 
+    /// Verifies a code and counts a failure for its source as well as for
+    /// the account. While the source is locked, every code is rejected
+    /// without being checked, and the delay is the longer of the two.
+    fn verify_from(
+        &self,
+        db: Db<'_>,
+        counts: &mut MemoryCounts,
+        user: &str,
+        code: &SecretString,
+        source: Option<&str>,
+    ) -> Result<Verdict, EngineError> {
+        let Some(source) = source.filter(|_| self.settings.lockout.source_threshold > 0) else {
+            return self.verify(db, &mut counts.unknown, user, code);
+        };
+        let before = counts.sources.get(source).current(self.now);
+        if before.is_locked(self.now) {
+            return Ok(self.verdict(Outcome::Locked, Reason::SourceLocked, before.count));
+        }
+        let mut verdict = self.verify(db, &mut counts.unknown, user, code)?;
+        if verdict.outcome == Outcome::Accepted {
+            counts.sources.forget(source);
+        } else {
+            // A backup-code guess counts here, before its slow hash, like
+            // the account's count.
+            let after = self.policy().after_source_failure(before, self.now);
+            counts.sources.set(source, after);
+            log_new_source_lock(source, before, after, self.now);
+            verdict.delay = verdict.delay.max(self.policy().delay(after.count));
+        }
+        Ok(verdict)
+    }
+
+    /// Finishes a backup-code check. The failure was counted for the source
+    /// when the check began, so only a match changes the source's count.
+    fn finish_backup_from(
+        &self,
+        db: Db<'_>,
+        counts: &mut MemoryCounts,
+        user: &str,
+        matched: Option<i64>,
+        source: Option<&str>,
+    ) -> Result<Verdict, EngineError> {
+        let mut verdict = self.finish_backup(db, &mut counts.unknown, user, matched)?;
+        let Some(source) = source.filter(|_| self.settings.lockout.source_threshold > 0) else {
+            return Ok(verdict);
+        };
+        if verdict.outcome == Outcome::Accepted {
+            counts.sources.forget(source);
+        } else {
+            let failures = counts.sources.get(source).current(self.now);
+            verdict.delay = verdict.delay.max(self.policy().delay(failures.count));
+        }
+        Ok(verdict)
+    }
+
     fn verify(
         &self,
         db: Db<'_>,
-        unknown: &mut UnknownNames,
+        unknown: &mut FailureTable,
         user: &str,
         code: &SecretString,
     ) -> Result<Verdict, EngineError> {
@@ -609,7 +689,7 @@ impl Context<'_> {
     fn finish_backup(
         &self,
         db: Db<'_>,
-        unknown: &mut UnknownNames,
+        unknown: &mut FailureTable,
         user: &str,
         matched: Option<i64>,
     ) -> Result<Verdict, EngineError> {
@@ -741,7 +821,7 @@ impl Context<'_> {
         Ok(self.verdict(outcome, reason, after.count))
     }
 
-    fn reject_unknown(&self, unknown: &mut UnknownNames, user: &str) -> Verdict {
+    fn reject_unknown(&self, unknown: &mut FailureTable, user: &str) -> Verdict {
         let before = unknown.get(user).current(self.now);
         if before.is_locked(self.now) {
             return self.verdict(Outcome::NoToken, Reason::UnknownUser, before.count);
@@ -762,6 +842,13 @@ impl Context<'_> {
             failures,
             delay,
         }
+    }
+}
+
+/// Logs the failure that locked a source, once, when it happens.
+fn log_new_source_lock(source: &str, before: Failures, after: Failures, now: u64) {
+    if after.is_locked(now) && !before.is_locked(now) {
+        tracing::warn!(target: "freeauth::auth", source, failures = after.count, until = after.locked_until, "source locked after consecutive failures");
     }
 }
 

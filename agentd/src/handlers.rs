@@ -63,7 +63,8 @@ pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origi
         log_refusal(task, &user, &origin, &response);
         return response;
     }
-    let verdict = match decide(task, &user, code).await {
+    let source = task.source_of(&origin);
+    let verdict = match decide(task, &user, code, source).await {
         Ok(verdict) => verdict,
         Err(response) => return response,
     };
@@ -87,11 +88,12 @@ pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origi
 }
 
 /// Runs the engine's decision, including the backup-code round trip.
-async fn decide(task: &Task, user: &str, code: SecretString) -> Result<Verdict, Response> {
+async fn decide(task: &Task, user: &str, code: SecretString, source: Option<String>) -> Result<Verdict, Response> {
     let first = task
         .ask(|reply| Job::Verify {
             user: user.to_owned(),
             code: code.clone(),
+            source: source.clone(),
             reply,
         })
         .await
@@ -114,6 +116,7 @@ async fn decide(task: &Task, user: &str, code: SecretString) -> Result<Verdict, 
     task.ask(|reply| Job::BackupResult {
         user: user.to_owned(),
         matched,
+        source,
         reply,
     })
     .await

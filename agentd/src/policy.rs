@@ -1,6 +1,8 @@
 //! Brute-force policy: how long a rejected caller waits, and when an account
-//! locks. The same rules apply to accounts that do not exist (counted in
-//! memory), so a remote party cannot tell them apart by timing or by lock.
+//! or a source locks. The same rules apply to accounts that do not exist
+//! (counted in memory), so a remote party cannot tell them apart by timing or
+//! by lock. Sources (the remote host of a PAM login, the Calling-Station-Id
+//! of a RADIUS request) are counted in memory too, over all accounts.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -48,6 +50,19 @@ impl Policy {
         Failures { count, locked_until }
     }
 
+    /// Returns the count and lock of a source after one more failure at
+    /// `now`. A `source_threshold` of 0 never locks.
+    pub fn after_source_failure(&self, before: Failures, now: u64) -> Failures {
+        let count = before.count.saturating_add(1);
+        let threshold = self.lockout.source_threshold;
+        let locked_until = if threshold > 0 && count >= threshold {
+            Some(now.saturating_add(self.lockout.lock_duration.as_secs()))
+        } else {
+            before.locked_until
+        };
+        Failures { count, locked_until }
+    }
+
     /// Delay before the reply to a rejection, given the count after it:
     /// `failure_delay` doubled for each earlier consecutive failure, capped.
     pub fn delay(&self, count: u32) -> Duration {
@@ -57,28 +72,30 @@ impl Policy {
     }
 }
 
-/// Failure counts of names that have no account. Kept in memory only, so a
-/// restart forgets them, and bounded so a flood of made-up names cannot
-/// exhaust memory.
+/// Failure counts by name, for user names that have no account and for
+/// sources. Kept in memory only, so a restart clears them, and bounded so a
+/// flood of made-up names cannot exhaust memory.
 #[derive(Debug, Default)]
-pub struct UnknownNames {
+pub struct FailureTable {
     counts: HashMap<String, Failures>,
 }
 
-/// Most names tracked at once; the table is emptied when it is full.
-const MAX_UNKNOWN_NAMES: usize = 65_536;
+/// Most names tracked at once in one table.
+const MAX_NAMES: usize = 65_536;
 
-impl UnknownNames {
+impl FailureTable {
     pub fn get(&self, name: &str) -> Failures {
         self.counts.get(name).copied().unwrap_or_default()
     }
 
     pub fn set(&mut self, name: &str, failures: Failures) {
-        if self.counts.len() >= MAX_UNKNOWN_NAMES && !self.counts.contains_key(name) {
+        if self.counts.len() >= MAX_NAMES && !self.counts.contains_key(name) {
             // Evict one entry (in the map's arbitrary order) rather than the
             // whole table, so a flood of made-up names cannot reset the delay
             // of a name being probed. NOTE: an evicted name does restart its
-            // count; unknown names have nothing to guess, only timing to hide.
+            // count. Unknown names have nothing to guess, only timing to hide.
+            // A source can be evicted only by a flood of requests from other
+            // sources, which only a trusted front end can send.
             if let Some(victim) = self.counts.keys().next().cloned() {
                 self.counts.remove(&victim);
             }
@@ -101,6 +118,7 @@ mod tests {
                 failure_delay: Duration::from_millis(500),
                 max_failure_delay: Duration::from_secs(8),
                 threshold: 3,
+                source_threshold: 5,
                 lock_duration: Duration::from_secs(900),
             },
         }
@@ -140,9 +158,32 @@ mod tests {
     }
 
     #[test]
+    fn source_locks_at_its_own_threshold() {
+        let mut failures = Failures::default();
+        for _ in 0..4 {
+            failures = policy().after_source_failure(failures, 1000);
+            assert!(!failures.is_locked(1000));
+        }
+        failures = policy().after_source_failure(failures, 1000);
+        assert_eq!(failures.count, 5);
+        assert_eq!(failures.locked_until, Some(1900));
+    }
+
+    #[test]
+    fn zero_source_threshold_never_locks() {
+        let mut off = policy();
+        off.lockout.source_threshold = 0;
+        let mut failures = Failures::default();
+        for _ in 0..100 {
+            failures = off.after_source_failure(failures, 5);
+        }
+        assert!(!failures.is_locked(5));
+    }
+
+    #[test]
     fn unknown_names_are_bounded() {
-        let mut names = UnknownNames::default();
-        for i in 0..(MAX_UNKNOWN_NAMES + 10) {
+        let mut names = FailureTable::default();
+        for i in 0..(MAX_NAMES + 10) {
             names.set(
                 &format!("user{i}"),
                 Failures {
@@ -151,6 +192,6 @@ mod tests {
                 },
             );
         }
-        assert!(names.counts.len() <= MAX_UNKNOWN_NAMES);
+        assert!(names.counts.len() <= MAX_NAMES);
     }
 }

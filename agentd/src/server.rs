@@ -118,6 +118,9 @@ pub const MAX_AGENT_FRAME_LEN: usize = 16 * 1024;
 /// Connections one local user other than root may hold open at once.
 pub const MAX_LOCAL_CONNECTIONS_PER_UID: usize = 8;
 
+/// Maximum length of a kept source name, in bytes. A longer name is cut.
+const MAX_SOURCE_LEN: usize = 255;
+
 /// Time a local user's connection may stay idle between requests.
 const LOCAL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -441,10 +444,39 @@ impl Task {
         matches!(self.caller, Caller::Admin { .. })
     }
 
+    /// Returns the source to count failures for; see [`source_of`].
+    pub fn source_of(&self, origin: &Origin) -> Option<String> {
+        source_of(&self.caller, origin)
+    }
+
     /// Returns whether the caller gets only accept or reject (a remote party).
     pub fn is_remote(&self, origin: &Origin) -> bool {
         matches!(self.caller, Caller::Bridge { .. }) || matches!(origin, Origin::Radius { .. })
     }
+}
+
+/// Returns the source to count failures for: the remote host of a PAM
+/// login or the Calling-Station-Id of a RADIUS request, lowercased. Only
+/// root, the agent's user, the bridge and admins can name one, because
+/// another local user could otherwise lock any address out.
+pub fn source_of(caller: &Caller, origin: &Origin) -> Option<String> {
+    if matches!(caller, Caller::Local { .. } | Caller::Nobody { .. }) {
+        return None;
+    }
+    let named = match origin {
+        Origin::Pam { rhost, .. } => rhost.as_deref(),
+        Origin::Radius { calling_station, .. } => calling_station.as_deref(),
+        Origin::Admin {} => None,
+    };
+    let source = named?.trim();
+    // Bounds the memory of the source table. RADIUS attributes hold at most
+    // 253 bytes, and a host name 253 characters.
+    let end = source
+        .char_indices()
+        .map(|(start, c)| start + c.len_utf8())
+        .take_while(|&end| end <= MAX_SOURCE_LEN)
+        .last()?;
+    Some(source[..end].to_lowercase())
 }
 
 /// Builds the response for a request the caller may not make.
@@ -452,5 +484,63 @@ pub fn forbidden(message: &str) -> Response {
     Response::Error {
         kind: ErrorKind::Forbidden,
         message: message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn pam_from(rhost: Option<&str>) -> Origin {
+        Origin::Pam {
+            service: "sshd".into(),
+            rhost: rhost.map(str::to_owned),
+            tty: None,
+            ruser: None,
+        }
+    }
+
+    #[test]
+    fn source_comes_from_trusted_callers_only() {
+        let origin = pam_from(Some(" 192.0.2.7 "));
+        let trusted = Caller::Trusted { uid: 0 };
+        let local = Caller::Local {
+            uid: 1000,
+            name: "alice".into(),
+        };
+        assert_eq!(source_of(&trusted, &origin), Some("192.0.2.7".into()));
+        assert_eq!(source_of(&Caller::Admin { uid: 0 }, &origin), Some("192.0.2.7".into()));
+        assert_eq!(source_of(&local, &origin), None);
+        assert_eq!(source_of(&Caller::Nobody { uid: 4242 }, &origin), None);
+    }
+
+    #[test]
+    fn source_of_radius_is_calling_station() {
+        let origin = Origin::Radius {
+            client: "vpn".into(),
+            nas_identifier: None,
+            nas_ip: Some("192.0.2.1".into()),
+            calling_station: Some("00-1B-63-84-45-E6".into()),
+        };
+        let bridge = Caller::Bridge { uid: 110 };
+        assert_eq!(source_of(&bridge, &origin), Some("00-1b-63-84-45-e6".into()));
+    }
+
+    #[test]
+    fn source_missing_or_blank_is_none() {
+        let trusted = Caller::Trusted { uid: 0 };
+        assert_eq!(source_of(&trusted, &pam_from(None)), None);
+        assert_eq!(source_of(&trusted, &pam_from(Some("  "))), None);
+        assert_eq!(source_of(&trusted, &Origin::Admin {}), None);
+    }
+
+    #[test]
+    fn long_source_is_cut_at_a_character() {
+        let trusted = Caller::Trusted { uid: 0 };
+        let long = "é".repeat(200);
+        let source = source_of(&trusted, &pam_from(Some(&long))).unwrap();
+        assert_eq!(source.len(), 254);
+        assert!(source.chars().all(|c| c == 'é'));
     }
 }

@@ -40,6 +40,7 @@ fn settings(threshold: u32) -> Settings {
             failure_delay: Duration::from_millis(500),
             max_failure_delay: Duration::from_secs(8),
             threshold,
+            source_threshold: 4,
             lock_duration: Duration::from_secs(900),
         },
         prompt: "Code: ".into(),
@@ -86,15 +87,23 @@ impl Harness {
 
     /// Runs several verifications in one batch and returns their verdicts.
     fn verify_batch(&mut self, codes: &[(&str, String)]) -> Vec<Verdict> {
+        let sourced: Vec<(&str, String, Option<&str>)> =
+            codes.iter().map(|(user, code)| (*user, code.clone(), None)).collect();
+        self.verify_sourced(&sourced)
+    }
+
+    /// Runs verifications with their sources in one batch.
+    fn verify_sourced(&mut self, codes: &[(&str, String, Option<&str>)]) -> Vec<Verdict> {
         let mut answers = Vec::new();
         let jobs = codes
             .iter()
-            .map(|(user, code)| {
+            .map(|(user, code, source)| {
                 let (reply, answer) = oneshot::channel();
                 answers.push(answer);
                 Job::Verify {
                     user: (*user).into(),
                     code: SecretString::new(code.as_str()),
+                    source: source.map(str::to_owned),
                     reply,
                 }
             })
@@ -108,6 +117,10 @@ impl Harness {
 
     fn verify(&mut self, user: &str, code: String) -> Verdict {
         self.verify_batch(&[(user, code)]).remove(0)
+    }
+
+    fn verify_from(&mut self, user: &str, code: String, source: &str) -> Verdict {
+        self.verify_sourced(&[(user, code, Some(source))]).remove(0)
     }
 }
 
@@ -230,6 +243,120 @@ fn unknown_user_gets_same_delays_and_lock() {
         assert_eq!(k.failures, u.failures);
     }
     assert_eq!(unknown[3].reason, Reason::UnknownUser);
+}
+
+#[test]
+fn source_locks_across_accounts() {
+    let mut h = harness(10);
+    h.enroll("bob");
+    let attacker = "192.0.2.66";
+    let users = ["alice", "bob", "mallory", "alice"];
+    let verdicts: Vec<Verdict> = users
+        .iter()
+        .map(|user| h.verify_from(user, "000000".into(), attacker))
+        .collect();
+    let delays: Vec<Duration> = verdicts.iter().map(|verdict| verdict.delay).collect();
+    assert_eq!(
+        delays,
+        [
+            Duration::from_millis(500),
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            Duration::from_secs(4)
+        ],
+        "the delay grows with the source's count, not only the account's"
+    );
+
+    let blocked = h.verify_from("bob", code_at(STEP_START), attacker);
+    assert_eq!(
+        (blocked.outcome, blocked.reason),
+        (Outcome::Locked, Reason::SourceLocked)
+    );
+    let elsewhere = h.verify_from("bob", code_at(STEP_START), "192.0.2.10");
+    assert_eq!(
+        elsewhere.outcome,
+        Outcome::Accepted,
+        "the blocked attempt did not use the code"
+    );
+    let unsourced = h.verify("alice", code_at(STEP_START));
+    assert_eq!(
+        unsourced.outcome,
+        Outcome::Accepted,
+        "accounts themselves are not locked"
+    );
+
+    h.clock.set(STEP_START + 900);
+    let later = h.verify_from("bob", code_at(STEP_START + 900), attacker);
+    assert_eq!(later.outcome, Outcome::Accepted, "the source lock expires by itself");
+}
+
+#[test]
+fn accepted_code_resets_source_count() {
+    let mut h = harness(10);
+    let office = "198.51.100.1";
+    for _ in 0..3 {
+        h.verify_from("mallory", "000000".into(), office);
+    }
+    assert_eq!(
+        h.verify_from("alice", code_at(STEP_START), office).outcome,
+        Outcome::Accepted
+    );
+    for _ in 0..3 {
+        h.verify_from("mallory", "000000".into(), office);
+    }
+    let after = h.verify_from("alice", code_at(STEP_START + PERIOD), office);
+    assert_eq!(
+        after.outcome,
+        Outcome::Accepted,
+        "three failures since the last accept stay under the threshold of 4"
+    );
+}
+
+#[test]
+fn locked_source_does_not_count_further() {
+    let mut h = harness(10);
+    let source = "203.0.113.5";
+    for _ in 0..4 {
+        h.verify_from("mallory", "000000".into(), source);
+    }
+    h.clock.set(STEP_START + 600);
+    for _ in 0..10 {
+        let verdict = h.verify_from("mallory", "000000".into(), source);
+        assert_eq!(verdict.reason, Reason::SourceLocked);
+    }
+    h.clock.set(STEP_START + 900);
+    let verdict = h.verify_from("alice", code_at(STEP_START + 900), source);
+    assert_eq!(
+        verdict.outcome,
+        Outcome::Accepted,
+        "attempts while locked do not extend the lock"
+    );
+}
+
+#[test]
+fn zero_source_threshold_counts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let clock = Arc::new(ManualClock::new(STEP_START));
+    let mut off = settings(10);
+    off.lockout.source_threshold = 0;
+    let engine = Engine::new(store, SeedCipher::new(&[9u8; 32]), clock.clone(), off);
+    let mut h = Harness {
+        engine,
+        clock,
+        _dir: dir,
+    };
+    h.enroll("alice");
+    let delays: Vec<Duration> = ["bob", "carol", "dave"]
+        .iter()
+        .map(|user| h.verify_from(user, "000000".into(), "192.0.2.66").delay)
+        .collect();
+    assert!(
+        delays.iter().all(|delay| *delay == Duration::from_millis(500)),
+        "{delays:?}"
+    );
+    let verdict = h.verify_from("alice", code_at(STEP_START), "192.0.2.66");
+    assert_eq!(verdict.outcome, Outcome::Accepted);
 }
 
 #[test]

@@ -43,6 +43,7 @@ pub struct Options {
     pub failure_delay_ms: u64,
     pub max_failure_delay_ms: u64,
     pub lock_seconds: u64,
+    pub source_threshold: u32,
     pub extra: String,
 }
 
@@ -53,6 +54,7 @@ impl Default for Options {
             failure_delay_ms: 1,
             max_failure_delay_ms: 4,
             lock_seconds: 600,
+            source_threshold: 30,
             extra: String::new(),
         }
     }
@@ -205,6 +207,11 @@ impl Agent {
         )
     }
 
+    /// Verifies through the agent socket with the given origin.
+    pub fn verify_from(&self, user: &str, code: &str, origin: Origin) -> VerifyResult {
+        verdict(self.agent_client().call(verify_request(user, code, origin)).unwrap())
+    }
+
     /// Verifies through the agent socket as the RADIUS bridge would.
     pub fn verify_radius(&self, user: &str, code: &str) -> VerifyResult {
         verdict(
@@ -237,11 +244,11 @@ fn signal(child: &Child, signal_number: i32) {
 fn write_config(dir: &Path, options: &Options) {
     let text = format!(
         "[paths]\nstate_dir = \"state\"\nseed_key = \"state/seed.key\"\nagent_socket = \"run/agent.sock\"\nadmin_socket = \"run/admin.sock\"\n\
-         [lockout]\nthreshold = {}\ndanger_disable_lockout = {}\nfailure_delay_ms = {}\nmax_failure_delay_ms = {}\nlock_seconds = {}\n\
+         [lockout]\nthreshold = {}\ndanger_disable_lockout = {}\nfailure_delay_ms = {}\nmax_failure_delay_ms = {}\nlock_seconds = {}\nsource_threshold = {}\n\
          [enroll]\nissuer = \"FreeAuth test\"\n{}\n",
         options.threshold,
         options.threshold == 0,
-        options.failure_delay_ms, options.max_failure_delay_ms, options.lock_seconds, options.extra
+        options.failure_delay_ms, options.max_failure_delay_ms, options.lock_seconds, options.source_threshold, options.extra
     );
     fs::write(dir.join("agentd.toml"), text).unwrap();
 }
