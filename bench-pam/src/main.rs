@@ -34,6 +34,8 @@ use crate::stats::{millis, Row, TABLE_HEADER};
 const FREEAUTH: &str = "pam_freeauth";
 /// Module label of pam_oath in the table.
 const OATH: &str = "pam_oath";
+/// Module label of pam_permit in the table.
+const PERMIT: &str = "pam_permit";
 
 /// Target: pam_freeauth's accept rate over pam_oath's at this many users.
 const RATIO_TARGET_USERS: usize = 10_000;
@@ -110,6 +112,16 @@ struct Args {
     /// Skip pam_oath (no ratio is printed then).
     #[arg(long)]
     skip_oath: bool,
+
+    /// Also time a loop with Linux-PAM's pam_permit, which accepts without
+    /// a prompt or any work: the cost of libpam and of loading one module,
+    /// a floor for any module in this loop.
+    #[arg(long)]
+    floor: bool,
+
+    /// pam_permit module, for --floor.
+    #[arg(long, default_value = "/usr/lib/x86_64-linux-gnu/security/pam_permit.so")]
+    permit_module: PathBuf,
 }
 
 /// Resolved programs and settings of a run.
@@ -313,6 +325,23 @@ fn measure_size(args: &Args, setup: &Setup, users: usize) -> Result<SizeReport, 
         rows.push(measured_row(users, OATH, 1, sequential(&oath, limit)));
     }
 
+    if args.floor {
+        let permit_service = Service::create(&confdir, "bench-permit", &args.permit_module, &[])?.without_prompt();
+        let permit_counters = Counters::new(users);
+        let permit = Target {
+            label: PERMIT,
+            service: &permit_service,
+            population: &population,
+            counters: &permit_counters,
+        };
+        warm_up(args, &permit);
+        let limit = Limit {
+            duration: seconds(args.duration),
+            max_attempts: u64::MAX,
+        };
+        rows.push(measured_row(users, PERMIT, 1, sequential(&permit, limit)));
+    }
+
     print_sizes(dir.path(), &users_oath);
     agent.stop()?;
     dir.close()
@@ -400,6 +429,13 @@ fn print_summary(args: &Args, reports: &[(usize, SizeReport)]) {
         }
     }
 
+    if args.floor {
+        println!("\n## Floor: pam_permit in the same loop\n");
+        for (users, report) in reports {
+            print_floor(*users, report);
+        }
+    }
+
     println!("\n## Targets\n");
     print_ratio_target(args, reports);
     for (users, report) in reports {
@@ -437,15 +473,33 @@ fn print_ratio_target(args: &Args, reports: &[(usize, SizeReport)]) {
     }
 }
 
+/// Prints pam_permit's rate beside the rate that the ratio target requires.
+fn print_floor(users: usize, report: &SizeReport) {
+    let Some(floor) = one_thread_rate(report, PERMIT) else {
+        return;
+    };
+    let needed = match one_thread_rate(report, OATH) {
+        Some(oath) => format!(
+            "; {RATIO_TARGET} times pam_oath is {:.1}/s, {:.0} % of the floor",
+            oath * RATIO_TARGET,
+            100.0 * oath * RATIO_TARGET / floor
+        ),
+        None => String::new(),
+    };
+    println!("- {users} users: pam_permit {floor:.1} authentications/s{needed}");
+}
+
+/// Returns the accept rate of `module`'s one-thread loop.
+fn one_thread_rate(report: &SizeReport, module: &str) -> Option<f64> {
+    report
+        .rows
+        .iter()
+        .find(|row| row.module == module && row.threads == 1)
+        .map(|row| row.result.accept_rate())
+}
+
 /// Returns pam_freeauth's single-thread accept rate over pam_oath's.
 fn ratio(report: &SizeReport) -> Option<f64> {
-    let rate = |module: &str| {
-        report
-            .rows
-            .iter()
-            .find(|row| row.module == module && row.threads == 1)
-            .map(|row| row.result.accept_rate())
-    };
-    let oath = rate(OATH).filter(|rate| *rate > 0.0)?;
-    Some(rate(FREEAUTH)? / oath)
+    let oath = one_thread_rate(report, OATH).filter(|rate| *rate > 0.0)?;
+    Some(one_thread_rate(report, FREEAUTH)? / oath)
 }

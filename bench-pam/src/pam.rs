@@ -76,6 +76,8 @@ unsafe extern "C" {
 pub struct Service {
     name: CString,
     confdir: CString,
+    /// Code prompts a successful authentication must have made.
+    prompts: u32,
 }
 
 impl Service {
@@ -103,7 +105,14 @@ impl Service {
         Ok(Service {
             name: c_string(name)?,
             confdir: c_string(&confdir.to_string_lossy())?,
+            prompts: 1,
         })
+    }
+
+    /// Returns this service for a module that succeeds without prompting,
+    /// such as `pam_permit`.
+    pub fn without_prompt(self) -> Service {
+        Service { prompts: 0, ..self }
     }
 
     /// Path of the service file, for messages.
@@ -181,10 +190,10 @@ pub fn authenticate(service: &Service, user: &CStr, code: &str) -> Result<Durati
         let reason = format!("pam_end returned {end_status}");
         return Err(failure(reason, conversation.messages));
     }
-    if conversation.prompts != 1 {
+    if conversation.prompts != service.prompts {
         let reason = format!(
-            "the module succeeded after {} code prompts instead of 1",
-            conversation.prompts
+            "the module succeeded after {} code prompts instead of {}",
+            conversation.prompts, service.prompts
         );
         return Err(failure(reason, conversation.messages));
     }
