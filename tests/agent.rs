@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use freeauth_e2e::*;
-use freeauth_proto::{Client, Origin, Request, Response, VerifyResult};
+use freeauth_proto::{
+    Client, HashAlgorithm, ImportEntry, NewToken, Origin, Request, Response, SecretString, TokenKind, VerifyResult,
+};
 
 const RFC_SEED_HEX: &str = "3132333435363738393031323334353637383930";
 
@@ -314,6 +316,109 @@ fn failures_from_one_host_lock_that_host() {
     let log = agent.log();
     assert!(log.contains("source locked after consecutive failures"), "{log}");
     assert!(log.contains("192.0.2.99"), "{log}");
+}
+
+/// Imports `count` users named `user00001`, `user00002`, … with one HOTP
+/// token each, through the admin socket in requests of 2,000.
+fn import_many(agent: &Agent, count: usize) {
+    let mut client = Client::connect(&agent.admin_socket(), "test", Duration::from_secs(60)).unwrap();
+    let names: Vec<String> = (1..=count).map(|n| format!("user{n:05}")).collect();
+    for chunk in names.chunks(2_000) {
+        let entries = chunk
+            .iter()
+            .map(|user| ImportEntry {
+                user: user.clone(),
+                token: NewToken {
+                    kind: TokenKind::Hotp,
+                    algorithm: HashAlgorithm::Sha1,
+                    digits: 6,
+                    period: 30,
+                    counter: 0,
+                    last_step: None,
+                    secret_hex: SecretString::new(RFC_SEED_HEX),
+                    pin: None,
+                    label: None,
+                },
+                backup_codes: Vec::new(),
+            })
+            .collect();
+        let response = client.call(Request::Import { entries }).unwrap();
+        assert!(matches!(response, Response::Imported { .. }), "{response:?}");
+    }
+}
+
+#[test]
+fn list_pages_follow_name_order() {
+    let agent = Agent::start();
+    import_many(&agent, 5);
+    let mut client = Client::connect(&agent.admin_socket(), "test", Duration::from_secs(30)).unwrap();
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let request = Request::List {
+            after: after.take(),
+            limit: Some(2),
+        };
+        let Response::Users { users, next } = client.call(request).unwrap() else {
+            panic!("expected users");
+        };
+        pages.push(users.iter().map(|user| user.user.clone()).collect::<Vec<_>>());
+        match next {
+            Some(name) => after = Some(name),
+            None => break,
+        }
+    }
+    assert_eq!(
+        pages,
+        [
+            vec!["user00001", "user00002"],
+            vec!["user00003", "user00004"],
+            vec!["user00005"]
+        ]
+    );
+
+    let Response::Users { users, next } = client
+        .call(Request::List {
+            after: None,
+            limit: None,
+        })
+        .unwrap()
+    else {
+        panic!("expected users");
+    };
+    assert_eq!(users.len(), 5, "no limit lists everyone");
+    assert_eq!(next, None);
+}
+
+#[test]
+fn list_prints_more_users_than_one_frame_holds() {
+    // About 100 bytes of JSON per user: 12,000 of them exceed the 1 MiB
+    // frame, which one unpaged reply could not carry.
+    let agent = Agent::start();
+    import_many(&agent, 12_000);
+    let mut client = Client::connect(&agent.admin_socket(), "test", Duration::from_secs(60)).unwrap();
+    let unpaged = client
+        .call(Request::List {
+            after: None,
+            limit: None,
+        })
+        .unwrap();
+    assert!(matches!(unpaged, Response::Error { .. }), "{unpaged:?}");
+
+    let listed = agent.ctl_ok(&["list"]);
+    let rows: Vec<&str> = listed.lines().filter(|line| line.starts_with("user")).collect();
+    assert_eq!(rows.len(), 12_000);
+    assert!(rows.first().unwrap().starts_with("user00001 "), "{:?}", rows.first());
+    assert!(rows.last().unwrap().starts_with("user12000 "), "{:?}", rows.last());
+    assert_eq!(
+        listed.lines().filter(|line| line.starts_with("USER")).count(),
+        1,
+        "one header"
+    );
+
+    let json = agent.ctl_ok(&["--json", "list"]);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(value["users"].as_array().unwrap().len(), 12_000);
 }
 
 #[test]
@@ -640,6 +745,40 @@ fn imports_oath_users_file_with_counters() {
     // The current step counts as used (pam_oath may just have taken it).
     assert_eq!(agent.ctl_verify("max", &oath_totp(seed2, "sha1", 6, 30, now())), 1);
     assert_eq!(agent.ctl_verify("max", &oath_totp(seed2, "sha1", 6, 30, now() + 30)), 0);
+}
+
+#[test]
+fn import_too_large_for_one_request_says_how_to_split() {
+    let agent = Agent::start();
+    let file = agent.dir.path().join("users.oath");
+    let lines: String = (0..8_000)
+        .map(|n| format!("HOTP big{n:05} - {RFC_SEED_HEX} 0\n"))
+        .collect();
+    fs::write(&file, lines).unwrap();
+    let output = agent.ctl(&["import", "--format", "oath", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the file has 8000 tokens"), "{stderr}");
+    assert!(stderr.contains("Split the file into parts of at most"), "{stderr}");
+    assert!(
+        agent.ctl_ok(&["list"]).contains("no users have tokens"),
+        "nothing was sent"
+    );
+
+    // The advised part size does fit.
+    let fitting: usize = stderr
+        .split("parts of at most ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no part size in {stderr}"));
+    let part = agent.dir.path().join("part.oath");
+    let first_lines: String = (0..fitting)
+        .map(|n| format!("HOTP big{n:05} - {RFC_SEED_HEX} 0\n"))
+        .collect();
+    fs::write(&part, first_lines).unwrap();
+    let imported = agent.ctl_ok(&["import", "--format", "oath", part.to_str().unwrap()]);
+    assert!(imported.contains(&format!("imported {fitting} tokens")), "{imported}");
 }
 
 #[test]

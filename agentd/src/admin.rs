@@ -4,7 +4,7 @@
 use freeauth_otp::{Algorithm, Code, Kind, Secret, State};
 use freeauth_proto::{
     AgentStatus, ErrorKind, HashAlgorithm, NewToken, Response, SecretString, TokenInfo, TokenKind, UserDetail,
-    UserSummary,
+    UserSummary, MAX_LIST_PAGE,
 };
 
 use crate::engine::{failures_of, Context, EngineError};
@@ -35,7 +35,11 @@ pub enum AdminOp {
         tokens: Vec<(String, NewToken)>,
         backups: Vec<(String, BackupSet)>,
     },
-    List,
+    /// A page of users in name order; see `Request::List`.
+    List {
+        after: Option<String>,
+        limit: Option<u32>,
+    },
     Show {
         user: String,
     },
@@ -67,7 +71,7 @@ pub(crate) fn run(context: &Context<'_>, db: Db<'_>, unknown: &mut FailureTable,
     match op {
         AdminOp::Enroll { user, token, backup } => enroll(context, db, &user, &token, backup.as_ref()),
         AdminOp::Import { tokens, backups } => import(context, db, &tokens, &backups),
-        AdminOp::List => list(context, db),
+        AdminOp::List { after, limit } => list(context, db, after.as_deref(), limit),
         AdminOp::Show { user } => show(context, db, &user),
         AdminOp::SetEnabled { user, token, enabled } => set_enabled(db, &user, token, enabled),
         AdminOp::Remove { user, token } => remove(db, &user, token),
@@ -283,9 +287,20 @@ fn find_account(db: Db<'_>, user: &str) -> Result<Result<Account, Response>, Eng
     }
 }
 
-fn list(context: &Context<'_>, db: Db<'_>) -> AdminResult {
+fn list(context: &Context<'_>, db: Db<'_>, after: Option<&str>, limit: Option<u32>) -> AdminResult {
+    let limit = limit.map(|limit| limit.clamp(1, MAX_LIST_PAGE));
+    // The name after the page, if there is one, shows that another page
+    // follows.
+    let mut names = db.account_names(after, limit.map(|limit| limit + 1))?;
+    let next = match limit {
+        Some(limit) if names.len() > limit as usize => {
+            names.truncate(limit as usize);
+            names.last().cloned()
+        }
+        _ => None,
+    };
     let mut users = Vec::new();
-    for name in db.account_names()? {
+    for name in names {
         let Some(account) = db.account(&name)? else {
             continue;
         };
@@ -300,7 +315,7 @@ fn list(context: &Context<'_>, db: Db<'_>) -> AdminResult {
             backup_codes_left: db.backup_codes_left(account.id)?,
         });
     }
-    Ok(Response::Users { users })
+    Ok(Response::Users { users, next })
 }
 
 fn show(context: &Context<'_>, db: Db<'_>, user: &str) -> AdminResult {

@@ -264,7 +264,7 @@ async fn into_op(request: Request) -> Result<Prepared, Response> {
             backup_codes,
         } => return prepare_enroll(user, token, backup_codes).await,
         Request::Import { entries } => return prepare_import(entries).await,
-        Request::List {} => AdminOp::List,
+        Request::List { after, limit } => AdminOp::List { after, limit },
         Request::Show { user } => AdminOp::Show { user },
         Request::SetEnabled { user, token, enabled } => AdminOp::SetEnabled { user, token, enabled },
         Request::Remove { user, token } => AdminOp::Remove { user, token },

@@ -1046,9 +1046,16 @@ impl Db<'_> {
     }
 
     /// Names of all accounts, sorted.
-    pub fn account_names(&self) -> Result<Vec<String>, StoreError> {
-        let mut statement = self.conn.prepare_cached("SELECT name FROM users ORDER BY name")?;
-        let rows = statement.query_map([], |row| row.get(0))?;
+    /// Returns account names in bytewise order: those after `after`, at
+    /// most `limit` of them.
+    pub fn account_names(&self, after: Option<&str>, limit: Option<u32>) -> Result<Vec<String>, StoreError> {
+        // LIMIT -1 is no limit in SQLite. No account has an empty name
+        // (`check_user_name`), so `name > ''` matches every account.
+        let limit = limit.map_or(-1, i64::from);
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT name FROM users WHERE name > ?1 ORDER BY name LIMIT ?2")?;
+        let rows = statement.query_map(params![after.unwrap_or(""), limit], |row| row.get(0))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 

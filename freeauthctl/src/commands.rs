@@ -20,6 +20,10 @@ use crate::output;
 /// agent's brute-force policy for several seconds.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Users asked for in each `List` request. Each page is one job of the
+/// agent's engine, so verifications go on between pages.
+const LIST_PAGE: u32 = 1_000;
+
 /// A failed command, printed as `freeauthctl: MESSAGE`; exit code 2.
 pub type CommandError = String;
 
@@ -36,7 +40,7 @@ pub fn run(args: Args) -> Result<ExitCode, CommandError> {
         Command::Init { user: Some(user) } => init_for(&config, &user),
         Command::CheckConfig => check_config(&config),
         Command::Enroll(enroll_args) => enroll(&config, enroll_args, json),
-        Command::List => simple(&config, Request::List {}, json),
+        Command::List => list(&config, json),
         Command::Show { user } => simple(&config, Request::Show { user }, json),
         Command::Disable(select) => set_enabled(&config, select, false, json),
         Command::Enable(select) => set_enabled(&config, select, true, json),
@@ -126,7 +130,13 @@ fn check_peer(config: &Config, stream: &std::os::unix::net::UnixStream) -> Resul
 
 /// Sends `request` and returns the response, or the agent's error message.
 pub fn call(config: &Config, request: Request) -> Result<Response, CommandError> {
-    let response = connect(config)?.call(request).map_err(|err| err.to_string())?;
+    call_on(&mut connect(config)?, request)
+}
+
+/// Sends `request` on an open connection and returns an error response
+/// as an error.
+fn call_on(client: &mut Client, request: Request) -> Result<Response, CommandError> {
+    let response = client.call(request).map_err(|err| err.to_string())?;
     match response {
         Response::Error { kind, message } => Err(format!(
             "the agent refused the request ({}): {message}",
@@ -139,6 +149,44 @@ pub fn call(config: &Config, request: Request) -> Result<Response, CommandError>
 fn simple(config: &Config, request: Request, json: bool) -> Result<ExitCode, CommandError> {
     let response = call(config, request)?;
     output::print_response(&response, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Lists every user, one page of [`LIST_PAGE`] at a time. Text output
+/// prints each page as it comes; JSON output is one document at the end.
+fn list(config: &Config, json: bool) -> Result<ExitCode, CommandError> {
+    let mut client = connect(config)?;
+    let mut after = None;
+    let mut collected = Vec::new();
+    let mut table = output::UserTable::default();
+    loop {
+        let request = Request::List {
+            after: after.take(),
+            limit: Some(LIST_PAGE),
+        };
+        let (users, next) = match call_on(&mut client, request)? {
+            Response::Users { users, next } => (users, next),
+            other => return Err(format!("unexpected answer to a list request: {other:?}")),
+        };
+        if json {
+            collected.extend(users);
+        } else {
+            table.print(&users);
+        }
+        match next {
+            Some(name) => after = Some(name),
+            None => break,
+        }
+    }
+    if json {
+        let users = Response::Users {
+            users: collected,
+            next: None,
+        };
+        output::print_response(&users, true)?;
+    } else {
+        table.finish();
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use freeauth_agentd::config::Config;
-use freeauth_proto::{ImportEntry, NewToken, Request, SecretString};
+use freeauth_proto::{ImportEntry, NewToken, Request, RequestFrame, SecretString, MAX_FRAME_LEN};
 use freeauthctl::import::{parse_google_authenticator, parse_users_oath};
 use freeauthctl::otpauth::TokenDescription;
 
@@ -23,9 +23,65 @@ pub fn run(config: &Config, args: ImportArgs, json: bool) -> Result<ExitCode, Co
         (ImportFormat::Oath, [file]) => oath(Path::new(file))?,
         (ImportFormat::Oath, _) => return Err("usage: freeauthctl import --format oath FILE".into()),
     };
-    let response = call(config, Request::Import { entries })?;
+    let request = Request::Import { entries };
+    check_size(&request)?;
+    let response = call(config, request)?;
     output::print_response(&response, json)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rejects an import that cannot travel as one request, with the number of
+/// tokens that would fit, so that the administrator can split the file.
+fn check_size(request: &Request) -> Result<(), CommandError> {
+    let Request::Import { entries } = request else {
+        return Ok(());
+    };
+    let size = json_size(request)? + frame_overhead()?;
+    if size <= MAX_FRAME_LEN || entries.is_empty() {
+        return Ok(());
+    }
+    let per_token = size.div_ceil(entries.len());
+    let fitting = MAX_FRAME_LEN / per_token.max(1);
+    Err(format!(
+        "the file has {} tokens, {:.1} MiB as one request, and the agent takes at most {} MiB per request. \
+         Split the file into parts of at most {fitting} tokens and import each part; each part is stored whole or not at all",
+        entries.len(),
+        size as f64 / 1_048_576.0,
+        MAX_FRAME_LEN / 1_048_576
+    ))
+}
+
+/// Returns the length of `value` as JSON.
+fn json_size<T: serde::Serialize>(value: &T) -> Result<usize, CommandError> {
+    let mut counter = ByteCounter(0);
+    serde_json::to_writer(&mut counter, value).map_err(|err| format!("cannot encode the import: {err}"))?;
+    Ok(counter.0)
+}
+
+/// Returns the bytes a [`RequestFrame`] adds around its request, with the
+/// longest id.
+fn frame_overhead() -> Result<usize, CommandError> {
+    let small = Request::Status {};
+    let frame = RequestFrame {
+        id: u64::MAX,
+        request: small.clone(),
+    };
+    Ok(json_size(&frame)?.saturating_sub(json_size(&small)?))
+}
+
+/// Counts the bytes written to it and keeps none, so no copy of a seed is
+/// left in memory.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(bytes.len());
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn new_token(token: &TokenDescription, last_step: Option<u64>) -> NewToken {

@@ -19,7 +19,11 @@ pub fn print_response(response: &Response, json: bool) -> Result<(), String> {
         return print_json(response);
     }
     match response {
-        Response::Users { users } => print_users(users),
+        Response::Users { users, .. } => {
+            let mut table = UserTable::default();
+            table.print(users);
+            table.finish();
+        }
         Response::User { user } => print_user(user),
         Response::Done { changed } => say!("done ({changed} changed)"),
         Response::Resynced { token, drift_steps } => {
@@ -58,20 +62,39 @@ pub fn error_kind(kind: ErrorKind) -> &'static str {
     }
 }
 
-fn print_users(users: &[UserSummary]) {
-    if users.is_empty() {
-        say!("no users have tokens");
-        return;
+/// The text table of `freeauthctl list`, printed a page at a time.
+#[derive(Default)]
+pub struct UserTable {
+    rows: u64,
+}
+
+impl UserTable {
+    /// Prints the rows of `users`, after the header if they are the first.
+    pub fn print(&mut self, users: &[UserSummary]) {
+        if self.rows == 0 && !users.is_empty() {
+            say!(
+                "{:<24} {:>6} {:>8} {:>8} {:>7} {:>7}",
+                "USER",
+                "TOKENS",
+                "ENABLED",
+                "FAILURES",
+                "LOCKED",
+                "BACKUP"
+            );
+        }
+        print_user_rows(users);
+        self.rows += users.len() as u64;
     }
-    say!(
-        "{:<24} {:>6} {:>8} {:>8} {:>7} {:>7}",
-        "USER",
-        "TOKENS",
-        "ENABLED",
-        "FAILURES",
-        "LOCKED",
-        "BACKUP"
-    );
+
+    /// Prints a line saying that there are no users, if no row was printed.
+    pub fn finish(self) {
+        if self.rows == 0 {
+            say!("no users have tokens");
+        }
+    }
+}
+
+fn print_user_rows(users: &[UserSummary]) {
     for user in users {
         let locked = if user.locked { "yes" } else { "no" };
         say!(

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::SecretString;
 
+/// Maximum number of users in one page of [`Request::List`]. A page of
+/// summaries is then about 600 KB at most, under the 1 MiB frame limit.
+pub const MAX_LIST_PAGE: u32 = 5_000;
+
 /// First frame of every connection, sent by the client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,8 +70,16 @@ pub enum Request {
     },
     /// Adds all entries in one transaction, or none of them.
     Import { entries: Vec<ImportEntry> },
-    /// Lists all users with tokens.
-    List {},
+    /// Lists users with tokens, in name order (bytewise).
+    List {
+        /// Only users whose names sort after this one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        /// At most this many users, and at most [`MAX_LIST_PAGE`]. Without
+        /// it, every user, in one reply that may exceed the frame limit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
     /// Shows one user's tokens, failures and lock.
     Show { user: String },
     /// Enables or disables one token of `user`, or all of them.
@@ -206,6 +218,10 @@ pub enum Response {
     },
     Users {
         users: Vec<UserSummary>,
+        /// The name to pass as `after` for the next page, when more users
+        /// follow.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
     },
     User {
         user: UserDetail,
