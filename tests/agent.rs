@@ -296,26 +296,46 @@ fn failures_from_one_host_lock_that_host() {
         VerifyResult::Locked,
         "right code from the locked host"
     );
-    let vpn_from = Origin::Radius {
-        client: "vpn-gateway".into(),
-        nas_identifier: None,
-        nas_ip: None,
-        calling_station: Some("192.0.2.99".into()),
-    };
-    assert_eq!(
-        agent.verify_from("dave", &first, vpn_from),
-        VerifyResult::Rejected,
-        "the same host through RADIUS"
-    );
     assert_eq!(
         agent.verify_from("dave", &first, ssh_from("192.0.2.100")),
         VerifyResult::Accepted,
         "another host, with the code the locked host could not use"
     );
 
+    // A RADIUS client's Calling-Station-Ids are counted apart from sshd's
+    // hosts, and an IPv6 host is counted by its /64.
+    let vpn_from = |station: &str| Origin::Radius {
+        client: "vpn-gateway".into(),
+        nas_identifier: None,
+        nas_ip: None,
+        calling_station: Some(station.into()),
+    };
+    let second = oath_hotp(RFC_SEED_HEX, 1, 6);
+    assert_eq!(
+        agent.verify_from("dave", &second, vpn_from("192.0.2.99")),
+        VerifyResult::Accepted
+    );
+    for host in ["2001:db8:5:6::1", "2001:db8:5:6::2", "2001:db8:5:6:ffff::3"] {
+        agent.verify_from("eve", "000000", vpn_from(host));
+    }
+    let third = oath_hotp(RFC_SEED_HEX, 2, 6);
+    assert_eq!(
+        agent.verify_from("dave", &third, vpn_from("2001:db8:5:6::99")),
+        VerifyResult::Rejected,
+        "another address of the locked /64"
+    );
+
+    agent.ctl_ok(&["unlock", "--source", "192.0.2.99"]);
+    assert_eq!(
+        agent.verify_from("dave", &third, ssh_from("192.0.2.99")),
+        VerifyResult::Accepted,
+        "unlocked by the administrator"
+    );
+
     let log = agent.log();
     assert!(log.contains("source locked after consecutive failures"), "{log}");
-    assert!(log.contains("192.0.2.99"), "{log}");
+    assert!(log.contains("pam:192.0.2.99"), "{log}");
+    assert!(log.contains("radius:vpn-gateway:2001:db8:5:6::/64"), "{log}");
 }
 
 /// Imports `count` users named `user00001`, `user00002`, … with one HOTP

@@ -7,9 +7,9 @@ use freeauth_proto::{
     UserSummary, MAX_LIST_PAGE,
 };
 
-use crate::engine::{failures_of, Context, EngineError};
+use crate::engine::{failures_of, Context, EngineError, MemoryCounts};
 use crate::keys::Field;
-use crate::policy::FailureTable;
+use crate::policy::{source_address, FailureTable, SourceFailures};
 use crate::store::{Account, Db, TokenSettings};
 
 /// Longest accepted user name, in bytes (the RADIUS User-Name limit).
@@ -61,13 +61,16 @@ pub enum AdminOp {
     Unlock {
         user: String,
     },
+    UnlockSource {
+        source: String,
+    },
     Counts,
 }
 
 type AdminResult = Result<Response, EngineError>;
 
 /// Runs `op`. An error `Response` makes the caller roll the savepoint back.
-pub(crate) fn run(context: &Context<'_>, db: Db<'_>, unknown: &mut FailureTable, op: AdminOp) -> AdminResult {
+pub(crate) fn run(context: &Context<'_>, db: Db<'_>, memory: &mut MemoryCounts, op: AdminOp) -> AdminResult {
     match op {
         AdminOp::Enroll { user, token, backup } => enroll(context, db, &user, &token, backup.as_ref()),
         AdminOp::Import { tokens, backups } => import(context, db, &tokens, &backups),
@@ -81,7 +84,8 @@ pub(crate) fn run(context: &Context<'_>, db: Db<'_>, unknown: &mut FailureTable,
             first,
             second,
         } => resync(context, db, &user, token, &first, &second),
-        AdminOp::Unlock { user } => unlock(db, unknown, &user),
+        AdminOp::Unlock { user } => unlock(db, &mut memory.unknown, &user),
+        AdminOp::UnlockSource { source } => Ok(unlock_source(&mut memory.sources, &source)),
         AdminOp::Counts => counts(db),
     }
 }
@@ -471,6 +475,31 @@ fn unlock(db: Db<'_>, unknown: &mut FailureTable, user: &str) -> AdminResult {
     db.set_failures(account.id, 0, None)?;
     tracing::info!(user, "unlocked by an administrator");
     Ok(Response::Done { changed: 1 })
+}
+
+/// Forgets the count and lock of every source that `source` names: a whole
+/// key, or an address under any front end.
+fn unlock_source(sources: &mut FailureTable<SourceFailures>, source: &str) -> Response {
+    let typed = source.trim().to_lowercase();
+    let address = source_address(source);
+    let changed = sources.forget_matching(|key| {
+        if key == typed {
+            return true;
+        }
+        let Some(address) = &address else {
+            return false;
+        };
+        // Keys are `pam:ADDRESS` and `radius:CLIENT:ADDRESS`.
+        key.strip_prefix("pam:") == Some(address.as_str())
+            || (key.starts_with("radius:")
+                && key
+                    .strip_suffix(address.as_str())
+                    .is_some_and(|rest| rest.ends_with(':')))
+    });
+    tracing::info!(source, changed, "source unlocked by an administrator");
+    Response::Done {
+        changed: u64::try_from(changed).unwrap_or(u64::MAX),
+    }
 }
 
 fn counts(db: Db<'_>) -> AdminResult {

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::admin::AdminOp;
 use crate::config::{Lockout, Windows};
 use crate::keys::{Field, SeedCipher};
-use crate::policy::{FailureTable, Failures, Policy};
+use crate::policy::{FailureTable, Failures, Policy, SourceFailures};
 use crate::store::{Account, Db, Store, StoreError, TokenRow, UseLog, WalSync};
 
 /// Settings the engine reads; replaced on reload.
@@ -93,6 +93,10 @@ pub struct Verdict {
     pub failures: u32,
     /// How long after the request arrived the reply may be sent.
     pub delay: Duration,
+    /// The attempt added to the failure count of its account or name. An
+    /// attempt refused because of a lock did not, because no code was
+    /// checked.
+    pub counted: bool,
 }
 
 /// The decision.
@@ -211,7 +215,7 @@ pub(crate) struct MemoryCounts {
     /// User names that have no account.
     pub(crate) unknown: FailureTable,
     /// Sources of attempts, over all accounts.
-    pub(crate) sources: FailureTable,
+    pub(crate) sources: FailureTable<SourceFailures>,
 }
 
 impl Engine {
@@ -362,6 +366,11 @@ impl Engine {
             }
         };
         if let Some(settings) = settings_update {
+            // Counts and locks taken under another threshold would come
+            // back when the old value returns, so a change starts afresh.
+            if settings.lockout.source_threshold != self.settings.lockout.source_threshold {
+                self.counts.sources.clear();
+            }
             self.settings = settings;
         }
         (pending, wrote)
@@ -460,7 +469,7 @@ fn run_job(
             Some(Pending::Verdict(reply, result))
         }
         Job::Admin { op, reply } => {
-            let result = in_savepoint(tx, uses, |db| crate::admin::run(&context, db, &mut counts.unknown, op));
+            let result = in_savepoint(tx, uses, |db| crate::admin::run(&context, db, counts, op));
             let response = result.unwrap_or_else(|err| {
                 tracing::error!(error = %err.message, "admin request failed in the database");
                 internal_error()
@@ -575,7 +584,9 @@ impl Context<'_> {
 
     /// Verifies a code and counts a failure for its source as well as for
     /// the account. While the source is locked, every code is rejected
-    /// without being checked, and the delay is the longer of the two.
+    /// without being checked, and the delay is the longer of the two. An
+    /// accepted code leaves the source's count as it is, so that an account
+    /// of the attacker's own cannot reset it. The count decays with time.
     fn verify_from(
         &self,
         db: Db<'_>,
@@ -587,26 +598,26 @@ impl Context<'_> {
         let Some(source) = source.filter(|_| self.settings.lockout.source_threshold > 0) else {
             return self.verify(db, &mut counts.unknown, user, code);
         };
-        let before = counts.sources.get(source).current(self.now);
+        let policy = self.policy();
+        let before = policy.source_current(counts.sources.get(source), self.now);
         if before.is_locked(self.now) {
             return Ok(self.verdict(Outcome::Locked, Reason::SourceLocked, before.count));
         }
         let mut verdict = self.verify(db, &mut counts.unknown, user, code)?;
-        if verdict.outcome == Outcome::Accepted {
-            counts.sources.forget(source);
-        } else {
-            // A backup-code guess counts here, before its slow hash, like
-            // the account's count.
-            let after = self.policy().after_source_failure(before, self.now);
+        // Only attempts that count for their account or name count for the
+        // source: retries at a locked account check no code. A backup-code
+        // guess counts here, before its slow hash, like the account's count.
+        if verdict.counted {
+            let after = policy.after_source_failure(before, self.now);
             counts.sources.set(source, after);
-            log_new_source_lock(source, before, after, self.now);
-            verdict.delay = verdict.delay.max(self.policy().delay(after.count));
+            log_new_source_lock(source, before, after.failures, self.now);
+            verdict.delay = verdict.delay.max(policy.delay(after.failures.count));
         }
         Ok(verdict)
     }
 
     /// Finishes a backup-code check. The failure was counted for the source
-    /// when the check began, so only a match changes the source's count.
+    /// when the check began, so the source's count does not change here.
     fn finish_backup_from(
         &self,
         db: Db<'_>,
@@ -619,11 +630,10 @@ impl Context<'_> {
         let Some(source) = source.filter(|_| self.settings.lockout.source_threshold > 0) else {
             return Ok(verdict);
         };
-        if verdict.outcome == Outcome::Accepted {
-            counts.sources.forget(source);
-        } else {
-            let failures = counts.sources.get(source).current(self.now);
-            verdict.delay = verdict.delay.max(self.policy().delay(failures.count));
+        if verdict.outcome != Outcome::Accepted {
+            let policy = self.policy();
+            let failures = policy.source_current(counts.sources.get(source), self.now);
+            verdict.delay = verdict.delay.max(policy.delay(failures.count));
         }
         Ok(verdict)
     }
@@ -681,6 +691,7 @@ impl Context<'_> {
                 reason: Reason::BackupCodeNeeded,
                 failures: after.count,
                 delay: Duration::ZERO,
+                counted: true,
             });
         }
         self.reject(db, &account, failures, Outcome::Rejected, reason)
@@ -818,7 +829,10 @@ impl Context<'_> {
         let after = self.policy().after_failure(before, self.now);
         db.set_failures(account.id, after.count, after.locked_until)?;
         log_new_lock(&account.name, before, after, self.now);
-        Ok(self.verdict(outcome, reason, after.count))
+        Ok(Verdict {
+            counted: true,
+            ..self.verdict(outcome, reason, after.count)
+        })
     }
 
     fn reject_unknown(&self, unknown: &mut FailureTable, user: &str) -> Verdict {
@@ -828,7 +842,10 @@ impl Context<'_> {
         }
         let after = self.policy().after_failure(before, self.now);
         unknown.set(user, after);
-        self.verdict(Outcome::NoToken, Reason::UnknownUser, after.count)
+        Verdict {
+            counted: true,
+            ..self.verdict(Outcome::NoToken, Reason::UnknownUser, after.count)
+        }
     }
 
     fn verdict(&self, outcome: Outcome, reason: Reason, failures: u32) -> Verdict {
@@ -841,6 +858,7 @@ impl Context<'_> {
             reason,
             failures,
             delay,
+            counted: false,
         }
     }
 }

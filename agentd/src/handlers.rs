@@ -243,6 +243,7 @@ fn log_admin_request(task: &Task, request: &Request) {
         Request::Remove { user, .. } => ("remove", Some(user)),
         Request::Resync { user, .. } => ("resync", Some(user)),
         Request::Unlock { user } => ("unlock", Some(user)),
+        Request::UnlockSource { .. } => ("unlock-source", None),
         // Reads change nothing and are not logged.
         _ => return,
     };
@@ -280,6 +281,7 @@ async fn into_op(request: Request) -> Result<Prepared, Response> {
             second,
         },
         Request::Unlock { user } => AdminOp::Unlock { user },
+        Request::UnlockSource { source } => AdminOp::UnlockSource { source },
         Request::Status {} => AdminOp::Counts,
         Request::Lookup { .. } | Request::Verify { .. } => return Err(internal_error()),
     };

@@ -5,6 +5,7 @@
 //! of a RADIUS request) are counted in memory too, over all accounts.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use crate::config::Lockout;
@@ -50,9 +51,27 @@ impl Policy {
         Failures { count, locked_until }
     }
 
-    /// Returns the count and lock of a source after one more failure at
-    /// `now`. A `source_threshold` of 0 never locks.
-    pub fn after_source_failure(&self, before: Failures, now: u64) -> Failures {
+    /// Returns a source's count and lock at `now`. An expired lock starts a
+    /// fresh count, and one failure is forgiven every
+    /// [`Policy::source_decay`] seconds since the last one.
+    pub fn source_current(&self, source: SourceFailures, now: u64) -> Failures {
+        let failures = source.failures.current(now);
+        if failures.is_locked(now) {
+            return failures;
+        }
+        let forgiven = now.saturating_sub(source.updated) / self.source_decay();
+        Failures {
+            count: failures
+                .count
+                .saturating_sub(u32::try_from(forgiven).unwrap_or(u32::MAX)),
+            locked_until: failures.locked_until,
+        }
+    }
+
+    /// Returns a source's state after one more failure at `now`, given its
+    /// current count from [`Policy::source_current`]. A `source_threshold`
+    /// of 0 never locks.
+    pub fn after_source_failure(&self, before: Failures, now: u64) -> SourceFailures {
         let count = before.count.saturating_add(1);
         let threshold = self.lockout.source_threshold;
         let locked_until = if threshold > 0 && count >= threshold {
@@ -60,7 +79,19 @@ impl Policy {
         } else {
             before.locked_until
         };
-        Failures { count, locked_until }
+        SourceFailures {
+            failures: Failures { count, locked_until },
+            updated: now,
+        }
+    }
+
+    /// Seconds after which one failure of a source is forgiven:
+    /// `lock_seconds` divided by `source_threshold`, at least 1. A source
+    /// may so keep failing at `source_threshold` per `lock_seconds` without
+    /// being locked, and locks when it fails faster.
+    pub fn source_decay(&self) -> u64 {
+        let threshold = u64::from(self.lockout.source_threshold.max(1));
+        (self.lockout.lock_duration.as_secs() / threshold).max(1)
     }
 
     /// Delay before the reply to a rejection, given the count after it:
@@ -72,39 +103,129 @@ impl Policy {
     }
 }
 
+/// Maximum length of a source address kept, in bytes. A longer one is cut.
+const MAX_SOURCE_LEN: usize = 255;
+
+/// Returns the form of a source address that failures are counted under:
+/// lowercase, an IPv4 address mapped into IPv6 as IPv4, and an IPv6
+/// address as its /64 prefix, because one host usually has a whole /64.
+/// Returns `None` for a blank address.
+pub fn source_address(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return None;
+    }
+    let bare = raw
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(raw);
+    let normalized = match bare.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let prefix = u128::from(v6) & !(u128::from(u64::MAX));
+                format!("{}/64", Ipv6Addr::from(prefix))
+            }
+        },
+        Err(_) => raw.to_lowercase(),
+    };
+    // Cut after lowercasing, which can lengthen a string.
+    let end = normalized
+        .char_indices()
+        .map(|(start, c)| start + c.len_utf8())
+        .take_while(|&end| end <= MAX_SOURCE_LEN)
+        .last()
+        .unwrap_or(0);
+    Some(normalized[..end].to_owned())
+}
+
+/// A source's failure count, with the time of its last failure, from which
+/// the count decays.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceFailures {
+    pub failures: Failures,
+    pub updated: u64,
+}
+
+/// An entry of a [`FailureTable`].
+pub trait Entry: Copy + Default {
+    /// Returns whether the entry has a lock, expired or not. Entries
+    /// without one are evicted first.
+    fn has_lock(&self) -> bool;
+}
+
+impl Entry for Failures {
+    fn has_lock(&self) -> bool {
+        self.locked_until.is_some()
+    }
+}
+
+impl Entry for SourceFailures {
+    fn has_lock(&self) -> bool {
+        self.failures.locked_until.is_some()
+    }
+}
+
 /// Failure counts by name, for user names that have no account and for
 /// sources. Kept in memory only, so a restart clears them, and bounded so a
 /// flood of made-up names cannot exhaust memory.
-#[derive(Debug, Default)]
-pub struct FailureTable {
-    counts: HashMap<String, Failures>,
+#[derive(Debug)]
+pub struct FailureTable<E = Failures> {
+    counts: HashMap<String, E>,
 }
 
-/// Most names tracked at once in one table.
+impl<E> Default for FailureTable<E> {
+    fn default() -> Self {
+        FailureTable { counts: HashMap::new() }
+    }
+}
+
+/// Maximum number of names in one table.
 const MAX_NAMES: usize = 65_536;
 
-impl FailureTable {
-    pub fn get(&self, name: &str) -> Failures {
+/// Entries looked at for one without a lock when the table is full.
+const EVICTION_CANDIDATES: usize = 32;
+
+impl<E: Entry> FailureTable<E> {
+    pub fn get(&self, name: &str) -> E {
         self.counts.get(name).copied().unwrap_or_default()
     }
 
-    pub fn set(&mut self, name: &str, failures: Failures) {
+    pub fn set(&mut self, name: &str, entry: E) {
         if self.counts.len() >= MAX_NAMES && !self.counts.contains_key(name) {
-            // Evict one entry (in the map's arbitrary order) rather than the
-            // whole table, so a flood of made-up names cannot reset the delay
-            // of a name being probed. NOTE: an evicted name does restart its
-            // count. Unknown names have nothing to guess, only timing to hide.
-            // A source can be evicted only by a flood of requests from other
-            // sources, which only a trusted front end can send.
-            if let Some(victim) = self.counts.keys().next().cloned() {
+            // Evict one entry rather than the whole table, so that a flood of
+            // made-up names cannot reset the count of a name being probed.
+            // An entry without a lock goes first. NOTE: a flood can still
+            // evict a locked entry once the candidates are all locked, and an
+            // evicted name restarts its count.
+            let candidates = self.counts.iter().take(EVICTION_CANDIDATES);
+            let victim = candidates
+                .clone()
+                .find(|(_, entry)| !entry.has_lock())
+                .or_else(|| self.counts.iter().next())
+                .map(|(name, _)| name.clone());
+            if let Some(victim) = victim {
                 self.counts.remove(&victim);
             }
         }
-        self.counts.insert(name.to_owned(), failures);
+        self.counts.insert(name.to_owned(), entry);
     }
 
     pub fn forget(&mut self, name: &str) {
         self.counts.remove(name);
+    }
+
+    /// Removes every entry whose name `matches` accepts; returns how many.
+    pub fn forget_matching(&mut self, matches: impl Fn(&str) -> bool) -> usize {
+        let before = self.counts.len();
+        self.counts.retain(|name, _| !matches(name));
+        before - self.counts.len()
+    }
+
+    /// Removes every entry.
+    pub fn clear(&mut self) {
+        self.counts.clear();
     }
 }
 
@@ -159,25 +280,60 @@ mod tests {
 
     #[test]
     fn source_locks_at_its_own_threshold() {
-        let mut failures = Failures::default();
+        let mut source = SourceFailures::default();
         for _ in 0..4 {
-            failures = policy().after_source_failure(failures, 1000);
-            assert!(!failures.is_locked(1000));
+            source = policy().after_source_failure(policy().source_current(source, 1000), 1000);
+            assert!(!source.failures.is_locked(1000));
         }
-        failures = policy().after_source_failure(failures, 1000);
-        assert_eq!(failures.count, 5);
-        assert_eq!(failures.locked_until, Some(1900));
+        source = policy().after_source_failure(policy().source_current(source, 1000), 1000);
+        assert_eq!(source.failures.count, 5);
+        assert_eq!(source.failures.locked_until, Some(1900));
+    }
+
+    #[test]
+    fn source_count_forgives_one_failure_per_decay() {
+        // 900 s over a threshold of 5: one failure forgiven every 180 s.
+        assert_eq!(policy().source_decay(), 180);
+        let source = SourceFailures {
+            failures: Failures {
+                count: 3,
+                locked_until: None,
+            },
+            updated: 1000,
+        };
+        assert_eq!(policy().source_current(source, 1179).count, 3);
+        assert_eq!(policy().source_current(source, 1180).count, 2);
+        assert_eq!(policy().source_current(source, 1000 + 3 * 180).count, 0);
+        assert_eq!(policy().source_current(source, u64::MAX).count, 0);
     }
 
     #[test]
     fn zero_source_threshold_never_locks() {
         let mut off = policy();
         off.lockout.source_threshold = 0;
-        let mut failures = Failures::default();
+        let mut source = SourceFailures::default();
         for _ in 0..100 {
-            failures = off.after_source_failure(failures, 5);
+            source = off.after_source_failure(off.source_current(source, 5), 5);
         }
-        assert!(!failures.is_locked(5));
+        assert!(!source.failures.is_locked(5));
+    }
+
+    #[test]
+    fn full_table_evicts_unlocked_names_first() {
+        let mut names = FailureTable::default();
+        let locked = Failures {
+            count: 3,
+            locked_until: Some(10_000),
+        };
+        names.set("locked", locked);
+        for i in 0..(MAX_NAMES * 2) {
+            let failures = Failures {
+                count: 1,
+                locked_until: None,
+            };
+            names.set(&format!("user{i}"), failures);
+        }
+        assert_eq!(names.get("locked"), locked);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::config::Server;
 use crate::engine::{Job, Stats};
 use crate::handlers;
 use crate::loglimit::LogLimiter;
+use crate::policy::source_address;
 
 /// Socket that a connection came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,9 +118,6 @@ pub const MAX_AGENT_FRAME_LEN: usize = 16 * 1024;
 
 /// Connections one local user other than root may hold open at once.
 pub const MAX_LOCAL_CONNECTIONS_PER_UID: usize = 8;
-
-/// Maximum length of a kept source name, in bytes. A longer name is cut.
-const MAX_SOURCE_LEN: usize = 255;
 
 /// Time a local user's connection may stay idle between requests.
 const LOCAL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -455,28 +453,29 @@ impl Task {
     }
 }
 
-/// Returns the source to count failures for: the remote host of a PAM
-/// login or the Calling-Station-Id of a RADIUS request, lowercased. Only
-/// root, the agent's user, the bridge and admins can name one, because
-/// another local user could otherwise lock any address out.
+/// Returns the source to count failures under: `pam:ADDRESS` for the
+/// remote host of a PAM login, and `radius:CLIENT:ADDRESS` for the
+/// Calling-Station-Id of a RADIUS request, with the address in the form of
+/// [`source_address`]. RADIUS sources are kept apart per client, because
+/// some NASes copy a value the end user chooses into Calling-Station-Id.
+/// Only root, the agent's user, the bridge and admins can name a source,
+/// because another local user could otherwise lock any address out.
 pub fn source_of(caller: &Caller, origin: &Origin) -> Option<String> {
     if matches!(caller, Caller::Local { .. } | Caller::Nobody { .. }) {
         return None;
     }
-    let named = match origin {
-        Origin::Pam { rhost, .. } => rhost.as_deref(),
-        Origin::Radius { calling_station, .. } => calling_station.as_deref(),
+    match origin {
+        Origin::Pam { rhost, .. } => Some(format!("pam:{}", source_address(rhost.as_deref()?)?)),
+        Origin::Radius {
+            client,
+            calling_station,
+            ..
+        } => Some(format!(
+            "radius:{client}:{}",
+            source_address(calling_station.as_deref()?)?
+        )),
         Origin::Admin {} => None,
-    };
-    let source = named?.trim();
-    // Bounds the memory of the source table. RADIUS attributes hold at most
-    // 253 bytes, and a host name 253 characters.
-    let end = source
-        .char_indices()
-        .map(|(start, c)| start + c.len_utf8())
-        .take_while(|&end| end <= MAX_SOURCE_LEN)
-        .last()?;
-    Some(source[..end].to_lowercase())
+    }
 }
 
 /// Builds the response for a request the caller may not make.
@@ -509,8 +508,11 @@ mod tests {
             uid: 1000,
             name: "alice".into(),
         };
-        assert_eq!(source_of(&trusted, &origin), Some("192.0.2.7".into()));
-        assert_eq!(source_of(&Caller::Admin { uid: 0 }, &origin), Some("192.0.2.7".into()));
+        assert_eq!(source_of(&trusted, &origin), Some("pam:192.0.2.7".into()));
+        assert_eq!(
+            source_of(&Caller::Admin { uid: 0 }, &origin),
+            Some("pam:192.0.2.7".into())
+        );
         assert_eq!(source_of(&local, &origin), None);
         assert_eq!(source_of(&Caller::Nobody { uid: 4242 }, &origin), None);
     }
@@ -524,7 +526,7 @@ mod tests {
             calling_station: Some("00-1B-63-84-45-E6".into()),
         };
         let bridge = Caller::Bridge { uid: 110 };
-        assert_eq!(source_of(&bridge, &origin), Some("00-1b-63-84-45-e6".into()));
+        assert_eq!(source_of(&bridge, &origin), Some("radius:vpn:00-1b-63-84-45-e6".into()));
     }
 
     #[test]
@@ -537,10 +539,21 @@ mod tests {
 
     #[test]
     fn long_source_is_cut_at_a_character() {
-        let trusted = Caller::Trusted { uid: 0 };
         let long = "é".repeat(200);
-        let source = source_of(&trusted, &pam_from(Some(&long))).unwrap();
-        assert_eq!(source.len(), 254);
-        assert!(source.chars().all(|c| c == 'é'));
+        let address = source_address(&long).unwrap();
+        assert_eq!(address.len(), 254);
+        assert!(address.chars().all(|c| c == 'é'));
+        // Lowercasing "İ" (2 bytes) gives 3 bytes; the cut comes after it.
+        let growing = source_address(&"İ".repeat(127)).unwrap();
+        assert!(growing.len() <= 255, "{}", growing.len());
+    }
+
+    #[test]
+    fn ipv6_sources_count_per_64() {
+        assert_eq!(source_address("2001:db8:1:2:aaaa::1").unwrap(), "2001:db8:1:2::/64");
+        assert_eq!(source_address("[2001:DB8:1:2::ffff]").unwrap(), "2001:db8:1:2::/64");
+        assert_eq!(source_address("::ffff:192.0.2.7").unwrap(), "192.0.2.7");
+        assert_eq!(source_address("Host.Example.COM").unwrap(), "host.example.com");
+        assert_eq!(source_address(" \t"), None);
     }
 }

@@ -291,25 +291,100 @@ fn source_locks_across_accounts() {
 }
 
 #[test]
-fn accepted_code_resets_source_count() {
+fn accepted_code_leaves_source_count() {
     let mut h = harness(10);
     let office = "198.51.100.1";
     for _ in 0..3 {
         h.verify_from("mallory", "000000".into(), office);
     }
-    assert_eq!(
-        h.verify_from("alice", code_at(STEP_START), office).outcome,
-        Outcome::Accepted
-    );
-    for _ in 0..3 {
-        h.verify_from("mallory", "000000".into(), office);
-    }
+    let own = h.verify_from("alice", code_at(STEP_START), office);
+    assert_eq!(own.outcome, Outcome::Accepted);
+    h.verify_from("mallory", "000000".into(), office);
     let after = h.verify_from("alice", code_at(STEP_START + PERIOD), office);
     assert_eq!(
-        after.outcome,
-        Outcome::Accepted,
-        "three failures since the last accept stay under the threshold of 4"
+        (after.outcome, after.reason),
+        (Outcome::Locked, Reason::SourceLocked),
+        "a login between guesses does not reset the source's count"
     );
+}
+
+#[test]
+fn source_count_decays_with_time() {
+    // 900 s of lock over a threshold of 4: one failure is forgiven every 225 s.
+    let mut h = harness(10);
+    let source = "203.0.113.9";
+    for _ in 0..3 {
+        h.verify_from("mallory", "000000".into(), source);
+    }
+    h.clock.set(STEP_START + 225);
+    let decayed = h.verify_from("mallory", "000000".into(), source);
+    assert_eq!(
+        decayed.reason,
+        Reason::UnknownUser,
+        "2 left after decay, 3 with this one"
+    );
+    let fourth = h.verify_from("mallory", "000000".into(), source);
+    assert_eq!(fourth.reason, Reason::UnknownUser, "this failure reaches the threshold");
+    let locked = h.verify_from("alice", code_at(STEP_START + 225), source);
+    assert_eq!(locked.reason, Reason::SourceLocked);
+}
+
+#[test]
+fn locked_account_retries_skip_source() {
+    let mut h = harness(2);
+    h.enroll("bob");
+    let source = "192.0.2.50";
+    for _ in 0..2 {
+        h.verify_from("alice", "000000".into(), source);
+    }
+    for _ in 0..5 {
+        let retry = h.verify_from("alice", "000000".into(), source);
+        assert_eq!(retry.reason, Reason::Locked, "the account is locked");
+    }
+    let bob = h.verify_from("bob", code_at(STEP_START), source);
+    assert_eq!(
+        bob.outcome,
+        Outcome::Accepted,
+        "2 counted failures, under the source threshold of 4"
+    );
+}
+
+#[test]
+fn admin_unlocks_a_source() {
+    let mut h = harness(10);
+    let source = "pam:192.0.2.66";
+    for _ in 0..4 {
+        h.verify_from("mallory", "000000".into(), source);
+    }
+    let locked = h.verify_from("alice", code_at(STEP_START), source);
+    assert_eq!(locked.reason, Reason::SourceLocked);
+
+    let (reply, mut answer) = oneshot::channel();
+    let op = AdminOp::UnlockSource {
+        source: "192.0.2.66".into(),
+    };
+    h.engine.run_batch(vec![Job::Admin { op, reply }]);
+    assert_eq!(answer.try_recv().unwrap(), Response::Done { changed: 1 });
+    let unlocked = h.verify_from("alice", code_at(STEP_START), source);
+    assert_eq!(unlocked.outcome, Outcome::Accepted);
+}
+
+#[test]
+fn new_source_threshold_clears_source_counts() {
+    let mut h = harness(10);
+    let source = "192.0.2.77";
+    for _ in 0..4 {
+        h.verify_from("mallory", "000000".into(), source);
+    }
+    let reload = |h: &mut Harness, source_threshold: u32| {
+        let mut settings = settings(10);
+        settings.lockout.source_threshold = source_threshold;
+        h.engine.run_batch(vec![Job::Reload { settings }]);
+    };
+    reload(&mut h, 0);
+    reload(&mut h, 4);
+    let verdict = h.verify_from("alice", code_at(STEP_START), source);
+    assert_eq!(verdict.outcome, Outcome::Accepted, "the old lock does not come back");
 }
 
 #[test]

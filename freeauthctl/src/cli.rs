@@ -56,8 +56,15 @@ pub enum Command {
         #[arg(long)]
         token: Option<u64>,
     },
-    /// Clear USER's failure count and lock.
-    Unlock { user: String },
+    /// Clear USER's failure count and lock, or with --source those of a
+    /// source address.
+    Unlock {
+        #[arg(required_unless_present = "source", conflicts_with = "source")]
+        user: Option<String>,
+        /// A source address (or key, as the agent logs it) instead of a user.
+        #[arg(long, value_name = "ADDRESS")]
+        source: Option<String>,
+    },
     /// Check CODE for USER as a login would, consuming it when accepted.
     /// Give `-` to read the code from standard input.
     Verify { user: String, code: String },

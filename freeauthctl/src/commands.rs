@@ -59,7 +59,11 @@ pub fn run(args: Args) -> Result<ExitCode, CommandError> {
             };
             simple(&config, request, json)
         }
-        Command::Unlock { user } => simple(&config, Request::Unlock { user }, json),
+        Command::Unlock { user: Some(user), .. } => simple(&config, Request::Unlock { user }, json),
+        Command::Unlock { user: None, source } => {
+            let source = source.ok_or("usage: freeauthctl unlock USER | --source ADDRESS")?;
+            simple(&config, Request::UnlockSource { source }, json)
+        }
         Command::Verify { user, code } => verify(&config, user, &code, json),
         Command::Import(import_args) => crate::import_command::run(&config, import_args, json),
         Command::Status => simple(&config, Request::Status {}, json),

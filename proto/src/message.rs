@@ -99,6 +99,10 @@ pub enum Request {
     },
     /// Clears the failure counter and lock of `user`.
     Unlock { user: String },
+    /// Clears the failure count and lock of a source: a key as the agent
+    /// logs it (`pam:ADDRESS`, `radius:CLIENT:ADDRESS`), or an address,
+    /// which matches it under every front end.
+    UnlockSource { source: String },
     /// Reports counters and settings of the running agent.
     Status {},
 }
