@@ -210,7 +210,7 @@ async fn converse(
 ) -> Result<(), FrameError> {
     let (reader, mut writer) = stream.into_split();
     // Buffered, so a frame costs one read system call, not three.
-    let mut reader = tokio::io::BufReader::new(reader);
+    let mut reader = WipingReader::new(reader);
     let timeout = shared.server.io_timeout;
     // Only the admin socket carries large messages (imports).
     let max_len = match kind {
@@ -324,11 +324,59 @@ async fn converse(
     result
 }
 
+/// Size of a connection's read buffer.
+const READ_BUFFER_LEN: usize = 8 * 1024;
+
+/// A buffered reader whose buffer is wiped when the connection ends.
+/// Requests carry codes, and tokio's `BufReader` frees its buffer unwiped.
+pub struct WipingReader<R> {
+    inner: R,
+    buffer: zeroize::Zeroizing<Vec<u8>>,
+    start: usize,
+    end: usize,
+}
+
+impl<R> WipingReader<R> {
+    pub fn new(inner: R) -> WipingReader<R> {
+        WipingReader {
+            inner,
+            buffer: zeroize::Zeroizing::new(vec![0; READ_BUFFER_LEN]),
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WipingReader<R> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.start == this.end {
+            // A read at least as large as the buffer skips it.
+            if out.remaining() >= this.buffer.len() {
+                return std::pin::Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+            let mut fill = tokio::io::ReadBuf::new(&mut this.buffer);
+            std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut fill))?;
+            this.start = 0;
+            this.end = fill.filled().len();
+        }
+        let available = &this.buffer[this.start..this.end];
+        let copied = available.len().min(out.remaining());
+        out.put_slice(&available[..copied]);
+        this.start += copied;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// Reads one frame. Between frames the peer may stay idle as long as it
 /// likes unless `first` is set; once a frame has begun, it must arrive whole
 /// within `timeout`.
 async fn read_frame<T: serde::de::DeserializeOwned>(
-    reader: &mut tokio::io::BufReader<OwnedReadHalf>,
+    reader: &mut WipingReader<OwnedReadHalf>,
     timeout: Duration,
     first: bool,
     max_len: usize,
@@ -546,6 +594,25 @@ mod tests {
         // Lowercasing "İ" (2 bytes) gives 3 bytes; the cut comes after it.
         let growing = source_address(&"İ".repeat(127)).unwrap();
         assert!(growing.len() <= 255, "{}", growing.len());
+    }
+
+    #[tokio::test]
+    async fn wiping_reader_returns_every_byte_in_order() {
+        use tokio::io::AsyncReadExt;
+
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let mut reader = WipingReader::new(&data[..]);
+        let sizes = [1usize, 3, 4096, 7, 9000, 8192, 100];
+        let mut received = Vec::new();
+        for size in sizes.iter().cycle() {
+            let mut chunk = vec![0; *size];
+            let got = reader.read(&mut chunk).await.unwrap();
+            if got == 0 {
+                break;
+            }
+            received.extend_from_slice(&chunk[..got]);
+        }
+        assert_eq!(received, data);
     }
 
     #[test]
