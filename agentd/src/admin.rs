@@ -9,7 +9,7 @@ use freeauth_proto::{
 
 use crate::engine::{failures_of, Context, EngineError, MemoryCounts};
 use crate::keys::Field;
-use crate::policy::{source_address, FailureTable, SourceFailures};
+use crate::policy::{source_address, split_source_key, FailureTable, SourceFailures};
 use crate::store::{Account, Db, TokenSettings};
 
 /// Longest accepted user name, in bytes (the RADIUS User-Name limit).
@@ -477,24 +477,18 @@ fn unlock(db: Db<'_>, unknown: &mut FailureTable, user: &str) -> AdminResult {
     Ok(Response::Done { changed: 1 })
 }
 
-/// Forgets the count and lock of every source that `source` names: a whole
-/// key, or an address under any front end.
+/// Forgets the count and lock of every source that `source` names: a
+/// source's whole name as the agent logs it, or an address, which matches
+/// it under every front end. Both are compared in their normalized form.
 fn unlock_source(sources: &mut FailureTable<SourceFailures>, source: &str) -> Response {
     let typed = source.trim().to_lowercase();
-    let address = source_address(source);
-    let changed = sources.forget_matching(|key| {
-        if key == typed {
-            return true;
-        }
-        let Some(address) = &address else {
-            return false;
-        };
-        // Keys are `pam:ADDRESS` and `radius:CLIENT:ADDRESS`.
-        key.strip_prefix("pam:") == Some(address.as_str())
-            || (key.starts_with("radius:")
-                && key
-                    .strip_suffix(address.as_str())
-                    .is_some_and(|rest| rest.ends_with(':')))
+    let whole_name = split_source_key(&typed)
+        .and_then(|(frontend, address)| Some(format!("{frontend}:{}", source_address(address)?)));
+    let address = source_address(&typed);
+    let changed = sources.forget_matching(|key| match (&whole_name, &address) {
+        (Some(name), _) => key == name,
+        (None, Some(address)) => split_source_key(key).is_some_and(|(_, of_key)| of_key == address),
+        (None, None) => false,
     });
     tracing::info!(source, changed, "source unlocked by an administrator");
     Response::Done {

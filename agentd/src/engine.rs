@@ -216,6 +216,26 @@ pub(crate) struct MemoryCounts {
     pub(crate) unknown: FailureTable,
     /// Sources of attempts, over all accounts.
     pub(crate) sources: FailureTable<SourceFailures>,
+    /// When sources without a count or a lock were last dropped.
+    pub(crate) sources_pruned_at: u64,
+}
+
+/// Seconds between two prunings of the source table.
+const SOURCE_PRUNE_INTERVAL: u64 = 60;
+
+impl MemoryCounts {
+    /// Drops the sources whose count has decayed to 0 and that have no lock
+    /// in force, at most once per [`SOURCE_PRUNE_INTERVAL`].
+    fn prune_sources(&mut self, policy: &Policy, now: u64) {
+        if now < self.sources_pruned_at.saturating_add(SOURCE_PRUNE_INTERVAL) {
+            return;
+        }
+        self.sources_pruned_at = now;
+        self.sources.retain(|source| {
+            let current = policy.source_current(*source, now);
+            current.count > 0 || current.is_locked(now)
+        });
+    }
 }
 
 impl Engine {
@@ -338,7 +358,12 @@ impl Engine {
             for job in batch {
                 match job {
                     Job::Reload { settings } => settings_update = Some(settings),
-                    Job::Maintain => {}
+                    Job::Maintain => counts.prune_sources(
+                        &Policy {
+                            lockout: settings.lockout,
+                        },
+                        now,
+                    ),
                     job => pending.extend(run_job(&tx, log, cipher, settings, counts, job, now)),
                 }
                 // After some errors SQLite ends the transaction by itself.
@@ -599,7 +624,8 @@ impl Context<'_> {
             return self.verify(db, &mut counts.unknown, user, code);
         };
         let policy = self.policy();
-        let before = policy.source_current(counts.sources.get(source), self.now);
+        let stored = counts.sources.get(source);
+        let before = policy.source_current(stored, self.now);
         if before.is_locked(self.now) {
             return Ok(self.verdict(Outcome::Locked, Reason::SourceLocked, before.count));
         }
@@ -608,8 +634,8 @@ impl Context<'_> {
         // source: retries at a locked account check no code. A backup-code
         // guess counts here, before its slow hash, like the account's count.
         if verdict.counted {
-            let after = policy.after_source_failure(before, self.now);
-            counts.sources.set(source, after);
+            let after = policy.after_source_failure(stored, self.now);
+            counts.sources.set(source, after, self.now);
             log_new_source_lock(source, before, after.failures, self.now);
             verdict.delay = verdict.delay.max(policy.delay(after.failures.count));
         }
@@ -841,7 +867,7 @@ impl Context<'_> {
             return self.verdict(Outcome::NoToken, Reason::UnknownUser, before.count);
         }
         let after = self.policy().after_failure(before, self.now);
-        unknown.set(user, after);
+        unknown.set(user, after, self.now);
         Verdict {
             counted: true,
             ..self.verdict(Outcome::NoToken, Reason::UnknownUser, after.count)

@@ -53,35 +53,53 @@ impl Policy {
 
     /// Returns a source's count and lock at `now`. An expired lock starts a
     /// fresh count, and one failure is forgiven every
-    /// [`Policy::source_decay`] seconds since the last one.
+    /// [`Policy::source_decay`] seconds.
     pub fn source_current(&self, source: SourceFailures, now: u64) -> Failures {
-        let failures = source.failures.current(now);
-        if failures.is_locked(now) {
-            return failures;
-        }
-        let forgiven = now.saturating_sub(source.updated) / self.source_decay();
-        Failures {
-            count: failures
-                .count
-                .saturating_sub(u32::try_from(forgiven).unwrap_or(u32::MAX)),
-            locked_until: failures.locked_until,
-        }
+        self.source_decayed(source, now).failures
     }
 
-    /// Returns a source's state after one more failure at `now`, given its
-    /// current count from [`Policy::source_current`]. A `source_threshold`
-    /// of 0 never locks.
-    pub fn after_source_failure(&self, before: Failures, now: u64) -> SourceFailures {
-        let count = before.count.saturating_add(1);
+    /// Returns a source's state after one more failure at `now`. A
+    /// `source_threshold` of 0 never locks.
+    pub fn after_source_failure(&self, source: SourceFailures, now: u64) -> SourceFailures {
+        let current = self.source_decayed(source, now);
+        let count = current.failures.count.saturating_add(1);
         let threshold = self.lockout.source_threshold;
         let locked_until = if threshold > 0 && count >= threshold {
             Some(now.saturating_add(self.lockout.lock_duration.as_secs()))
         } else {
-            before.locked_until
+            current.failures.locked_until
         };
         SourceFailures {
             failures: Failures { count, locked_until },
-            updated: now,
+            updated: current.updated,
+        }
+    }
+
+    /// Returns a source's state at `now`, with the forgiven failures taken
+    /// off. `updated` moves on by whole decay periods only, so that the part
+    /// of a period that has passed still counts towards the next one. With
+    /// no failure left, the next period starts at `now`.
+    fn source_decayed(&self, source: SourceFailures, now: u64) -> SourceFailures {
+        let failures = source.failures.current(now);
+        if failures.is_locked(now) {
+            return SourceFailures { failures, updated: now };
+        }
+        let decay = self.source_decay();
+        let forgiven = now.saturating_sub(source.updated) / decay;
+        let count = failures
+            .count
+            .saturating_sub(u32::try_from(forgiven).unwrap_or(u32::MAX));
+        let updated = if count == 0 {
+            now
+        } else {
+            source.updated.saturating_add(forgiven.saturating_mul(decay))
+        };
+        SourceFailures {
+            failures: Failures {
+                count,
+                locked_until: failures.locked_until,
+            },
+            updated,
         }
     }
 
@@ -107,9 +125,11 @@ impl Policy {
 const MAX_SOURCE_LEN: usize = 255;
 
 /// Returns the form of a source address that failures are counted under:
-/// lowercase, an IPv4 address mapped into IPv6 as IPv4, and an IPv6
-/// address as its /64 prefix, because one host usually has a whole /64.
-/// Returns `None` for a blank address.
+/// lowercase, and for IPv6 its /64 prefix, because one host usually has a
+/// whole /64. These IPv6 addresses stand for one host and are kept whole:
+/// an IPv4 address mapped into IPv6 or reached through NAT64 (64:ff9b::/96)
+/// becomes that IPv4 address, and link-local, loopback and other addresses
+/// in ::/96 stay as they are. Returns `None` for a blank address.
 pub fn source_address(raw: &str) -> Option<String> {
     let raw = raw.trim();
     if raw.is_empty() {
@@ -119,15 +139,14 @@ pub fn source_address(raw: &str) -> Option<String> {
         .strip_prefix('[')
         .and_then(|rest| rest.strip_suffix(']'))
         .unwrap_or(raw);
-    let normalized = match bare.parse::<IpAddr>() {
+    // A zone index (fe80::1%eth0) names a link; the address is link-local.
+    let (address, zone) = match bare.split_once('%') {
+        Some((address, zone)) => (address, Some(zone)),
+        None => (bare, None),
+    };
+    let normalized = match address.parse::<IpAddr>() {
         Ok(IpAddr::V4(v4)) => v4.to_string(),
-        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let prefix = u128::from(v6) & !(u128::from(u64::MAX));
-                format!("{}/64", Ipv6Addr::from(prefix))
-            }
-        },
+        Ok(IpAddr::V6(v6)) => ipv6_source(v6, zone),
         Err(_) => raw.to_lowercase(),
     };
     // Cut after lowercasing, which can lengthen a string.
@@ -140,6 +159,53 @@ pub fn source_address(raw: &str) -> Option<String> {
     Some(normalized[..end].to_owned())
 }
 
+/// Returns the source form of an IPv6 address; see [`source_address`].
+fn ipv6_source(v6: Ipv6Addr, zone: Option<&str>) -> String {
+    const NAT64: u128 = 0x0064_ff9b_0000_0000_0000_0000_0000_0000;
+    let bits = u128::from(v6);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return v4.to_string();
+    }
+    if bits >> 32 == NAT64 >> 32 {
+        return std::net::Ipv4Addr::from(u32::try_from(bits & 0xffff_ffff).unwrap_or(0)).to_string();
+    }
+    let link_local = bits >> 118 == 0xfe80 >> 6;
+    if link_local || bits >> 32 == 0 {
+        return match zone {
+            Some(zone) => format!("{v6}%{}", zone.to_lowercase()),
+            None => v6.to_string(),
+        };
+    }
+    format!("{}/64", Ipv6Addr::from(bits & !u128::from(u64::MAX)))
+}
+
+/// Returns the name a source is counted under: `pam:ADDRESS` for the
+/// remote host of a PAM login, and `radius:CLIENT:ADDRESS` for a
+/// Calling-Station-Id from a RADIUS client. The client's name is lowercased,
+/// with `%` and `:` written as `%25` and `%3a`, so that the first colon
+/// after it always ends it.
+pub fn source_key(radius_client: Option<&str>, address: &str) -> String {
+    match radius_client {
+        None => format!("pam:{address}"),
+        Some(client) => {
+            let client = client.to_lowercase().replace('%', "%25").replace(':', "%3a");
+            format!("radius:{client}:{address}")
+        }
+    }
+}
+
+/// Splits a source name from [`source_key`] into its front end (`pam` or
+/// `radius:CLIENT`) and its address.
+pub fn split_source_key(key: &str) -> Option<(&str, &str)> {
+    if key.starts_with("pam:") {
+        return key.split_once(':');
+    }
+    let rest = key.strip_prefix("radius:")?;
+    let (client, address) = rest.split_once(':')?;
+    let frontend_len = "radius:".len() + client.len();
+    Some((&key[..frontend_len], address))
+}
+
 /// A source's failure count, with the time of its last failure, from which
 /// the count decays.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -150,20 +216,20 @@ pub struct SourceFailures {
 
 /// An entry of a [`FailureTable`].
 pub trait Entry: Copy + Default {
-    /// Returns whether the entry has a lock, expired or not. Entries
+    /// Returns whether the entry's lock is in force at `now`. Entries
     /// without one are evicted first.
-    fn has_lock(&self) -> bool;
+    fn is_locked(&self, now: u64) -> bool;
 }
 
 impl Entry for Failures {
-    fn has_lock(&self) -> bool {
-        self.locked_until.is_some()
+    fn is_locked(&self, now: u64) -> bool {
+        Failures::is_locked(self, now)
     }
 }
 
 impl Entry for SourceFailures {
-    fn has_lock(&self) -> bool {
-        self.failures.locked_until.is_some()
+    fn is_locked(&self, now: u64) -> bool {
+        self.failures.is_locked(now)
     }
 }
 
@@ -192,17 +258,17 @@ impl<E: Entry> FailureTable<E> {
         self.counts.get(name).copied().unwrap_or_default()
     }
 
-    pub fn set(&mut self, name: &str, entry: E) {
+    pub fn set(&mut self, name: &str, entry: E, now: u64) {
         if self.counts.len() >= MAX_NAMES && !self.counts.contains_key(name) {
             // Evict one entry rather than the whole table, so that a flood of
             // made-up names cannot reset the count of a name being probed.
-            // An entry without a lock goes first. NOTE: a flood can still
-            // evict a locked entry once the candidates are all locked, and an
-            // evicted name restarts its count.
+            // An entry without a lock in force goes first. NOTE: a flood can
+            // still evict a locked entry once the candidates are all locked,
+            // and an evicted name restarts its count.
             let candidates = self.counts.iter().take(EVICTION_CANDIDATES);
             let victim = candidates
                 .clone()
-                .find(|(_, entry)| !entry.has_lock())
+                .find(|(_, entry)| !entry.is_locked(now))
                 .or_else(|| self.counts.iter().next())
                 .map(|(name, _)| name.clone());
             if let Some(victim) = victim {
@@ -221,6 +287,11 @@ impl<E: Entry> FailureTable<E> {
         let before = self.counts.len();
         self.counts.retain(|name, _| !matches(name));
         before - self.counts.len()
+    }
+
+    /// Keeps only the entries that `keep` accepts.
+    pub fn retain(&mut self, keep: impl Fn(&E) -> bool) {
+        self.counts.retain(|_, entry| keep(entry));
     }
 
     /// Removes every entry.
@@ -282,10 +353,10 @@ mod tests {
     fn source_locks_at_its_own_threshold() {
         let mut source = SourceFailures::default();
         for _ in 0..4 {
-            source = policy().after_source_failure(policy().source_current(source, 1000), 1000);
+            source = policy().after_source_failure(source, 1000);
             assert!(!source.failures.is_locked(1000));
         }
-        source = policy().after_source_failure(policy().source_current(source, 1000), 1000);
+        source = policy().after_source_failure(source, 1000);
         assert_eq!(source.failures.count, 5);
         assert_eq!(source.failures.locked_until, Some(1900));
     }
@@ -308,12 +379,50 @@ mod tests {
     }
 
     #[test]
+    fn source_decay_keeps_part_periods() {
+        // Failures 359 s apart, just under two 180-second periods. The part
+        // of a period left over counts towards the next, so the count falls.
+        let mut source = SourceFailures {
+            failures: Failures {
+                count: 3,
+                locked_until: None,
+            },
+            updated: 0,
+        };
+        let mut counts = Vec::new();
+        for step in 1..=4u64 {
+            source = policy().after_source_failure(source, step * 359);
+            counts.push(source.failures.count);
+        }
+        assert_eq!(counts, [3, 2, 1, 1]);
+    }
+
+    #[test]
+    fn source_failing_at_the_allowed_rate_never_locks() {
+        // One failure forgiven every 180 s: two every 360 s is the rate.
+        let mut source = SourceFailures::default();
+        for pair in 0..100u64 {
+            for _ in 0..2 {
+                source = policy().after_source_failure(source, pair * 360);
+            }
+            assert!(!source.failures.is_locked(pair * 360), "pair {pair}");
+        }
+        let mut faster = SourceFailures::default();
+        for pair in 0..100u64 {
+            for _ in 0..2 {
+                faster = policy().after_source_failure(faster, pair * 300);
+            }
+        }
+        assert!(faster.failures.is_locked(99 * 300), "two every 300 s is too fast");
+    }
+
+    #[test]
     fn zero_source_threshold_never_locks() {
         let mut off = policy();
         off.lockout.source_threshold = 0;
         let mut source = SourceFailures::default();
         for _ in 0..100 {
-            source = off.after_source_failure(off.source_current(source, 5), 5);
+            source = off.after_source_failure(source, 5);
         }
         assert!(!source.failures.is_locked(5));
     }
@@ -325,13 +434,13 @@ mod tests {
             count: 3,
             locked_until: Some(10_000),
         };
-        names.set("locked", locked);
+        names.set("locked", locked, 0);
         for i in 0..(MAX_NAMES * 2) {
             let failures = Failures {
                 count: 1,
                 locked_until: None,
             };
-            names.set(&format!("user{i}"), failures);
+            names.set(&format!("user{i}"), failures, 0);
         }
         assert_eq!(names.get("locked"), locked);
     }
@@ -346,6 +455,7 @@ mod tests {
                     count: 1,
                     locked_until: None,
                 },
+                0,
             );
         }
         assert!(names.counts.len() <= MAX_NAMES);

@@ -26,7 +26,7 @@ use crate::config::Server;
 use crate::engine::{Job, Stats};
 use crate::handlers;
 use crate::loglimit::LogLimiter;
-use crate::policy::source_address;
+use crate::policy::{source_address, source_key};
 
 /// Socket that a connection came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -513,15 +513,12 @@ pub fn source_of(caller: &Caller, origin: &Origin) -> Option<String> {
         return None;
     }
     match origin {
-        Origin::Pam { rhost, .. } => Some(format!("pam:{}", source_address(rhost.as_deref()?)?)),
+        Origin::Pam { rhost, .. } => Some(source_key(None, &source_address(rhost.as_deref()?)?)),
         Origin::Radius {
             client,
             calling_station,
             ..
-        } => Some(format!(
-            "radius:{client}:{}",
-            source_address(calling_station.as_deref()?)?
-        )),
+        } => Some(source_key(Some(client), &source_address(calling_station.as_deref()?)?)),
         Origin::Admin {} => None,
     }
 }
@@ -622,5 +619,28 @@ mod tests {
         assert_eq!(source_address("::ffff:192.0.2.7").unwrap(), "192.0.2.7");
         assert_eq!(source_address("Host.Example.COM").unwrap(), "host.example.com");
         assert_eq!(source_address(" \t"), None);
+    }
+
+    #[test]
+    fn single_host_ipv6_sources_stay_whole() {
+        assert_eq!(source_address("64:ff9b::c000:207").unwrap(), "192.0.2.7", "NAT64");
+        assert_eq!(source_address("::1").unwrap(), "::1");
+        assert_eq!(source_address("::1.2.3.4").unwrap(), "::102:304");
+        assert_eq!(source_address("fe80::1%ETH0").unwrap(), "fe80::1%eth0");
+        assert_eq!(source_address("fe80::2").unwrap(), "fe80::2");
+    }
+
+    #[test]
+    fn radius_source_names_escape_the_client() {
+        let key = source_key(Some("Web:App%1"), "192.0.2.1");
+        assert_eq!(key, "radius:web%3aapp%251:192.0.2.1");
+        assert_eq!(
+            crate::policy::split_source_key(&key),
+            Some(("radius:web%3aapp%251", "192.0.2.1"))
+        );
+        assert_eq!(
+            crate::policy::split_source_key("pam:2001:db8::/64"),
+            Some(("pam", "2001:db8::/64"))
+        );
     }
 }

@@ -370,6 +370,103 @@ fn admin_unlocks_a_source() {
 }
 
 #[test]
+fn backup_code_guesses_count_for_source() {
+    let mut h = harness(10);
+    let backup = freeauth_agentd::admin::BackupSet {
+        salt: b"0123456789abcdef".to_vec(),
+        hashes: vec![freeauth_agentd::keys::hash_backup_code("12345678", b"0123456789abcdef").unwrap()],
+    };
+    let (reply, mut answer) = oneshot::channel();
+    let op = AdminOp::Enroll {
+        user: "bea".into(),
+        token: NewToken {
+            kind: TokenKind::Totp,
+            algorithm: HashAlgorithm::Sha1,
+            digits: 6,
+            period: 30,
+            counter: 0,
+            last_step: None,
+            secret_hex: "00112233445566778899aabbccddeeff00112233".into(),
+            pin: None,
+            label: None,
+        },
+        backup: Some(backup),
+    };
+    h.engine.run_batch(vec![Job::Admin { op, reply }]);
+    assert!(matches!(answer.try_recv().unwrap(), Response::Enrolled { .. }));
+
+    let source = "pam:192.0.2.88";
+    for _ in 0..4 {
+        let guess = h.verify_from("bea", "99999999".into(), source);
+        assert!(matches!(guess.outcome, Outcome::CheckBackup { .. }));
+    }
+    let after = h.verify_from("alice", code_at(STEP_START), source);
+    assert_eq!(
+        after.reason,
+        Reason::SourceLocked,
+        "four backup-code guesses lock the source"
+    );
+}
+
+/// Locks the source `key` with four failures, each for another unknown
+/// name, so that no name reaches its own lock.
+fn lock_source(h: &mut Harness, key: &str) {
+    for n in 0..4 {
+        h.verify_from(&format!("nobody{n}"), "000000".into(), key);
+    }
+    let locked = h.verify_from("alice", "000000".into(), key);
+    assert_eq!(locked.reason, Reason::SourceLocked, "{key}");
+}
+
+fn unlock_source(h: &mut Harness, typed: &str) -> u64 {
+    let (reply, mut answer) = oneshot::channel();
+    let op = AdminOp::UnlockSource { source: typed.into() };
+    h.engine.run_batch(vec![Job::Admin { op, reply }]);
+    match answer.try_recv().unwrap() {
+        Response::Done { changed } => changed,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn unlock_source_matches_names_and_addresses() {
+    use freeauth_agentd::policy::{source_address, source_key};
+    let mut h = harness(10);
+    let mac = source_key(Some("VPN"), &source_address("00:1B:63:84:45:E6").unwrap());
+    let v6 = source_key(Some("a:b"), &source_address("2001:db8:5:6::1").unwrap());
+    let pam = source_key(None, "192.0.2.5");
+    let radius = source_key(Some("vpn"), "192.0.2.5");
+    for key in [&mac, &v6, &pam, &radius] {
+        lock_source(&mut h, key);
+    }
+    assert_eq!(mac, "radius:vpn:00:1b:63:84:45:e6");
+    assert_eq!(v6, "radius:a%3ab:2001:db8:5:6::/64");
+
+    assert_eq!(unlock_source(&mut h, "45:e6"), 0, "no match on the end of an address");
+    assert_eq!(unlock_source(&mut h, "/64"), 0);
+    assert_eq!(
+        unlock_source(&mut h, "b:2001:db8:5:6::1"),
+        0,
+        "no match on the end of a client name"
+    );
+    assert_eq!(
+        unlock_source(&mut h, "RADIUS:A%3AB:2001:db8:5:6::77"),
+        1,
+        "a whole name, another host of the /64"
+    );
+    assert_eq!(
+        unlock_source(&mut h, "Radius:VPN:00:1B:63:84:45:E6"),
+        1,
+        "a whole name as logged, any case"
+    );
+    assert_eq!(
+        unlock_source(&mut h, "192.0.2.5"),
+        2,
+        "an address under every front end"
+    );
+}
+
+#[test]
 fn new_source_threshold_clears_source_counts() {
     let mut h = harness(10);
     let source = "192.0.2.77";
