@@ -325,7 +325,11 @@ fn failures_from_one_host_lock_that_host() {
         "another address of the locked /64"
     );
 
+    let status = agent.ctl_ok(&["status"]);
+    assert!(status.contains("locked sources:   2"), "{status}");
     agent.ctl_ok(&["unlock", "--source", "192.0.2.99"]);
+    let status = agent.ctl_ok(&["status"]);
+    assert!(status.contains("locked sources:   1"), "{status}");
     assert_eq!(
         agent.verify_from("dave", &third, ssh_from("192.0.2.99")),
         VerifyResult::Accepted,

@@ -86,7 +86,7 @@ pub(crate) fn run(context: &Context<'_>, db: Db<'_>, memory: &mut MemoryCounts, 
         } => resync(context, db, &user, token, &first, &second),
         AdminOp::Unlock { user } => unlock(db, &mut memory.unknown, &user),
         AdminOp::UnlockSource { source } => Ok(unlock_source(&mut memory.sources, &source)),
-        AdminOp::Counts => counts(db),
+        AdminOp::Counts => counts(context, db, memory),
     }
 }
 
@@ -496,8 +496,9 @@ fn unlock_source(sources: &mut FailureTable<SourceFailures>, source: &str) -> Re
     }
 }
 
-fn counts(db: Db<'_>) -> AdminResult {
+fn counts(context: &Context<'_>, db: Db<'_>, memory: &MemoryCounts) -> AdminResult {
     let (users, tokens) = db.counts()?;
+    let locked_sources = memory.sources.count_locked(context.now);
     Ok(Response::Status {
         status: AgentStatus {
             version: String::new(),
@@ -508,6 +509,7 @@ fn counts(db: Db<'_>) -> AdminResult {
             rejected: 0,
             open_connections: 0,
             database: String::new(),
+            locked_sources: u64::try_from(locked_sources).unwrap_or(u64::MAX),
         },
     })
 }

@@ -289,6 +289,11 @@ impl<E: Entry> FailureTable<E> {
         before - self.counts.len()
     }
 
+    /// Returns the number of entries whose lock is in force at `now`.
+    pub fn count_locked(&self, now: u64) -> usize {
+        self.counts.values().filter(|entry| entry.is_locked(now)).count()
+    }
+
     /// Keeps only the entries that `keep` accepts.
     pub fn retain(&mut self, keep: impl Fn(&E) -> bool) {
         self.counts.retain(|_, entry| keep(entry));

@@ -167,6 +167,7 @@ fn print_status(status: &AgentStatus) {
     say!("rejected:         {}", status.rejected);
     say!("open connections: {}", status.open_connections);
     say!("database:         {}", status.database);
+    say!("locked sources:   {}", status.locked_sources);
 }
 
 /// What `enroll` prints; the URI and QR code carry the secret and are shown

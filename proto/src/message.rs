@@ -326,6 +326,9 @@ pub struct AgentStatus {
     pub rejected: u64,
     pub open_connections: u64,
     pub database: String,
+    /// Sources locked after too many failures, over all accounts.
+    #[serde(default)]
+    pub locked_sources: u64,
 }
 
 #[cfg(test)]
