@@ -345,9 +345,14 @@ fn failures_from_one_host_lock_that_host() {
 /// Imports `count` users named `user00001`, `user00002`, … with one HOTP
 /// token each, through the admin socket in requests of 2,000.
 fn import_many(agent: &Agent, count: usize) {
-    let mut client = Client::connect(&agent.admin_socket(), "test", Duration::from_secs(60)).unwrap();
     let names: Vec<String> = (1..=count).map(|n| format!("user{n:05}")).collect();
-    for chunk in names.chunks(2_000) {
+    import_names(agent, &names, 2_000);
+}
+
+/// Imports one HOTP token for each of `names`, `per_request` at a time.
+fn import_names(agent: &Agent, names: &[String], per_request: usize) {
+    let mut client = Client::connect(&agent.admin_socket(), "test", Duration::from_secs(60)).unwrap();
+    for chunk in names.chunks(per_request) {
         let entries = chunk
             .iter()
             .map(|user| ImportEntry {
@@ -411,6 +416,30 @@ fn list_pages_follow_name_order() {
         panic!("expected users");
     };
     assert_eq!(users.len(), 5, "no limit lists everyone");
+    assert_eq!(next, None);
+}
+
+#[test]
+fn largest_list_page_fits_in_a_frame() {
+    // 253-byte names of quotes, which JSON writes as two bytes each.
+    let agent = Agent::start();
+    let count = freeauth_proto::MAX_LIST_PAGE as usize;
+    let names: Vec<String> = (0..count)
+        .map(|n| {
+            let suffix = format!("{n:05}");
+            format!("{}{suffix}", "\"".repeat(253 - suffix.len()))
+        })
+        .collect();
+    import_names(&agent, &names, 500);
+    let mut client = Client::connect(&agent.admin_socket(), "test", Duration::from_secs(60)).unwrap();
+    let request = Request::List {
+        after: None,
+        limit: Some(u32::MAX),
+    };
+    let Response::Users { users, next } = client.call(request).unwrap() else {
+        panic!("expected users");
+    };
+    assert_eq!(users.len(), count, "the limit is cut to the largest page");
     assert_eq!(next, None);
 }
 
