@@ -801,7 +801,7 @@ fn imports_oath_users_file_with_counters() {
 }
 
 #[test]
-fn import_too_large_for_one_request_says_how_to_split() {
+fn import_too_large_says_part_size() {
     let agent = Agent::start();
     let file = agent.dir.path().join("users.oath");
     let lines: String = (0..8_000)
