@@ -15,6 +15,19 @@ use freeauth_proto::{
 
 const RFC_SEED_HEX: &str = "3132333435363738393031323334353637383930";
 
+/// Enrols `user` with an HOTP token of the RFC 4226 seed, counter 0.
+fn enroll_hotp(agent: &Agent, user: &str) {
+    agent.ctl_ok(&[
+        "enroll",
+        user,
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+}
+
 fn enroll_totp(agent: &Agent, user: &str, seed_hex: &str, extra: &[&str]) {
     let mut args = vec!["enroll", user, "--secret-hex", seed_hex, "--no-qr"];
     args.extend_from_slice(extra);
@@ -262,15 +275,7 @@ fn failures_from_one_host_lock_that_host() {
         source_threshold: 3,
         ..Options::default()
     });
-    agent.ctl_ok(&[
-        "enroll",
-        "dave",
-        "--type",
-        "hotp",
-        "--secret-hex",
-        RFC_SEED_HEX,
-        "--no-qr",
-    ]);
+    enroll_hotp(&agent, "dave");
     let ssh_from = |host: &str| Origin::Pam {
         service: "sshd".into(),
         rhost: Some(host.into()),
@@ -481,15 +486,7 @@ fn lock_expires_by_itself() {
         lock_seconds: 2,
         ..Options::default()
     });
-    agent.ctl_ok(&[
-        "enroll",
-        "dave",
-        "--type",
-        "hotp",
-        "--secret-hex",
-        RFC_SEED_HEX,
-        "--no-qr",
-    ]);
+    enroll_hotp(&agent, "dave");
     agent.verify_pam("dave", "000000");
     agent.verify_pam("dave", "000000");
     let good = oath_hotp(RFC_SEED_HEX, 0, 6);

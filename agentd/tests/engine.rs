@@ -122,6 +122,40 @@ impl Harness {
     fn verify_from(&mut self, user: &str, code: String, source: &str) -> Verdict {
         self.verify_sourced(&[(user, code, Some(source))]).remove(0)
     }
+
+    /// Sends `count` wrong codes for `user` from `source`.
+    fn fail_from(&mut self, user: &str, source: &str, count: usize) {
+        for _ in 0..count {
+            self.verify_from(user, "000000".into(), source);
+        }
+    }
+
+    /// Enrols `user` with a TOTP token and the backup code 12345678.
+    fn enroll_with_backup(&mut self, user: &str) {
+        let backup = freeauth_agentd::admin::BackupSet {
+            salt: b"0123456789abcdef".to_vec(),
+            hashes: vec![freeauth_agentd::keys::hash_backup_code("12345678", b"0123456789abcdef").unwrap()],
+        };
+        let token = NewToken {
+            kind: TokenKind::Totp,
+            algorithm: HashAlgorithm::Sha1,
+            digits: 6,
+            period: 30,
+            counter: 0,
+            last_step: None,
+            secret_hex: "00112233445566778899aabbccddeeff00112233".into(),
+            pin: None,
+            label: None,
+        };
+        let (reply, mut answer) = oneshot::channel();
+        let op = AdminOp::Enroll {
+            user: user.into(),
+            token,
+            backup: Some(backup),
+        };
+        self.engine.run_batch(vec![Job::Admin { op, reply }]);
+        assert!(matches!(answer.try_recv().unwrap(), Response::Enrolled { .. }));
+    }
 }
 
 /// The code of the step that contains `time`.
@@ -294,9 +328,7 @@ fn source_locks_across_accounts() {
 fn accepted_code_leaves_source_count() {
     let mut h = harness(10);
     let office = "198.51.100.1";
-    for _ in 0..3 {
-        h.verify_from("mallory", "000000".into(), office);
-    }
+    h.fail_from("mallory", office, 3);
     let own = h.verify_from("alice", code_at(STEP_START), office);
     assert_eq!(own.outcome, Outcome::Accepted);
     h.verify_from("mallory", "000000".into(), office);
@@ -313,9 +345,7 @@ fn source_count_decays_with_time() {
     // 900 s of lock over a threshold of 4: one failure is forgiven every 225 s.
     let mut h = harness(10);
     let source = "203.0.113.9";
-    for _ in 0..3 {
-        h.verify_from("mallory", "000000".into(), source);
-    }
+    h.fail_from("mallory", source, 3);
     h.clock.set(STEP_START + 225);
     let decayed = h.verify_from("mallory", "000000".into(), source);
     assert_eq!(
@@ -334,9 +364,7 @@ fn locked_account_retries_skip_source() {
     let mut h = harness(2);
     h.enroll("bob");
     let source = "192.0.2.50";
-    for _ in 0..2 {
-        h.verify_from("alice", "000000".into(), source);
-    }
+    h.fail_from("alice", source, 2);
     for _ in 0..5 {
         let retry = h.verify_from("alice", "000000".into(), source);
         assert_eq!(retry.reason, Reason::Locked, "the account is locked");
@@ -353,9 +381,7 @@ fn locked_account_retries_skip_source() {
 fn admin_unlocks_a_source() {
     let mut h = harness(10);
     let source = "pam:192.0.2.66";
-    for _ in 0..4 {
-        h.verify_from("mallory", "000000".into(), source);
-    }
+    h.fail_from("mallory", source, 4);
     let locked = h.verify_from("alice", code_at(STEP_START), source);
     assert_eq!(locked.reason, Reason::SourceLocked);
 
@@ -372,29 +398,7 @@ fn admin_unlocks_a_source() {
 #[test]
 fn backup_code_guesses_count_for_source() {
     let mut h = harness(10);
-    let backup = freeauth_agentd::admin::BackupSet {
-        salt: b"0123456789abcdef".to_vec(),
-        hashes: vec![freeauth_agentd::keys::hash_backup_code("12345678", b"0123456789abcdef").unwrap()],
-    };
-    let (reply, mut answer) = oneshot::channel();
-    let op = AdminOp::Enroll {
-        user: "bea".into(),
-        token: NewToken {
-            kind: TokenKind::Totp,
-            algorithm: HashAlgorithm::Sha1,
-            digits: 6,
-            period: 30,
-            counter: 0,
-            last_step: None,
-            secret_hex: "00112233445566778899aabbccddeeff00112233".into(),
-            pin: None,
-            label: None,
-        },
-        backup: Some(backup),
-    };
-    h.engine.run_batch(vec![Job::Admin { op, reply }]);
-    assert!(matches!(answer.try_recv().unwrap(), Response::Enrolled { .. }));
-
+    h.enroll_with_backup("bea");
     let source = "pam:192.0.2.88";
     for _ in 0..4 {
         let guess = h.verify_from("bea", "99999999".into(), source);
@@ -470,9 +474,7 @@ fn unlock_source_matches_names_and_addresses() {
 fn new_source_threshold_clears_source_counts() {
     let mut h = harness(10);
     let source = "192.0.2.77";
-    for _ in 0..4 {
-        h.verify_from("mallory", "000000".into(), source);
-    }
+    h.fail_from("mallory", source, 4);
     let reload = |h: &mut Harness, source_threshold: u32| {
         let mut settings = settings(10);
         settings.lockout.source_threshold = source_threshold;
@@ -488,9 +490,7 @@ fn new_source_threshold_clears_source_counts() {
 fn locked_source_does_not_count_further() {
     let mut h = harness(10);
     let source = "203.0.113.5";
-    for _ in 0..4 {
-        h.verify_from("mallory", "000000".into(), source);
-    }
+    h.fail_from("mallory", source, 4);
     h.clock.set(STEP_START + 600);
     for _ in 0..10 {
         let verdict = h.verify_from("mallory", "000000".into(), source);
@@ -546,29 +546,7 @@ fn malformed_code_counts_as_failure() {
 #[test]
 fn backup_code_attempt_counts_before_hashing() {
     let mut h = harness(3);
-    let backup = freeauth_agentd::admin::BackupSet {
-        salt: b"0123456789abcdef".to_vec(),
-        hashes: vec![freeauth_agentd::keys::hash_backup_code("12345678", b"0123456789abcdef").unwrap()],
-    };
-    let token = NewToken {
-        kind: TokenKind::Totp,
-        algorithm: HashAlgorithm::Sha1,
-        digits: 6,
-        period: 30,
-        counter: 0,
-        last_step: None,
-        secret_hex: "00112233445566778899aabbccddeeff00112233".into(),
-        pin: None,
-        label: None,
-    };
-    let (reply, mut answer) = oneshot::channel();
-    let op = AdminOp::Enroll {
-        user: "bea".into(),
-        token,
-        backup: Some(backup),
-    };
-    h.engine.run_batch(vec![Job::Admin { op, reply }]);
-    assert!(matches!(answer.try_recv().unwrap(), Response::Enrolled { .. }));
+    h.enroll_with_backup("bea");
     let guesses: Vec<Verdict> = (0..4).map(|_| h.verify("bea", "99999999".into())).collect();
     assert!(matches!(guesses[0].outcome, Outcome::CheckBackup { .. }));
     assert_eq!(guesses[0].failures, 1, "counted before the hash runs");

@@ -310,36 +310,20 @@ fn measure_size(args: &Args, setup: &Setup, users: usize) -> Result<SizeReport, 
             module,
             &[format!("usersfile={}", users_oath.display()), "window=10".into()],
         )?;
-        let oath_counters = Counters::new(users);
-        let oath = Target {
-            label: OATH,
-            service: &oath_service,
-            population: &population,
-            counters: &oath_counters,
-        };
-        warm_up(args, &oath);
         let limit = Limit {
             duration: seconds(args.oath_duration.unwrap_or(args.duration)),
             max_attempts: args.oath_max,
         };
-        rows.push(measured_row(users, OATH, 1, sequential(&oath, limit)));
+        rows.push(one_thread_row(args, OATH, &oath_service, &population, limit));
     }
 
     if args.floor {
         let permit_service = Service::create(&confdir, "bench-permit", &args.permit_module, &[])?.without_prompt();
-        let permit_counters = Counters::new(users);
-        let permit = Target {
-            label: PERMIT,
-            service: &permit_service,
-            population: &population,
-            counters: &permit_counters,
-        };
-        warm_up(args, &permit);
         let limit = Limit {
             duration: seconds(args.duration),
             max_attempts: u64::MAX,
         };
-        rows.push(measured_row(users, PERMIT, 1, sequential(&permit, limit)));
+        rows.push(one_thread_row(args, PERMIT, &permit_service, &population, limit));
     }
 
     print_sizes(dir.path(), &users_oath);
@@ -364,6 +348,20 @@ fn warm_up(args: &Args, target: &Target<'_>) {
         "{} warm-up: {} accepted, {} errors",
         target.label, result.accepted, result.errors
     );
+}
+
+/// Warms up and measures the one-thread loop of the module behind
+/// `service`, with counters of its own.
+fn one_thread_row(args: &Args, label: &'static str, service: &Service, population: &Population, limit: Limit) -> Row {
+    let counters = Counters::new(population.len());
+    let target = Target {
+        label,
+        service,
+        population,
+        counters: &counters,
+    };
+    warm_up(args, &target);
+    measured_row(population.len(), label, 1, sequential(&target, limit))
 }
 
 fn measured_row(users: usize, module: &'static str, threads: usize, mut result: stats::RunResult) -> Row {
