@@ -105,8 +105,9 @@ impl Policy {
 
     /// Seconds after which one failure of a source is forgiven:
     /// `lock_seconds` divided by `source_threshold`, at least 1. A source
-    /// may so keep failing at `source_threshold` per `lock_seconds` without
-    /// being locked, and locks when it fails faster.
+    /// that spreads its failures evenly may so fail `source_threshold` times
+    /// per `lock_seconds` without being locked. A burst locks it at
+    /// `source_threshold` failures.
     pub fn source_decay(&self) -> u64 {
         let threshold = u64::from(self.lockout.source_threshold.max(1));
         (self.lockout.lock_duration.as_secs() / threshold).max(1)
@@ -206,11 +207,12 @@ pub fn split_source_key(key: &str) -> Option<(&str, &str)> {
     Some((&key[..frontend_len], address))
 }
 
-/// A source's failure count, with the time of its last failure, from which
-/// the count decays.
+/// A source's failure count and lock, with the start of the decay period
+/// that runs: see [`Policy::source_current`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceFailures {
     pub failures: Failures,
+    /// Unix time from which the next forgiven failure is counted.
     pub updated: u64,
 }
 
