@@ -335,6 +335,9 @@ fn failures_from_one_host_lock_that_host() {
     agent.ctl_ok(&["unlock", "--source", "192.0.2.99"]);
     let status = agent.ctl_ok(&["status"]);
     assert!(status.contains("locked sources:   1"), "{status}");
+    let typo = agent.ctl_ok(&["unlock", "--source", "192.0.2.999"]);
+    assert!(typo.contains("no counted source matches"), "{typo}");
+    assert_eq!(agent.ctl(&["unlock", "--source", " "]).status.code(), Some(2));
     assert_eq!(
         agent.verify_from("dave", &third, ssh_from("192.0.2.99")),
         VerifyResult::Accepted,
@@ -342,7 +345,11 @@ fn failures_from_one_host_lock_that_host() {
     );
 
     let log = agent.log();
-    assert!(log.contains("source locked after consecutive failures"), "{log}");
+    assert!(log.contains("source locked after too many failures"), "{log}");
+    assert!(
+        log.contains("reason=\"source locked\"") && log.contains("source=\"pam:192.0.2.99\""),
+        "the rejected attempt names its source: {log}"
+    );
     assert!(log.contains("pam:192.0.2.99"), "{log}");
     assert!(log.contains("radius:vpn-gateway:2001:db8:5:6::/64"), "{log}");
 }

@@ -490,7 +490,9 @@ fn unlock_source(sources: &mut FailureTable<SourceFailures>, source: &str) -> Re
         (None, Some(address)) => split_source_key(key).is_some_and(|(_, of_key)| of_key == address),
         (None, None) => false,
     });
-    tracing::info!(source, changed, "source unlocked by an administrator");
+    if changed > 0 {
+        tracing::info!(source, changed, "source unlocked by an administrator");
+    }
     Response::Done {
         changed: u64::try_from(changed).unwrap_or(u64::MAX),
     }

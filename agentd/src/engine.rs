@@ -395,6 +395,10 @@ impl Engine {
             // back when the old value returns, so a change starts afresh.
             if settings.lockout.source_threshold != self.settings.lockout.source_threshold {
                 self.counts.sources.clear();
+                tracing::info!(
+                    source_threshold = settings.lockout.source_threshold,
+                    "source_threshold changed: every source's failure count and lock are cleared"
+                );
             }
             self.settings = settings;
         }
@@ -892,7 +896,7 @@ impl Context<'_> {
 /// Logs the failure that locked a source, once, when it happens.
 fn log_new_source_lock(source: &str, before: Failures, after: Failures, now: u64) {
     if after.is_locked(now) && !before.is_locked(now) {
-        tracing::warn!(target: "freeauth::auth", source, failures = after.count, until = after.locked_until, "source locked after consecutive failures");
+        tracing::warn!(target: "freeauth::auth", source, failures = after.count, until = after.locked_until, "source locked after too many failures");
     }
 }
 

@@ -64,12 +64,12 @@ pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origi
         return response;
     }
     let source = task.source_of(&origin);
-    let verdict = match decide(task, &user, code, source).await {
+    let verdict = match decide(task, &user, code, source.clone()).await {
         Ok(verdict) => verdict,
         Err(response) => return response,
     };
     engine::count(&task.shared.stats, &verdict.outcome);
-    log_decision(task, &user, &origin, &verdict);
+    log_decision(task, &user, &origin, source.as_deref(), &verdict);
     // Sleep only for a real delay: tokio rounds a timer up to the next
     // millisecond, which would add about 1 ms to every accepted code.
     let deadline = task.arrived + verdict.delay;
@@ -138,7 +138,7 @@ fn match_backup_code(code: &SecretString, salt: &[u8], hashes: &[(i64, Vec<u8>)]
     found
 }
 
-fn log_decision(task: &Task, user: &str, origin: &Origin, verdict: &Verdict) {
+fn log_decision(task: &Task, user: &str, origin: &Origin, source: Option<&str>, verdict: &Verdict) {
     let result = match verdict.outcome {
         Outcome::Accepted => "accepted",
         _ => "rejected",
@@ -146,6 +146,7 @@ fn log_decision(task: &Task, user: &str, origin: &Origin, verdict: &Verdict) {
     let reason = verdict.reason.describe();
     let uid = task.caller.uid();
     let failures = verdict.failures;
+    let source = source.unwrap_or("-");
     match origin {
         Origin::Pam {
             service,
@@ -155,7 +156,7 @@ fn log_decision(task: &Task, user: &str, origin: &Origin, verdict: &Verdict) {
         } => tracing::info!(
             target: "freeauth::auth", user, result, reason, failures, frontend = "pam", service,
             rhost = rhost.as_deref().unwrap_or("-"), tty = tty.as_deref().unwrap_or("-"),
-            ruser = ruser.as_deref().unwrap_or("-"), uid, "verification"
+            ruser = ruser.as_deref().unwrap_or("-"), source, uid, "verification"
         ),
         Origin::Radius {
             client,
@@ -165,7 +166,7 @@ fn log_decision(task: &Task, user: &str, origin: &Origin, verdict: &Verdict) {
         } => tracing::info!(
             target: "freeauth::auth", user, result, reason, failures, frontend = "radius", client,
             nas_identifier = nas_identifier.as_deref().unwrap_or("-"), nas_ip = nas_ip.as_deref().unwrap_or("-"),
-            calling_station = calling_station.as_deref().unwrap_or("-"), uid, "verification"
+            calling_station = calling_station.as_deref().unwrap_or("-"), source, uid, "verification"
         ),
         Origin::Admin {} => {
             tracing::info!(target: "freeauth::auth", user, result, reason, failures, frontend = "admin", uid, "verification")

@@ -58,6 +58,7 @@ pub enum Command {
     },
     /// Clear USER's failure count and lock, or with --source those of a
     /// source address.
+    #[command(override_usage = "freeauthctl unlock USER\n       freeauthctl unlock --source ADDRESS")]
     Unlock {
         #[arg(required_unless_present = "source", conflicts_with = "source")]
         user: Option<String>,

@@ -60,10 +60,7 @@ pub fn run(args: Args) -> Result<ExitCode, CommandError> {
             simple(&config, request, json)
         }
         Command::Unlock { user: Some(user), .. } => simple(&config, Request::Unlock { user }, json),
-        Command::Unlock { user: None, source } => {
-            let source = source.ok_or("usage: freeauthctl unlock USER | --source ADDRESS")?;
-            simple(&config, Request::UnlockSource { source }, json)
-        }
+        Command::Unlock { user: None, source } => unlock_source(&config, source, json),
         Command::Verify { user, code } => verify(&config, user, &code, json),
         Command::Import(import_args) => crate::import_command::run(&config, import_args, json),
         Command::Status => simple(&config, Request::Status {}, json),
@@ -153,6 +150,26 @@ fn call_on(client: &mut Client, request: Request) -> Result<Response, CommandErr
 fn simple(config: &Config, request: Request, json: bool) -> Result<ExitCode, CommandError> {
     let response = call(config, request)?;
     output::print_response(&response, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Lifts the lock of the sources that `source` names, and prints a note when
+/// it names none.
+fn unlock_source(config: &Config, source: Option<String>, json: bool) -> Result<ExitCode, CommandError> {
+    let source = source.unwrap_or_default();
+    if source.trim().is_empty() {
+        return Err("usage: freeauthctl unlock USER, or freeauthctl unlock --source ADDRESS".into());
+    }
+    let response = call(config, Request::UnlockSource { source: source.clone() })?;
+    match response {
+        Response::Done { changed: 0 } if !json => {
+            say!(
+                "no counted source matches {source:?}; the agent forgets sources whose count has decayed, \
+                 and the log names a locked one in its \"source locked\" lines"
+            );
+        }
+        other => output::print_response(&other, json)?,
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -43,11 +43,10 @@ fn check_size(request: &Request) -> Result<(), CommandError> {
     let per_token = size.div_ceil(entries.len());
     let fitting = MAX_FRAME_LEN / per_token.max(1);
     Err(format!(
-        "the file has {} tokens, {:.1} MiB as one request, and the agent takes at most {} MiB per request. \
-         Split the file into parts of at most {fitting} tokens and import each part; each part is stored whole or not at all",
+        "the file has {} tokens, {size} bytes as one request, and the agent takes at most {MAX_FRAME_LEN} bytes per request. \
+         Split the file into parts of at most {fitting} tokens, with all lines of one user in the same part, \
+         and import each part; each part is stored whole or not at all",
         entries.len(),
-        size as f64 / 1_048_576.0,
-        MAX_FRAME_LEN / 1_048_576
     ))
 }
 
