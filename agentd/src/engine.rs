@@ -93,9 +93,9 @@ pub struct Verdict {
     pub failures: u32,
     /// How long after the request arrived the reply may be sent.
     pub delay: Duration,
-    /// The attempt added to the failure count of its account or name. An
-    /// attempt refused because of a lock did not, because no code was
-    /// checked.
+    /// Whether the attempt added to the failure count of its account or
+    /// name. An attempt rejected because of a lock did not, because no code
+    /// was checked.
     pub counted: bool,
 }
 

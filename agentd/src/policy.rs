@@ -127,7 +127,7 @@ const MAX_SOURCE_LEN: usize = 255;
 
 /// Returns the form of a source address that failures are counted under:
 /// lowercase, and for IPv6 its /64 prefix, because one host usually has a
-/// whole /64. These IPv6 addresses stand for one host and are kept whole:
+/// whole /64. These IPv6 addresses are one host each and are kept whole:
 /// an IPv4 address mapped into IPv6 or reached through NAT64 (64:ff9b::/96)
 /// becomes that IPv4 address, and link-local, loopback and other addresses
 /// in ::/96 stay as they are. Returns `None` for a blank address.
@@ -207,8 +207,8 @@ pub fn split_source_key(key: &str) -> Option<(&str, &str)> {
     Some((&key[..frontend_len], address))
 }
 
-/// A source's failure count and lock, with the start of the decay period
-/// that runs: see [`Policy::source_current`].
+/// A source's failure count and lock, and the start of its current decay
+/// period (see [`Policy::source_current`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceFailures {
     pub failures: Failures,

@@ -92,7 +92,7 @@ impl KeyedHmac {
         })
     }
 
-    /// The HOTP code of `counter` with `digits` digits; see [`hotp`].
+    /// Returns the HOTP code of `counter` with `digits` digits; see [`hotp`].
     pub(crate) fn code(&self, counter: u64, digits: u8) -> Zeroizing<String> {
         let message = counter.to_be_bytes();
         let value = match self {
