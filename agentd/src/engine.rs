@@ -341,8 +341,8 @@ impl Engine {
     }
 
     /// Runs `batch` in one transaction and commits it. Returns the replies
-    /// to send once the commit is on disk, and whether the batch wrote to the
-    /// database at all. When the commit fails, the replies are errors, sent
+    /// to send once the commit is on disk, and whether its requests wrote to
+    /// the database (a fold of the use log alone does not count). When the commit fails, the replies are errors, sent
     /// here, and the list is empty.
     fn decide(&mut self, batch: Vec<Job>) -> (Vec<Pending>, bool) {
         let now = self.clock.unix_time();
@@ -372,8 +372,11 @@ impl Engine {
                     return Err(StoreError::TransactionLost);
                 }
             }
-            log.fold(&tx, std::time::Instant::now())?;
+            // Only the requests' own changes hold up their replies. A fold
+            // copies states that are on disk already. It reaches the disk
+            // with the next sync, and a crash before then loses nothing.
             wrote = tx.total_changes() != changes_before;
+            log.fold(&tx, std::time::Instant::now())?;
             tx.commit()?;
             Ok(())
         })();
