@@ -53,17 +53,25 @@ impl Rules {
         })
     }
 
-    /// Classifies a peer of the agent socket.
+    /// Classifies a peer of the agent socket. For a local user this asks
+    /// the user database (NSS), which may wait for a directory server.
     pub fn agent_caller(&self, uid: u32) -> Caller {
-        if uid == 0 || uid == self.agent_uid {
-            Caller::Trusted { uid }
-        } else if self.bridge_uids.contains(&uid) {
-            Caller::Bridge { uid }
-        } else {
-            match User::from_uid(Uid::from_raw(uid)) {
+        self.known_caller(uid)
+            .unwrap_or_else(|| match User::from_uid(Uid::from_raw(uid)) {
                 Ok(Some(user)) => Caller::Local { uid, name: user.name },
                 _ => Caller::Nobody { uid },
-            }
+            })
+    }
+
+    /// Returns the caller for root, the agent's user or a bridge user, which
+    /// needs no lookup, and `None` for anyone else.
+    pub fn known_caller(&self, uid: u32) -> Option<Caller> {
+        if uid == 0 || uid == self.agent_uid {
+            Some(Caller::Trusted { uid })
+        } else if self.bridge_uids.contains(&uid) {
+            Some(Caller::Bridge { uid })
+        } else {
+            None
         }
     }
 

@@ -147,8 +147,13 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .spawn(move || engine.run(receiver))
         .map_err(fail)?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread serves every connection. A request then wakes two
+    // threads, this one and the engine, where a runtime with two workers
+    // often woke a third as well. Each wake-up costs a context switch, which
+    // is expensive on a virtual machine, and a local login waits for two of
+    // them per round trip. The engine does the heavy work on its own thread,
+    // so this one keeps up at the rates of `docs/benchmarks.md`.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(fail)?;
@@ -194,22 +199,27 @@ async fn serve_until_stopped(mut config: Config, shared: Arc<Shared>) -> Result<
     // Lets the engine fold its use log while no request comes.
     let mut maintain = tokio::time::interval(std::time::Duration::from_secs(1));
     maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let listeners = [
+        tokio::spawn(accept_loop(agent, SocketKind::Agent, Arc::clone(&shared))),
+        tokio::spawn(accept_loop(admin, SocketKind::Admin, Arc::clone(&shared))),
+    ];
     loop {
         tokio::select! {
             _ = maintain.tick() => {
                 // A full queue means the engine is busy and folds anyway.
                 let _ = shared.jobs.try_send(Job::Maintain);
             }
-            accepted = agent.accept() => spawn_connection(accepted, SocketKind::Agent, &shared),
-            accepted = admin.accept() => spawn_connection(accepted, SocketKind::Admin, &shared),
             _ = hangup.recv() => config = reload(config, &shared).await,
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    drop(agent);
-    drop(admin);
+    for listener in listeners {
+        // The aborted task drops its listener, which closes the socket.
+        listener.abort();
+        let _ = listener.await;
+    }
     let _ = fs::remove_file(&config.paths.agent_socket);
     let _ = fs::remove_file(&config.paths.admin_socket);
     tracing::info!("agent stopping: no new connections; finishing requests in flight");
@@ -231,34 +241,38 @@ async fn drain(shared: &Shared) {
     }
 }
 
-fn spawn_connection(
-    accepted: std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)>,
-    kind: SocketKind,
-    shared: &Arc<Shared>,
-) {
-    match accepted {
-        Ok((stream, _)) => {
-            tokio::spawn(serve(stream, kind, Arc::clone(shared)));
-        }
-        Err(err) => {
-            shared.log_limit.warn("accept", &format!("accept failed: {err}"));
-            // Out of file descriptors (EMFILE): pause instead of spinning.
-            std::thread::sleep(std::time::Duration::from_millis(50));
+/// Accepts connections on `listener` until the task is aborted. After a
+/// failed accept it pauses without blocking the thread that serves the
+/// other connections.
+async fn accept_loop(listener: UnixListener, kind: SocketKind, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(stream, kind, Arc::clone(&shared)));
+            }
+            Err(err) => {
+                shared.log_limit.warn("accept", &format!("accept failed: {err}"));
+                // Out of file descriptors (EMFILE): pause instead of spinning.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
         }
     }
 }
 
 /// Loads the configuration again; keeps `current` if the new one is invalid.
 async fn reload(current: Config, shared: &Shared) -> Config {
-    let new = match Config::load(&current.source) {
-        Ok(new) => new,
-        Err(err) => {
-            tracing::error!("configuration reload failed, keeping the running configuration: {err}");
-            return current;
-        }
-    };
-    let rules = match Rules::resolve(&new.access) {
-        Ok(rules) => rules,
+    // Group and user names may be looked up in a directory server, so the
+    // loading runs off the thread that serves every connection.
+    let source = current.source.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let new = Config::load(&source).map_err(|err| err.to_string())?;
+        let rules = Rules::resolve(&new.access).map_err(|err| err.to_string())?;
+        Ok::<_, String>((new, rules))
+    })
+    .await
+    .unwrap_or_else(|_| Err("the thread that loads it panicked".into()));
+    let (new, rules) = match loaded {
+        Ok(loaded) => loaded,
         Err(err) => {
             tracing::error!("configuration reload failed, keeping the running configuration: {err}");
             return current;

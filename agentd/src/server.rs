@@ -72,7 +72,7 @@ impl Shared {
 
 /// Serves one accepted connection to its end.
 pub async fn serve(stream: UnixStream, kind: SocketKind, shared: Arc<Shared>) {
-    let Some(caller) = identify(&stream, kind, &shared) else {
+    let Some(caller) = identify(&stream, kind, &shared).await else {
         return;
     };
     // Local users draw from their own pool, capped per uid, so no local
@@ -163,7 +163,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-fn identify(stream: &UnixStream, kind: SocketKind, shared: &Shared) -> Option<Caller> {
+async fn identify(stream: &UnixStream, kind: SocketKind, shared: &Shared) -> Option<Caller> {
     let cred = match stream.peer_cred() {
         Ok(cred) => cred,
         Err(err) => {
@@ -175,7 +175,7 @@ fn identify(stream: &UnixStream, kind: SocketKind, shared: &Shared) -> Option<Ca
     };
     let rules = shared.rules();
     match kind {
-        SocketKind::Agent => match rules.agent_caller(cred.uid()) {
+        SocketKind::Agent => match caller_of_agent_socket(rules, cred.uid()).await {
             // A uid without a user name may ask nothing: close at once.
             Caller::Nobody { uid } => {
                 shared.log_limit.warn(
@@ -200,6 +200,19 @@ fn identify(stream: &UnixStream, kind: SocketKind, shared: &Shared) -> Option<Ca
             None
         }
     }
+}
+
+/// Classifies a peer of the agent socket. The name lookup of a local user
+/// may wait for a directory server, so it runs on a blocking thread: one
+/// thread serves every connection, and a slow directory must not hold up
+/// root's logins or the bridge.
+async fn caller_of_agent_socket(rules: Arc<Rules>, uid: u32) -> Caller {
+    if let Some(caller) = rules.known_caller(uid) {
+        return caller;
+    }
+    tokio::task::spawn_blocking(move || rules.agent_caller(uid))
+        .await
+        .unwrap_or(Caller::Nobody { uid })
 }
 
 async fn converse(
