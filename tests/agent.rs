@@ -966,6 +966,18 @@ fn check_config_reports_every_problem() {
         stderr.contains("agentd.toml:6:13: `lockout.threshold` must be an integer"),
         "{stderr}"
     );
+    // Only a command that needs just the agent suggests --socket, because
+    // check-config must read the broken file anyway.
+    assert!(!stderr.contains("--socket"), "{stderr}");
+    let output = Command::new(binary("freeauthctl"))
+        .arg("--config")
+        .arg(&config)
+        .arg("status")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr.contains("add --socket PATH"), "{stderr}");
 }
 
 #[test]

@@ -79,6 +79,9 @@ fn load_config(args: &Args, strict: bool) -> Result<Config, CommandError> {
             eprintln!("freeauthctl: using --socket {} with default settings", socket.display());
             Config::parse(&args.config, "").map_err(|err| err.to_string())?
         }
+        // `init` and `check-config` read the file itself, so --socket
+        // cannot work around the error for them.
+        (Err(err), _) if strict => return Err(err.to_string()),
         (Err(err), _) => {
             return Err(format!(
                 "{err}\n  To manage a running agent meanwhile, add --socket PATH (its admin socket)."
