@@ -949,14 +949,20 @@ fn check_config_reports_every_problem() {
         "[paths]\nstate = \"x\"\n[windows]\ntotp_steps = 50\n[lockout]\nthreshold = \"ten\"\n",
     )
     .unwrap();
-    let output = Command::new(binary("freeauthctl"))
-        .arg("--config")
-        .arg(&config)
-        .arg("check-config")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2));
+    let run = |command: &str| {
+        let output = Command::new(binary("freeauthctl"))
+            .arg("--config")
+            .arg(&config)
+            .arg(command)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run("check-config");
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("agentd.toml:2:1: unknown setting `paths.state`"),
         "{stderr}"
@@ -969,14 +975,8 @@ fn check_config_reports_every_problem() {
     // Only a command that needs just the agent suggests --socket, because
     // check-config must read the broken file anyway.
     assert!(!stderr.contains("--socket"), "{stderr}");
-    let output = Command::new(binary("freeauthctl"))
-        .arg("--config")
-        .arg(&config)
-        .arg("status")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2));
+    let (code, stderr) = run("status");
+    assert_eq!(code, Some(2));
     assert!(stderr.contains("add --socket PATH"), "{stderr}");
 }
 
