@@ -168,6 +168,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         local_connections: Arc::new(Semaphore::new(config.server.max_connections)),
         connections_per_uid: Mutex::new(Default::default()),
         backup_hashing: Semaphore::new(crate::handlers::BACKUP_HASHES_AT_ONCE),
+        name_lookups: Semaphore::new(crate::server::NAME_LOOKUPS_AT_ONCE),
         started: Instant::now(),
         database: config.paths.database().display().to_string(),
     });

@@ -341,8 +341,8 @@ impl Engine {
     }
 
     /// Runs `batch` in one transaction and commits it. Returns the replies
-    /// to send once the commit is on disk, and whether its requests wrote to
-    /// the database (a fold of the use log alone does not count). When the commit fails, the replies are errors, sent
+    /// to send once the commit is on disk, and whether its requests wrote
+    /// to the database. A fold of the use log alone does not count. When the commit fails, the replies are errors, sent
     /// here, and the list is empty.
     fn decide(&mut self, batch: Vec<Job>) -> (Vec<Pending>, bool) {
         let now = self.clock.unix_time();
@@ -373,8 +373,9 @@ impl Engine {
                 }
             }
             // Only the requests' own changes hold up their replies. A fold
-            // copies states that are on disk already. It reaches the disk
-            // with the next sync, and a crash before then loses nothing.
+            // copies states of earlier commits, and its WAL frames come
+            // after theirs. A crash that loses the fold loses nothing, and a
+            // crash that keeps it kept those commits too.
             wrote = tx.total_changes() != changes_before;
             log.fold(&tx, std::time::Instant::now())?;
             tx.commit()?;

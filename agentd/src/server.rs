@@ -49,6 +49,9 @@ pub struct Shared {
     pub connections_per_uid: Mutex<std::collections::HashMap<u32, usize>>,
     /// Bounds concurrent backup-code hashing; see `handlers::BACKUP_HASHES_AT_ONCE`.
     pub backup_hashing: Semaphore,
+    /// Bounds concurrent name lookups of local callers; see
+    /// [`NAME_LOOKUPS_AT_ONCE`].
+    pub name_lookups: Semaphore,
     pub started: Instant,
     pub database: String,
 }
@@ -72,38 +75,54 @@ impl Shared {
 
 /// Serves one accepted connection to its end.
 pub async fn serve(stream: UnixStream, kind: SocketKind, shared: Arc<Shared>) {
-    let Some(caller) = identify(&stream, kind, &shared).await else {
+    let Some(peer) = classify(&stream, kind, &shared) else {
         return;
     };
     // Local users draw from their own pool, capped per uid, so no local
-    // user can take the connections root, the bridge and admins need.
-    let pool = match caller {
-        Caller::Local { .. } => &shared.local_connections,
-        _ => &shared.connections,
+    // user can take the connections root, the bridge and admins need. Both
+    // limits apply before the name lookup, so that a flood of connections
+    // cannot queue lookups either.
+    let (pool, uid) = match &peer {
+        Peer::Known(caller) => (&shared.connections, caller.uid()),
+        Peer::Local { uid } => (&shared.local_connections, *uid),
     };
     let Ok(permit) = Arc::clone(pool).try_acquire_owned() else {
         shared.log_limit.warn(
             "connections",
-            &format!("connection from uid {} refused: max_connections reached", caller.uid()),
+            &format!("connection from uid {uid} refused: max_connections reached"),
         );
         return;
     };
-    let Some(_uid_slot) = UidSlot::take(&shared, &caller) else {
+    let local = matches!(peer, Peer::Local { .. });
+    let Some(_uid_slot) = UidSlot::take(&shared, uid, local) else {
         shared.log_limit.warn(
             "connections-per-uid",
-            &format!(
-                "connection from uid {} refused: more than {MAX_LOCAL_CONNECTIONS_PER_UID} open",
-                caller.uid()
-            ),
+            &format!("connection from uid {uid} refused: more than {MAX_LOCAL_CONNECTIONS_PER_UID} open"),
         );
         return;
     };
+    let caller = match peer {
+        Peer::Known(caller) => caller,
+        Peer::Local { uid } => match local_caller(&shared, uid).await {
+            // A uid without a user name may ask nothing: close at once.
+            Caller::Nobody { uid } => {
+                shared.log_limit.warn(
+                    "nameless-uid",
+                    &format!("connection from uid {uid}, which has no user name, closed"),
+                );
+                return;
+            }
+            caller => caller,
+        },
+    };
     shared.stats.open_connections.fetch_add(1, Ordering::Relaxed);
-    if let Err(err) = converse(stream, kind, caller.clone(), &shared).await {
+    if let Err((stage, err)) = converse(stream, kind, caller.clone(), &shared).await {
         match err {
             FrameError::Closed => {}
+            // Each stage has its own log limit, so that a flood of silent
+            // peers cannot hide the other kind of bad peer.
             other => shared.log_limit.warn(
-                "bad-peer",
+                stage.log_key(),
                 &format!("connection from uid {} ended: {other}", caller.uid()),
             ),
         }
@@ -111,6 +130,34 @@ pub async fn serve(stream: UnixStream, kind: SocketKind, shared: Arc<Shared>) {
     shared.stats.open_connections.fetch_sub(1, Ordering::Relaxed);
     drop(permit);
 }
+
+/// A peer of either socket, before the name lookup of a local user.
+enum Peer {
+    /// Root, the agent's user, a bridge user or an admin.
+    Known(Caller),
+    /// Any other user of the agent socket; its name is not looked up yet.
+    Local { uid: u32 },
+}
+
+/// Stage of the conversation at which a connection ended.
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    Hello,
+    Requests,
+}
+
+impl Stage {
+    fn log_key(self) -> &'static str {
+        match self {
+            Stage::Hello => "bad-peer-hello",
+            Stage::Requests => "bad-peer",
+        }
+    }
+}
+
+/// Name lookups of local callers that may run at once. Each holds a
+/// blocking thread until the directory server replies.
+pub const NAME_LOOKUPS_AT_ONCE: usize = 4;
 
 /// Largest frame accepted on the agent socket: a lookup or verification is
 /// a few hundred bytes.
@@ -129,18 +176,18 @@ struct UidSlot<'a> {
 }
 
 impl<'a> UidSlot<'a> {
-    /// Takes a slot for local callers; other callers need none.
-    fn take(shared: &'a Shared, caller: &Caller) -> Option<Option<UidSlot<'a>>> {
-        let Caller::Local { uid, .. } = caller else {
+    /// Takes a slot for a local caller; other callers need none.
+    fn take(shared: &'a Shared, uid: u32, local: bool) -> Option<Option<UidSlot<'a>>> {
+        if !local {
             return Some(None);
-        };
+        }
         let mut open = lock(&shared.connections_per_uid);
-        let count = open.entry(*uid).or_insert(0);
+        let count = open.entry(uid).or_insert(0);
         if *count >= MAX_LOCAL_CONNECTIONS_PER_UID {
             return None;
         }
         *count += 1;
-        Some(Some(UidSlot { shared, uid: *uid }))
+        Some(Some(UidSlot { shared, uid }))
     }
 }
 
@@ -163,7 +210,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-async fn identify(stream: &UnixStream, kind: SocketKind, shared: &Shared) -> Option<Caller> {
+/// Classifies a peer by its credentials, without any name lookup; `None`
+/// closes the connection.
+fn classify(stream: &UnixStream, kind: SocketKind, shared: &Shared) -> Option<Peer> {
     let cred = match stream.peer_cred() {
         Ok(cred) => cred,
         Err(err) => {
@@ -175,19 +224,12 @@ async fn identify(stream: &UnixStream, kind: SocketKind, shared: &Shared) -> Opt
     };
     let rules = shared.rules();
     match kind {
-        SocketKind::Agent => match caller_of_agent_socket(rules, cred.uid()).await {
-            // A uid without a user name may ask nothing: close at once.
-            Caller::Nobody { uid } => {
-                shared.log_limit.warn(
-                    "nameless-uid",
-                    &format!("connection from uid {uid}, which has no user name, closed"),
-                );
-                None
-            }
-            caller => Some(caller),
-        },
+        SocketKind::Agent => Some(match rules.known_caller(cred.uid()) {
+            Some(caller) => Peer::Known(caller),
+            None => Peer::Local { uid: cred.uid() },
+        }),
         SocketKind::Admin if rules.is_admin(cred.uid(), cred.gid(), cred.pid()) => {
-            Some(Caller::Admin { uid: cred.uid() })
+            Some(Peer::Known(Caller::Admin { uid: cred.uid() }))
         }
         SocketKind::Admin => {
             shared.log_limit.warn(
@@ -202,14 +244,15 @@ async fn identify(stream: &UnixStream, kind: SocketKind, shared: &Shared) -> Opt
     }
 }
 
-/// Classifies a peer of the agent socket. The name lookup of a local user
-/// may wait for a directory server, so it runs on a blocking thread: one
-/// thread serves every connection, and a slow directory must not hold up
-/// root's logins or the bridge.
-async fn caller_of_agent_socket(rules: Arc<Rules>, uid: u32) -> Caller {
-    if let Some(caller) = rules.known_caller(uid) {
-        return caller;
-    }
+/// Looks up the user name of a local caller. The lookup may wait for a
+/// directory server, so it runs on a blocking thread, at most
+/// [`NAME_LOOKUPS_AT_ONCE`] at a time: one thread serves every connection,
+/// and a slow directory must not hold up root's logins or the bridge.
+async fn local_caller(shared: &Shared, uid: u32) -> Caller {
+    let Ok(_turn) = shared.name_lookups.acquire().await else {
+        return Caller::Nobody { uid };
+    };
+    let rules = shared.rules();
     tokio::task::spawn_blocking(move || rules.agent_caller(uid))
         .await
         .unwrap_or(Caller::Nobody { uid })
@@ -220,7 +263,7 @@ async fn converse(
     kind: SocketKind,
     caller: Caller,
     shared: &Arc<Shared>,
-) -> Result<(), FrameError> {
+) -> Result<(), (Stage, FrameError)> {
     let (reader, mut writer) = stream.into_split();
     // Buffered, so a frame costs one read system call, not three.
     let mut reader = WipingReader::new(reader);
@@ -230,7 +273,9 @@ async fn converse(
         SocketKind::Admin => frame::MAX_FRAME_LEN,
         SocketKind::Agent => MAX_AGENT_FRAME_LEN,
     };
-    let hello: Hello = read_frame(&mut reader, timeout, true, max_len).await?;
+    let hello: Hello = read_frame(&mut reader, timeout, true, max_len)
+        .await
+        .map_err(|err| (Stage::Hello, err))?;
     let accepted = hello.version == PROTOCOL_VERSION;
     let reply = if accepted {
         HelloReply::Welcome {
@@ -242,32 +287,45 @@ async fn converse(
             supported: PROTOCOL_VERSION,
         }
     };
-    writer.write_all(&frame::encode(&reply)?).await?;
+    let sent = match frame::encode(&reply) {
+        Ok(bytes) => writer.write_all(&bytes).await.map_err(FrameError::from),
+        Err(err) => Err(err),
+    };
+    sent.map_err(|err| (Stage::Hello, err))?;
     if !accepted {
-        return Err(FrameError::Malformed {
-            reason: format!("client {:?} speaks protocol version {}", hello.client, hello.version),
-        });
+        let reason = format!("client {:?} speaks protocol version {}", hello.client, hello.version);
+        return Err((Stage::Hello, FrameError::Malformed { reason }));
     }
 
-    let (replies, mut outgoing) = mpsc::channel::<Vec<u8>>(64);
+    let (replies, mut outgoing) = mpsc::channel::<Reply>(64);
+    let stats = Arc::clone(&shared.stats);
     let write_task = tokio::spawn(async move {
         // Replies that are ready together go out in one write. The buffer
         // wipes each block it outgrows, which may hold backup codes.
         let mut batch = frame::WipingBuffer::with_capacity(4096);
-        while let Some(bytes) = outgoing.recv().await {
-            let mut append = |bytes: Vec<u8>| {
-                let bytes = zeroize::Zeroizing::new(bytes);
+        let mut broken = false;
+        while let Some(first) = outgoing.recv().await {
+            let mut answered = 0;
+            let mut append = |reply: Reply| {
+                let bytes = zeroize::Zeroizing::new(reply.bytes);
                 // `WipingBuffer::write` always returns `Ok`.
                 let _ = std::io::Write::write_all(&mut batch, &bytes);
+                answered += u64::from(reply.for_request);
             };
-            append(bytes);
+            append(first);
             while let Ok(more) = outgoing.try_recv() {
                 append(more);
             }
-            if writer.write_all(batch.as_slice()).await.is_err() {
-                break;
+            // After a failed write the replies are dropped, but each still
+            // leaves the in-flight count, so that a shutdown does not wait
+            // for it.
+            if !broken && writer.write_all(batch.as_slice()).await.is_err() {
+                broken = true;
             }
             batch.clear();
+            // Counted only once written, so that a shutdown, which waits
+            // until no request is in flight, does not cut a reply off.
+            stats.in_flight.fetch_sub(answered, Ordering::Relaxed);
         }
     });
     let in_flight = Arc::new(Semaphore::new(shared.server.max_in_flight));
@@ -299,20 +357,31 @@ async fn converse(
         tokio::spawn(async move {
             let response = task.handle(frame.request).await;
             let id = frame.id;
-            let encoded = frame::encode(&ResponseFrame { id, response }).or_else(|err| {
-                // Only a reply over the frame cap gets here (`list` of a huge
-                // user base); say so instead of leaving the client waiting.
-                tracing::error!(id, error = %err, "cannot send a reply; sending an error instead");
-                let response = Response::Error {
-                    kind: ErrorKind::Internal,
-                    message: format!("the reply is too large to send: {err}"),
-                };
-                frame::encode(&ResponseFrame { id, response })
-            });
-            if let Ok(bytes) = encoded {
-                let _ = replies.send(bytes).await;
+            // An admin reply can be large (a page of `list`), and one
+            // thread serves every connection, so it is encoded elsewhere.
+            let encoded = match kind {
+                SocketKind::Agent => encode_reply(id, response),
+                SocketKind::Admin => tokio::task::spawn_blocking(move || encode_reply(id, response))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(FrameError::Malformed {
+                            reason: "the thread that encodes the reply panicked".into(),
+                        })
+                    }),
+            };
+            let sent = match encoded {
+                Ok(bytes) => replies
+                    .send(Reply {
+                        bytes,
+                        for_request: true,
+                    })
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            };
+            if !sent {
+                task_shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             }
-            task_shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     };
@@ -325,7 +394,11 @@ async fn converse(
             },
         };
         if let Ok(bytes) = frame::encode(&reply) {
-            let _ = replies.send(bytes).await;
+            let reply = Reply {
+                bytes,
+                for_request: false,
+            };
+            let _ = replies.send(reply).await;
         }
     }
     // Let requests already in flight finish and reply before closing.
@@ -334,7 +407,27 @@ async fn converse(
         .await;
     drop(replies);
     let _ = write_task.await;
-    result
+    result.map_err(|err| (Stage::Requests, err))
+}
+
+/// An encoded reply for a connection's writer task.
+struct Reply {
+    bytes: Vec<u8>,
+    /// The reply is to a request counted in `Stats::in_flight`.
+    for_request: bool,
+}
+
+/// Encodes the reply to request `id`. A reply over the frame cap becomes an
+/// error reply, so the client does not wait in vain.
+fn encode_reply(id: u64, response: Response) -> Result<Vec<u8>, FrameError> {
+    frame::encode(&ResponseFrame { id, response }).or_else(|err| {
+        tracing::error!(id, error = %err, "cannot send a reply; sending an error instead");
+        let response = Response::Error {
+            kind: ErrorKind::Internal,
+            message: format!("the reply is too large to send: {err}"),
+        };
+        frame::encode(&ResponseFrame { id, response })
+    })
 }
 
 /// Size of a connection's read buffer.
@@ -388,7 +481,7 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WipingReader<R> {
 /// Reads one frame. Between frames the peer may stay idle as long as it
 /// likes unless `first` is set; once a frame has begun, it must arrive whole
 /// within `timeout`.
-async fn read_frame<T: serde::de::DeserializeOwned>(
+async fn read_frame<T: serde::de::DeserializeOwned + Send + 'static>(
     reader: &mut WipingReader<OwnedReadHalf>,
     timeout: Duration,
     first: bool,
@@ -419,12 +512,28 @@ async fn read_frame<T: serde::de::DeserializeOwned>(
             .read_exact(&mut body)
             .await
             .map_err(|err| truncated(err, 0, length))?;
-        frame::decode(&body)
+        Ok(body)
     };
-    tokio::time::timeout(timeout, rest)
+    let body = tokio::time::timeout(timeout, rest)
         .await
-        .map_err(|_| timed_out("frame"))?
+        .map_err(|_| timed_out("frame"))??;
+    if body.len() <= DECODE_IN_PLACE_LEN {
+        return frame::decode(&body);
+    }
+    // A large frame (an import) takes milliseconds to decode, which would
+    // hold up every other connection on this thread.
+    tokio::task::spawn_blocking(move || frame::decode(&body))
+        .await
+        .unwrap_or_else(|_| {
+            Err(FrameError::Malformed {
+                reason: "the thread that decodes the request panicked".into(),
+            })
+        })
 }
+
+/// Largest frame body decoded on the thread that serves the connections.
+/// Every frame of the agent socket is smaller.
+const DECODE_IN_PLACE_LEN: usize = 64 * 1024;
 
 fn timed_out(what: &str) -> FrameError {
     FrameError::Io(std::io::Error::new(

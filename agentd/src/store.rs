@@ -1,9 +1,11 @@
 //! Durable token state in SQLite, written only by the agent's engine thread.
 //!
 //! The database runs in WAL mode. A commit writes its pages to the WAL, and
-//! the engine sends no reply of the batch until a [`WalSync`] has synced the
-//! WAL file to disk, so every reply reports a change that survives a crash
-//! or power loss.
+//! the engine sends no reply of a batch that changed anything until a
+//! [`WalSync`] has synced the WAL file to disk, so every reply reports a
+//! change that survives a crash or power loss. A batch whose only write is
+//! a fold of the use log (below) is not synced by itself: the next sync
+//! covers it.
 //! SQLite itself runs with `synchronous = NORMAL`: it syncs before and after
 //! checkpoints, which keeps the database consistent, and leaves the sync of
 //! each commit to [`WalSync`]. That sync can then run on its own thread while
