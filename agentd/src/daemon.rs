@@ -210,7 +210,15 @@ async fn serve_until_stopped(mut config: Config, shared: Arc<Shared>) -> Result<
                 // A full queue means the engine is busy and folds anyway.
                 let _ = shared.jobs.try_send(Job::Maintain);
             }
-            _ = hangup.recv() => config = reload(config, &shared).await,
+            _ = hangup.recv() => {
+                // A reload may wait for a directory server; a request to
+                // stop ends the wait, and the running configuration stays.
+                tokio::select! {
+                    new = reload(config.clone(), &shared) => config = new,
+                    _ = terminate.recv() => break,
+                    _ = interrupt.recv() => break,
+                }
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
