@@ -149,10 +149,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
     // One thread serves every connection. A request then wakes two
     // threads, this one and the engine, where a runtime with two workers
-    // often woke a third as well. Each wake-up costs a context switch, which
-    // is expensive on a virtual machine, and a local login waits for two of
-    // them per round trip. The engine does the heavy work on its own thread,
-    // so this one keeps up at the rates of `docs/benchmarks.md`.
+    // often woke a third as well. Each wake-up is a context switch, and a
+    // local login waits for them in each round trip (see
+    // `docs/benchmarks-pam.md`). The engine does the heavy work on its own
+    // thread, so this one keeps up at the rates of `docs/benchmarks.md`.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
