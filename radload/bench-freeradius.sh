@@ -415,6 +415,13 @@ main() {
     # A run must end within the 30-second step it starts in (reading the
     # users file takes about a second per million users).
     awk -v d="$DURATION" 'BEGIN {exit !(d > 0 && d <= 25)}' || { log "DURATION must be above 0 and at most 25 seconds"; exit 2; }
+    # Each user's code is accepted once per 30-second step, so no server can
+    # accept more than USERS / DURATION requests per second in one run.
+    local most
+    most=$(awk -v u="$USERS" -v d="$DURATION" 'BEGIN {printf "%d", u / d}')
+    if [ "$most" -lt 50000 ]; then
+        log "note: $USERS users in $DURATION s allow at most $most accepts/s per run (one use per code); use more users to measure speed"
+    fi
     WORK=$(mktemp -d /tmp/radload-bench.XXXXXX)
     chmod 700 "$WORK"
     mkdir -p "$WORK/results"
