@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::access::{RateLimiter, Rules};
 use crate::config::{Config, Server};
-use crate::engine::{Engine, Job, Settings, Stats};
+use crate::engine::{Engine, EngineCore, Job, Settings, Stats};
 use crate::keys::{Field, SeedCipher};
 use crate::loglimit::LogLimiter;
 use crate::server::{serve, Shared, SocketKind};
@@ -140,12 +140,15 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     crate::store::start_checkpointer(config.paths.database(), std::time::Duration::from_millis(100)).map_err(fail)?;
     let stats = Arc::new(Stats::default());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let engine = Engine::new(store, cipher, clock, settings_of(&config));
+    let engine = Arc::new(EngineCore::new(Engine::new(store, cipher, clock, settings_of(&config))));
     let (jobs, receiver) = mpsc::channel(65_536);
-    let engine_thread = std::thread::Builder::new()
-        .name("engine".into())
-        .spawn(move || engine.run(receiver))
-        .map_err(fail)?;
+    let engine_thread = {
+        let engine = Arc::clone(&engine);
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || engine.run(receiver))
+            .map_err(fail)?
+    };
 
     // One thread serves every connection. A request then wakes two
     // threads, this one and the engine, where a runtime with two workers
@@ -159,6 +162,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(fail)?;
     let shared = Arc::new(Shared {
         jobs,
+        engine,
         stats,
         rules: RwLock::new(Arc::new(rules)),
         server: config.server,

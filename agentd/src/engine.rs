@@ -249,79 +249,6 @@ impl Engine {
         }
     }
 
-    /// Serves jobs until every sender is dropped.
-    ///
-    /// The WAL sync of a batch runs on a second thread, so that the engine
-    /// decides the next batch meanwhile. The replies of a batch that wrote
-    /// leave from that thread after the sync. So do the replies of a batch
-    /// that did not write while an earlier one waits for its sync, so that
-    /// no reply reports a change that is not on disk yet.
-    pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        let (to_sync, synced) = std::sync::mpsc::channel::<Synced>();
-        let waiting = Arc::new(AtomicU64::new(0));
-        let syncer = match self.store.wal_sync() {
-            Ok(mut wal) => {
-                let waiting = Arc::clone(&waiting);
-                std::thread::Builder::new()
-                    .name("wal-sync".into())
-                    .spawn(move || sync_and_reply(&mut wal, &synced, &waiting))
-                    .map_err(|err| err.to_string())
-            }
-            Err(err) => Err(err.to_string()),
-        };
-        let syncer = match syncer {
-            Ok(handle) => Some(handle),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot start the WAL sync thread; the engine syncs each batch itself");
-                None
-            }
-        };
-        while let Some(first) = jobs.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < self.settings.max_batch {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            let (pending, wrote) = self.decide(batch);
-            if syncer.is_none() {
-                if wrote {
-                    self.sync_and_reply(pending);
-                } else {
-                    pending.into_iter().for_each(Pending::send);
-                }
-                continue;
-            }
-            if waiting.load(Ordering::SeqCst) == 0 {
-                if !wrote {
-                    pending.into_iter().for_each(Pending::send);
-                    continue;
-                }
-                // With no other request waiting there is nothing to overlap,
-                // and syncing here saves waking the sync thread.
-                if jobs.is_empty() {
-                    if let Err(err) = self.store.sync() {
-                        fail_unsynced(pending, &err);
-                        stop_after_failed_sync();
-                    }
-                    pending.into_iter().for_each(Pending::send);
-                    continue;
-                }
-            }
-            waiting.fetch_add(1, Ordering::SeqCst);
-            if let Err(unsent) = to_sync.send(Synced { pending, wrote }) {
-                waiting.fetch_sub(1, Ordering::SeqCst);
-                self.sync_and_reply(unsent.0.pending);
-            }
-        }
-        drop(to_sync);
-        if syncer.is_some_and(|handle| handle.join().is_err()) {
-            tracing::error!("WAL sync thread panicked");
-        }
-        tracing::debug!("engine thread stops: all request channels closed");
-    }
-
     /// Runs `batch` in one transaction and replies once it is committed and
     /// synced to disk.
     pub fn run_batch(&mut self, batch: Vec<Job>) {
@@ -407,6 +334,133 @@ impl Engine {
             self.settings = settings;
         }
         (pending, wrote)
+    }
+}
+
+/// The engine, shared between its own thread and the thread that serves
+/// the connections. That thread may run a lookup itself while the engine
+/// thread is idle, which saves two thread wake-ups per lookup.
+pub struct EngineCore {
+    engine: std::sync::Mutex<Engine>,
+    /// Batches sent to the WAL sync thread whose replies are not sent yet.
+    waiting: Arc<AtomicU64>,
+}
+
+impl EngineCore {
+    pub fn new(engine: Engine) -> EngineCore {
+        EngineCore {
+            engine: std::sync::Mutex::new(engine),
+            waiting: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Engine> {
+        // A panic while deciding ends the batch; the state on disk is
+        // whatever the last commit left, so the engine can go on.
+        match self.engine.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Runs a read-only job (a lookup) on the calling thread when the
+    /// engine thread is idle: `queue_empty`, no batch waiting for its sync,
+    /// and the engine not locked. Returns `None` once the job has run and
+    /// its reply is sent, or the job itself when it must be queued.
+    pub fn try_inline(&self, job: Job, queue_empty: bool) -> Option<Job> {
+        if !queue_empty || !matches!(job, Job::Lookup { .. }) {
+            return Some(job);
+        }
+        let Ok(mut engine) = self.engine.try_lock() else {
+            return Some(job);
+        };
+        // Checked under the lock, which the engine thread holds while it
+        // hands a batch to the sync thread: a reply must not overtake the
+        // replies of a batch that is not on disk yet.
+        if self.waiting.load(Ordering::SeqCst) != 0 {
+            return Some(job);
+        }
+        let (pending, wrote) = engine.decide(vec![job]);
+        if wrote {
+            engine.sync_and_reply(pending);
+        } else {
+            pending.into_iter().for_each(Pending::send);
+        }
+        None
+    }
+
+    /// Serves jobs until every sender is dropped.
+    ///
+    /// The WAL sync of a batch runs on a second thread, so that the engine
+    /// decides the next batch meanwhile. The replies of a batch that wrote
+    /// leave from that thread after the sync. So do the replies of a batch
+    /// that did not write while an earlier one waits for its sync, so that
+    /// no reply reports a change that is not on disk yet.
+    pub fn run(&self, mut jobs: mpsc::Receiver<Job>) {
+        let (to_sync, synced) = std::sync::mpsc::channel::<Synced>();
+        let waiting = &self.waiting;
+        let syncer = match self.lock().store.wal_sync() {
+            Ok(mut wal) => {
+                let waiting = Arc::clone(waiting);
+                std::thread::Builder::new()
+                    .name("wal-sync".into())
+                    .spawn(move || sync_and_reply(&mut wal, &synced, &waiting))
+                    .map_err(|err| err.to_string())
+            }
+            Err(err) => Err(err.to_string()),
+        };
+        let syncer = match syncer {
+            Ok(handle) => Some(handle),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot start the WAL sync thread; the engine syncs each batch itself");
+                None
+            }
+        };
+        while let Some(first) = jobs.blocking_recv() {
+            let mut engine = self.lock();
+            let mut batch = vec![first];
+            while batch.len() < engine.settings.max_batch {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let (pending, wrote) = engine.decide(batch);
+            if syncer.is_none() {
+                if wrote {
+                    engine.sync_and_reply(pending);
+                } else {
+                    pending.into_iter().for_each(Pending::send);
+                }
+                continue;
+            }
+            if waiting.load(Ordering::SeqCst) == 0 {
+                if !wrote {
+                    pending.into_iter().for_each(Pending::send);
+                    continue;
+                }
+                // With no other request waiting there is nothing to overlap,
+                // and syncing here saves waking the sync thread.
+                if jobs.is_empty() {
+                    if let Err(err) = engine.store.sync() {
+                        fail_unsynced(pending, &err);
+                        stop_after_failed_sync();
+                    }
+                    pending.into_iter().for_each(Pending::send);
+                    continue;
+                }
+            }
+            waiting.fetch_add(1, Ordering::SeqCst);
+            if let Err(unsent) = to_sync.send(Synced { pending, wrote }) {
+                waiting.fetch_sub(1, Ordering::SeqCst);
+                engine.sync_and_reply(unsent.0.pending);
+            }
+        }
+        drop(to_sync);
+        if syncer.is_some_and(|handle| handle.join().is_err()) {
+            tracing::error!("WAL sync thread panicked");
+        }
+        tracing::debug!("engine thread stops: all request channels closed");
     }
 }
 

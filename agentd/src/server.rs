@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::access::{Caller, RateLimiter, Rules};
 use crate::config::Server;
-use crate::engine::{Job, Stats};
+use crate::engine::{EngineCore, Job, Stats};
 use crate::handlers;
 use crate::loglimit::LogLimiter;
 use crate::policy::{source_address, source_key};
@@ -38,6 +38,8 @@ pub enum SocketKind {
 /// State shared by every connection.
 pub struct Shared {
     pub jobs: mpsc::Sender<Job>,
+    /// The engine, for lookups run on this thread while it is idle.
+    pub engine: Arc<EngineCore>,
     pub stats: Arc<Stats>,
     pub rules: RwLock<Arc<Rules>>,
     pub server: Server,
@@ -568,10 +570,16 @@ impl Task {
         }
     }
 
-    /// Sends a job to the engine and waits for its reply.
+    /// Sends a job to the engine and waits for its reply. A lookup runs
+    /// on this thread at once when the engine thread is idle.
     pub async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Option<T> {
         let (reply, answer) = oneshot::channel();
-        self.shared.jobs.send(job(reply)).await.ok()?;
+        let jobs = &self.shared.jobs;
+        // The channel holds no job when all its permits are free.
+        let queue_empty = jobs.capacity() == jobs.max_capacity();
+        if let Some(job) = self.shared.engine.try_inline(job(reply), queue_empty) {
+            jobs.send(job).await.ok()?;
+        }
         answer.await.ok()
     }
 
