@@ -263,7 +263,10 @@ impl Engine {
     fn sync_and_reply(&mut self, pending: Vec<Pending>) {
         match self.store.sync() {
             Ok(()) => pending.into_iter().for_each(Pending::send),
-            Err(err) => fail_unsynced(pending, &err),
+            Err(err) => {
+                fail_unsynced(pending, &err);
+                stop_after_failed_sync();
+            }
         }
     }
 
@@ -272,6 +275,12 @@ impl Engine {
     /// to the database. A fold of the use log alone does not count. When the commit fails, the replies are errors, sent
     /// here, and the list is empty.
     fn decide(&mut self, batch: Vec<Job>) -> (Vec<Pending>, bool) {
+        self.decide_batch(batch, true)
+    }
+
+    /// Like [`Engine::decide`]; without `fold` the use log is not folded,
+    /// so a batch of lookups writes nothing.
+    fn decide_batch(&mut self, batch: Vec<Job>, fold: bool) -> (Vec<Pending>, bool) {
         let now = self.clock.unix_time();
         let mut settings_update = None;
         let mut pending = Vec::with_capacity(batch.len());
@@ -304,7 +313,9 @@ impl Engine {
             // after theirs. A crash that loses the fold loses nothing, and a
             // crash that keeps it kept those commits too.
             wrote = tx.total_changes() != changes_before;
-            log.fold(&tx, std::time::Instant::now())?;
+            if fold {
+                log.fold(&tx, std::time::Instant::now())?;
+            }
             tx.commit()?;
             Ok(())
         })();
@@ -355,24 +366,25 @@ impl EngineCore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Engine> {
-        // A panic while deciding ends the batch; the state on disk is
-        // whatever the last commit left, so the engine can go on.
         match self.engine.lock() {
             Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
+            Err(_) => stop_after_panic(),
         }
     }
 
     /// Runs a read-only job (a lookup) on the calling thread when the
-    /// engine thread is idle: `queue_empty`, no batch waiting for its sync,
-    /// and the engine not locked. Returns `None` once the job has run and
+    /// engine thread is `idle` (the caller's view: no job queued, no other
+    /// request in flight), no batch waits for its sync, and the engine is
+    /// not locked. Returns `None` once the job has run and
     /// its reply is sent, or the job itself when it must be queued.
-    pub fn try_inline(&self, job: Job, queue_empty: bool) -> Option<Job> {
-        if !queue_empty || !matches!(job, Job::Lookup { .. }) {
+    pub fn try_inline(&self, job: Job, idle: bool) -> Option<Job> {
+        if !idle || !matches!(job, Job::Lookup { .. }) {
             return Some(job);
         }
-        let Ok(mut engine) = self.engine.try_lock() else {
-            return Some(job);
+        let mut engine = match self.engine.try_lock() {
+            Ok(engine) => engine,
+            Err(std::sync::TryLockError::WouldBlock) => return Some(job),
+            Err(std::sync::TryLockError::Poisoned(_)) => stop_after_panic(),
         };
         // Checked under the lock, which the engine thread holds while it
         // hands a batch to the sync thread: a reply must not overtake the
@@ -380,11 +392,15 @@ impl EngineCore {
         if self.waiting.load(Ordering::SeqCst) != 0 {
             return Some(job);
         }
-        let (pending, wrote) = engine.decide(vec![job]);
-        if wrote {
-            engine.sync_and_reply(pending);
-        } else {
-            pending.into_iter().for_each(Pending::send);
+        // Without the fold a lookup writes nothing, so it needs no sync,
+        // and its commit cannot start a checkpoint on this thread.
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.decide_batch(vec![job], false)));
+        match decided {
+            Ok((pending, false)) => pending.into_iter().for_each(Pending::send),
+            // Not reached, because a lookup changes no row. If one ever
+            // did, its reply would wait for a sync here.
+            Ok((pending, true)) => engine.sync_and_reply(pending),
+            Err(_) => stop_after_panic(),
         }
         None
     }
@@ -425,7 +441,10 @@ impl EngineCore {
                     Err(_) => break,
                 }
             }
-            let (pending, wrote) = engine.decide(batch);
+            let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.decide(batch)));
+            let Ok((pending, wrote)) = decided else {
+                stop_after_panic();
+            };
             if syncer.is_none() {
                 if wrote {
                     engine.sync_and_reply(pending);
@@ -498,6 +517,14 @@ fn sync_and_reply(wal: &mut WalSync, synced: &std::sync::mpsc::Receiver<Synced>,
         }
         waiting.fetch_sub(count, Ordering::SeqCst);
     }
+}
+
+/// Stops the process after a panic while deciding a batch. The use log's
+/// memory may then disagree with the database, and trusting it could accept
+/// a used code again, so the restart rebuilds it from disk.
+fn stop_after_panic() -> ! {
+    tracing::error!("stopping the agent: a batch failed with a panic, and its state in memory cannot be trusted; the restart reads it back from the database");
+    std::process::exit(1);
 }
 
 /// Stops the process after a failed WAL sync; see [`sync_and_reply`].

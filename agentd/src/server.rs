@@ -575,9 +575,11 @@ impl Task {
     pub async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Option<T> {
         let (reply, answer) = oneshot::channel();
         let jobs = &self.shared.jobs;
-        // The channel holds no job when all its permits are free.
-        let queue_empty = jobs.capacity() == jobs.max_capacity();
-        if let Some(job) = self.shared.engine.try_inline(job(reply), queue_empty) {
+        // The channel holds no job when all its permits are free. Under
+        // load the engine thread takes the lookups, in batches, so that
+        // this thread stays free for reading and writing.
+        let idle = jobs.capacity() == jobs.max_capacity() && self.shared.stats.in_flight.load(Ordering::Relaxed) <= 1;
+        if let Some(job) = self.shared.engine.try_inline(job(reply), idle) {
             jobs.send(job).await.ok()?;
         }
         answer.await.ok()
