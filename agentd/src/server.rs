@@ -251,13 +251,15 @@ fn classify(stream: &UnixStream, kind: SocketKind, shared: &Shared) -> Option<Pe
 /// [`NAME_LOOKUPS_AT_ONCE`] at a time: one thread serves every connection,
 /// and a slow directory must not hold up root's logins or the bridge.
 async fn local_caller(shared: &Shared, uid: u32) -> Caller {
-    let Ok(_turn) = shared.name_lookups.acquire().await else {
-        return Caller::Nobody { uid };
-    };
+    // The semaphore is never closed, so this always waits for a turn.
+    let _turn = shared.name_lookups.acquire().await;
     let rules = shared.rules();
     tokio::task::spawn_blocking(move || rules.agent_caller(uid))
         .await
-        .unwrap_or(Caller::Nobody { uid })
+        .unwrap_or_else(|err| {
+            tracing::error!(uid, error = %err, "name lookup of a local caller failed");
+            Caller::Nobody { uid }
+        })
 }
 
 async fn converse(
@@ -365,7 +367,8 @@ async fn converse(
                 SocketKind::Agent => encode_reply(id, response),
                 SocketKind::Admin => tokio::task::spawn_blocking(move || encode_reply(id, response))
                     .await
-                    .unwrap_or_else(|_| {
+                    .unwrap_or_else(|err| {
+                        tracing::error!(id, error = %err, "encoding an admin reply failed");
                         Err(FrameError::Malformed {
                             reason: "the thread that encodes the reply panicked".into(),
                         })
@@ -526,7 +529,8 @@ async fn read_frame<T: serde::de::DeserializeOwned + Send + 'static>(
     // hold up every other connection on this thread.
     tokio::task::spawn_blocking(move || frame::decode(&body))
         .await
-        .unwrap_or_else(|_| {
+        .unwrap_or_else(|err| {
+            tracing::error!(error = %err, "decoding a large request failed");
             Err(FrameError::Malformed {
                 reason: "the thread that decodes the request panicked".into(),
             })
