@@ -375,8 +375,8 @@ impl EngineCore {
     /// Runs a read-only job (a lookup) on the calling thread when the
     /// engine thread is `idle` (the caller's view: no job queued, no other
     /// request in flight), no batch waits for its sync, and the engine is
-    /// not locked. Returns `None` once the job has run and
-    /// its reply is sent, or the job itself when it must be queued.
+    /// not locked. Returns `None` once the job has run and its reply is
+    /// sent, or the job itself when it must be queued.
     pub fn try_inline(&self, job: Job, idle: bool) -> Option<Job> {
         if !idle || !matches!(job, Job::Lookup { .. }) {
             return Some(job);
