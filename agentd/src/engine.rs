@@ -272,8 +272,9 @@ impl Engine {
 
     /// Runs `batch` in one transaction and commits it. Returns the replies
     /// to send once the commit is on disk, and whether its requests wrote
-    /// to the database. A fold of the use log alone does not count. When the commit fails, the replies are errors, sent
-    /// here, and the list is empty.
+    /// to the database. A fold of the use log alone does not count. When
+    /// the commit fails, the replies are errors, sent here, and the list is
+    /// empty.
     fn decide(&mut self, batch: Vec<Job>) -> (Vec<Pending>, bool) {
         self.decide_batch(batch, true)
     }

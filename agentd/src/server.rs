@@ -84,9 +84,9 @@ pub async fn serve(stream: UnixStream, kind: SocketKind, shared: Arc<Shared>) {
     // user can take the connections root, the bridge and admins need. Both
     // limits apply before the name lookup, so that a flood of connections
     // cannot queue lookups either.
-    let (pool, uid) = match &peer {
-        Peer::Known(caller) => (&shared.connections, caller.uid()),
-        Peer::Local { uid } => (&shared.local_connections, *uid),
+    let (pool, uid, local) = match &peer {
+        Peer::Known(caller) => (&shared.connections, caller.uid(), false),
+        Peer::Local { uid } => (&shared.local_connections, *uid, true),
     };
     let Ok(permit) = Arc::clone(pool).try_acquire_owned() else {
         shared.log_limit.warn(
@@ -95,7 +95,6 @@ pub async fn serve(stream: UnixStream, kind: SocketKind, shared: Arc<Shared>) {
         );
         return;
     };
-    let local = matches!(peer, Peer::Local { .. });
     let Some(_uid_slot) = UidSlot::take(&shared, uid, local) else {
         shared.log_limit.warn(
             "connections-per-uid",
