@@ -290,12 +290,12 @@ async fn converse(
             supported: PROTOCOL_VERSION,
         }
     };
-    let sent = match frame::encode(&reply) {
-        Ok(bytes) => writer.write_all(&bytes).await.map_err(FrameError::from),
-        Err(err) => Err(err),
-    };
-    sent.map_err(|err| (Stage::Hello, err))?;
+    let welcome = frame::encode(&reply).map_err(|err| (Stage::Hello, err))?;
     if !accepted {
+        writer
+            .write_all(&welcome)
+            .await
+            .map_err(|err| (Stage::Hello, FrameError::from(err)))?;
         let reason = format!("client {:?} speaks protocol version {}", hello.client, hello.version);
         return Err((Stage::Hello, FrameError::Malformed { reason }));
     }
@@ -308,6 +308,11 @@ async fn converse(
         let mut batch = frame::WipingBuffer::with_capacity(4096);
         let mut broken = false;
         while let Some(first) = outgoing.recv().await {
+            // Requests read together are usually answered together: a
+            // client that sends the hello and its first request at once
+            // gets the welcome and that reply in one write, and wakes up
+            // once. So the other ready tasks run first.
+            tokio::task::yield_now().await;
             let mut answered = 0;
             let mut append = |reply: Reply| {
                 let bytes = zeroize::Zeroizing::new(reply.bytes);
@@ -331,6 +336,12 @@ async fn converse(
             stats.in_flight.fetch_sub(answered, Ordering::Relaxed);
         }
     });
+    let welcome = Reply {
+        bytes: welcome,
+        for_request: false,
+    };
+    // The writer task holds the receiver until `replies` is dropped.
+    let _ = replies.send(welcome).await;
     let in_flight = Arc::new(Semaphore::new(shared.server.max_in_flight));
     let idle_limit = matches!(caller, Caller::Local { .. }).then_some(LOCAL_IDLE_TIMEOUT);
     let result = loop {
@@ -573,8 +584,9 @@ impl Task {
         }
     }
 
-    /// Sends a job to the engine and waits for its reply. A lookup runs
-    /// on this thread at once when the engine thread is idle.
+    /// Sends a job to the engine and waits for its reply. A lookup or a
+    /// verification runs on this thread at once when the engine thread is
+    /// idle.
     pub async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Option<T> {
         let (reply, answer) = oneshot::channel();
         let jobs = &self.shared.jobs;

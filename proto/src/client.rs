@@ -3,7 +3,7 @@
 //! PAM module, which must not start threads or a runtime inside its host.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,7 +56,62 @@ impl From<FrameError> for ClientError {
 /// One connection, one request at a time.
 pub struct Client {
     stream: UnixStream,
+    incoming: Incoming,
     next_id: u64,
+}
+
+/// Bytes read from the agent and not parsed yet. One read system call
+/// usually brings a whole frame, or the welcome and the reply behind it,
+/// instead of one call for the header and one for the body. The buffer is
+/// wiped when the client is dropped: admin replies may hold secrets.
+struct Incoming {
+    buffer: Zeroizing<Vec<u8>>,
+    start: usize,
+    end: usize,
+}
+
+/// Size of [`Incoming`]'s buffer. Agent replies are far smaller; a larger
+/// admin reply is read in several calls.
+const INCOMING_LEN: usize = 4096;
+
+impl Incoming {
+    fn new() -> Incoming {
+        Incoming {
+            buffer: Zeroizing::new(vec![0u8; INCOMING_LEN]),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// A reader that serves the buffered bytes first, then refills the
+    /// buffer from `stream` with one read.
+    fn reader<'a>(&'a mut self, stream: &'a mut UnixStream) -> BufferedStream<'a> {
+        BufferedStream { incoming: self, stream }
+    }
+}
+
+struct BufferedStream<'a> {
+    incoming: &'a mut Incoming,
+    stream: &'a mut UnixStream,
+}
+
+impl Read for BufferedStream<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let incoming = &mut *self.incoming;
+        if incoming.start == incoming.end {
+            // A large body goes straight to its own (wiped) buffer.
+            if out.len() >= incoming.buffer.len() {
+                return self.stream.read(out);
+            }
+            let filled = self.stream.read(&mut incoming.buffer[..])?;
+            incoming.start = 0;
+            incoming.end = filled;
+        }
+        let count = out.len().min(incoming.end - incoming.start);
+        out[..count].copy_from_slice(&incoming.buffer[incoming.start..incoming.start + count]);
+        incoming.start += count;
+        Ok(count)
+    }
 }
 
 impl Client {
@@ -74,8 +129,13 @@ impl Client {
     pub fn handshake(mut stream: UnixStream, client_name: &str, timeout: Duration) -> Result<Client, ClientError> {
         set_timeouts(&stream, timeout)?;
         write_frame(&mut stream, &hello(client_name))?;
-        welcome(&mut stream)?;
-        Ok(Client { stream, next_id: 1 })
+        let mut client = Client {
+            stream,
+            incoming: Incoming::new(),
+            next_id: 1,
+        };
+        client.welcome()?;
+        Ok(client)
     }
 
     /// Sends the hello and `first` right behind it, then reads both replies.
@@ -101,9 +161,10 @@ impl Client {
         stream.write_all(&frames).map_err(FrameError::Io)?;
         let mut client = Client {
             stream,
+            incoming: Incoming::new(),
             next_id: id + 1,
         };
-        welcome(&mut client.stream)?;
+        client.welcome()?;
         let response = client.receive(id)?;
         Ok((client, response))
     }
@@ -122,7 +183,7 @@ impl Client {
     }
 
     fn receive(&mut self, id: u64) -> Result<Response, ClientError> {
-        let frame: ResponseFrame = read_frame(&mut self.stream)?;
+        let frame: ResponseFrame = read_frame(&mut self.incoming.reader(&mut self.stream))?;
         if frame.id != id {
             return Err(ClientError::UnexpectedId {
                 expected: id,
@@ -130,6 +191,14 @@ impl Client {
             });
         }
         Ok(frame.response)
+    }
+
+    /// Reads the agent's reply to the hello.
+    fn welcome(&mut self) -> Result<(), ClientError> {
+        match read_frame::<_, HelloReply>(&mut self.incoming.reader(&mut self.stream))? {
+            HelloReply::Welcome { .. } => Ok(()),
+            HelloReply::Unsupported { supported } => Err(ClientError::Version { supported }),
+        }
     }
 
     /// Changes the timeout of each later read and write.
@@ -151,10 +220,100 @@ fn hello(client_name: &str) -> Hello {
     }
 }
 
-/// Reads the agent's reply to the hello.
-fn welcome(stream: &mut UnixStream) -> Result<(), ClientError> {
-    match read_frame::<_, HelloReply>(stream)? {
-        HelloReply::Welcome { .. } => Ok(()),
-        HelloReply::Unsupported { supported } => Err(ClientError::Version { supported }),
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    fn account(prompt: String) -> Response {
+        Response::Account {
+            enrolled: true,
+            locked: false,
+            prompt,
+            code_lengths: vec![6],
+            disabled: false,
+        }
+    }
+
+    fn welcome_frame() -> Vec<u8> {
+        encode(&HelloReply::Welcome {
+            version: PROTOCOL_VERSION,
+            agent: "test".into(),
+        })
+        .unwrap()
+    }
+
+    fn reply_frame(id: u64, response: Response) -> Vec<u8> {
+        encode(&ResponseFrame { id, response }).unwrap()
+    }
+
+    /// Runs `agent` on the far end of a socket pair while the client sends
+    /// the hello and a lookup, then asks for a second lookup.
+    fn converse(agent: impl FnOnce(&mut UnixStream) + Send + 'static, second_prompt: &str) {
+        let (near, mut far) = UnixStream::pair().unwrap();
+        let peer = std::thread::spawn(move || agent(&mut far));
+        let lookup = Request::Lookup { user: "alice".into() };
+        let (mut client, first) = Client::handshake_with(near, "test", Duration::from_secs(5), lookup).unwrap();
+        assert_eq!(first, account("first".into()));
+        let second = client.call(Request::Lookup { user: "alice".into() }).unwrap();
+        assert_eq!(second, account(second_prompt.into()));
+        peer.join().unwrap();
+    }
+
+    fn read_request(stream: &mut UnixStream) {
+        let _: RequestFrame = read_frame(stream).unwrap();
+    }
+
+    #[test]
+    fn reads_frames_that_arrive_in_one_write() {
+        converse(
+            |far| {
+                let _: Hello = read_frame(far).unwrap();
+                read_request(far);
+                let mut both = welcome_frame();
+                both.extend(reply_frame(1, account("first".into())));
+                far.write_all(&both).unwrap();
+                read_request(far);
+                far.write_all(&reply_frame(2, account("second".into()))).unwrap();
+            },
+            "second",
+        );
+    }
+
+    #[test]
+    fn reads_frames_that_arrive_byte_by_byte() {
+        converse(
+            |far| {
+                let _: Hello = read_frame(far).unwrap();
+                read_request(far);
+                let mut both = welcome_frame();
+                both.extend(reply_frame(1, account("first".into())));
+                for byte in both {
+                    far.write_all(&[byte]).unwrap();
+                }
+                read_request(far);
+                far.write_all(&reply_frame(2, account("second".into()))).unwrap();
+            },
+            "second",
+        );
+    }
+
+    #[test]
+    fn reads_a_frame_larger_than_the_buffer() {
+        let long = "x".repeat(3 * INCOMING_LEN);
+        let expected = long.clone();
+        converse(
+            move |far| {
+                let _: Hello = read_frame(far).unwrap();
+                read_request(far);
+                let mut both = welcome_frame();
+                both.extend(reply_frame(1, account("first".into())));
+                far.write_all(&both).unwrap();
+                read_request(far);
+                far.write_all(&reply_frame(2, account(long))).unwrap();
+            },
+            &expected,
+        );
     }
 }
