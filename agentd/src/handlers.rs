@@ -42,7 +42,7 @@ pub async fn lookup(task: &Task, user: String) -> Response {
     if let Err(response) = task.check_caller(&user, None) {
         return response;
     }
-    match task.ask(|reply| Job::Lookup { user, reply }).await {
+    match task.ask(true, |reply| Job::Lookup { user, reply }).await {
         Some(Ok(lookup)) => Response::Account {
             enrolled: lookup.enrolled,
             locked: lookup.locked,
@@ -64,7 +64,13 @@ pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origi
         return response;
     }
     let source = task.source_of(&origin);
-    let verdict = match decide(task, &user, code, source.clone()).await {
+    // A login asks once and waits, so its verification may run on the
+    // connection thread, sparing two thread wake-ups. The bridge keeps a
+    // stream of requests in flight: one of them decided and synced there
+    // would hold up the others and split their group commit, so RADIUS
+    // requests always go through the engine thread.
+    let may_run_here = !matches!(origin, Origin::Radius { .. });
+    let verdict = match decide(task, may_run_here, &user, code, source.clone()).await {
         Ok(verdict) => verdict,
         Err(response) => return response,
     };
@@ -88,9 +94,15 @@ pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origi
 }
 
 /// Runs the engine's decision, including the backup-code round trip.
-async fn decide(task: &Task, user: &str, code: SecretString, source: Option<String>) -> Result<Verdict, Response> {
+async fn decide(
+    task: &Task,
+    may_run_here: bool,
+    user: &str,
+    code: SecretString,
+    source: Option<String>,
+) -> Result<Verdict, Response> {
     let first = task
-        .ask(|reply| Job::Verify {
+        .ask(may_run_here, |reply| Job::Verify {
             user: user.to_owned(),
             code: code.clone(),
             source: source.clone(),
@@ -113,7 +125,7 @@ async fn decide(task: &Task, user: &str, code: SecretString, source: Option<Stri
     let matched = tokio::task::spawn_blocking(move || match_backup_code(&code, &salt, &hashes))
         .await
         .map_err(|_| internal_error())?;
-    task.ask(|reply| Job::BackupResult {
+    task.ask(may_run_here, |reply| Job::BackupResult {
         user: user.to_owned(),
         matched,
         source,
@@ -202,7 +214,7 @@ pub async fn admin(task: &Task, request: Request) -> Response {
     };
     let codes = op.1;
     let response = task
-        .ask(|reply| Job::Admin { op: op.0, reply })
+        .ask(false, |reply| Job::Admin { op: op.0, reply })
         .await
         .unwrap_or_else(unavailable);
     match response {

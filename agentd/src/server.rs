@@ -307,12 +307,15 @@ async fn converse(
         // wipes each block it outgrows, which may hold backup codes.
         let mut batch = frame::WipingBuffer::with_capacity(4096);
         let mut broken = false;
+        let mut welcome = true;
         while let Some(first) = outgoing.recv().await {
-            // Requests read together are usually answered together: a
-            // client that sends the hello and its first request at once
-            // gets the welcome and that reply in one write, and wakes up
-            // once. So the other ready tasks run first.
-            tokio::task::yield_now().await;
+            // A client that sends its first request right behind the hello
+            // (the PAM module does) gets the welcome and that reply in one
+            // write, and wakes up once: the task of that request runs
+            // before this one goes on. Later replies do not wait.
+            if std::mem::take(&mut welcome) {
+                tokio::task::yield_now().await;
+            }
             let mut answered = 0;
             let mut append = |reply: Reply| {
                 let bytes = zeroize::Zeroizing::new(reply.bytes);
@@ -584,16 +587,18 @@ impl Task {
         }
     }
 
-    /// Sends a job to the engine and waits for its reply. A lookup or a
-    /// verification runs on this thread at once when the engine thread is
-    /// idle.
-    pub async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Option<T> {
+    /// Sends a job to the engine and waits for its reply. With
+    /// `may_run_here`, a lookup or a verification runs on this thread at
+    /// once when the engine thread is idle.
+    pub async fn ask<T>(&self, may_run_here: bool, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Option<T> {
         let (reply, answer) = oneshot::channel();
         let jobs = &self.shared.jobs;
         // The channel holds no job when all its permits are free. Under
         // load the engine thread takes the lookups, in batches, so that
         // this thread stays free for reading and writing.
-        let idle = jobs.capacity() == jobs.max_capacity() && self.shared.stats.in_flight.load(Ordering::Relaxed) <= 1;
+        let idle = may_run_here
+            && jobs.capacity() == jobs.max_capacity()
+            && self.shared.stats.in_flight.load(Ordering::Relaxed) <= 1;
         if let Some(job) = self.shared.engine.try_inline(job(reply), idle) {
             jobs.send(job).await.ok()?;
         }

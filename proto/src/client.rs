@@ -220,7 +220,6 @@ fn hello(client_name: &str) -> Hello {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
