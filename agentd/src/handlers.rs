@@ -64,11 +64,11 @@ pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origi
         return response;
     }
     let source = task.source_of(&origin);
-    // A login asks once and waits, so its verification may run on the
-    // connection thread, sparing two thread wake-ups. The bridge keeps a
-    // stream of requests in flight: one of them decided and synced there
-    // would hold up the others and split their group commit, so RADIUS
-    // requests always go through the engine thread.
+    // A login sends one request at a time, so its verification may run on
+    // the connection thread, which saves two thread wake-ups. The bridge
+    // keeps a stream of requests in flight. One of them decided and synced
+    // there would hold up the others and split their group commit, so
+    // RADIUS requests always go through the engine thread.
     let may_run_here = !matches!(origin, Origin::Radius { .. });
     let verdict = match decide(task, may_run_here, &user, code, source.clone()).await {
         Ok(verdict) => verdict,

@@ -343,7 +343,8 @@ async fn converse(
         bytes: welcome,
         for_request: false,
     };
-    // The writer task holds the receiver until `replies` is dropped.
+    // The send cannot fail: the writer task keeps its receiver until
+    // `replies` is dropped.
     let _ = replies.send(welcome).await;
     let in_flight = Arc::new(Semaphore::new(shared.server.max_in_flight));
     let idle_limit = matches!(caller, Caller::Local { .. }).then_some(LOCAL_IDLE_TIMEOUT);

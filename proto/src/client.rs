@@ -63,15 +63,16 @@ pub struct Client {
 /// Bytes read from the agent and not parsed yet. One read system call
 /// usually brings a whole frame, or the welcome and the reply behind it,
 /// instead of one call for the header and one for the body. The buffer is
-/// wiped when the client is dropped: admin replies may hold secrets.
+/// wiped when the client is dropped, because admin replies may contain
+/// secrets.
 struct Incoming {
     buffer: Zeroizing<Vec<u8>>,
     start: usize,
     end: usize,
 }
 
-/// Size of [`Incoming`]'s buffer. Agent replies are far smaller; a larger
-/// admin reply is read in several calls.
+/// Size of [`Incoming`]'s buffer. Agent replies are far smaller, and a
+/// larger admin reply is read in several calls.
 const INCOMING_LEN: usize = 4096;
 
 impl Incoming {
@@ -83,8 +84,8 @@ impl Incoming {
         }
     }
 
-    /// A reader that serves the buffered bytes first, then refills the
-    /// buffer from `stream` with one read.
+    /// Returns a reader that serves the buffered bytes first, then refills
+    /// the buffer from `stream` with one read.
     fn reader<'a>(&'a mut self, stream: &'a mut UnixStream) -> BufferedStream<'a> {
         BufferedStream { incoming: self, stream }
     }
@@ -248,7 +249,7 @@ mod tests {
     }
 
     /// Runs `agent` on the far end of a socket pair while the client sends
-    /// the hello and a lookup, then asks for a second lookup.
+    /// the hello and a lookup, then a second lookup.
     fn converse(agent: impl FnOnce(&mut UnixStream) + Send + 'static, second_prompt: &str) {
         let (near, mut far) = UnixStream::pair().unwrap();
         let peer = std::thread::spawn(move || agent(&mut far));

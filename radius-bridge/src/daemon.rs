@@ -52,11 +52,11 @@ fn warn_about_weak_secrets(clients: &[Client]) {
 /// Runs the bridge until SIGTERM or SIGINT. `listen` overrides the file's
 /// addresses when not empty.
 ///
-/// One thread serves every socket. With two worker threads, a request woke
-/// both in turn (the datagram on one, the agent's reply on the other), and
-/// the bridge spent 24 to 38 µs of CPU per request; on one thread it spends
-/// 18 to 27 µs (`docs/benchmarks-radius.md`). One core covers over 40,000
-/// requests a second at that cost, more than the agent can decide.
+/// One thread serves every socket. With two worker threads, a request often
+/// woke both in turn (the datagram on one, the agent's reply on the other).
+/// The bridge then spent 24 to 38 µs of CPU per request, and 17 to 27 µs on
+/// one thread (`docs/benchmarks-radius.md`). At that cost one core serves
+/// about 40,000 requests a second, more than the agent decides.
 pub fn run(config: Config, listen: Vec<SocketAddr>) -> Result<(), DaemonError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -5,13 +5,13 @@
 //! the one-use rule.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-/// Identifies one request of one client.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct RequestKey {
-    pub client: String,
+/// Identifies one request of one client, as the caller sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestKey<'a> {
+    pub client: &'a str,
     pub source: SocketAddr,
     pub identifier: u8,
     pub authenticator: [u8; 16],
@@ -28,80 +28,153 @@ pub enum Seen {
     Answered(Vec<u8>),
 }
 
-enum Entry {
-    InFlight,
-    Answered(Vec<u8>),
+/// A [`RequestKey`] as stored: the client by number, 40 bytes in all, so
+/// that the two copies of each key (map and queue) stay small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    client: u32,
+    port: u16,
+    identifier: u8,
+    ip: IpAddr,
+    authenticator: [u8; 16],
+}
+
+struct Entry {
+    /// Tells this entry from an older one of the same key in `order`.
+    serial: u64,
+    /// `None` while the request is in flight.
+    reply: Option<Box<[u8]>>,
 }
 
 /// Most requests remembered at once; the oldest are forgotten first.
 /// NOTE: at a sustained rate above MAX_ENTRIES / duplicate_seconds (3,333
 /// requests/s with the default 30 s), entries leave before the window ends,
 /// and a late retransmission then reaches the agent and is rejected as a
-/// reused code. The cap bounds memory (about 0.6 KiB an entry).
+/// reused code. The cap bounds memory: an entry takes about 0.3 KiB with
+/// its reply (`docs/benchmarks-radius.md`, "Memory").
 const MAX_ENTRIES: usize = 100_000;
 
 /// Recent requests and their replies.
 pub struct Cache {
     window: Duration,
-    entries: HashMap<RequestKey, (Instant, Entry)>,
-    order: VecDeque<(Instant, RequestKey)>,
+    max_entries: usize,
+    /// Times are kept as milliseconds since this instant.
+    start: Instant,
+    next_serial: u64,
+    /// Number of each client name seen. A name keeps its number until the
+    /// process ends, so a reload cannot give two clients the same number.
+    clients: HashMap<String, u32>,
+    entries: HashMap<Key, Entry>,
+    /// Insertion time in milliseconds, serial and key, oldest first.
+    order: VecDeque<(u64, u64, Key)>,
 }
 
 impl Cache {
     pub fn new(window: Duration) -> Cache {
+        Cache::with_limit(window, MAX_ENTRIES)
+    }
+
+    fn with_limit(window: Duration, max_entries: usize) -> Cache {
         Cache {
             window,
+            max_entries,
+            start: Instant::now(),
+            next_serial: 0,
+            clients: HashMap::new(),
             entries: HashMap::new(),
             order: VecDeque::new(),
         }
     }
 
     /// Looks `key` up and marks a new request as in flight.
-    pub fn check(&mut self, key: &RequestKey, now: Instant) -> Seen {
+    pub fn check(&mut self, key: &RequestKey<'_>, now: Instant) -> Seen {
+        let now = self.millis(now);
         self.expire(now);
-        match self.entries.get(key) {
-            Some((_, Entry::InFlight)) => Seen::InFlight,
-            Some((_, Entry::Answered(reply))) => Seen::Answered(reply.clone()),
+        let key = self.stored_key(key);
+        match self.entries.get(&key) {
+            Some(Entry { reply: None, .. }) => Seen::InFlight,
+            Some(Entry { reply: Some(reply), .. }) => Seen::Answered(reply.to_vec()),
             None => {
-                if self.entries.len() >= MAX_ENTRIES {
+                // A queue place of a forgotten entry frees nothing, so
+                // evict until one entry is gone.
+                while self.entries.len() >= self.max_entries && !self.order.is_empty() {
                     self.evict_oldest();
                 }
-                self.entries.insert(key.clone(), (now, Entry::InFlight));
-                self.order.push_back((now, key.clone()));
+                let serial = self.next_serial;
+                self.next_serial += 1;
+                self.entries.insert(key, Entry { serial, reply: None });
+                self.order.push_back((now, serial, key));
                 Seen::New
             }
         }
     }
 
     /// Stores the reply sent for `key`.
-    pub fn finish(&mut self, key: &RequestKey, reply: Vec<u8>) {
-        if let Some(entry) = self.entries.get_mut(key) {
-            entry.1 = Entry::Answered(reply);
+    pub fn finish(&mut self, key: &RequestKey<'_>, reply: &[u8]) {
+        let Some(key) = self.known_key(key) else {
+            return;
+        };
+        if let Some(entry) = self.entries.get_mut(&key) {
+            entry.reply = Some(reply.into());
         }
     }
 
     /// Forgets `key`, so a retransmission is answered afresh (used when no
     /// reply was sent because the agent was unreachable).
-    pub fn forget(&mut self, key: &RequestKey) {
-        self.entries.remove(key);
+    pub fn forget(&mut self, key: &RequestKey<'_>) {
+        if let Some(key) = self.known_key(key) {
+            self.entries.remove(&key);
+        }
     }
 
-    fn expire(&mut self, now: Instant) {
-        while let Some((time, _)) = self.order.front() {
-            if now.saturating_duration_since(*time) < self.window {
+    fn millis(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Returns the stored form of `key`, and numbers its client if new.
+    fn stored_key(&mut self, key: &RequestKey<'_>) -> Key {
+        let client = match self.clients.get(key.client) {
+            Some(&number) => number,
+            None => {
+                let number = u32::try_from(self.clients.len()).unwrap_or(u32::MAX);
+                self.clients.insert(key.client.to_owned(), number);
+                number
+            }
+        };
+        Cache::key_with(client, key)
+    }
+
+    /// Returns the stored form of `key`, or `None` for a client never seen.
+    fn known_key(&self, key: &RequestKey<'_>) -> Option<Key> {
+        let client = *self.clients.get(key.client)?;
+        Some(Cache::key_with(client, key))
+    }
+
+    fn key_with(client: u32, key: &RequestKey<'_>) -> Key {
+        Key {
+            client,
+            port: key.source.port(),
+            identifier: key.identifier,
+            ip: key.source.ip(),
+            authenticator: key.authenticator,
+        }
+    }
+
+    fn expire(&mut self, now: u64) {
+        let window = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        while let Some(&(time, _, _)) = self.order.front() {
+            if now.saturating_sub(time) < window {
                 break;
             }
-            if let Some((time, key)) = self.order.pop_front() {
-                if self.entries.get(&key).is_some_and(|(inserted, _)| *inserted == time) {
-                    self.entries.remove(&key);
-                }
-            }
+            self.evict_oldest();
         }
     }
 
     fn evict_oldest(&mut self) {
-        if let Some((time, key)) = self.order.pop_front() {
-            if self.entries.get(&key).is_some_and(|(inserted, _)| *inserted == time) {
+        if let Some((_, serial, key)) = self.order.pop_front() {
+            // A key forgotten and then seen again has a newer entry, which
+            // its own place in the queue removes later.
+            if self.entries.get(&key).is_some_and(|entry| entry.serial == serial) {
                 self.entries.remove(&key);
             }
         }
@@ -112,9 +185,9 @@ impl Cache {
 mod tests {
     use super::*;
 
-    fn key(identifier: u8) -> RequestKey {
+    fn key(identifier: u8) -> RequestKey<'static> {
         RequestKey {
-            client: "vpn".into(),
+            client: "vpn",
             source: "127.0.0.1:4000"
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 4000))),
@@ -129,7 +202,7 @@ mod tests {
         let now = Instant::now();
         assert_eq!(cache.check(&key(1), now), Seen::New);
         assert_eq!(cache.check(&key(1), now), Seen::InFlight);
-        cache.finish(&key(1), vec![2, 1]);
+        cache.finish(&key(1), &[2, 1]);
         assert_eq!(cache.check(&key(1), now), Seen::Answered(vec![2, 1]));
         assert_eq!(cache.check(&key(2), now), Seen::New, "other identifier");
     }
@@ -139,7 +212,7 @@ mod tests {
         let mut cache = Cache::new(Duration::from_secs(30));
         let now = Instant::now();
         cache.check(&key(1), now);
-        cache.finish(&key(1), vec![2]);
+        cache.finish(&key(1), &[2]);
         assert_eq!(cache.check(&key(1), now + Duration::from_secs(31)), Seen::New);
     }
 
@@ -150,5 +223,77 @@ mod tests {
         cache.check(&key(1), now);
         cache.forget(&key(1));
         assert_eq!(cache.check(&key(1), now), Seen::New);
+    }
+
+    #[test]
+    fn cache_separates_clients_on_one_address() {
+        let mut cache = Cache::new(Duration::from_secs(30));
+        let now = Instant::now();
+        assert_eq!(cache.check(&key(1), now), Seen::New);
+        cache.finish(&key(1), &[2]);
+        let other = RequestKey {
+            client: "web",
+            ..key(1)
+        };
+        assert_eq!(cache.check(&other, now), Seen::New);
+        let other_port = RequestKey {
+            source: SocketAddr::from(([127, 0, 0, 1], 4001)),
+            ..key(1)
+        };
+        assert_eq!(cache.check(&other_port, now), Seen::New);
+        let other_authenticator = RequestKey {
+            authenticator: [2; 16],
+            ..key(1)
+        };
+        assert_eq!(cache.check(&other_authenticator, now), Seen::New);
+        assert_eq!(cache.check(&key(1), now), Seen::Answered(vec![2]));
+    }
+
+    #[test]
+    fn full_cache_evicts_the_oldest() {
+        let mut cache = Cache::with_limit(Duration::from_secs(30), 3);
+        let now = Instant::now();
+        for identifier in 1..=4 {
+            assert_eq!(cache.check(&key(identifier), now), Seen::New);
+            cache.finish(&key(identifier), &[identifier]);
+        }
+        assert_eq!(cache.entries.len(), 3);
+        assert_eq!(cache.check(&key(4), now), Seen::Answered(vec![4]));
+        assert_eq!(cache.check(&key(2), now), Seen::Answered(vec![2]));
+        assert_eq!(cache.check(&key(1), now), Seen::New, "the oldest left");
+    }
+
+    #[test]
+    fn cache_reinserted_key_keeps_full_window() {
+        let mut cache = Cache::new(Duration::from_secs(30));
+        let start = Instant::now();
+        cache.check(&key(1), start);
+        cache.forget(&key(1));
+        let later = start + Duration::from_secs(20);
+        assert_eq!(cache.check(&key(1), later), Seen::New);
+        cache.finish(&key(1), &[7]);
+        // The first insertion's queue place expires at 30 s. It must not
+        // remove the second entry.
+        let after_first_window = start + Duration::from_secs(31);
+        assert_eq!(cache.check(&key(1), after_first_window), Seen::Answered(vec![7]));
+        assert_eq!(cache.check(&key(1), later + Duration::from_secs(31)), Seen::New);
+    }
+
+    #[test]
+    fn cache_ignores_unknown_client() {
+        let mut cache = Cache::new(Duration::from_secs(30));
+        let stranger = RequestKey {
+            client: "never-seen",
+            ..key(1)
+        };
+        cache.finish(&stranger, &[1]);
+        cache.forget(&stranger);
+        assert!(cache.entries.is_empty());
+        assert!(cache.clients.is_empty());
+    }
+
+    #[test]
+    fn stored_key_is_small() {
+        assert!(std::mem::size_of::<Key>() <= 40, "{}", std::mem::size_of::<Key>());
     }
 }

@@ -230,7 +230,7 @@ async fn access_request(
 ) -> Result<Vec<u8>, Drop> {
     check_message_authenticator(bridge, client, packet)?;
     let key = RequestKey {
-        client: client.name.clone(),
+        client: &client.name,
         source,
         identifier: packet.identifier,
         authenticator: packet.authenticator,
@@ -246,7 +246,7 @@ async fn access_request(
     }
     match decide(bridge, client, packet, nas_identifier).await {
         Ok(reply) => {
-            lock(&bridge.dedup).finish(&key, reply.clone());
+            lock(&bridge.dedup).finish(&key, &reply);
             Ok(reply)
         }
         Err(reason) => {
