@@ -373,18 +373,13 @@ impl EngineCore {
         }
     }
 
-    /// Runs a lookup or a verification on the calling thread when the
+    /// Runs a read-only job (a lookup) on the calling thread when the
     /// engine thread is `idle` (the caller's view: no job queued, no other
     /// request in flight), no batch waits for its sync, and the engine is
     /// not locked. Returns `None` once the job has run and its reply is
     /// sent, or the job itself when it must be queued.
-    ///
-    /// A verification that wrote is synced here before its reply, as the
-    /// engine thread syncs a batch when nothing else waits. The engine
-    /// thread could not start another batch meanwhile anyway, and this
-    /// saves the two thread wake-ups of the trip through it.
     pub fn try_inline(&self, job: Job, idle: bool) -> Option<Job> {
-        if !idle || !matches!(job, Job::Lookup { .. } | Job::Verify { .. } | Job::BackupResult { .. }) {
+        if !idle || !matches!(job, Job::Lookup { .. }) {
             return Some(job);
         }
         let mut engine = match self.engine.try_lock() {
@@ -398,12 +393,13 @@ impl EngineCore {
         if self.waiting.load(Ordering::SeqCst) != 0 {
             return Some(job);
         }
-        // No fold here: the engine thread folds the use log at least once a
-        // second (`Job::Maintain`), and a lookup then writes nothing, so it
-        // needs no sync.
+        // Without the fold a lookup writes nothing, so it needs no sync,
+        // and its commit cannot start a checkpoint on this thread.
         let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.decide_batch(vec![job], false)));
         match decided {
             Ok((pending, false)) => pending.into_iter().for_each(Pending::send),
+            // Not reached, because a lookup changes no row. If one ever
+            // did, its reply would wait for a sync here.
             Ok((pending, true)) => engine.sync_and_reply(pending),
             Err(_) => stop_after_panic(),
         }

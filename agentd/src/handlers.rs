@@ -42,7 +42,7 @@ pub async fn lookup(task: &Task, user: String) -> Response {
     if let Err(response) = task.check_caller(&user, None) {
         return response;
     }
-    match task.ask(true, |reply| Job::Lookup { user, reply }).await {
+    match task.ask(|reply| Job::Lookup { user, reply }).await {
         Some(Ok(lookup)) => Response::Account {
             enrolled: lookup.enrolled,
             locked: lookup.locked,
@@ -64,13 +64,7 @@ pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origi
         return response;
     }
     let source = task.source_of(&origin);
-    // A login sends one request at a time, so its verification may run on
-    // the connection thread, which saves two thread wake-ups. The bridge
-    // keeps a stream of requests in flight. One of them decided and synced
-    // there would hold up the others and split their group commit, so
-    // RADIUS requests always go through the engine thread.
-    let may_run_here = !matches!(origin, Origin::Radius { .. });
-    let verdict = match decide(task, may_run_here, &user, code, source.clone()).await {
+    let verdict = match decide(task, &user, code, source.clone()).await {
         Ok(verdict) => verdict,
         Err(response) => return response,
     };
@@ -94,15 +88,9 @@ pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origi
 }
 
 /// Runs the engine's decision, including the backup-code round trip.
-async fn decide(
-    task: &Task,
-    may_run_here: bool,
-    user: &str,
-    code: SecretString,
-    source: Option<String>,
-) -> Result<Verdict, Response> {
+async fn decide(task: &Task, user: &str, code: SecretString, source: Option<String>) -> Result<Verdict, Response> {
     let first = task
-        .ask(may_run_here, |reply| Job::Verify {
+        .ask(|reply| Job::Verify {
             user: user.to_owned(),
             code: code.clone(),
             source: source.clone(),
@@ -125,7 +113,7 @@ async fn decide(
     let matched = tokio::task::spawn_blocking(move || match_backup_code(&code, &salt, &hashes))
         .await
         .map_err(|_| internal_error())?;
-    task.ask(may_run_here, |reply| Job::BackupResult {
+    task.ask(|reply| Job::BackupResult {
         user: user.to_owned(),
         matched,
         source,
@@ -214,7 +202,7 @@ pub async fn admin(task: &Task, request: Request) -> Response {
     };
     let codes = op.1;
     let response = task
-        .ask(false, |reply| Job::Admin { op: op.0, reply })
+        .ask(|reply| Job::Admin { op: op.0, reply })
         .await
         .unwrap_or_else(unavailable);
     match response {

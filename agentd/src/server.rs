@@ -588,18 +588,15 @@ impl Task {
         }
     }
 
-    /// Sends a job to the engine and waits for its reply. With
-    /// `may_run_here`, a lookup or a verification runs on this thread at
-    /// once when the engine thread is idle.
-    pub async fn ask<T>(&self, may_run_here: bool, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Option<T> {
+    /// Sends a job to the engine and waits for its reply. A lookup runs
+    /// on this thread at once when the engine thread is idle.
+    pub async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Option<T> {
         let (reply, answer) = oneshot::channel();
         let jobs = &self.shared.jobs;
         // The channel holds no job when all its permits are free. Under
         // load the engine thread takes the lookups, in batches, so that
         // this thread stays free for reading and writing.
-        let idle = may_run_here
-            && jobs.capacity() == jobs.max_capacity()
-            && self.shared.stats.in_flight.load(Ordering::Relaxed) <= 1;
+        let idle = jobs.capacity() == jobs.max_capacity() && self.shared.stats.in_flight.load(Ordering::Relaxed) <= 1;
         if let Some(job) = self.shared.engine.try_inline(job(reply), idle) {
             jobs.send(job).await.ok()?;
         }
