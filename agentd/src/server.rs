@@ -330,8 +330,11 @@ async fn converse(
             // After a failed write the replies are dropped, but each still
             // leaves the in-flight count, so that a shutdown does not wait
             // for it.
-            if !broken && writer.write_all(batch.as_slice()).await.is_err() {
-                broken = true;
+            if !broken {
+                if let Err(err) = writer.write_all(batch.as_slice()).await {
+                    tracing::debug!(error = %err, "cannot write replies; the peer is gone");
+                    broken = true;
+                }
             }
             batch.clear();
             // Counted only once written, so that a shutdown, which waits

@@ -172,11 +172,17 @@ async fn connect(settings: &LinkSettings) -> Result<UnixStream, String> {
 /// Pipelines calls on one connection until it fails (`Some(reason)`) or
 /// the bridge shuts down (`None`).
 async fn serve(stream: UnixStream, calls: &mut mpsc::Receiver<Call>) -> Option<String> {
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = tokio::io::BufReader::new(reader);
+    let (mut reader, mut writer) = stream.into_split();
+    // Replies read and not parsed yet. `read_buf` loses nothing when the
+    // other branch of the `select!` wins. A frame reader built on
+    // `read_exact` would drop the part of a frame it had read.
+    let mut incoming: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut pending: HashMap<u64, oneshot::Sender<Response>> = HashMap::new();
     let mut next_id: u64 = 1;
     loop {
+        if incoming.capacity() - incoming.len() < READ_CHUNK / 2 {
+            incoming.reserve(READ_CHUNK);
+        }
         tokio::select! {
             call = calls.recv() => {
                 // Every call waiting now goes out in one write.
@@ -199,17 +205,46 @@ async fn serve(stream: UnixStream, calls: &mut mpsc::Receiver<Call>) -> Option<S
                     return Some(err.to_string());
                 }
             }
-            frame = read_frame::<ResponseFrame, _>(&mut reader) => {
-                let frame = match frame {
-                    Ok(frame) => frame,
+            read = reader.read_buf(&mut incoming) => {
+                match read {
+                    Ok(0) => return Some("the agent closed the connection".into()),
+                    Ok(_) => {}
+                    Err(err) => return Some(err.to_string()),
+                }
+                let parsed = match take_frames(&incoming, |frame: ResponseFrame| {
+                    if let Some(reply) = pending.remove(&frame.id) {
+                        let _ = reply.send(frame.response);
+                    }
+                }) {
+                    Ok(parsed) => parsed,
                     Err(err) => return Some(err.to_string()),
                 };
-                if let Some(reply) = pending.remove(&frame.id) {
-                    let _ = reply.send(frame.response);
-                }
+                incoming.drain(..parsed);
             }
         }
     }
+}
+
+/// Most bytes requested from the socket per read. A reply to the bridge
+/// takes about 60 bytes.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Decodes every complete frame at the start of `bytes`, hands each to
+/// `deliver`, and returns the number of bytes they took.
+fn take_frames<T: serde::de::DeserializeOwned>(bytes: &[u8], mut deliver: impl FnMut(T)) -> Result<usize, FrameError> {
+    let mut start = 0;
+    while let Some(header) = bytes.get(start..start + HEADER_LEN) {
+        let mut prefix = [0u8; HEADER_LEN];
+        prefix.copy_from_slice(header);
+        let length = frame::body_len(prefix)?;
+        let body_start = start + HEADER_LEN;
+        let Some(body) = bytes.get(body_start..body_start + length) else {
+            break;
+        };
+        deliver(frame::decode(body)?);
+        start = body_start + length;
+    }
+    Ok(start)
 }
 
 async fn read_frame<T: serde::de::DeserializeOwned, R: AsyncReadExt + Unpin>(reader: &mut R) -> Result<T, FrameError> {
@@ -219,4 +254,100 @@ async fn read_frame<T: serde::de::DeserializeOwned, R: AsyncReadExt + Unpin>(rea
     let mut body = zeroize::Zeroizing::new(vec![0u8; length]);
     reader.read_exact(&mut body).await?;
     frame::decode(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use freeauth_proto::VerifyResult;
+
+    fn verdict(result: VerifyResult) -> Response {
+        Response::Verdict { result, reason: None }
+    }
+
+    fn lookup(user: &str) -> Request {
+        Request::Lookup { user: user.into() }
+    }
+
+    async fn read_request(stream: &mut UnixStream) -> RequestFrame {
+        read_frame(stream).await.unwrap()
+    }
+
+    /// A reply split across two writes, with a new call sent in between,
+    /// still arrives whole, although the read loses the `select!` once.
+    #[tokio::test]
+    async fn serve_keeps_a_half_read_reply() {
+        let (near, mut agent) = UnixStream::pair().unwrap();
+        let (calls, mut receiver) = mpsc::channel(8);
+        let link = tokio::spawn(async move { serve(near, &mut receiver).await });
+
+        let (first_reply, first_answer) = oneshot::channel();
+        calls
+            .send(Call {
+                request: lookup("alice"),
+                reply: first_reply,
+            })
+            .await
+            .unwrap();
+        let first = read_request(&mut agent).await;
+        let reply = frame::encode(&ResponseFrame {
+            id: first.id,
+            response: verdict(VerifyResult::Accepted),
+        })
+        .unwrap();
+        let (head, tail) = reply.split_at(HEADER_LEN + 3);
+        agent.write_all(head).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let (second_reply, second_answer) = oneshot::channel();
+        calls
+            .send(Call {
+                request: lookup("bob"),
+                reply: second_reply,
+            })
+            .await
+            .unwrap();
+        let second = read_request(&mut agent).await;
+        agent.write_all(tail).await.unwrap();
+        let reply = frame::encode(&ResponseFrame {
+            id: second.id,
+            response: verdict(VerifyResult::Rejected),
+        })
+        .unwrap();
+        agent.write_all(&reply).await.unwrap();
+
+        assert_eq!(first_answer.await.unwrap(), verdict(VerifyResult::Accepted));
+        assert_eq!(second_answer.await.unwrap(), verdict(VerifyResult::Rejected));
+        drop(calls);
+        assert_eq!(link.await.unwrap(), None, "a clean shutdown when the calls end");
+    }
+
+    #[test]
+    fn take_frames_stops_at_a_partial_frame() {
+        let first = frame::encode(&ResponseFrame {
+            id: 1,
+            response: verdict(VerifyResult::Accepted),
+        })
+        .unwrap();
+        let second = frame::encode(&ResponseFrame {
+            id: 2,
+            response: verdict(VerifyResult::Rejected),
+        })
+        .unwrap();
+        let mut bytes = first.clone();
+        bytes.extend_from_slice(&second[..5]);
+        let mut ids = Vec::new();
+        let used = take_frames(&bytes, |frame: ResponseFrame| ids.push(frame.id)).unwrap();
+        assert_eq!(used, first.len());
+        assert_eq!(ids, vec![1]);
+        let used = take_frames(&bytes[..2], |frame: ResponseFrame| ids.push(frame.id)).unwrap();
+        assert_eq!(used, 0, "half a header");
+    }
+
+    #[test]
+    fn take_frames_rejects_a_bad_length() {
+        let bytes = [0xff, 0xff, 0xff, 0xff, b'{'];
+        assert!(take_frames(&bytes, |_: ResponseFrame| {}).is_err());
+    }
 }
