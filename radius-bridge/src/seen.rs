@@ -7,6 +7,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Name of the list inside the bridge's state folder.
 const FILE_NAME: &str = "message-authenticator-clients";
@@ -15,6 +16,51 @@ const FILE_NAME: &str = "message-authenticator-clients";
 pub struct SeenClients {
     path: PathBuf,
     names: BTreeSet<String>,
+    /// Number of the last change to `names`.
+    changes: u64,
+    /// Number of the change the file contains, shared with pending writes.
+    written: Arc<Mutex<u64>>,
+}
+
+/// A rewrite of the file, to run off the bridge's thread because it syncs
+/// to disk. Writes that run late never replace a newer list.
+#[derive(Debug)]
+pub struct FileWrite {
+    path: PathBuf,
+    names: Vec<String>,
+    change: u64,
+    written: Arc<Mutex<u64>>,
+}
+
+impl FileWrite {
+    /// Writes the list to a temporary file, syncs it and renames it over
+    /// the old one, unless a newer list was written meanwhile.
+    pub fn run(self) -> Result<(), String> {
+        let mut written = match self.written.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if *written >= self.change {
+            return Ok(());
+        }
+        let temporary = self.path.with_extension("new");
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temporary)?;
+            for name in &self.names {
+                writeln!(file, "{name}")?;
+            }
+            file.sync_all()?;
+            fs::rename(&temporary, &self.path)
+        };
+        write().map_err(|err| format!("cannot write {}: {err}", self.path.display()))?;
+        *written = self.change;
+        Ok(())
+    }
 }
 
 impl SeenClients {
@@ -31,6 +77,8 @@ impl SeenClients {
         Ok(SeenClients {
             path: state_dir.join(FILE_NAME),
             names,
+            changes: 0,
+            written: Arc::new(Mutex::new(0)),
         })
     }
 
@@ -49,26 +97,19 @@ impl SeenClients {
         self.names.contains(client)
     }
 
-    /// Remembers `client` and rewrites the file (durably) if it is new.
-    pub fn remember(&mut self, client: &str) -> Result<(), String> {
+    /// Remembers `client`. Returns the rewrite of the file when the name is
+    /// new, for the caller to run where a disk sync may block.
+    pub fn remember(&mut self, client: &str) -> Option<FileWrite> {
         if !self.names.insert(client.to_owned()) {
-            return Ok(());
+            return None;
         }
-        let temporary = self.path.with_extension("new");
-        let write = || -> std::io::Result<()> {
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temporary)?;
-            for name in &self.names {
-                writeln!(file, "{name}")?;
-            }
-            file.sync_all()?;
-            fs::rename(&temporary, &self.path)
-        };
-        write().map_err(|err| format!("cannot write {}: {err}", self.path.display()))
+        self.changes += 1;
+        Some(FileWrite {
+            path: self.path.clone(),
+            names: self.names.iter().cloned().collect(),
+            change: self.changes,
+            written: Arc::clone(&self.written),
+        })
     }
 }
 
@@ -82,8 +123,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut seen = SeenClients::load(&dir.path().join("state")).unwrap();
         assert!(!seen.contains("vpn"));
-        seen.remember("vpn").unwrap();
+        seen.remember("vpn").unwrap().run().unwrap();
+        assert!(seen.remember("vpn").is_none(), "a known name is not written again");
         let again = SeenClients::load(&dir.path().join("state")).unwrap();
         assert!(again.contains("vpn"));
+    }
+
+    #[test]
+    fn seen_late_write_keeps_newer_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut seen = SeenClients::load(&state).unwrap();
+        let first = seen.remember("vpn").unwrap();
+        let second = seen.remember("web").unwrap();
+        second.run().unwrap();
+        first.run().unwrap();
+        let again = SeenClients::load(&state).unwrap();
+        assert!(again.contains("vpn"));
+        assert!(again.contains("web"));
     }
 }

@@ -196,17 +196,25 @@ fn status_server(bridge: &Bridge, client: &Client, packet: &Packet<'_>) -> Resul
 }
 
 /// Applies the client's Message-Authenticator policy to a request.
-fn check_message_authenticator(bridge: &Bridge, client: &Client, packet: &Packet<'_>) -> Result<(), Drop> {
+async fn check_message_authenticator(bridge: &Bridge, client: &Client, packet: &Packet<'_>) -> Result<(), Drop> {
     match verify_message_authenticator(packet, &client.secret) {
         Some(false) => Err(Drop::BadMessageAuthenticator),
         Some(true) => {
             if client.message_authenticator == MessageAuthenticatorPolicy::Auto {
-                let mut seen = lock(&bridge.seen);
-                if !seen.contains(&client.name) {
-                    if let Err(err) = seen.remember(&client.name) {
-                        bridge.log.warn("seen", &err);
-                    }
+                let write = lock(&bridge.seen).remember(&client.name);
+                if let Some(write) = write {
                     tracing::info!(client = %client.name, "client sent a Message-Authenticator; requiring it from now on");
+                    // The file is synced before the reply, on a blocking
+                    // thread, because the thread that serves every socket
+                    // must not wait for the disk.
+                    let written = tokio::task::spawn_blocking(move || write.run()).await;
+                    match written {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => bridge.log.warn("seen", &err),
+                        Err(err) => bridge
+                            .log
+                            .warn("seen", &format!("the thread that writes the client list failed: {err}")),
+                    }
                 }
             }
             Ok(())
@@ -228,7 +236,7 @@ async fn access_request(
     source: SocketAddr,
     nas_identifier: Option<String>,
 ) -> Result<Vec<u8>, Drop> {
-    check_message_authenticator(bridge, client, packet)?;
+    check_message_authenticator(bridge, client, packet).await?;
     let key = RequestKey {
         client: &client.name,
         source,
