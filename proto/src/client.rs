@@ -248,17 +248,34 @@ mod tests {
         encode(&ResponseFrame { id, response }).unwrap()
     }
 
-    /// Runs `agent` on the far end of a socket pair while the client sends
-    /// the hello and a lookup, then a second lookup.
-    fn converse(agent: impl FnOnce(&mut UnixStream) + Send + 'static, second_prompt: &str) {
+    /// Plays the agent on the far end of a socket pair: it answers the hello
+    /// and a lookup with `first` (whole, or one byte per write), then a
+    /// second lookup with an account whose prompt is `second_prompt`. The
+    /// client must read both answers right.
+    fn converse(byte_by_byte: bool, second_prompt: String) {
         let (near, mut far) = UnixStream::pair().unwrap();
-        let peer = std::thread::spawn(move || agent(&mut far));
+        let expected = second_prompt.clone();
+        let agent = std::thread::spawn(move || {
+            let _: Hello = read_frame(&mut far).unwrap();
+            read_request(&mut far);
+            let mut first = welcome_frame();
+            first.extend(reply_frame(1, account("first".into())));
+            if byte_by_byte {
+                for byte in first {
+                    far.write_all(&[byte]).unwrap();
+                }
+            } else {
+                far.write_all(&first).unwrap();
+            }
+            read_request(&mut far);
+            far.write_all(&reply_frame(2, account(second_prompt))).unwrap();
+        });
         let lookup = Request::Lookup { user: "alice".into() };
         let (mut client, first) = Client::handshake_with(near, "test", Duration::from_secs(5), lookup).unwrap();
         assert_eq!(first, account("first".into()));
         let second = client.call(Request::Lookup { user: "alice".into() }).unwrap();
-        assert_eq!(second, account(second_prompt.into()));
-        peer.join().unwrap();
+        assert_eq!(second, account(expected));
+        agent.join().unwrap();
     }
 
     fn read_request(stream: &mut UnixStream) {
@@ -267,53 +284,16 @@ mod tests {
 
     #[test]
     fn reads_frames_that_arrive_in_one_write() {
-        converse(
-            |far| {
-                let _: Hello = read_frame(far).unwrap();
-                read_request(far);
-                let mut both = welcome_frame();
-                both.extend(reply_frame(1, account("first".into())));
-                far.write_all(&both).unwrap();
-                read_request(far);
-                far.write_all(&reply_frame(2, account("second".into()))).unwrap();
-            },
-            "second",
-        );
+        converse(false, "second".into());
     }
 
     #[test]
     fn reads_frames_that_arrive_byte_by_byte() {
-        converse(
-            |far| {
-                let _: Hello = read_frame(far).unwrap();
-                read_request(far);
-                let mut both = welcome_frame();
-                both.extend(reply_frame(1, account("first".into())));
-                for byte in both {
-                    far.write_all(&[byte]).unwrap();
-                }
-                read_request(far);
-                far.write_all(&reply_frame(2, account("second".into()))).unwrap();
-            },
-            "second",
-        );
+        converse(true, "second".into());
     }
 
     #[test]
     fn reads_a_frame_larger_than_the_buffer() {
-        let long = "x".repeat(3 * INCOMING_LEN);
-        let expected = long.clone();
-        converse(
-            move |far| {
-                let _: Hello = read_frame(far).unwrap();
-                read_request(far);
-                let mut both = welcome_frame();
-                both.extend(reply_frame(1, account("first".into())));
-                far.write_all(&both).unwrap();
-                read_request(far);
-                far.write_all(&reply_frame(2, account(long))).unwrap();
-            },
-            &expected,
-        );
+        converse(false, "x".repeat(3 * INCOMING_LEN));
     }
 }
