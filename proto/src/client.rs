@@ -248,10 +248,10 @@ mod tests {
         encode(&ResponseFrame { id, response }).unwrap()
     }
 
-    /// Plays the agent on the far end of a socket pair: it answers the hello
-    /// and a lookup with `first` (whole, or one byte per write), then a
+    /// Plays the agent on the far end of a socket pair. It replies to the
+    /// hello and a lookup in one write, or one byte per write, then to a
     /// second lookup with an account whose prompt is `second_prompt`. The
-    /// client must read both answers right.
+    /// client must read both replies whole.
     fn converse(byte_by_byte: bool, second_prompt: String) {
         let (near, mut far) = UnixStream::pair().unwrap();
         let expected = second_prompt.clone();
