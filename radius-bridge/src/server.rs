@@ -20,6 +20,7 @@ use crate::codec::{attr, unhide_password, verify_message_authenticator, Code, Pa
 use crate::config::{Client, MessageAuthenticatorPolicy};
 use crate::dedup::{Cache, RequestKey, Seen};
 use crate::ratelog::RateLog;
+use crate::seen::FileWrite;
 use crate::seen::SeenClients;
 
 /// Counter and log bucket of datagrams not (yet) tied to a client.
@@ -195,37 +196,43 @@ fn status_server(bridge: &Bridge, client: &Client, packet: &Packet<'_>) -> Resul
     Ok(reply(client, packet, Code::AccessAccept, None))
 }
 
-/// Applies the client's Message-Authenticator policy to a request.
-async fn check_message_authenticator(bridge: &Bridge, client: &Client, packet: &Packet<'_>) -> Result<(), Drop> {
+/// Applies the client's Message-Authenticator policy to a request. Returns
+/// the rewrite of the `auto` client list when this client is new to it.
+fn check_message_authenticator(
+    bridge: &Bridge,
+    client: &Client,
+    packet: &Packet<'_>,
+) -> Result<Option<FileWrite>, Drop> {
     match verify_message_authenticator(packet, &client.secret) {
         Some(false) => Err(Drop::BadMessageAuthenticator),
-        Some(true) => {
-            if client.message_authenticator == MessageAuthenticatorPolicy::Auto {
-                let write = lock(&bridge.seen).remember(&client.name);
-                if let Some(write) = write {
-                    tracing::info!(client = %client.name, "client sent a Message-Authenticator; requiring it from now on");
-                    // The file is synced before the reply, on a blocking
-                    // thread, because the thread that serves every socket
-                    // must not wait for the disk.
-                    let written = tokio::task::spawn_blocking(move || write.run()).await;
-                    match written {
-                        Ok(Ok(())) => {}
-                        Ok(Err(err)) => bridge.log.warn("seen", &err),
-                        Err(err) => bridge
-                            .log
-                            .warn("seen", &format!("the thread that writes the client list failed: {err}")),
-                    }
-                }
+        Some(true) if client.message_authenticator == MessageAuthenticatorPolicy::Auto => {
+            let write = lock(&bridge.seen).remember(&client.name);
+            if write.is_some() {
+                tracing::info!(client = %client.name, "client sent a Message-Authenticator; requiring it from now on");
             }
-            Ok(())
+            Ok(write)
         }
+        Some(true) => Ok(None),
         None => match client.message_authenticator {
             MessageAuthenticatorPolicy::Require => Err(Drop::MissingMessageAuthenticator),
             MessageAuthenticatorPolicy::Auto if lock(&bridge.seen).contains(&client.name) => {
                 Err(Drop::MissingMessageAuthenticator)
             }
-            _ => Ok(()),
+            _ => Ok(None),
         },
+    }
+}
+
+/// Writes the `auto` client list on a blocking thread and waits for it.
+/// The write syncs the file to disk, which the thread that serves every
+/// socket must not wait for.
+async fn write_client_list(bridge: &Bridge, write: FileWrite) {
+    match tokio::task::spawn_blocking(move || write.run()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => bridge.log.warn("seen", &err),
+        Err(err) => bridge
+            .log
+            .warn("seen", &format!("the thread that writes the client list failed: {err}")),
     }
 }
 
@@ -236,7 +243,7 @@ async fn access_request(
     source: SocketAddr,
     nas_identifier: Option<String>,
 ) -> Result<Vec<u8>, Drop> {
-    check_message_authenticator(bridge, client, packet).await?;
+    let write = check_message_authenticator(bridge, client, packet)?;
     let key = RequestKey {
         client: &client.name,
         source,
@@ -244,6 +251,11 @@ async fn access_request(
         authenticator: packet.authenticator,
     };
     let seen = lock(&bridge.dedup).check(&key, Instant::now());
+    // After the duplicate check, so that a resend that arrives during the
+    // write is seen as in flight. The reply still waits for the write.
+    if let Some(write) = write {
+        write_client_list(bridge, write).await;
+    }
     match seen {
         Seen::Answered(reply) => {
             tracing::debug!(client = %client.name, %source, id = packet.identifier, "retransmission answered from the cache");
