@@ -274,9 +274,21 @@ fn read_client(section: &Section, readable_by_others: bool) -> Option<Client> {
     }
     let policy = read_policy(section);
     let nas_identifier = section.string("nas_identifier").map(|located| located.value);
-    if name.is_none() {
-        section.missing("name");
-    }
+    let name = match name {
+        Some(name) if name.value.is_empty() || name.value.chars().any(char::is_control) => {
+            section.problem(
+                name.span,
+                "name",
+                "must be non-empty, without control characters such as a line break",
+            );
+            None
+        }
+        Some(name) => Some(name),
+        None => {
+            section.missing("name");
+            None
+        }
+    };
     Some(Client {
         name: name?.value,
         network: network?,
@@ -439,6 +451,14 @@ mod tests {
         let text = "[[client]]\nname = \"a\"\naddress = \"300.1.1.1\"\nsecret = \"\"\nmessage_authenticator = \"off\"\ncolour = 1\n";
         let err = parse(text).err().unwrap();
         assert_eq!(err.problems.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn rejects_client_name_with_line_break() {
+        let err = parse(&CLIENT.replace("\"vpn\"", "\"vpn\\nweb\"")).err().unwrap();
+        assert!(err.to_string().contains("control characters"), "{err}");
+        let err = parse(&CLIENT.replace("\"vpn\"", "\"\"")).err().unwrap();
+        assert!(err.to_string().contains("non-empty"), "{err}");
     }
 
     #[test]

@@ -125,6 +125,13 @@ impl Cache {
         if let Some(key) = self.known_key(key) {
             self.entries.remove(&key);
         }
+        // A forgotten entry leaves its place in the queue. Drop such places
+        // once they could double the queue, so that it stays bounded too.
+        if self.order.len() >= 2 * self.max_entries.max(1) {
+            let entries = &self.entries;
+            self.order
+                .retain(|(_, serial, key)| entries.get(key).is_some_and(|entry| entry.serial == *serial));
+        }
     }
 
     fn millis(&self, now: Instant) -> u64 {
@@ -295,5 +302,18 @@ mod tests {
     #[test]
     fn stored_key_is_small() {
         assert!(std::mem::size_of::<Key>() <= 40, "{}", std::mem::size_of::<Key>());
+    }
+
+    #[test]
+    fn forget_keeps_the_queue_bounded() {
+        let mut cache = Cache::with_limit(Duration::from_secs(30), 3);
+        let now = Instant::now();
+        for round in 0..10_000u32 {
+            let identifier = u8::try_from(round % 200).unwrap_or(0);
+            cache.check(&key(identifier), now);
+            cache.forget(&key(identifier));
+        }
+        assert!(cache.entries.is_empty());
+        assert!(cache.order.len() <= 6, "{} queue places", cache.order.len());
     }
 }

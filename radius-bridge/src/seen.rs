@@ -18,6 +18,8 @@ pub struct SeenClients {
     names: BTreeSet<String>,
     /// Number of the last change to `names`.
     changes: u64,
+    /// A write failed, so the file may lack names that `names` has.
+    unsaved: bool,
     /// Number of the change the file contains, shared with pending writes.
     written: Arc<Mutex<u64>>,
 }
@@ -55,9 +57,20 @@ impl FileWrite {
                 writeln!(file, "{name}")?;
             }
             file.sync_all()?;
-            fs::rename(&temporary, &self.path)
+            fs::rename(&temporary, &self.path)?;
+            // The rename is durable once the folder is synced.
+            match self.path.parent() {
+                Some(folder) => fs::File::open(folder)?.sync_all(),
+                None => Ok(()),
+            }
         };
-        write().map_err(|err| format!("cannot write {}: {err}", self.path.display()))?;
+        write().map_err(|err| {
+            format!(
+                "cannot write {} and rename it to {}: {err}",
+                temporary.display(),
+                self.path.display()
+            )
+        })?;
         *written = self.change;
         Ok(())
     }
@@ -78,6 +91,7 @@ impl SeenClients {
             path: state_dir.join(FILE_NAME),
             names,
             changes: 0,
+            unsaved: false,
             written: Arc::new(Mutex::new(0)),
         })
     }
@@ -98,11 +112,13 @@ impl SeenClients {
     }
 
     /// Remembers `client`. Returns the rewrite of the file when the name is
-    /// new, for the caller to run where a disk sync may block.
+    /// new or an earlier write failed, for the caller to run where a disk
+    /// sync may block.
     pub fn remember(&mut self, client: &str) -> Option<FileWrite> {
-        if !self.names.insert(client.to_owned()) {
+        if !self.names.insert(client.to_owned()) && !self.unsaved {
             return None;
         }
+        self.unsaved = false;
         self.changes += 1;
         Some(FileWrite {
             path: self.path.clone(),
@@ -110,6 +126,12 @@ impl SeenClients {
             change: self.changes,
             written: Arc::clone(&self.written),
         })
+    }
+
+    /// Records that a write of the file failed, so that the next request
+    /// of an `auto` client writes it again.
+    pub fn mark_unsaved(&mut self) {
+        self.unsaved = true;
     }
 }
 
@@ -141,5 +163,20 @@ mod tests {
         let again = SeenClients::load(&state).unwrap();
         assert!(again.contains("vpn"));
         assert!(again.contains("web"));
+    }
+
+    #[test]
+    fn seen_failed_write_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut seen = SeenClients::load(&state).unwrap();
+        // A folder where the temporary file should go makes the write fail.
+        fs::create_dir(state.join(FILE_NAME).with_extension("new")).unwrap();
+        assert!(seen.remember("vpn").unwrap().run().is_err());
+        seen.mark_unsaved();
+        fs::remove_dir(state.join(FILE_NAME).with_extension("new")).unwrap();
+        seen.remember("vpn").unwrap().run().unwrap();
+        let again = SeenClients::load(&state).unwrap();
+        assert!(again.contains("vpn"));
     }
 }

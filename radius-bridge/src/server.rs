@@ -197,7 +197,8 @@ fn status_server(bridge: &Bridge, client: &Client, packet: &Packet<'_>) -> Resul
 }
 
 /// Applies the client's Message-Authenticator policy to a request. Returns
-/// the rewrite of the `auto` client list when this client is new to it.
+/// the rewrite of the `auto` client list when this client is new to it or
+/// an earlier write failed.
 fn check_message_authenticator(
     bridge: &Bridge,
     client: &Client,
@@ -227,13 +228,15 @@ fn check_message_authenticator(
 /// The write syncs the file to disk, which the thread that serves every
 /// socket must not wait for.
 async fn write_client_list(bridge: &Bridge, write: FileWrite) {
-    match tokio::task::spawn_blocking(move || write.run()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => bridge.log.warn("seen", &err),
-        Err(err) => bridge
-            .log
-            .warn("seen", &format!("the thread that writes the client list failed: {err}")),
-    }
+    let problem = match tokio::task::spawn_blocking(move || write.run()).await {
+        Ok(Ok(())) => return,
+        Ok(Err(err)) => err,
+        Err(err) => format!("the thread that writes the client list failed: {err}"),
+    };
+    bridge
+        .log
+        .warn("seen", &format!("{problem}; will retry on the next request"));
+    lock(&bridge.seen).mark_unsaved();
 }
 
 async fn access_request(
