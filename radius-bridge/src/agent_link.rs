@@ -177,7 +177,7 @@ async fn serve(stream: UnixStream, calls: &mut mpsc::Receiver<Call>) -> Option<S
     // other branch of the `select!` wins. A frame reader built on
     // `read_exact` would drop the part of a frame it had read.
     let mut incoming: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let mut pending: HashMap<u64, oneshot::Sender<Response>> = HashMap::new();
+    let mut pending = PendingCalls::new();
     let mut next_id: u64 = 1;
     loop {
         if incoming.capacity() - incoming.len() < READ_CHUNK / 2 {
@@ -212,7 +212,7 @@ async fn serve(stream: UnixStream, calls: &mut mpsc::Receiver<Call>) -> Option<S
                     Err(err) => return Some(err.to_string()),
                 }
                 let parsed = match take_frames(&incoming, |frame: ResponseFrame| {
-                    if let Some(reply) = pending.remove(&frame.id) {
+                    if let Some(reply) = pending.remove(frame.id) {
                         let _ = reply.send(frame.response);
                     }
                 }) {
@@ -222,6 +222,41 @@ async fn serve(stream: UnixStream, calls: &mut mpsc::Receiver<Call>) -> Option<S
                 incoming.drain(..parsed);
             }
         }
+    }
+}
+
+/// Number of pending calls at which those whose caller gave up are dropped.
+/// The limit then doubles with the calls still waiting.
+const PRUNE_PENDING_AT: usize = 1024;
+
+/// Calls sent to the agent that have no reply yet, by request id.
+///
+/// A caller that timed out leaves its entry until the agent replies. If
+/// the agent stops replying, such entries are dropped from time to time,
+/// so the map stays bounded.
+struct PendingCalls {
+    calls: HashMap<u64, oneshot::Sender<Response>>,
+    prune_at: usize,
+}
+
+impl PendingCalls {
+    fn new() -> PendingCalls {
+        PendingCalls {
+            calls: HashMap::new(),
+            prune_at: PRUNE_PENDING_AT,
+        }
+    }
+
+    fn insert(&mut self, id: u64, reply: oneshot::Sender<Response>) {
+        self.calls.insert(id, reply);
+        if self.calls.len() >= self.prune_at {
+            self.calls.retain(|_, reply| !reply.is_closed());
+            self.prune_at = (2 * self.calls.len()).max(PRUNE_PENDING_AT);
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<oneshot::Sender<Response>> {
+        self.calls.remove(&id)
     }
 }
 
@@ -349,5 +384,25 @@ mod tests {
     fn take_frames_rejects_a_bad_length() {
         let bytes = [0xff, 0xff, 0xff, 0xff, b'{'];
         assert!(take_frames(&bytes, |_: ResponseFrame| {}).is_err());
+    }
+
+    #[test]
+    fn pending_calls_drop_callers_that_left() {
+        let mut pending = PendingCalls::new();
+        let (live, mut live_answer) = oneshot::channel();
+        pending.insert(0, live);
+        for id in 1..=(2 * PRUNE_PENDING_AT as u64) {
+            let (reply, answer) = oneshot::channel();
+            drop(answer);
+            pending.insert(id, reply);
+        }
+        assert!(
+            pending.calls.len() < PRUNE_PENDING_AT,
+            "{} calls kept",
+            pending.calls.len()
+        );
+        let reply = pending.remove(0).expect("the live call is kept");
+        reply.send(verdict(VerifyResult::Accepted)).unwrap();
+        assert_eq!(live_answer.try_recv().unwrap(), verdict(VerifyResult::Accepted));
     }
 }
