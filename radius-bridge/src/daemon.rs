@@ -107,7 +107,7 @@ async fn serve(mut config: Config, listen: Vec<SocketAddr>) -> Result<(), Daemon
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     loop {
         tokio::select! {
-            _ = hangup.recv() => config = reload(config, &bridge),
+            _ = hangup.recv() => config = reload(config, &bridge).await,
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
@@ -132,8 +132,14 @@ async fn bind(address: SocketAddr) -> Result<UdpSocket, DaemonError> {
 }
 
 /// Reloads clients and realms; keeps `current` when the new file is invalid.
-fn reload(current: Config, bridge: &Bridge) -> Config {
-    match Config::load(&current.source) {
+/// The files are read on a blocking thread, so that a slow file system does
+/// not hold up the thread that serves every socket.
+async fn reload(current: Config, bridge: &Bridge) -> Config {
+    let source = current.source.clone();
+    let loaded = tokio::task::spawn_blocking(move || Config::load(&source).map_err(|err| err.to_string()))
+        .await
+        .unwrap_or_else(|err| Err(format!("the thread that reads the configuration failed: {err}")));
+    match loaded {
         Ok(new) => {
             warn_about_weak_secrets(&new.clients);
             bridge.set_clients(new.clients.clone());
