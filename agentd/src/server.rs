@@ -346,8 +346,8 @@ async fn converse(
         bytes: welcome,
         for_request: false,
     };
-    // The send cannot fail: the writer task keeps its receiver until
-    // `replies` is dropped.
+    // The writer task was just spawned and keeps its receiver until
+    // `replies` is dropped, so this send finds it.
     let _ = replies.send(welcome).await;
     let in_flight = Arc::new(Semaphore::new(shared.server.max_in_flight));
     let idle_limit = matches!(caller, Caller::Local { .. }).then_some(LOCAL_IDLE_TIMEOUT);
