@@ -58,7 +58,7 @@ pub enum Job {
     /// The second half of a backup-code check: which stored hash matched.
     BackupResult {
         user: String,
-        matched: Option<i64>,
+        matched: Option<BackupMatch>,
         source: Option<String>,
         reply: oneshot::Sender<Result<Verdict, EngineError>>,
     },
@@ -112,6 +112,15 @@ pub enum Outcome {
         salt: Vec<u8>,
         hashes: Vec<(i64, Vec<u8>)>,
     },
+}
+
+/// The stored backup code a typed one matched: its row and its hash. The
+/// hash makes sure the row is still that code when the check finishes: a
+/// new set of codes, or a new account of the same name, may reuse the id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupMatch {
+    pub id: i64,
+    pub hash: Vec<u8>,
 }
 
 /// Why, for the log. Never sent to a remote party.
@@ -739,7 +748,7 @@ impl Context<'_> {
         db: Db<'_>,
         counts: &mut MemoryCounts,
         user: &str,
-        matched: Option<i64>,
+        matched: Option<BackupMatch>,
         source: Option<&str>,
     ) -> Result<Verdict, EngineError> {
         let mut verdict = self.finish_backup(db, &mut counts.unknown, user, matched)?;
@@ -776,7 +785,16 @@ impl Context<'_> {
         }
         let mut reason = Reason::MalformedCode;
         for row in tokens {
-            let token = self.open(row)?;
+            // A token that cannot be opened cannot match. Skipping it keeps
+            // the user's other tokens working and still counts the failure;
+            // an error here would do neither.
+            let token = match self.open(row) {
+                Ok(token) => token,
+                Err(err) => {
+                    tracing::error!(user, error = %err.message, "token skipped: the key file does not open its seed; re-enrol it or restore the key file");
+                    continue;
+                }
+            };
             let Ok(typed) = Code::parse(code.expose(), token.params.charset()) else {
                 continue;
             };
@@ -818,7 +836,7 @@ impl Context<'_> {
         db: Db<'_>,
         unknown: &mut FailureTable,
         user: &str,
-        matched: Option<i64>,
+        matched: Option<BackupMatch>,
     ) -> Result<Verdict, EngineError> {
         let Some(account) = db.account(user)? else {
             return Ok(self.reject_unknown(unknown, user));
@@ -826,8 +844,14 @@ impl Context<'_> {
         // The failure of this attempt was counted when the check began; a
         // lock it caused does not stop a right code of this same attempt.
         let failures = failures_of(&account).current(self.now);
-        if let Some(code_id) = matched {
-            if db.consume_backup_code(code_id, account.id, self.now)? {
+        // The account may have changed while the code was hashed: asked
+        // again, as the first half did, a `disable USER` meanwhile stops
+        // the code.
+        if !db.tokens_of(&account)?.iter().any(|token| token.enabled) {
+            return Ok(self.verdict(Outcome::NoToken, Reason::NoActiveToken, failures.count));
+        }
+        if let Some(matched) = matched {
+            if db.consume_backup_code(matched.id, account.id, &matched.hash, self.now)? {
                 db.set_failures(account.id, 0, None)?;
                 return Ok(self.verdict(Outcome::Accepted, Reason::AcceptedBackupCode, 0));
             }

@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::admin::{AdminOp, BackupSet};
-use crate::engine::{self, internal_error, Job, Outcome, Verdict};
+use crate::engine::{self, internal_error, BackupMatch, Job, Outcome, Verdict};
 use crate::keys::hash_backup_code;
 use crate::server::Task;
 
@@ -124,15 +124,18 @@ async fn decide(task: &Task, user: &str, code: SecretString, source: Option<Stri
     .map_err(|_| internal_error())
 }
 
-/// Hashes `code` once with the user's salt and returns the id of the stored
-/// hash it equals, comparing every hash in constant time.
-fn match_backup_code(code: &SecretString, salt: &[u8], hashes: &[(i64, Vec<u8>)]) -> Option<i64> {
+/// Hashes `code` once with the user's salt and returns the stored hash it
+/// equals, with its id, comparing every hash in constant time.
+fn match_backup_code(code: &SecretString, salt: &[u8], hashes: &[(i64, Vec<u8>)]) -> Option<BackupMatch> {
     let digits = Zeroizing::new(code.expose().replace(' ', ""));
     let hash = hash_backup_code(digits.trim(), salt)?;
     let mut found = None;
     for (id, stored) in hashes {
         if bool::from(stored.as_slice().ct_eq(&hash[..])) {
-            found = Some(*id);
+            found = Some(BackupMatch {
+                id: *id,
+                hash: stored.clone(),
+            });
         }
     }
     found

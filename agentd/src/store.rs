@@ -991,10 +991,12 @@ impl Db<'_> {
     }
 
     /// Marks a backup code used unless it already was; returns whether it was unused.
-    pub fn consume_backup_code(&self, code_id: i64, user_id: i64, now: u64) -> Result<bool, StoreError> {
+    pub fn consume_backup_code(&self, code_id: i64, user_id: i64, hash: &[u8], now: u64) -> Result<bool, StoreError> {
+        // With the hash, a row that a new set of codes took over is not
+        // that code: a new set has a new salt, so every hash differs.
         let changed = self.conn.execute(
-            "UPDATE backup_codes SET used_at = ?3 WHERE id = ?1 AND user_id = ?2 AND used_at IS NULL",
-            params![code_id, user_id, to_i64(now)?],
+            "UPDATE backup_codes SET used_at = ?4 WHERE id = ?1 AND user_id = ?2 AND hash = ?3 AND used_at IS NULL",
+            params![code_id, user_id, hash, to_i64(now)?],
         )?;
         Ok(changed == 1)
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use freeauth_agentd::admin::AdminOp;
 use freeauth_agentd::config::{Lockout, Windows};
-use freeauth_agentd::engine::{Engine, Job, Outcome, Reason, Settings, Verdict};
+use freeauth_agentd::engine::{BackupMatch, Engine, Job, Outcome, Reason, Settings, Verdict};
 use freeauth_agentd::keys::SeedCipher;
 use freeauth_agentd::store::Store;
 use freeauth_otp::{totp, Algorithm, ManualClock, Secret};
@@ -132,29 +132,71 @@ impl Harness {
 
     /// Enrols `user` with a TOTP token and the backup code 12345678.
     fn enroll_with_backup(&mut self, user: &str) {
+        self.enroll_backup_set(
+            user,
+            "00112233445566778899aabbccddeeff00112233",
+            "12345678",
+            b"0123456789abcdef",
+        );
+    }
+
+    /// Enrols `user` with a TOTP token of `secret_hex` and a new set of
+    /// backup codes holding `code`, hashed with `salt`.
+    fn enroll_backup_set(&mut self, user: &str, secret_hex: &str, code: &str, salt: &[u8]) {
         let backup = freeauth_agentd::admin::BackupSet {
-            salt: b"0123456789abcdef".to_vec(),
-            hashes: vec![freeauth_agentd::keys::hash_backup_code("12345678", b"0123456789abcdef").unwrap()],
+            salt: salt.to_vec(),
+            hashes: vec![freeauth_agentd::keys::hash_backup_code(code, salt).unwrap()],
         };
-        let token = NewToken {
-            kind: TokenKind::Totp,
-            algorithm: HashAlgorithm::Sha1,
-            digits: 6,
-            period: 30,
-            counter: 0,
-            last_step: None,
-            secret_hex: "00112233445566778899aabbccddeeff00112233".into(),
-            pin: None,
-            label: None,
-        };
-        let (reply, mut answer) = oneshot::channel();
         let op = AdminOp::Enroll {
             user: user.into(),
-            token,
+            token: totp_token(secret_hex),
             backup: Some(backup),
         };
+        assert!(matches!(self.admin(op), Response::Enrolled { .. }));
+    }
+
+    fn admin(&mut self, op: AdminOp) -> Response {
+        let (reply, mut answer) = oneshot::channel();
         self.engine.run_batch(vec![Job::Admin { op, reply }]);
-        assert!(matches!(answer.try_recv().unwrap(), Response::Enrolled { .. }));
+        answer.try_recv().unwrap()
+    }
+
+    /// Runs the first half of a backup-code check and hashes `code` as the
+    /// connection thread would; returns the stored code it matched.
+    fn begin_backup(&mut self, user: &str, code: &str) -> BackupMatch {
+        let verdict = self.verify(user, code.into());
+        let Outcome::CheckBackup { salt, hashes } = verdict.outcome else {
+            panic!("no backup check: {verdict:?}");
+        };
+        let hash = freeauth_agentd::keys::hash_backup_code(code, &salt).unwrap();
+        let (id, stored) = hashes.into_iter().find(|(_, stored)| stored[..] == hash[..]).unwrap();
+        BackupMatch { id, hash: stored }
+    }
+
+    /// The second half of a backup-code check.
+    fn finish_backup(&mut self, user: &str, matched: Option<BackupMatch>) -> Verdict {
+        let (reply, mut answer) = oneshot::channel();
+        self.engine.run_batch(vec![Job::BackupResult {
+            user: user.into(),
+            matched,
+            source: None,
+            reply,
+        }]);
+        answer.try_recv().unwrap().unwrap()
+    }
+}
+
+fn totp_token(secret_hex: &str) -> NewToken {
+    NewToken {
+        kind: TokenKind::Totp,
+        algorithm: HashAlgorithm::Sha1,
+        digits: 6,
+        period: 30,
+        counter: 0,
+        last_step: None,
+        secret_hex: secret_hex.into(),
+        pin: None,
+        label: None,
     }
 }
 
@@ -552,4 +594,113 @@ fn backup_code_attempt_counts_before_hashing() {
     assert_eq!(guesses[0].failures, 1, "counted before the hash runs");
     assert_eq!(guesses[2].failures, 3);
     assert_eq!(guesses[3].outcome, Outcome::Locked, "pipelined guesses meet the lock");
+}
+
+#[test]
+fn backup_code_in_flight_is_refused_after_disable() {
+    let mut h = harness(10);
+    h.enroll_with_backup("bea");
+    let matched = h.begin_backup("bea", "12345678");
+    let disabled = h.admin(AdminOp::SetEnabled {
+        user: "bea".into(),
+        token: None,
+        enabled: false,
+    });
+    assert!(matches!(disabled, Response::Done { .. }), "{disabled:?}");
+    let verdict = h.finish_backup("bea", Some(matched.clone()));
+    assert_eq!(
+        (verdict.outcome, verdict.reason),
+        (Outcome::NoToken, Reason::NoActiveToken)
+    );
+    h.admin(AdminOp::SetEnabled {
+        user: "bea".into(),
+        token: None,
+        enabled: true,
+    });
+    let verdict = h.finish_backup("bea", Some(matched));
+    assert_eq!(verdict.outcome, Outcome::Accepted, "the code was not used up");
+}
+
+#[test]
+fn backup_code_in_flight_is_refused_after_a_new_set() {
+    let mut h = harness(10);
+    h.enroll_with_backup("bea");
+    let old = h.begin_backup("bea", "12345678");
+    // A second token with a new set of codes replaces the old set; the new
+    // code takes the row id the old one had.
+    h.enroll_backup_set(
+        "bea",
+        "ffeeddccbbaa99887766554433221100ffeeddcc",
+        "87654321",
+        b"fedcba9876543210",
+    );
+    let verdict = h.finish_backup("bea", Some(old.clone()));
+    assert_eq!(verdict.outcome, Outcome::Rejected, "{verdict:?}");
+    let new = h.begin_backup("bea", "87654321");
+    assert_eq!(new.id, old.id, "the test needs the id to be reused");
+    assert_eq!(
+        h.finish_backup("bea", Some(new)).outcome,
+        Outcome::Accepted,
+        "the new code is still unused"
+    );
+}
+
+#[test]
+fn backup_code_in_flight_is_refused_after_remove_and_enrol() {
+    let mut h = harness(10);
+    h.enroll_with_backup("bea");
+    let old = h.begin_backup("bea", "12345678");
+    let removed = h.admin(AdminOp::Remove {
+        user: "bea".into(),
+        token: None,
+    });
+    assert!(matches!(removed, Response::Done { .. }), "{removed:?}");
+    h.enroll_backup_set(
+        "bea",
+        "00112233445566778899aabbccddeeff00112233",
+        "87654321",
+        b"fedcba9876543210",
+    );
+    assert_eq!(h.finish_backup("bea", Some(old)).outcome, Outcome::Rejected);
+    let new = h.begin_backup("bea", "87654321");
+    assert_eq!(h.finish_backup("bea", Some(new)).outcome, Outcome::Accepted);
+}
+
+#[test]
+fn unreadable_token_is_skipped_and_failures_still_count() {
+    let mut h = harness(3);
+    h.enroll_backup_set(
+        "carl",
+        "00112233445566778899aabbccddeeff00112233",
+        "12345678",
+        b"0123456789abcdef",
+    );
+    h.enroll_backup_set(
+        "carl",
+        "ffeeddccbbaa99887766554433221100ffeeddcc",
+        "12345678",
+        b"0123456789abcdef",
+    );
+    // The second token's sealed seed no longer opens, as after a damaged
+    // row or a row restored under another key.
+    let database = h._dir.path().join("state").join(freeauth_agentd::store::DB_FILE);
+    let connection = rusqlite::Connection::open(database).unwrap();
+    let changed = connection
+        .execute(
+            "UPDATE tokens SET sealed_seed = x'00' WHERE id = (SELECT max(id) FROM tokens)",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(connection);
+    let secret = Secret::from_hex("00112233445566778899aabbccddeeff00112233").unwrap();
+    let good = totp(&secret, STEP_START, 30, 6, Algorithm::Sha1).to_string();
+    assert_eq!(
+        h.verify("carl", good).outcome,
+        Outcome::Accepted,
+        "the readable token still works"
+    );
+    let failures: Vec<u32> = (0..3).map(|_| h.verify("carl", "000000".into()).failures).collect();
+    assert_eq!(failures, [1, 2, 3]);
+    assert_eq!(h.verify("carl", "000000".into()).outcome, Outcome::Locked);
 }
