@@ -1,11 +1,12 @@
 //! Management requests, run on the engine thread like verifications so that
 //! an enrolment, an unlock or a resync never races with a login.
 
-use freeauth_otp::{Algorithm, Code, Kind, Secret, State};
+use freeauth_otp::{code_identity, Algorithm, Code, Kind, Secret, State};
 use freeauth_proto::{
     AgentStatus, ErrorKind, HashAlgorithm, NewToken, Response, SecretString, TokenInfo, TokenKind, UserDetail,
     UserSummary, MAX_LIST_PAGE,
 };
+use subtle::ConstantTimeEq;
 
 use crate::engine::{failures_of, Context, EngineError, MemoryCounts};
 use crate::keys::Field;
@@ -191,12 +192,23 @@ fn store_token(
         Err(problem) => return Ok(Err(problem)),
     };
     let user_id = db.ensure_account(user)?;
-    // Two tokens with one seed would accept each code twice, once per token.
+    // Two tokens that give the same codes would accept each code twice,
+    // once per token. Equal secrets do; so do secrets that differ only in
+    // ways the code algorithm does not see (see `code_identity`).
+    let new_identity = code_identity(
+        checked.settings.kind,
+        checked.settings.algorithm,
+        &checked.seed,
+        checked.pin.as_ref(),
+    );
     for row in db.tokens(user_id)? {
         let existing = row.id;
-        if context.open(row)?.seed == checked.seed {
+        let open = context.open(row)?;
+        let same_secret = bool::from(open.seed.as_bytes().ct_eq(checked.seed.as_bytes()));
+        let old_identity = code_identity(open.params.kind, open.params.algorithm, &open.seed, open.pin.as_ref());
+        if same_secret || bool::from(old_identity.as_slice().ct_eq(new_identity.as_slice())) {
             return Ok(Err(format!(
-                "user {user} already has token {existing} with this secret"
+                "user {user} already has token {existing} with this secret, or one that gives the same codes"
             )));
         }
     }

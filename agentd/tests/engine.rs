@@ -704,3 +704,50 @@ fn unreadable_token_is_skipped_and_failures_still_count() {
     assert_eq!(failures, [1, 2, 3]);
     assert_eq!(h.verify("carl", "000000".into()).outcome, Outcome::Locked);
 }
+
+#[test]
+fn second_token_with_the_same_codes_is_refused() {
+    let mut h = harness(10);
+    let refused = |response: Response| match response {
+        Response::Error { message, .. } => message.contains("gives the same codes"),
+        _ => false,
+    };
+    // HMAC pads the key with zero bytes: these two secrets are one key.
+    let padded = h.admin(AdminOp::Enroll {
+        user: "alice".into(),
+        token: totp_token(&format!("{SEED_HEX}0000")),
+        backup: None,
+    });
+    assert!(refused(padded.clone()), "{padded:?}");
+    let motp = |secret_hex: &str, pin: &str| NewToken {
+        kind: TokenKind::Motp,
+        algorithm: HashAlgorithm::Sha1,
+        digits: 6,
+        period: 10,
+        counter: 0,
+        last_step: None,
+        secret_hex: secret_hex.into(),
+        pin: Some(pin.into()),
+        label: None,
+    };
+    let first = h.admin(AdminOp::Enroll {
+        user: "mo".into(),
+        token: motp("0011223344556677", "123456"),
+        backup: None,
+    });
+    assert!(matches!(first, Response::Enrolled { .. }), "{first:?}");
+    // Mobile-OTP hashes the secret's hex text and the PIN as one text.
+    let second = h.admin(AdminOp::Enroll {
+        user: "mo".into(),
+        token: motp("001122334455667712", "3456"),
+        backup: None,
+    });
+    assert!(refused(second.clone()), "{second:?}");
+    let other_pin = h.admin(AdminOp::Enroll {
+        user: "mo".into(),
+        token: motp("001122334455667712", "3457"),
+        backup: None,
+    });
+    assert!(matches!(other_pin, Response::Enrolled { .. }), "{other_pin:?}");
+    assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Accepted);
+}

@@ -7,7 +7,7 @@ use sha1::Sha1;
 use sha2::{Sha256, Sha512};
 use zeroize::Zeroizing;
 
-use crate::{Algorithm, Secret};
+use crate::{Algorithm, Kind, Secret};
 
 /// Length of a Mobile-OTP time step in seconds.
 pub const MOTP_PERIOD: u32 = 10;
@@ -67,6 +67,50 @@ pub fn motp(secret: &Secret, pin: &Secret, step: u64) -> Zeroizing<String> {
     let mut code = Zeroizing::new(String::with_capacity(usize::from(MOTP_DIGITS)));
     HEXLOWER.encode_append(&digest[..usize::from(MOTP_DIGITS / 2)], &mut code);
     code
+}
+
+/// Returns bytes that stand for every code a token can give: two tokens
+/// with the same bytes give the same code for the same counter or time
+/// step. Raw secrets are not enough to compare:
+///
+/// - HOTP and TOTP: HMAC pads a key shorter than the hash's block with
+///   zero bytes and hashes a longer one first, so `S` and `S` followed by
+///   zero bytes, or a long key and its hash, are one key. The bytes are the
+///   key as HMAC uses it, without the padding, tagged with the algorithm.
+///   HOTP and TOTP share them: the same key gives the same code for the
+///   same number.
+/// - Mobile-OTP hashes the secret as hex text followed by the PIN, so a
+///   secret ending in `12` with the PIN `3456` is a secret without that
+///   byte and the PIN `123456`. The bytes are that text.
+#[must_use]
+pub fn code_identity(kind: Kind, algorithm: Algorithm, secret: &Secret, pin: Option<&Secret>) -> Zeroizing<Vec<u8>> {
+    let mut identity = Zeroizing::new(Vec::new());
+    if kind == Kind::Motp {
+        identity.push(b'm');
+        identity.extend_from_slice(secret.to_hex().as_bytes());
+        identity.extend_from_slice(pin.map(Secret::as_bytes).unwrap_or_default());
+        return identity;
+    }
+    let key = secret.as_bytes();
+    let (tag, block) = match algorithm {
+        Algorithm::Sha1 => (b'1', 64),
+        Algorithm::Sha256 => (b'2', 64),
+        Algorithm::Sha512 => (b'5', 128),
+    };
+    identity.push(tag);
+    if key.len() > block {
+        match algorithm {
+            Algorithm::Sha1 => identity.extend_from_slice(&Sha1::digest(key)),
+            Algorithm::Sha256 => identity.extend_from_slice(&Sha256::digest(key)),
+            Algorithm::Sha512 => identity.extend_from_slice(&Sha512::digest(key)),
+        }
+    } else {
+        identity.extend_from_slice(key);
+    }
+    while identity.len() > 1 && identity.last() == Some(&0) {
+        identity.pop();
+    }
+    identity
 }
 
 /// An HMAC with its key already absorbed, for computing many codes of one
@@ -141,6 +185,49 @@ mod tests {
 
     fn rfc_seed() -> Secret {
         Secret::new(b"12345678901234567890".to_vec())
+    }
+
+    fn same_hotp_codes(a: &Secret, b: &Secret, algorithm: Algorithm) -> bool {
+        (0..50).all(|counter| hotp(a, counter, 8, algorithm) == hotp(b, counter, 8, algorithm))
+    }
+
+    #[test]
+    fn code_identity_sees_zero_padding_and_hashed_long_keys() {
+        let identity = |secret: &Secret, algorithm| code_identity(Kind::Totp, algorithm, secret, None);
+        for algorithm in [Algorithm::Sha1, Algorithm::Sha256, Algorithm::Sha512] {
+            let seed = rfc_seed();
+            let padded = Secret::new([seed.as_bytes(), &[0, 0][..]].concat());
+            let other = Secret::new([seed.as_bytes(), &[0, 1][..]].concat());
+            assert!(same_hotp_codes(&seed, &padded, algorithm));
+            assert_eq!(identity(&seed, algorithm), identity(&padded, algorithm));
+            assert!(!same_hotp_codes(&seed, &other, algorithm));
+            assert_ne!(identity(&seed, algorithm), identity(&other, algorithm));
+        }
+        assert_ne!(
+            identity(&rfc_seed(), Algorithm::Sha1),
+            identity(&rfc_seed(), Algorithm::Sha256),
+            "another hash gives other codes"
+        );
+
+        let long = Secret::new(vec![7; 100]);
+        let hashed = Secret::new(Sha1::digest(long.as_bytes()).to_vec());
+        assert!(same_hotp_codes(&long, &hashed, Algorithm::Sha1));
+        assert_eq!(identity(&long, Algorithm::Sha1), identity(&hashed, Algorithm::Sha1));
+        // 100 bytes fit in SHA-512's 128-byte block, so HMAC does not hash them.
+        let hashed = Secret::new(Sha512::digest(long.as_bytes()).to_vec());
+        assert!(!same_hotp_codes(&long, &hashed, Algorithm::Sha512));
+        assert_ne!(identity(&long, Algorithm::Sha512), identity(&hashed, Algorithm::Sha512));
+    }
+
+    #[test]
+    fn code_identity_sees_motp_secret_and_pin_as_one_text() {
+        let short = Secret::from_hex("0011223344556677").unwrap();
+        let long = Secret::from_hex("001122334455667712").unwrap();
+        let (pin, shorter_pin) = (Secret::new(b"123456".to_vec()), Secret::new(b"3456".to_vec()));
+        let identity = |secret, pin| code_identity(Kind::Motp, Algorithm::Sha1, secret, Some(pin));
+        assert!((0..50).all(|step| motp(&short, &pin, step) == motp(&long, &shorter_pin, step)));
+        assert_eq!(identity(&short, &pin), identity(&long, &shorter_pin));
+        assert_ne!(identity(&short, &pin), identity(&long, &pin));
     }
 
     #[test]

@@ -46,7 +46,7 @@ mod verify;
 pub use algorithm::{Algorithm, Kind, ParseAlgorithmError, ParseKindError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use code::{Charset, Code, CodeError, MAX_CODE_INPUT_LEN};
-pub use generate::{hotp, motp, totp, totp_step, MOTP_DIGITS, MOTP_PERIOD};
+pub use generate::{code_identity, hotp, motp, totp, totp_step, MOTP_DIGITS, MOTP_PERIOD};
 pub use params::{Matched, Params, State, Window};
 pub use secret::{Secret, SecretError};
 pub use verify::{resync, verify};
