@@ -58,7 +58,7 @@ pub enum Job {
     /// The second half of a backup-code check: which stored hash matched.
     BackupResult {
         user: String,
-        matched: Option<BackupMatch>,
+        matched: BackupCheck,
         source: Option<String>,
         reply: oneshot::Sender<Result<Verdict, EngineError>>,
     },
@@ -114,6 +114,15 @@ pub enum Outcome {
     },
 }
 
+/// What the hash of a typed backup code found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackupCheck {
+    Matched(BackupMatch),
+    NoMatch,
+    /// Too many checks waited for the hash, so this one did not run.
+    NotRun,
+}
+
 /// The stored backup code a typed one matched: its row and its hash. The
 /// hash makes sure the row is still that code when the check finishes: a
 /// new set of codes, or a new account of the same name, may reuse the id.
@@ -136,6 +145,7 @@ pub enum Reason {
     ReusedCode,
     MalformedCode,
     BackupCodeNeeded,
+    BackupCheckBusy,
 }
 
 impl Reason {
@@ -152,6 +162,7 @@ impl Reason {
             Reason::ReusedCode => "code already used".into(),
             Reason::MalformedCode => "malformed code".into(),
             Reason::BackupCodeNeeded => "checking backup codes".into(),
+            Reason::BackupCheckBusy => "backup code not checked: too many backup-code checks waiting".into(),
         }
     }
 }
@@ -748,7 +759,7 @@ impl Context<'_> {
         db: Db<'_>,
         counts: &mut MemoryCounts,
         user: &str,
-        matched: Option<BackupMatch>,
+        matched: BackupCheck,
         source: Option<&str>,
     ) -> Result<Verdict, EngineError> {
         let mut verdict = self.finish_backup(db, &mut counts.unknown, user, matched)?;
@@ -836,7 +847,7 @@ impl Context<'_> {
         db: Db<'_>,
         unknown: &mut FailureTable,
         user: &str,
-        matched: Option<BackupMatch>,
+        matched: BackupCheck,
     ) -> Result<Verdict, EngineError> {
         let Some(account) = db.account(user)? else {
             return Ok(self.reject_unknown(unknown, user));
@@ -850,14 +861,18 @@ impl Context<'_> {
         if !db.tokens_of(&account)?.iter().any(|token| token.enabled) {
             return Ok(self.verdict(Outcome::NoToken, Reason::NoActiveToken, failures.count));
         }
-        if let Some(matched) = matched {
-            if db.consume_backup_code(matched.id, account.id, &matched.hash, self.now)? {
-                db.set_failures(account.id, 0, None)?;
-                return Ok(self.verdict(Outcome::Accepted, Reason::AcceptedBackupCode, 0));
+        let reason = match matched {
+            BackupCheck::Matched(matched) => {
+                if db.consume_backup_code(matched.id, account.id, &matched.hash, self.now)? {
+                    db.set_failures(account.id, 0, None)?;
+                    return Ok(self.verdict(Outcome::Accepted, Reason::AcceptedBackupCode, 0));
+                }
+                Reason::ReusedCode
             }
-            return Ok(self.verdict(Outcome::Rejected, Reason::ReusedCode, failures.count));
-        }
-        Ok(self.verdict(Outcome::Rejected, Reason::WrongCode, failures.count))
+            BackupCheck::NoMatch => Reason::WrongCode,
+            BackupCheck::NotRun => Reason::BackupCheckBusy,
+        };
+        Ok(self.verdict(Outcome::Rejected, reason, failures.count))
     }
 
     pub(crate) fn open(&self, row: TokenRow) -> Result<OpenToken, EngineError> {

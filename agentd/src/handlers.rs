@@ -3,18 +3,28 @@
 //! what the caller may learn, and the log line of every decision.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use freeauth_proto::{ErrorKind, ImportEntry, Origin, Request, Response, SecretString, VerifyResult};
 use subtle::ConstantTimeEq;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use zeroize::Zeroizing;
 
 use crate::admin::{AdminOp, BackupSet};
-use crate::engine::{self, internal_error, BackupMatch, Job, Outcome, Verdict};
+use crate::engine::{self, internal_error, BackupCheck, BackupMatch, Job, Outcome, Verdict};
 use crate::keys::hash_backup_code;
 use crate::server::Task;
 
 /// Argon2 computations of backup-code checks allowed at the same time.
 pub const BACKUP_HASHES_AT_ONCE: usize = 2;
+
+/// Maximum time a backup-code check waits for a hash slot. After it the
+/// attempt is rejected without a hash (its failure was counted when the
+/// check began). So a flood of guesses cannot hold up other users' backup
+/// codes for long. A check then ends within this wait plus one hash, under
+/// the default failure delay of 500 ms, so its timing does not tell a
+/// remote party that the account exists.
+const BACKUP_HASH_WAIT: Duration = Duration::from_millis(250);
 
 /// Most backup codes one enrolment may create.
 pub const MAX_BACKUP_CODES: u32 = 100;
@@ -102,17 +112,26 @@ async fn decide(task: &Task, user: &str, code: SecretString, source: Option<Stri
     let Outcome::CheckBackup { salt, hashes } = first.outcome else {
         return Ok(first);
     };
-    // At most BACKUP_HASHES_AT_ONCE Argon2 runs at a time (each takes 8 MiB),
-    // whatever the number of guesses in flight.
-    let _permit = task
-        .shared
-        .backup_hashing
-        .acquire()
-        .await
-        .map_err(|_| internal_error())?;
-    let matched = tokio::task::spawn_blocking(move || match_backup_code(&code, &salt, &hashes))
-        .await
-        .map_err(|_| internal_error())?;
+    let matched = match hash_slot(&task.shared.backup_hashing, BACKUP_HASH_WAIT).await {
+        Ok(Some(_permit)) => {
+            match tokio::task::spawn_blocking(move || match_backup_code(&code, &salt, &hashes)).await {
+                Ok(Some(matched)) => BackupCheck::Matched(matched),
+                Ok(None) => BackupCheck::NoMatch,
+                Err(_) => return Err(internal_error()),
+            }
+        }
+        Ok(None) => {
+            task.shared.log_limit.warn(
+                "backup-hash-busy",
+                &format!(
+                    "backup code of {user} rejected unchecked: no hash slot within {} ms; many backup-code guesses arrive at once",
+                    BACKUP_HASH_WAIT.as_millis()
+                ),
+            );
+            BackupCheck::NotRun
+        }
+        Err(()) => return Err(internal_error()),
+    };
     task.ask(|reply| Job::BackupResult {
         user: user.to_owned(),
         matched,
@@ -122,6 +141,17 @@ async fn decide(task: &Task, user: &str, code: SecretString, source: Option<Stri
     .await
     .ok_or_else(unavailable)?
     .map_err(|_| internal_error())
+}
+
+/// Waits at most `wait` for one of the Argon2 slots (each hash takes 8 MiB
+/// and about 20 ms). `Ok(None)` when none came free, `Err` when the agent
+/// is stopping.
+async fn hash_slot(slots: &Semaphore, wait: Duration) -> Result<Option<SemaphorePermit<'_>>, ()> {
+    match tokio::time::timeout(wait, slots.acquire()).await {
+        Ok(Ok(permit)) => Ok(Some(permit)),
+        Ok(Err(_closed)) => Err(()),
+        Err(_elapsed) => Ok(None),
+    }
 }
 
 /// Hashes `code` once with the user's salt and returns the stored hash it
@@ -382,5 +412,25 @@ fn invalid(message: String) -> Response {
     Response::Error {
         kind: ErrorKind::Invalid,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn hash_slot_gives_up_after_the_wait() {
+        let slots = Semaphore::new(1);
+        let taken = hash_slot(&slots, Duration::from_millis(10)).await.unwrap();
+        assert!(taken.is_some());
+        let started = std::time::Instant::now();
+        assert!(hash_slot(&slots, Duration::from_millis(20)).await.unwrap().is_none());
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        drop(taken);
+        assert!(hash_slot(&slots, Duration::from_millis(20)).await.unwrap().is_some());
+        slots.close();
+        assert!(hash_slot(&slots, Duration::from_millis(20)).await.is_err());
     }
 }

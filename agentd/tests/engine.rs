@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use freeauth_agentd::admin::AdminOp;
 use freeauth_agentd::config::{Lockout, Windows};
-use freeauth_agentd::engine::{BackupMatch, Engine, Job, Outcome, Reason, Settings, Verdict};
+use freeauth_agentd::engine::{BackupCheck, BackupMatch, Engine, Job, Outcome, Reason, Settings, Verdict};
 use freeauth_agentd::keys::SeedCipher;
 use freeauth_agentd::store::Store;
 use freeauth_otp::{totp, Algorithm, ManualClock, Secret};
@@ -174,7 +174,7 @@ impl Harness {
     }
 
     /// The second half of a backup-code check.
-    fn finish_backup(&mut self, user: &str, matched: Option<BackupMatch>) -> Verdict {
+    fn finish_backup(&mut self, user: &str, matched: BackupCheck) -> Verdict {
         let (reply, mut answer) = oneshot::channel();
         self.engine.run_batch(vec![Job::BackupResult {
             user: user.into(),
@@ -607,7 +607,7 @@ fn backup_code_in_flight_is_refused_after_disable() {
         enabled: false,
     });
     assert!(matches!(disabled, Response::Done { .. }), "{disabled:?}");
-    let verdict = h.finish_backup("bea", Some(matched.clone()));
+    let verdict = h.finish_backup("bea", BackupCheck::Matched(matched.clone()));
     assert_eq!(
         (verdict.outcome, verdict.reason),
         (Outcome::NoToken, Reason::NoActiveToken)
@@ -617,7 +617,7 @@ fn backup_code_in_flight_is_refused_after_disable() {
         token: None,
         enabled: true,
     });
-    let verdict = h.finish_backup("bea", Some(matched));
+    let verdict = h.finish_backup("bea", BackupCheck::Matched(matched));
     assert_eq!(verdict.outcome, Outcome::Accepted, "the code was not used up");
 }
 
@@ -634,12 +634,12 @@ fn backup_code_in_flight_is_refused_after_a_new_set() {
         "87654321",
         b"fedcba9876543210",
     );
-    let verdict = h.finish_backup("bea", Some(old.clone()));
+    let verdict = h.finish_backup("bea", BackupCheck::Matched(old.clone()));
     assert_eq!(verdict.outcome, Outcome::Rejected, "{verdict:?}");
     let new = h.begin_backup("bea", "87654321");
     assert_eq!(new.id, old.id, "the test needs the id to be reused");
     assert_eq!(
-        h.finish_backup("bea", Some(new)).outcome,
+        h.finish_backup("bea", BackupCheck::Matched(new)).outcome,
         Outcome::Accepted,
         "the new code is still unused"
     );
@@ -661,9 +661,15 @@ fn backup_code_in_flight_is_refused_after_remove_and_enrol() {
         "87654321",
         b"fedcba9876543210",
     );
-    assert_eq!(h.finish_backup("bea", Some(old)).outcome, Outcome::Rejected);
+    assert_eq!(
+        h.finish_backup("bea", BackupCheck::Matched(old)).outcome,
+        Outcome::Rejected
+    );
     let new = h.begin_backup("bea", "87654321");
-    assert_eq!(h.finish_backup("bea", Some(new)).outcome, Outcome::Accepted);
+    assert_eq!(
+        h.finish_backup("bea", BackupCheck::Matched(new)).outcome,
+        Outcome::Accepted
+    );
 }
 
 #[test]
@@ -750,4 +756,22 @@ fn second_token_with_the_same_codes_is_refused() {
     });
     assert!(matches!(other_pin, Response::Enrolled { .. }), "{other_pin:?}");
     assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Accepted);
+}
+
+#[test]
+fn backup_check_that_did_not_run_is_a_counted_failure() {
+    let mut h = harness(10);
+    h.enroll_with_backup("bea");
+    let matched = h.begin_backup("bea", "12345678");
+    let verdict = h.finish_backup("bea", BackupCheck::NotRun);
+    assert_eq!(
+        (verdict.outcome, verdict.reason, verdict.failures),
+        (Outcome::Rejected, Reason::BackupCheckBusy, 1)
+    );
+    assert_eq!(verdict.delay, Duration::from_millis(500));
+    assert_eq!(
+        h.finish_backup("bea", BackupCheck::Matched(matched)).outcome,
+        Outcome::Accepted,
+        "the code stays unused"
+    );
 }
