@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 use crate::engine::{failures_of, Context, EngineError, MemoryCounts};
 use crate::keys::Field;
 use crate::policy::{source_address, split_source_key, FailureTable, SourceFailures};
-use crate::store::{Account, Db, TokenSettings};
+use crate::store::{Account, Db, TokenRow, TokenSettings};
 
 /// Longest accepted user name, in bytes (the RADIUS User-Name limit).
 pub const MAX_USER_LEN: usize = 253;
@@ -78,7 +78,7 @@ pub(crate) fn run(context: &Context<'_>, db: Db<'_>, memory: &mut MemoryCounts, 
         AdminOp::List { after, limit } => list(context, db, after.as_deref(), limit),
         AdminOp::Show { user } => show(context, db, &user),
         AdminOp::SetEnabled { user, token, enabled } => set_enabled(db, &user, token, enabled),
-        AdminOp::Remove { user, token } => remove(db, &user, token),
+        AdminOp::Remove { user, token } => remove(context, db, &user, token),
         AdminOp::Resync {
             user,
             token,
@@ -187,10 +187,13 @@ fn store_token(
     if let Err(problem) = check_user_name(user) {
         return Ok(Err(problem));
     }
-    let checked = match check_token(token) {
+    let mut checked = match check_token(token) {
         Ok(checked) => checked,
         Err(problem) => return Ok(Err(problem)),
     };
+    if checked.settings.kind != Kind::Hotp {
+        keep_retired_uses(context, db, user, &mut checked)?;
+    }
     let user_id = db.ensure_account(user)?;
     // Two tokens that give the same codes would accept each code twice,
     // once per token. Equal secrets do; so do secrets that differ only in
@@ -231,6 +234,58 @@ fn store_token(
     };
     db.set_sealed(token_id, &seed, pin.as_deref())?;
     Ok(Ok(token_id))
+}
+
+/// Seconds for which a removed time-based token's used codes stay used at
+/// least, for a new token with the same secret. Longer windows keep them
+/// as long as the window lasts.
+const RETIRED_FOR: u64 = 24 * 3600;
+
+/// Moves the new time-based token's last used step past the codes that a
+/// removed token with the same secret used, so that they are not accepted
+/// again after the secret is enrolled once more.
+fn keep_retired_uses(
+    context: &Context<'_>,
+    db: Db<'_>,
+    user: &str,
+    checked: &mut CheckedToken,
+) -> Result<(), EngineError> {
+    let identity = code_identity(
+        checked.settings.kind,
+        checked.settings.algorithm,
+        &checked.seed,
+        checked.pin.as_ref(),
+    );
+    let period = u64::from(checked.settings.period.max(1));
+    for retired in db.retired_tokens(context.now)? {
+        let Some(seed) = context.cipher.open(retired.id, Field::Seed, &retired.sealed_seed) else {
+            continue;
+        };
+        let pin = match &retired.sealed_pin {
+            Some(sealed) => match context.cipher.open(retired.id, Field::Pin, sealed) {
+                Some(pin) => Some(Secret::new(pin.to_vec())),
+                None => continue,
+            },
+            None => None,
+        };
+        let seed = Secret::new(seed.to_vec());
+        let old = code_identity(retired.kind, retired.algorithm, &seed, pin.as_ref());
+        if !bool::from(old.as_slice().ct_eq(identity.as_slice())) {
+            continue;
+        }
+        // Every step that began before the used code's step ended.
+        let used_step = retired.used_until.saturating_sub(1) / period;
+        let state = &mut checked.settings.state;
+        if state.last_step.is_none_or(|step| step < used_step) {
+            state.last_step = Some(used_step);
+            tracing::info!(
+                user,
+                removed_token = retired.id,
+                "the new token has the secret of a token removed after a use: codes up to that use stay used"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn enroll(context: &Context<'_>, db: Db<'_>, user: &str, token: &NewToken, backup: Option<&BackupSet>) -> AdminResult {
@@ -392,11 +447,28 @@ fn set_enabled(db: Db<'_>, user: &str, token: Option<u64>, enabled: bool) -> Adm
     Ok(Response::Done { changed })
 }
 
-fn remove(db: Db<'_>, user: &str, token: Option<u64>) -> AdminResult {
+fn remove(context: &Context<'_>, db: Db<'_>, user: &str, token: Option<u64>) -> AdminResult {
     let account = match find_account(db, user)? {
         Ok(account) => account,
         Err(response) => return Ok(response),
     };
+    let removed: Vec<TokenRow> = db
+        .tokens(account.id)?
+        .into_iter()
+        .filter(|row| token_id(token).is_none_or(|id| id == row.id))
+        .collect();
+    let windows = &context.settings.windows;
+    let expires = |row: &TokenRow, used_until: u64| {
+        // The newest used code stays valid for a new token (drift 0) for
+        // the window's steps after its own.
+        let steps = match row.kind {
+            Kind::Motp => windows.motp_steps,
+            _ => windows.totp_steps,
+        };
+        let valid_until = used_until.saturating_add(u64::from(steps).saturating_mul(u64::from(row.period)));
+        valid_until.max(context.now.saturating_add(RETIRED_FOR))
+    };
+    db.retire_tokens(&removed, context.now, expires)?;
     let changed = match token_id(token) {
         Some(id) => db.remove_token(account.id, id)?,
         None => db.remove_account(account.id)?,

@@ -95,6 +95,18 @@ CREATE TABLE IF NOT EXISTS backup_codes (
     used_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS backup_codes_by_user ON backup_codes(user_id);
+-- Time-based tokens removed after a use, kept for a day so that enrolling
+-- the same secret again does not accept their used codes once more. The
+-- seed and PIN stay sealed under the removed token's id.
+CREATE TABLE IF NOT EXISTS retired_tokens (
+    id          INTEGER PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    algorithm   TEXT NOT NULL,
+    used_until  INTEGER NOT NULL,
+    expires     INTEGER NOT NULL,
+    sealed_seed BLOB NOT NULL,
+    sealed_pin  BLOB
+);
 CREATE TABLE IF NOT EXISTS token_uses (
     seq       INTEGER PRIMARY KEY,
     token_id  INTEGER NOT NULL,
@@ -175,6 +187,19 @@ pub struct TokenRow {
     pub label: Option<String>,
     pub created: u64,
     pub last_used: Option<u64>,
+    pub sealed_seed: Vec<u8>,
+    pub sealed_pin: Option<Vec<u8>>,
+}
+
+/// A removed time-based token that was used: its secrets, still sealed
+/// under its id, and the end of the newest time step it accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetiredToken {
+    pub id: i64,
+    pub kind: Kind,
+    pub algorithm: Algorithm,
+    /// Unix time at which the step of its newest used code ended.
+    pub used_until: u64,
     pub sealed_seed: Vec<u8>,
     pub sealed_pin: Option<Vec<u8>>,
 }
@@ -1042,6 +1067,74 @@ impl Db<'_> {
         )?;
         self.conn.prepare_cached(REFRESH_TOKEN_IDS)?.execute([user_id])?;
         Ok(changed as u64)
+    }
+
+    /// Keeps the sealed secrets of removed time-based tokens that were used,
+    /// until `expires` gives for each (from the row and the end of its
+    /// newest used step), and drops the records that expired by `now`.
+    pub fn retire_tokens(
+        &self,
+        rows: &[TokenRow],
+        now: u64,
+        expires: impl Fn(&TokenRow, u64) -> u64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM retired_tokens WHERE expires <= ?1")?
+            .execute([to_i64(now)?])?;
+        let mut insert = self.conn.prepare_cached(
+            "INSERT OR REPLACE INTO retired_tokens (id, kind, algorithm, used_until, expires, sealed_seed, sealed_pin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for row in rows {
+            let Some(last_step) = row.state.last_step.filter(|_| row.kind != Kind::Hotp) else {
+                continue;
+            };
+            let used_until = last_step.saturating_add(1).saturating_mul(u64::from(row.period));
+            insert.execute(params![
+                row.id,
+                row.kind.to_string(),
+                algorithm_name(row.algorithm),
+                to_i64(used_until)?,
+                to_i64(expires(row, used_until))?,
+                row.sealed_seed,
+                row.sealed_pin,
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Removed time-based tokens whose record has not expired at `now`.
+    pub fn retired_tokens(&self, now: u64) -> Result<Vec<RetiredToken>, StoreError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT id, kind, algorithm, used_until, sealed_seed, sealed_pin
+             FROM retired_tokens WHERE expires > ?1 ORDER BY id",
+        )?;
+        let rows = statement.query_map([to_i64(now)?], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, Vec<u8>>(4)?,
+                row.get::<_, Option<Vec<u8>>>(5)?,
+            ))
+        })?;
+        let mut retired = Vec::new();
+        for row in rows {
+            let (id, kind, algorithm, used_until, sealed_seed, sealed_pin) = row?;
+            let corrupt = |what: &str| StoreError::Corrupt {
+                what: format!("retired token {id} has an invalid {what}"),
+            };
+            retired.push(RetiredToken {
+                id,
+                kind: kind.parse().map_err(|_| corrupt("kind"))?,
+                algorithm: algorithm.parse().map_err(|_| corrupt("algorithm"))?,
+                used_until: u64::try_from(used_until).map_err(|_| corrupt("used_until"))?,
+                sealed_seed,
+                sealed_pin,
+            });
+        }
+        Ok(retired)
     }
 
     pub fn remove_account(&self, user_id: i64) -> Result<u64, StoreError> {

@@ -775,3 +775,67 @@ fn backup_check_that_did_not_run_is_a_counted_failure() {
         "the code stays unused"
     );
 }
+
+#[test]
+fn used_codes_stay_used_when_a_removed_secret_returns() {
+    let mut h = harness(10);
+    let code = code_at(STEP_START);
+    assert_eq!(h.verify("alice", code.clone()).outcome, Outcome::Accepted);
+    let removed = h.admin(AdminOp::Remove {
+        user: "alice".into(),
+        token: None,
+    });
+    assert!(matches!(removed, Response::Done { .. }), "{removed:?}");
+    // The same secret again, for the same user and for another one, and
+    // with a trailing zero byte, which HMAC does not see.
+    h.enroll("alice");
+    h.enroll("bob");
+    let padded = h.admin(AdminOp::Enroll {
+        user: "carol".into(),
+        token: totp_token(&format!("{SEED_HEX}00")),
+        backup: None,
+    });
+    assert!(matches!(padded, Response::Enrolled { .. }), "{padded:?}");
+    for user in ["alice", "bob", "carol"] {
+        let verdict = h.verify(user, code.clone());
+        assert_eq!(verdict.outcome, Outcome::Rejected, "{user}");
+        assert_eq!(verdict.reason, Reason::ReusedCode, "{user}");
+    }
+    let next = code_at(STEP_START + PERIOD);
+    for user in ["alice", "bob", "carol"] {
+        assert_eq!(h.verify(user, next.clone()).outcome, Outcome::Accepted, "{user}");
+    }
+}
+
+#[test]
+fn unused_removed_secret_starts_afresh() {
+    let mut h = harness(10);
+    h.admin(AdminOp::Remove {
+        user: "alice".into(),
+        token: None,
+    });
+    h.enroll("alice");
+    assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Accepted);
+}
+
+#[test]
+fn removed_secret_is_forgotten_after_a_day() {
+    let mut h = harness(10);
+    assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Accepted);
+    h.admin(AdminOp::Remove {
+        user: "alice".into(),
+        token: None,
+    });
+    h.clock.set(STEP_START + 24 * 3600);
+    // Another removal drops expired records.
+    h.enroll("bob");
+    h.admin(AdminOp::Remove {
+        user: "bob".into(),
+        token: None,
+    });
+    // Back in time, only to show that the record is gone: its code would be
+    // rejected as used if it were still there.
+    h.clock.set(STEP_START);
+    h.enroll("alice");
+    assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Accepted);
+}
