@@ -567,9 +567,16 @@ fn try_first_pass_prompts_after_rejected_or_password_authtok() {
         .response(&hotp(1))
         .run();
     password.assert_success("a password-shaped PAM_AUTHTOK is not sent; the user is asked");
+    // Six hex letters would be a Mobile-OTP code, but alice has none.
+    let letters = services
+        .pamtester("chained", "alice")
+        .env("PAM_AUTHTOK", "facade")
+        .response(&hotp(2))
+        .run();
+    letters.assert_success("a password of six letters a to f is not sent either");
     assert!(
         !agent.log().contains("malformed code"),
-        "the password never reached the agent"
+        "the passwords never reached the agent"
     );
 }
 
@@ -603,7 +610,9 @@ fn remote_login_prompts_whatever_the_account_state() {
         .item("rhost=192.0.2.9")
         .response("123456")
         .run();
-    locked.assert_failure(MAXTRIES, "locked account, remote");
+    // Not PAM_MAXTRIES: sshd would close the connection on it, which
+    // tells the client that the account is locked.
+    locked.assert_failure(AUTH_ERR, "locked account, remote");
     assert!(
         locked.prompted(CODE_PROMPT),
         "a remote party sees the usual prompt: {locked}"
@@ -616,4 +625,15 @@ fn remote_login_prompts_whatever_the_account_state() {
         .run();
     assert!(unknown.prompted(CODE_PROMPT), "{unknown}");
     assert!(!unknown.output().contains("successfully authenticated"), "{unknown}");
+    // Both answers reached the agent, which holds every refusal back by the
+    // same failure delay.
+    let log = agent.log();
+    assert!(
+        log.contains("user=\"carol\" result=\"rejected\" reason=\"account locked\""),
+        "{log}"
+    );
+    assert!(
+        log.contains("user=\"nobody-here\" result=\"rejected\" reason=\"unknown user\""),
+        "{log}"
+    );
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use freeauth_otp::{Clock, Code, Matched, Secret, State, Window};
+use freeauth_otp::{Clock, Code, Kind, Matched, Secret, State, Window};
 use freeauth_proto::{ErrorKind, Response, SecretString};
 use rusqlite::Transaction;
 use tokio::sync::{mpsc, oneshot};
@@ -82,6 +82,8 @@ pub struct Lookup {
     pub code_lengths: Vec<u8>,
     /// The account has tokens, all disabled.
     pub disabled: bool,
+    /// An enabled token takes hex codes (Mobile-OTP).
+    pub hex_codes: bool,
 }
 
 /// The engine's decision on a code, with the reason for the log.
@@ -694,6 +696,7 @@ impl Context<'_> {
                 prompt,
                 code_lengths: Vec::new(),
                 disabled: false,
+                hex_codes: false,
             });
         };
         let tokens = db.tokens_of(&account)?;
@@ -708,12 +711,14 @@ impl Context<'_> {
         }
         code_lengths.sort_unstable();
         code_lengths.dedup();
+        let hex_codes = tokens.iter().any(|token| token.enabled && token.kind == Kind::Motp);
         Ok(Lookup {
             enrolled: !code_lengths.is_empty(),
             locked: failures_of(&account).current(self.now).is_locked(self.now),
             prompt,
             code_lengths,
             disabled,
+            hex_codes,
         })
     }
 

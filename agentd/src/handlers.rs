@@ -59,6 +59,7 @@ pub async fn lookup(task: &Task, user: String) -> Response {
             prompt: lookup.prompt,
             code_lengths: lookup.code_lengths,
             disabled: lookup.disabled,
+            hex_codes: Some(lookup.hex_codes),
         },
         Some(Err(_)) => internal_error(),
         None => unavailable(),

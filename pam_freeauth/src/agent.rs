@@ -54,6 +54,8 @@ pub struct Account {
     pub code_lengths: Vec<u8>,
     /// All tokens disabled by an administrator: `nullok` does not apply.
     pub disabled: bool,
+    /// Codes may hold the letters a to f (Mobile-OTP), not only digits.
+    pub hex_codes: bool,
 }
 
 /// A verified connection to the agent.
@@ -130,12 +132,15 @@ fn account(response: Response) -> Result<Account, AgentError> {
             prompt,
             code_lengths,
             disabled,
+            hex_codes,
         } => Ok(Account {
             enrolled,
             locked,
             prompt,
             code_lengths,
             disabled,
+            // An agent that does not say may have Mobile-OTP tokens.
+            hex_codes: hex_codes.unwrap_or(true),
         }),
         other => Err(unexpected(&other)),
     }

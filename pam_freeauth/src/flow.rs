@@ -30,6 +30,9 @@ pub enum Priority {
 pub trait Host {
     /// Returns the user name, or an error saying why PAM has none.
     fn user(&mut self) -> Result<String, String>;
+    /// Returns the name the user database gives for `name`, `None` when it
+    /// has no such user, or an error when the lookup failed.
+    fn database_name(&self, name: &str) -> Result<Option<String>, String>;
     /// PAM_SERVICE, PAM_RHOST, PAM_TTY, PAM_RUSER.
     fn context(&self) -> Origin;
     fn authtok(&self) -> Option<Zeroizing<String>>;
@@ -92,6 +95,13 @@ pub fn authenticate(host: &mut dyn Host, options: &Options) -> Outcome {
             return Outcome::PamFailed;
         }
     };
+    let user = match account_name(host.database_name(&user), user) {
+        Ok(user) => user,
+        Err(err) => {
+            host.log(Priority::Error, &format!("cannot look the user up: {err}"));
+            return Outcome::PamFailed;
+        }
+    };
     let connected = Agent::connect_and_lookup(&options.socket, &options.agent_user, options.timeout, &user);
     let (mut agent, account) = match connected {
         Ok(pair) => pair,
@@ -99,13 +109,10 @@ pub fn authenticate(host: &mut dyn Host, options: &Options) -> Outcome {
         Err(err) => return unavailable(host, options, &user, &err),
     };
     if let Some(outcome) = before_prompt(host, options, &user, &account) {
-        // A remote party sees the same prompt whatever the account's state,
-        // so it cannot list enrolled or locked accounts; nullok is the
-        // documented exception, since it lets the user in without one.
-        if outcome != Outcome::NoTokenAllowed && is_remote(host) {
-            let _ignored = read_answer(host, options, &account);
+        if outcome == Outcome::NoTokenAllowed || !is_remote(host) {
+            return outcome;
         }
-        return outcome;
+        return refuse_remote(host, options, &mut agent, &user, &account, outcome);
     }
     let answer = match read_answer(host, options, &account) {
         Some(answer) => answer,
@@ -129,6 +136,16 @@ pub fn authenticate(host: &mut dyn Host, options: &Options) -> Outcome {
     }
     log_outcome(host, options, &user, outcome);
     outcome
+}
+
+/// Returns the name to ask the agent about: the user database's spelling
+/// of `typed` when it has the user. A database that ignores case (LDAP,
+/// Active Directory through SSSD or winbind) lets `JO` log in as `jo`. The
+/// agent, asked about `JO`, would find no token, so `nullok` would skip the
+/// code. A name the database lacks is kept: the modules that check the
+/// password fail for it, or know the user some other way.
+fn account_name(found: Result<Option<String>, String>, typed: String) -> Result<String, String> {
+    Ok(found?.unwrap_or(typed))
 }
 
 /// Decides without prompting when the account has no token or is locked.
@@ -163,17 +180,57 @@ fn before_prompt(host: &mut dyn Host, options: &Options, user: &str, account: &A
     None
 }
 
+/// Ends a remote login that the lookup already refused, so that the remote
+/// party cannot tell why. It gets the usual prompt, and its answer goes to
+/// the agent, which delays the refusal as it does any wrong code. A locked
+/// account gives PAM_AUTH_ERR, because sshd closes the connection on
+/// PAM_MAXTRIES. `nullok` is the documented exception: it lets a user
+/// without token in without a prompt.
+fn refuse_remote(
+    host: &mut dyn Host,
+    options: &Options,
+    agent: &mut Agent,
+    user: &str,
+    account: &Account,
+    outcome: Outcome,
+) -> Outcome {
+    if let Some(answer) = read_answer(host, options, account) {
+        // An account without token has no code lengths: any usual length.
+        let lengths: &[u8] = if account.code_lengths.is_empty() {
+            &[6, 8]
+        } else {
+            &account.code_lengths
+        };
+        if looks_like_code(&answer, lengths, account.hex_codes) {
+            // The verdict is known already; only its delay matters here.
+            let origin = host.context();
+            let _delayed = ask_agent(host, options, agent, user, &answer, origin);
+        }
+    }
+    match outcome {
+        Outcome::Locked => Outcome::Rejected,
+        outcome => outcome,
+    }
+}
+
 /// Returns whether the login comes from another host (PAM_RHOST is set).
 fn is_remote(host: &dyn Host) -> bool {
     matches!(host.context(), Origin::Pam { rhost: Some(rhost), .. } if !rhost.is_empty())
 }
 
-/// Returns whether `text`, spaces removed, has the length of one of the account's
-/// codes and only characters a code can have (digits, or hex for Mobile-OTP).
-fn looks_like_code(text: &str, lengths: &[u8]) -> bool {
-    let compact: String = text.trim().chars().filter(|c| *c != ' ').collect();
-    let right_length = lengths.iter().any(|length| compact.len() == usize::from(*length));
-    right_length && compact.chars().all(|c| c.is_ascii_hexdigit())
+/// Returns whether `text`, spaces removed, has the length of one of the
+/// account's codes and only characters its codes can have: digits, and the
+/// letters a to f when `hex` is set (Mobile-OTP). Counts in place, so that no
+/// copy of a password is left in freed memory.
+fn looks_like_code(text: &str, lengths: &[u8], hex: bool) -> bool {
+    let mut count = 0usize;
+    for c in text.trim().chars().filter(|c| *c != ' ') {
+        if !(c.is_ascii_digit() || (hex && c.is_ascii_hexdigit())) {
+            return false;
+        }
+        count += 1;
+    }
+    lengths.iter().any(|length| count == usize::from(*length))
 }
 
 /// Reads the code (or password and code) from the source `options` names.
@@ -189,7 +246,7 @@ fn read_answer(host: &mut dyn Host, options: &Options, account: &Account) -> Opt
         CodeSource::TryFirstPass => match host.authtok() {
             // Only a value shaped like one of the account's codes is sent, so
             // the password of an earlier module never reaches the agent.
-            Some(token) if looks_like_code(&token, &account.code_lengths) => Some(token),
+            Some(token) if looks_like_code(&token, &account.code_lengths, account.hex_codes) => Some(token),
             _ => host.ask_secret(&prompt),
         },
         CodeSource::ForwardPass => host.authtok().or_else(|| {
@@ -220,7 +277,7 @@ fn verify_answer(
         // method sends the password to every prompt, and so does a mail
         // client on common-auth. Counting those as failures would lock the
         // account, and the agent would receive a password.
-        if !looks_like_code(answer, &account.code_lengths) {
+        if !looks_like_code(answer, &account.code_lengths, account.hex_codes) {
             host.log(
                 Priority::Notice,
                 &format!("answer for {user} is not shaped like a code; rejected without asking the agent"),
@@ -244,7 +301,7 @@ fn verify_answer(
         let (password, code) = answer.split_at(split);
         // A tail that cannot be a code is not sent: it would count as a
         // failure and hand part of the password to the agent.
-        if !looks_like_code(code, &[length]) {
+        if !looks_like_code(code, &[length], account.hex_codes) {
             continue;
         }
         outcome = ask_agent(host, options, agent, user, code, origin.clone());
@@ -365,12 +422,26 @@ mod tests {
 
     #[test]
     fn recognises_code_shapes() {
-        assert!(looks_like_code("123456", &[6]));
-        assert!(looks_like_code(" 123 456 ", &[6, 8]));
-        assert!(looks_like_code("12345678", &[6, 8]));
-        assert!(!looks_like_code("hunter22", &[6]));
-        assert!(!looks_like_code("correct horse", &[6, 8]));
-        assert!(!looks_like_code("123456", &[]));
+        assert!(looks_like_code("123456", &[6], false));
+        assert!(looks_like_code(" 123 456 ", &[6, 8], false));
+        assert!(looks_like_code("12345678", &[6, 8], false));
+        assert!(!looks_like_code("hunter22", &[6], true));
+        assert!(!looks_like_code("correct horse", &[6, 8], true));
+        assert!(!looks_like_code("123456", &[], false));
+        assert!(!looks_like_code("facade", &[6], false), "letters only for Mobile-OTP");
+        assert!(!looks_like_code("deadbeef", &[6, 8], false));
+        assert!(looks_like_code("fac4de", &[6], true));
+        assert!(looks_like_code("FAC 4DE", &[6], true));
+    }
+
+    #[test]
+    fn asks_about_the_user_database_spelling() {
+        let found = account_name(Ok(Some("jo".into())), "JO".into());
+        assert_eq!(found, Ok("jo".to_owned()));
+        let missing = account_name(Ok(None), "svc-backup".into());
+        assert_eq!(missing, Ok("svc-backup".to_owned()));
+        let failed = account_name(Err("LDAP server down".into()), "jo".into());
+        assert_eq!(failed, Err("LDAP server down".to_owned()));
     }
 
     #[test]

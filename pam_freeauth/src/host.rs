@@ -59,6 +59,12 @@ impl Host for PamHost<'_> {
             .map_err(|code| format!("pam_get_user failed with {code:?}"))
     }
 
+    fn database_name(&self, name: &str) -> Result<Option<String>, String> {
+        nix::unistd::User::from_name(name)
+            .map(|found| found.map(|user| user.name))
+            .map_err(|err| format!("getpwnam_r failed: {err}"))
+    }
+
     fn context(&self) -> Origin {
         Origin::Pam {
             service: self.item_text::<Service>().unwrap_or_default(),

@@ -233,6 +233,7 @@ mod tests {
             prompt,
             code_lengths: vec![6],
             disabled: false,
+            hex_codes: Some(false),
         }
     }
 

@@ -204,6 +204,11 @@ pub enum Response {
         /// tokens; `nullok` must not let such a user in.
         #[serde(default)]
         disabled: bool,
+        /// Whether a code may hold the letters a to f (an enabled
+        /// Mobile-OTP token), or only digits. Absent from agents before
+        /// this field, which callers read as "letters allowed".
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hex_codes: Option<bool>,
     },
     Verdict {
         result: VerifyResult,
