@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use freeauth_proto::{Client, ClientError, ErrorKind, Origin, Request, Response, SecretString};
 
@@ -156,6 +156,9 @@ fn unexpected(response: &Response) -> AgentError {
     }
 }
 
+/// Pause between connect attempts while the agent's accept queue is full.
+const CONNECT_RETRY: Duration = Duration::from_millis(5);
+
 /// Connects a Unix stream socket without blocking longer than `timeout`:
 /// a blocking connect can hang when the agent's accept queue is full.
 fn connect_with_timeout(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
@@ -174,15 +177,33 @@ fn connect_with_timeout(path: &Path, timeout: Duration) -> io::Result<UnixStream
     // SAFETY: fd is a socket we just created and own; OwnedFd closes it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: address is a valid, initialised sockaddr_un of `length` bytes.
-    let result = unsafe { libc::connect(fd, std::ptr::addr_of!(address).cast(), length) };
-    if result != 0 {
-        let error = io::Error::last_os_error();
-        let pending = matches!(error.raw_os_error(), Some(libc::EINPROGRESS | libc::EAGAIN));
-        if !pending {
-            return Err(error);
+    let deadline = Instant::now() + timeout;
+    loop {
+        // SAFETY: address is a valid, initialised sockaddr_un of `length` bytes.
+        let result = unsafe { libc::connect(fd, std::ptr::addr_of!(address).cast(), length) };
+        if result == 0 {
+            break;
         }
-        wait_writable(fd, timeout)?;
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            // For a Unix socket whose accept queue is full, Linux returns
+            // EAGAIN at once: no connection is under way, so try again.
+            Some(libc::EAGAIN) => {
+                if Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the agent is busy: its queue of new connections stayed full until the timeout",
+                    ));
+                }
+                std::thread::sleep(CONNECT_RETRY);
+            }
+            Some(libc::EINTR) => {}
+            Some(libc::EINPROGRESS) => {
+                wait_writable(fd, deadline.saturating_duration_since(Instant::now()))?;
+                break;
+            }
+            _ => return Err(error),
+        }
     }
     let stream = UnixStream::from(owned);
     stream.set_nonblocking(false)?;
@@ -267,4 +288,54 @@ fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     Ok(credentials.uid)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::undocumented_unsafe_blocks
+    )]
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A listening socket at a fresh path whose accept queue takes one
+    /// connection (backlog 0), with that place already taken.
+    fn full_listener(name: &str) -> (UnixListener, UnixStream, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("pam-freeauth-{}-{name}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let listened = unsafe { libc::listen(listener.as_raw_fd(), 0) };
+        assert_eq!(listened, 0);
+        let first = UnixStream::connect(&path).unwrap();
+        (listener, first, path)
+    }
+
+    #[test]
+    fn full_queue_waits_until_the_timeout() {
+        let (_listener, _first, path) = full_listener("full");
+        let started = Instant::now();
+        let err = connect_with_timeout(&path, Duration::from_millis(100)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(err.to_string().contains("busy"), "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(100), "gave up early");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn full_queue_connects_once_a_place_frees() {
+        let (listener, first, path) = full_listener("frees");
+        let acceptor = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let accepted = listener.accept().unwrap();
+            let second = listener.accept().unwrap();
+            (first, accepted, second)
+        });
+        let stream = connect_with_timeout(&path, Duration::from_secs(10)).unwrap();
+        assert!(peer_uid(&stream).is_ok());
+        acceptor.join().unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
 }

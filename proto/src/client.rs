@@ -1,12 +1,12 @@
 //! A blocking client for the agent and admin sockets, with a timeout on
-//! connect and on every read and write. `freeauthctl` uses it, and so can the
+//! each call (all reads of one reply) and on every write. `freeauthctl` uses it, and so can the
 //! PAM module, which must not start threads or a runtime inside its host.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::frame::{encode, read_frame, write_frame, FrameError};
 use zeroize::Zeroizing;
@@ -58,6 +58,8 @@ pub struct Client {
     stream: UnixStream,
     incoming: Incoming,
     next_id: u64,
+    /// Time one call may take to read its reply.
+    timeout: Duration,
 }
 
 /// Bytes read from the agent and not parsed yet. One read system call
@@ -85,15 +87,35 @@ impl Incoming {
     }
 
     /// Returns a reader that serves the buffered bytes first, then refills
-    /// the buffer from `stream` with one read.
-    fn reader<'a>(&'a mut self, stream: &'a mut UnixStream) -> BufferedStream<'a> {
-        BufferedStream { incoming: self, stream }
+    /// the buffer from `stream` with one read, until `deadline`.
+    fn reader<'a>(&'a mut self, stream: &'a mut UnixStream, deadline: Instant) -> BufferedStream<'a> {
+        BufferedStream {
+            incoming: self,
+            stream,
+            deadline,
+        }
     }
 }
 
 struct BufferedStream<'a> {
     incoming: &'a mut Incoming,
     stream: &'a mut UnixStream,
+    /// Every read of the stream ends by then, so that an agent that sends
+    /// one byte at a time cannot stretch a call past its timeout.
+    deadline: Instant,
+}
+
+/// Reads from `stream` with a timeout of the time left until `deadline`.
+fn read_before(stream: &mut UnixStream, deadline: Instant, out: &mut [u8]) -> io::Result<usize> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no complete reply within the timeout",
+        ));
+    }
+    stream.set_read_timeout(Some(left))?;
+    stream.read(out)
 }
 
 impl Read for BufferedStream<'_> {
@@ -102,9 +124,9 @@ impl Read for BufferedStream<'_> {
         if incoming.start == incoming.end {
             // A large body goes straight to its own (wiped) buffer.
             if out.len() >= incoming.buffer.len() {
-                return self.stream.read(out);
+                return read_before(self.stream, self.deadline, out);
             }
-            let filled = self.stream.read(&mut incoming.buffer[..])?;
+            let filled = read_before(self.stream, self.deadline, &mut incoming.buffer[..])?;
             incoming.start = 0;
             incoming.end = filled;
         }
@@ -116,8 +138,9 @@ impl Read for BufferedStream<'_> {
 }
 
 impl Client {
-    /// Connects to `path` and exchanges the hello. `timeout` bounds each read
-    /// and write; the connect of a Unix socket does not block on a live agent.
+    /// Connects to `path` and exchanges the hello. `timeout` bounds each call
+    /// and each write; the connect of a Unix socket does not block on a live
+    /// agent.
     pub fn connect(path: &Path, client_name: &str, timeout: Duration) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
             path: path.to_owned(),
@@ -128,14 +151,16 @@ impl Client {
 
     /// Exchanges the hello on an already connected stream.
     pub fn handshake(mut stream: UnixStream, client_name: &str, timeout: Duration) -> Result<Client, ClientError> {
+        let deadline = Instant::now() + timeout;
         set_timeouts(&stream, timeout)?;
         write_frame(&mut stream, &hello(client_name))?;
         let mut client = Client {
             stream,
             incoming: Incoming::new(),
             next_id: 1,
+            timeout,
         };
-        client.welcome()?;
+        client.welcome(deadline)?;
         Ok(client)
     }
 
@@ -149,6 +174,7 @@ impl Client {
         timeout: Duration,
         first: Request,
     ) -> Result<(Client, Response), ClientError> {
+        let deadline = Instant::now() + timeout;
         set_timeouts(&stream, timeout)?;
         // One write for both frames, so that the agent wakes up once. The
         // buffer is allocated at its full size, so no unwiped copy of the
@@ -164,16 +190,18 @@ impl Client {
             stream,
             incoming: Incoming::new(),
             next_id: id + 1,
+            timeout,
         };
-        client.welcome()?;
-        let response = client.receive(id)?;
+        client.welcome(deadline)?;
+        let response = client.receive(id, deadline)?;
         Ok((client, response))
     }
 
     /// Sends one request and waits for its response.
     pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {
+        let deadline = Instant::now() + self.timeout;
         let id = self.send(request)?;
-        self.receive(id)
+        self.receive(id, deadline)
     }
 
     fn send(&mut self, request: Request) -> Result<u64, ClientError> {
@@ -183,8 +211,8 @@ impl Client {
         Ok(id)
     }
 
-    fn receive(&mut self, id: u64) -> Result<Response, ClientError> {
-        let frame: ResponseFrame = read_frame(&mut self.incoming.reader(&mut self.stream))?;
+    fn receive(&mut self, id: u64, deadline: Instant) -> Result<Response, ClientError> {
+        let frame: ResponseFrame = read_frame(&mut self.incoming.reader(&mut self.stream, deadline))?;
         if frame.id != id {
             return Err(ClientError::UnexpectedId {
                 expected: id,
@@ -195,15 +223,17 @@ impl Client {
     }
 
     /// Reads the agent's reply to the hello.
-    fn welcome(&mut self) -> Result<(), ClientError> {
-        match read_frame::<_, HelloReply>(&mut self.incoming.reader(&mut self.stream))? {
-            HelloReply::Welcome { .. } => Ok(()),
+    fn welcome(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        match read_frame::<_, HelloReply>(&mut self.incoming.reader(&mut self.stream, deadline))? {
+            HelloReply::Welcome { version, .. } if version == PROTOCOL_VERSION => Ok(()),
+            HelloReply::Welcome { version, .. } => Err(ClientError::Version { supported: version }),
             HelloReply::Unsupported { supported } => Err(ClientError::Version { supported }),
         }
     }
 
-    /// Changes the timeout of each later read and write.
+    /// Changes the timeout of each later call and write.
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        self.timeout = timeout;
         set_timeouts(&self.stream, timeout)
     }
 }
@@ -296,5 +326,52 @@ mod tests {
     #[test]
     fn reads_a_frame_larger_than_the_buffer() {
         converse(false, "x".repeat(3 * INCOMING_LEN));
+    }
+
+    #[test]
+    fn slow_agent_cannot_stretch_a_call_past_its_timeout() {
+        let (near, mut far) = UnixStream::pair().unwrap();
+        let agent = std::thread::spawn(move || {
+            let _: Hello = read_frame(&mut far).unwrap();
+            // One byte every 20 ms: each read comes well within the 150 ms
+            // timeout, the whole welcome (about 70 bytes) would not.
+            for byte in welcome_frame() {
+                if far.write_all(&[byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let result = Client::handshake(near, "test", Duration::from_millis(150));
+        match result {
+            Err(ClientError::Frame(FrameError::Io(err))) => {
+                assert!(
+                    matches!(err.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock),
+                    "{err}"
+                );
+            }
+            other => panic!("expected a timeout, got {:?}", other.map(|_| ())),
+        }
+        agent.join().unwrap();
+    }
+
+    #[test]
+    fn welcome_of_another_version_is_an_error() {
+        let (near, mut far) = UnixStream::pair().unwrap();
+        let agent = std::thread::spawn(move || {
+            let _: Hello = read_frame(&mut far).unwrap();
+            let welcome = HelloReply::Welcome {
+                version: PROTOCOL_VERSION + 1,
+                agent: "test".into(),
+            };
+            far.write_all(&encode(&welcome).unwrap()).unwrap();
+        });
+        let result = Client::handshake(near, "test", Duration::from_secs(5));
+        assert!(
+            matches!(result, Err(ClientError::Version { supported }) if supported == PROTOCOL_VERSION + 1),
+            "{:?}",
+            result.map(|_| ())
+        );
+        agent.join().unwrap();
     }
 }
