@@ -782,6 +782,32 @@ fn imports_google_authenticator_file() {
 }
 
 #[test]
+fn import_refuses_a_reuse_record_far_in_the_future() {
+    let agent = Agent::start();
+    let file = agent.dir.path().join("google_authenticator");
+    fs::write(
+        &file,
+        "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ\n\" TOTP_AUTH\n\" DISALLOW_REUSE 9000000000000000000\n",
+    )
+    .unwrap();
+    let output = agent.ctl(&[
+        "import",
+        "--format",
+        "google-authenticator",
+        "kim",
+        file.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(": line 3: DISALLOW_REUSE records time step 9000000000000000000"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Nothing was imported."), "{stderr}");
+    assert_eq!(agent.ctl(&["show", "kim"]).status.code(), Some(2), "no account");
+}
+
+#[test]
 fn imports_oath_users_file_with_counters() {
     let agent = Agent::start();
     let file = agent.dir.path().join("users.oath");

@@ -132,6 +132,13 @@ fn check_token(token: &NewToken) -> Result<CheckedToken, String> {
     if kind != Kind::Motp && digits != 6 && digits != 8 {
         return Err(format!("{} codes must have 6 or 8 digits, not {}", kind, token.digits));
     }
+    if kind == Kind::Hotp && token.counter > freeauth_otp::MAX_COUNTER {
+        return Err(format!(
+            "HOTP counter must be at most {}, not {}",
+            freeauth_otp::MAX_COUNTER,
+            token.counter
+        ));
+    }
     if kind == Kind::Totp && !(1..=86_400).contains(&period) {
         return Err(format!("TOTP period must be 1 to 86400 seconds, not {period}"));
     }

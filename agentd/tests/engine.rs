@@ -839,3 +839,34 @@ fn removed_secret_is_forgotten_after_a_day() {
     h.enroll("alice");
     assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Accepted);
 }
+
+#[test]
+fn hotp_counter_past_the_limit_is_refused() {
+    let mut h = harness(10);
+    let mut token = totp_token("ffeeddccbbaa99887766554433221100ffeeddcc");
+    token.kind = TokenKind::Hotp;
+    token.counter = freeauth_otp::MAX_COUNTER + 1;
+    let refused = h.admin(AdminOp::Enroll {
+        user: "hal".into(),
+        token: token.clone(),
+        backup: None,
+    });
+    assert!(
+        matches!(&refused, Response::Error { message, .. } if message.contains("at most")),
+        "{refused:?}"
+    );
+    token.counter = freeauth_otp::MAX_COUNTER;
+    let enrolled = h.admin(AdminOp::Enroll {
+        user: "hal".into(),
+        token,
+        backup: None,
+    });
+    assert!(matches!(enrolled, Response::Enrolled { .. }), "{enrolled:?}");
+    let secret = Secret::from_hex("ffeeddccbbaa99887766554433221100ffeeddcc").unwrap();
+    let code = freeauth_otp::hotp(&secret, freeauth_otp::MAX_COUNTER, 6, Algorithm::Sha1).to_string();
+    assert_eq!(
+        h.verify("hal", code).outcome,
+        Outcome::Accepted,
+        "the last counter still works"
+    );
+}

@@ -91,7 +91,7 @@
 
 use std::fmt;
 
-use freeauth_otp::{Algorithm, Kind, Secret};
+use freeauth_otp::{code_identity, Algorithm, Kind, Secret};
 use zeroize::Zeroizing;
 
 use crate::otpauth::{parse_decimal, TokenDescription, DEFAULT_DIGITS, DEFAULT_PERIOD};
@@ -170,6 +170,8 @@ pub struct GoogleAuthenticatorFile {
     /// (TIME_SKEW included). FreeAuth must accept only later steps. `None` for
     /// counter-based tokens and when nothing is recorded.
     pub last_step: Option<u64>,
+    /// Line of the `DISALLOW_REUSE` option, 0 when there is none.
+    pub last_step_line: usize,
     /// Unused eight-digit scratch codes, in file order.
     pub scratch_codes: Vec<Zeroizing<String>>,
     /// Sentences for the administrator about settings that FreeAuth does not
@@ -222,10 +224,14 @@ pub fn parse_google_authenticator(text: &str) -> Result<GoogleAuthenticatorFile,
 
     let mut options = GoogleOptions::default();
     let mut scratch_codes = Vec::new();
+    let mut last_step_line = 0;
     for (number, line) in lines {
         let line = line.trim();
         if line.is_empty() {
             continue;
+        }
+        if line.starts_with("\" DISALLOW_REUSE") {
+            last_step_line = number;
         }
         let result = match line.strip_prefix('"') {
             Some(option) => options.apply(option),
@@ -272,6 +278,7 @@ pub fn parse_google_authenticator(text: &str) -> Result<GoogleAuthenticatorFile,
             account: None,
         },
         last_step,
+        last_step_line,
         scratch_codes,
         notes,
     })
@@ -295,7 +302,18 @@ pub fn parse_users_oath(text: &str) -> Result<Vec<OathEntry>, Vec<ImportError>> 
             Some(_) => {}
         }
         match parse_oath_line(number, &fields) {
-            Ok(entry) => entries.push(entry),
+            Ok(entry) => match same_codes_as(&entries, &entry) {
+                // The agent would refuse the second token: each code would be
+                // accepted twice, once per token.
+                Some(earlier) => errors.push(ImportError::new(
+                    number,
+                    format!(
+                        "user {} already has a token with this secret on line {earlier}: remove one of the lines",
+                        entry.user
+                    ),
+                )),
+                None => entries.push(entry),
+            },
             Err(message) => errors.push(ImportError::new(number, message)),
         }
     }
@@ -306,6 +324,35 @@ pub fn parse_users_oath(text: &str) -> Result<Vec<OathEntry>, Vec<ImportError>> 
         Err(errors)
     }
 }
+
+/// Returns the line of an earlier entry of the same user whose token gives
+/// the same codes as `entry`'s.
+fn same_codes_as(earlier: &[OathEntry], entry: &OathEntry) -> Option<usize> {
+    let identity = |token: &TokenDescription| code_identity(token.kind, token.algorithm, &token.secret, None);
+    let new_identity = identity(&entry.token);
+    earlier
+        .iter()
+        .find(|other| other.user == entry.user && identity(&other.token) == new_identity)
+        .map(|other| other.line)
+}
+
+/// Checks a user name as the agent does: 1 to 253 bytes, no control
+/// characters.
+fn check_user(user: &str) -> Result<(), String> {
+    if user.len() > MAX_USER_LEN {
+        return Err(format!(
+            "USER (the second field) has {} bytes; user names have at most {MAX_USER_LEN}",
+            user.len()
+        ));
+    }
+    if user.chars().any(char::is_control) {
+        return Err("USER (the second field) contains a control character".to_owned());
+    }
+    Ok(())
+}
+
+/// Longest user name the agent accepts, in bytes.
+const MAX_USER_LEN: usize = 253;
 
 /// Splits `text` at `\n` into lines numbered from 1, without a trailing `\r`.
 fn numbered_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
@@ -329,7 +376,24 @@ fn parse_google_secret(line: &str) -> Result<Secret, String> {
     if secret.is_empty() {
         return Err("the secret on the first line is empty".to_owned());
     }
+    check_secret_len(&secret, "the secret on the first line")?;
     Ok(secret)
+}
+
+/// Checks that an HOTP or TOTP secret has a size FreeAuth accepts.
+fn check_secret_len(secret: &Secret, what: &str) -> Result<(), String> {
+    let range = freeauth_otp::HMAC_SECRET_LEN;
+    if range.contains(&secret.len()) {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} has {} bytes; FreeAuth accepts {} to {} bytes ({} to {} bits)",
+        secret.len(),
+        range.start(),
+        range.end(),
+        range.start() * 8,
+        range.end() * 8
+    ))
 }
 
 /// Checks one scratch-code line. The error does not repeat the line, because
@@ -398,7 +462,7 @@ impl GoogleOptions {
                 self.totp_auth = true;
             }
             "HOTP_COUNTER" => {
-                self.hotp_counter = Some(single_number(name, &arguments, 0, u64::MAX)?);
+                self.hotp_counter = Some(single_number(name, &arguments, 0, freeauth_otp::MAX_COUNTER)?);
             }
             "STEP_SIZE" => self.step_size = Some(single_number(name, &arguments, 1, 60)?),
             "WINDOW_SIZE" => self.window_size = Some(single_number(name, &arguments, 1, 100)?),
@@ -599,14 +663,20 @@ fn parse_oath_line(number: usize, fields: &[&str]) -> Result<OathEntry, String> 
     if secret.is_empty() {
         return Err("SECRET (the fourth field) is empty".to_owned());
     }
+    check_secret_len(&secret, "SECRET (the fourth field)")?;
+    check_user(user)?;
 
     let counter = match optional.first() {
-        Some(text) => Some(parse_decimal::<u64>(text).ok_or_else(|| {
-            format!(
-                "COUNTER (the fifth field) must be a whole number from 0 to {}",
-                u64::MAX
-            )
-        })?),
+        Some(text) => Some(
+            parse_decimal::<u64>(text)
+                .filter(|counter| *counter < freeauth_otp::MAX_COUNTER)
+                .ok_or_else(|| {
+                    format!(
+                        "COUNTER (the fifth field) must be a whole number from 0 to {}",
+                        freeauth_otp::MAX_COUNTER - 1
+                    )
+                })?,
+        ),
         None => None,
     };
     let last_otp = optional.get(1);
@@ -1121,7 +1191,7 @@ mod tests {
             ("HOTP/T60/8", Some(60), 8),
         ];
         for (spelling, period, digits) in cases {
-            let entries = users(&format!("{spelling} user - 00ff"));
+            let entries = users(&format!("{spelling} user - 00112233445566778899"));
             let token = &entries[0].token;
             assert_eq!(token.digits, digits, "{spelling}");
             match period {
@@ -1138,7 +1208,7 @@ mod tests {
     fn oath_password_field_sets_has_password() {
         let cases = [("-", false), ("+", false), ("1234", true), ("--", true), ("+-", true)];
         for (password, expected) in cases {
-            let entries = users(&format!("HOTP user {password} 00ff"));
+            let entries = users(&format!("HOTP user {password} 00112233445566778899"));
             assert_eq!(entries[0].has_password, expected, "{password}");
         }
     }
@@ -1152,7 +1222,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_oath_type() {
-        let errors = users_errors("TOTP alice - 00ff\nhotp/t30 bob - 00ff\nHOTP/T45 carol - 00ff\n");
+        let errors = users_errors("TOTP alice - 00112233445566778899\nhotp/t30 bob - 00112233445566778899\nHOTP/T45 carol - 00112233445566778899\n");
         assert_eq!(errors.len(), 3);
         assert!(errors[0].message.contains("no TOTP type"));
         assert!(errors[1].message.contains("write HOTP/T30"));
@@ -1163,7 +1233,7 @@ mod tests {
     #[test]
     fn rejects_seven_digit_oath_types() {
         for spelling in ["HOTP/E/7", "HOTP/T30/7", "HOTP/T60/7"] {
-            let errors = users_errors(&format!("{spelling} user - 00ff"));
+            let errors = users_errors(&format!("{spelling} user - 00112233445566778899"));
             assert!(errors[0].message.contains("7-digit"), "{spelling}");
         }
     }
@@ -1182,34 +1252,68 @@ mod tests {
         let errors = users_errors("HOTP\nHOTP alice\nHOTP alice -\n");
         assert_eq!(errors.len(), 3);
         assert!(errors[2].message.contains("found 3"));
-        let errors = users_errors("HOTP alice - 00ff 1 123456 2024-03-05T09:14:27L extra\n");
+        let errors = users_errors("HOTP alice - 00112233445566778899 1 123456 2024-03-05T09:14:27L extra\n");
         assert!(errors[0].message.contains("at most the 7 fields"));
     }
 
     #[test]
     fn rejects_malformed_oath_counter() {
         for counter in ["x", "-1", "+1", "1.5", "18446744073709551616"] {
-            let errors = users_errors(&format!("HOTP user - 00ff {counter}"));
+            let errors = users_errors(&format!("HOTP user - 00112233445566778899 {counter}"));
             assert!(errors[0].message.starts_with("COUNTER"), "{counter}");
         }
         // Time-based lines are checked the same way, as liboath does.
-        let errors = users_errors("HOTP/T30 user - 00ff x");
+        let errors = users_errors("HOTP/T30 user - 00112233445566778899 x");
         assert!(errors[0].message.starts_with("COUNTER"));
     }
 
     #[test]
-    fn rejects_counter_overflow_after_last_otp() {
-        let errors = users_errors("HOTP user - 00ff 18446744073709551615 123456");
-        assert!(errors[0].message.contains("no counter value left"));
-        let entries = users("HOTP user - 00ff 18446744073709551615");
-        assert_eq!(entries[0].token.counter, u64::MAX);
+    fn takes_counters_up_to_the_agent_limit() {
+        let last = freeauth_otp::MAX_COUNTER - 1;
+        let entries = users(&format!("HOTP user - 00112233445566778899 {last} 123456"));
+        assert_eq!(entries[0].token.counter, freeauth_otp::MAX_COUNTER);
+        for counter in [freeauth_otp::MAX_COUNTER, u64::MAX] {
+            let errors = users_errors(&format!("HOTP user - 00112233445566778899 {counter}"));
+            assert!(errors[0].message.starts_with("COUNTER"), "{counter}");
+        }
+        let errors = google_errors(&format!(
+            "{TOTP_SECRET}\n\" HOTP_COUNTER {}\n",
+            freeauth_otp::MAX_COUNTER + 1
+        ));
+        assert_eq!(errors[0].line, 2);
+    }
+
+    #[test]
+    fn rejects_what_the_agent_would_refuse_with_line_numbers() {
+        let long_name = "u".repeat(254);
+        let text = format!(
+            "# liboath's own example has a one-byte secret\n\
+             HOTP user1 - 00\n\
+             HOTP {long_name} - 00112233445566778899\n\
+             HOTP bob - 00112233445566778899\n\
+             HOTP/T30 bob - 0011223344556677889900\n\
+             HOTP carol - 00112233445566778899\n"
+        );
+        let errors = users_errors(&text);
+        let lines: Vec<usize> = errors.iter().map(|error| error.line).collect();
+        assert_eq!(lines, [2, 3, 5], "{errors:?}");
+        assert!(
+            errors[0].message.contains("1 bytes; FreeAuth accepts 10 to 128"),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[1].message.contains("at most 253"), "{}", errors[1]);
+        assert!(errors[2].message.contains("this secret on line 4"), "{}", errors[2]);
+        let short = google_errors("GEZDGNBV\n\" TOTP_AUTH\n");
+        assert_eq!(short[0].line, 1);
+        assert!(short[0].message.contains("5 bytes"), "{}", short[0]);
     }
 
     #[test]
     fn rejects_malformed_last_otp_and_time() {
         let bad_codes = ["12345", "123456789", "12345a"];
         for code in bad_codes {
-            let errors = users_errors(&format!("HOTP user - 00ff 1 {code}"));
+            let errors = users_errors(&format!("HOTP user - 00112233445566778899 1 {code}"));
             assert!(errors[0].message.starts_with("LAST_OTP"), "{code}");
             assert!(!errors[0].message.contains(code), "{code}");
         }
@@ -1226,7 +1330,7 @@ mod tests {
             "2024-03-05T09:14:27LL",
         ];
         for time in bad_times {
-            let errors = users_errors(&format!("HOTP user - 00ff 1 123456 {time}"));
+            let errors = users_errors(&format!("HOTP user - 00112233445566778899 1 123456 {time}"));
             assert!(errors[0].message.starts_with("TIME"), "{time}");
         }
         assert!(is_liboath_timestamp("1999-12-31T23:59:60L"));
@@ -1234,8 +1338,8 @@ mod tests {
 
     #[test]
     fn reports_every_bad_users_line() {
-        let text = "# header\nHOTP ok - 00ff\nHOTP bad - 0g\n\n\
-                    HOTP/E/7 seven - 00ff\nHOTP ok2 - 00ff\nFOO x - 00\n";
+        let text = "# header\nHOTP ok - 00112233445566778899\nHOTP bad - 0g\n\n\
+                    HOTP/E/7 seven - 00112233445566778899\nHOTP ok2 - 00112233445566778899\nFOO x - 00\n";
         let errors = users_errors(text);
         let lines: Vec<usize> = errors.iter().map(|error| error.line).collect();
         assert_eq!(lines, [3, 5, 7]);

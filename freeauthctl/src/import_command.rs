@@ -114,6 +114,21 @@ fn current_step(token: &TokenDescription) -> Option<u64> {
 fn google_authenticator(user: &str, path: &Path) -> Result<Vec<ImportEntry>, CommandError> {
     let text = read_file(path)?;
     let file = parse_google_authenticator(&text).map_err(|errors| describe(path, &errors))?;
+    if let (Some(recorded), Some(now)) = (file.last_step, current_step(&file.token)) {
+        // A step recorded far ahead would mark every code until then as
+        // used: the user could not log in, and each try would count as a
+        // failure. A day leaves room for clocks that disagree.
+        let day = u64::from(86_400 / file.token.period.max(1));
+        if recorded > now.saturating_add(day) {
+            return Err(format!(
+                "{}: line {}: DISALLOW_REUSE records time step {recorded}, more than a day after the current \
+                 step {now}; check the clock of the machine the file comes from, or remove the line\n\
+                 Nothing was imported.",
+                path.display(),
+                file.last_step_line
+            ));
+        }
+    }
     for note in &file.notes {
         eprintln!("freeauthctl: note: {note}");
     }

@@ -108,12 +108,14 @@ pub enum UriError {
     /// The `digits` parameter is not 6 or 8. Contains the value, or its length
     /// when it is long.
     InvalidDigits(String),
-    /// The `period` parameter is not a whole number of seconds of at least 1.
+    /// The `period` parameter is not a whole number of seconds from 1 to
+    /// [`freeauth_otp::MAX_PERIOD`].
     /// Contains the value, or its length when it is long.
     InvalidPeriod(String),
     /// An HOTP URI has no `counter` parameter.
     MissingCounter,
-    /// The `counter` parameter is not a whole number that fits in 64 bits.
+    /// The `counter` parameter is not a whole number from 0 to
+    /// [`freeauth_otp::MAX_COUNTER`].
     /// Contains the value, or its length when it is long.
     InvalidCounter(String),
     /// The `issuer` parameter differs from the label's issuer prefix.
@@ -159,8 +161,9 @@ impl fmt::Display for UriError {
             }
             Self::InvalidPeriod(value) => write!(
                 f,
-                "invalid period `{value}` in otpauth URI: expected a whole number of seconds, \
-                 at least 1"
+                "invalid period `{value}` in otpauth URI: expected a whole number of seconds \
+                 from 1 to {}",
+                freeauth_otp::MAX_PERIOD
             ),
             Self::MissingCounter => write!(
                 f,
@@ -170,7 +173,7 @@ impl fmt::Display for UriError {
             Self::InvalidCounter(value) => write!(
                 f,
                 "invalid counter `{value}` in otpauth URI: expected a whole number from 0 to {}",
-                u64::MAX
+                freeauth_otp::MAX_COUNTER
             ),
             Self::IssuerMismatch { label, parameter } => write!(
                 f,
@@ -245,13 +248,15 @@ pub fn parse_uri(uri: &str) -> Result<TokenDescription, UriError> {
 
     let (kind, period, counter) = if is_hotp {
         let text = parameters.counter.ok_or(UriError::MissingCounter)?;
-        let counter = parse_decimal::<u64>(&text).ok_or_else(|| UriError::InvalidCounter(excerpt(&text)))?;
+        let counter = parse_decimal::<u64>(&text)
+            .filter(|counter| *counter <= freeauth_otp::MAX_COUNTER)
+            .ok_or_else(|| UriError::InvalidCounter(excerpt(&text)))?;
         (Kind::Hotp, DEFAULT_PERIOD, counter)
     } else {
         let period = match parameters.period {
             None => DEFAULT_PERIOD,
             Some(text) => parse_decimal::<u32>(&text)
-                .filter(|period| *period >= 1)
+                .filter(|period| (1..=freeauth_otp::MAX_PERIOD).contains(period))
                 .ok_or_else(|| UriError::InvalidPeriod(excerpt(&text)))?,
         };
         (Kind::Totp, period, 0)
@@ -691,12 +696,19 @@ mod tests {
 
     #[test]
     fn parses_hotp_uri_with_counter() {
+        let max = freeauth_otp::MAX_COUNTER;
         let token = parse(&format!(
-            "otpauth://hotp/Example:dana?secret={RFC_SECRET_BASE32}&counter=18446744073709551615"
+            "otpauth://hotp/Example:dana?secret={RFC_SECRET_BASE32}&counter={max}"
         ));
         assert!(matches!(token.kind, Kind::Hotp));
-        assert_eq!(token.counter, u64::MAX);
+        assert_eq!(token.counter, max);
         assert_eq!(token.issuer.as_deref(), Some("Example"));
+        for counter in [max + 1, u64::MAX] {
+            let uri = format!("otpauth://hotp/a?secret={RFC_SECRET_BASE32}&counter={counter}");
+            assert!(matches!(parse_uri(&uri), Err(UriError::InvalidCounter(_))), "{counter}");
+        }
+        let uri = format!("otpauth://totp/a?secret={RFC_SECRET_BASE32}&period=86401");
+        assert!(matches!(parse_uri(&uri), Err(UriError::InvalidPeriod(_))));
     }
 
     #[test]
@@ -1082,7 +1094,7 @@ mod tests {
 
     #[test]
     fn round_trips_hotp_token() {
-        for counter in [0, 1, 41, u64::MAX] {
+        for counter in [0, 1, 41, freeauth_otp::MAX_COUNTER] {
             let mut token = totp_token(Some("Northwind"), Some("dana"));
             token.kind = Kind::Hotp;
             token.algorithm = Algorithm::Sha256;

@@ -50,3 +50,15 @@ pub use generate::{code_identity, hotp, motp, totp, totp_step, MOTP_DIGITS, MOTP
 pub use params::{Matched, Params, State, Window};
 pub use secret::{Secret, SecretError};
 pub use verify::{resync, verify};
+
+/// Highest HOTP counter a token may start at. Counters are stored as signed
+/// 64-bit integers (SQLite's), and this leaves room above for any look-ahead
+/// or resync window.
+pub const MAX_COUNTER: u64 = 1 << 62;
+
+/// Longest TOTP time step, in seconds: one day.
+pub const MAX_PERIOD: u32 = 86_400;
+
+/// Sizes of an HOTP or TOTP secret, in bytes: 80 to 1024 bits. RFC 4226
+/// requires at least 128 bits, but Google Authenticator secrets have 80.
+pub const HMAC_SECRET_LEN: std::ops::RangeInclusive<usize> = 10..=128;
