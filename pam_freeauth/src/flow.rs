@@ -392,6 +392,15 @@ fn unavailable_outcome(options: &Options) -> Outcome {
 }
 
 fn unavailable(host: &mut dyn Host, options: &Options, user: &str, err: &AgentError) -> Outcome {
+    // Another process where the agent should be points to tampering, not
+    // to an outage: `ignore_unavailable` must not skip the code for it.
+    if matches!(err, AgentError::Untrusted { .. }) {
+        host.log(
+            Priority::Error,
+            &format!("refusing {user}: {err}; failing closed, also with ignore_unavailable"),
+        );
+        return Outcome::Unavailable;
+    }
     let action = if options.ignore_unavailable {
         "ignoring the module (ignore_unavailable)"
     } else {
