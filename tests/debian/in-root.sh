@@ -323,9 +323,37 @@ grep -q 'freeauth-agentd was not restarted and still runs the old version' apt.l
     fail "postinst did not warn about the invalid agentd.toml"
   }
 ! grep -q 'try-restart' apt.log || fail "postinst tried to restart the agent with an invalid agentd.toml"
-rmdir /run/systemd/system /run/systemd 2>/dev/null || true
 cp agentd.toml.good /etc/freeauth/agentd.toml
 kill -0 "${pids[freeauth-agentd]}" || fail "the agent stopped during the upgrade"
+
+step "an upgrade with an agentd.toml that root can read and the agent cannot leaves the agent alone"
+# The unit runs the agent as freeauth: a check as root would pass, and the
+# restart would stop the agent for good.
+chmod 0640 /etc/freeauth/agentd.toml
+apt-get install -y --reinstall "$debs"/upgrade/freeauth_*.deb >apt.log 2>&1 ||
+  {
+    cat apt.log >&2
+    fail "the upgrade failed on an agentd.toml the agent cannot read"
+  }
+grep -q 'freeauth-agentd was not restarted and still runs the old version' apt.log ||
+  {
+    cat apt.log >&2
+    fail "postinst checked agentd.toml as root, not as the agent's user"
+  }
+! grep -q 'try-restart' apt.log || fail "postinst tried to restart the agent with an agentd.toml it cannot read"
+chmod 0644 /etc/freeauth/agentd.toml
+rmdir /run/systemd/system /run/systemd 2>/dev/null || true
+kill -0 "${pids[freeauth-agentd]}" || fail "the agent stopped during the upgrade"
+
+step "a deleted radius.toml stays deleted and does not break the configure step"
+mv /etc/freeauth/radius.toml radius.toml.kept
+apt-get install -y --reinstall "$debs"/upgrade/freeauth-radius_*.deb >apt.log 2>&1 ||
+  {
+    cat apt.log >&2
+    fail "freeauth-radius did not configure with radius.toml deleted"
+  }
+[[ ! -e /etc/freeauth/radius.toml ]] || fail "the reinstall brought back the deleted radius.toml"
+mv radius.toml.kept /etc/freeauth/radius.toml
 
 # --- Removal and purge -----------------------------------------------------------
 step "libpam-freeauth refuses removal while a PAM file written by hand uses it"
@@ -370,4 +398,15 @@ left=$(find / -xdev \( -path /proc -o -path /root/freeauth-test -o -path /home \
   -name '*freeauth*' -print | grep -v -x -e /etc/freeauth || true)
 [[ ! -e /etc/freeauth ]] || left+=$'\n'"/etc/freeauth: $(ls -A /etc/freeauth | tr '\n' ' ')"
 [[ -z $left ]] || fail "purge left: $left"
+
+step "an ordinary account named freeauth stops the install with a message"
+# Purge keeps the system users, as Debian packages do.
+deluser --system freeauth >/dev/null 2>&1
+adduser --disabled-password --gecos "" --ingroup users --quiet freeauth
+apt-get install -y "$debs"/freeauth_*.deb >apt.log 2>&1 && fail "freeauth installed over an ordinary account named freeauth"
+grep -q 'the account freeauth exists and is not a system user' apt.log ||
+  {
+    cat apt.log >&2
+    fail "no message about the ordinary account named freeauth"
+  }
 step "done"
