@@ -106,6 +106,17 @@ impl Agent {
         Ok((Agent { client }, account(response)?))
     }
 
+    /// Wraps a client that skipped the trust checks, for tests.
+    #[cfg(test)]
+    pub(crate) fn from_client(client: Client) -> Agent {
+        Agent { client }
+    }
+
+    /// Asks about another name on the same connection.
+    pub fn lookup(&mut self, user: &str) -> Result<Account, AgentError> {
+        account(self.call(Request::Lookup { user: user.to_owned() })?)
+    }
+
     /// Verifies `code` for `user`.
     pub fn verify(&mut self, user: &str, code: SecretString, origin: Origin) -> Result<Response, AgentError> {
         let request = Request::Verify {

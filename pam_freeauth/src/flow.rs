@@ -95,18 +95,15 @@ pub fn authenticate(host: &mut dyn Host, options: &Options) -> Outcome {
             return Outcome::PamFailed;
         }
     };
-    let user = match account_name(host.database_name(&user), user) {
-        Ok(user) => user,
-        Err(err) => {
-            host.log(Priority::Error, &format!("cannot look the user up: {err}"));
-            return Outcome::PamFailed;
-        }
-    };
     let connected = Agent::connect_and_lookup(&options.socket, &options.agent_user, options.timeout, &user);
     let (mut agent, account) = match connected {
         Ok(pair) => pair,
         Err(AgentError::Refused { kind, message }) => return refused(host, options, "lookup", &user, kind, &message),
         Err(err) => return unavailable(host, options, &user, &err),
+    };
+    let (user, account) = match database_spelling(host, &mut agent, user, account) {
+        Ok(pair) => pair,
+        Err(outcome) => return outcome,
     };
     if let Some(outcome) = before_prompt(host, options, &user, &account) {
         if outcome == Outcome::NoTokenAllowed || !is_remote(host) {
@@ -138,14 +135,51 @@ pub fn authenticate(host: &mut dyn Host, options: &Options) -> Outcome {
     outcome
 }
 
-/// Returns the name to ask the agent about: the user database's spelling
-/// of `typed` when it has the user. A database that ignores case (LDAP,
-/// Active Directory through SSSD or winbind) lets `JO` log in as `jo`. The
-/// agent, asked about `JO`, would find no token, so `nullok` would skip the
-/// code. A name the database lacks is kept: the modules that check the
-/// password fail for it, or know the user some other way.
-fn account_name(found: Result<Option<String>, String>, typed: String) -> Result<String, String> {
-    Ok(found?.unwrap_or(typed))
+/// Returns the name and account to go on with. When the agent has no token
+/// under the name as typed, looks up the user database's spelling of it.
+/// A database that ignores case (LDAP, Active Directory through SSSD or
+/// winbind) lets `JO` log in as `jo`. The agent, asked about `JO` only,
+/// would find no token, so `nullok` would skip the code. A typed name with
+/// a token needs no lookup: its code is asked for anyway.
+fn database_spelling(
+    host: &mut dyn Host,
+    agent: &mut Agent,
+    typed: String,
+    account: Account,
+) -> Result<(String, Account), Outcome> {
+    if account.enrolled || account.disabled {
+        return Ok((typed, account));
+    }
+    let name = match host.database_name(&typed) {
+        Ok(Some(name)) if name != typed => name,
+        // The database lacks the name or spells it the same way: the
+        // modules that check the password fail for it, or know the user
+        // some other way.
+        Ok(_) => return Ok((typed, account)),
+        Err(err) => {
+            host.log(
+                Priority::Error,
+                &format!("cannot look {typed} up in the user database: {err}"),
+            );
+            return Err(Outcome::PamFailed);
+        }
+    };
+    match agent.lookup(&name) {
+        Ok(found) => {
+            host.log(
+                Priority::Info,
+                &format!("user {typed} is {name} in the user database; asking about {name}"),
+            );
+            Ok((name, found))
+        }
+        Err(err) => {
+            host.log(
+                Priority::Error,
+                &format!("agent failed the lookup of {name} (typed as {typed}): {err}; failing closed"),
+            );
+            Err(Outcome::Unavailable)
+        }
+    }
 }
 
 /// Decides without prompting when the account has no token or is locked.
@@ -427,6 +461,7 @@ fn log_outcome(host: &mut dyn Host, options: &Options, user: &str, outcome: Outc
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
     #[test]
@@ -443,14 +478,115 @@ mod tests {
         assert!(looks_like_code("FAC 4DE", &[6], true));
     }
 
+    /// A PAM stack whose user database spells `JO` as `jo`, and fails for
+    /// `broken`.
+    struct CaseFoldingHost;
+
+    impl Host for CaseFoldingHost {
+        fn user(&mut self) -> Result<String, String> {
+            Ok("JO".into())
+        }
+        fn database_name(&self, name: &str) -> Result<Option<String>, String> {
+            match name {
+                "broken" => Err("LDAP server down".into()),
+                "nobody-here" => Ok(None),
+                other => Ok(Some(other.to_lowercase())),
+            }
+        }
+        fn context(&self) -> Origin {
+            Origin::Pam {
+                service: "test".into(),
+                rhost: None,
+                tty: None,
+                ruser: None,
+            }
+        }
+        fn authtok(&self) -> Option<Zeroizing<String>> {
+            None
+        }
+        fn set_authtok(&mut self, _value: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn ask_secret(&mut self, _prompt: &str) -> Option<Zeroizing<String>> {
+            None
+        }
+        fn tell(&mut self, _message: &str, _error: bool) {}
+        fn log(&self, _priority: Priority, _message: &str) {}
+    }
+
+    fn account(enrolled: bool) -> Account {
+        Account {
+            enrolled,
+            locked: false,
+            prompt: String::new(),
+            code_lengths: if enrolled { vec![6] } else { Vec::new() },
+            disabled: false,
+            hex_codes: false,
+        }
+    }
+
+    /// An agent on the far end of a socket pair that answers lookups of
+    /// `jo` with an enrolled account, and returns the names it was asked.
+    fn fake_agent() -> (Agent, std::thread::JoinHandle<Vec<String>>) {
+        use freeauth_proto::frame::{encode, read_frame};
+        use freeauth_proto::{Hello, HelloReply, Request, RequestFrame, ResponseFrame, PROTOCOL_VERSION};
+        use std::io::Write;
+        let (near, mut far) = std::os::unix::net::UnixStream::pair().unwrap();
+        let thread = std::thread::spawn(move || {
+            let _: Hello = read_frame(&mut far).unwrap();
+            let welcome = HelloReply::Welcome {
+                version: PROTOCOL_VERSION,
+                agent: "test".into(),
+            };
+            far.write_all(&encode(&welcome).unwrap()).unwrap();
+            let mut looked_up = Vec::new();
+            while let Ok(frame) = read_frame::<_, RequestFrame>(&mut far) {
+                let Request::Lookup { user } = frame.request else {
+                    panic!("not a lookup");
+                };
+                let response = Response::Account {
+                    enrolled: user == "jo",
+                    locked: false,
+                    prompt: String::new(),
+                    code_lengths: vec![6],
+                    disabled: false,
+                    hex_codes: Some(false),
+                };
+                looked_up.push(user);
+                far.write_all(&encode(&ResponseFrame { id: frame.id, response }).unwrap())
+                    .unwrap();
+            }
+            looked_up
+        });
+        let client = freeauth_proto::Client::handshake(near, "test", std::time::Duration::from_secs(5)).unwrap();
+        (Agent::from_client(client), thread)
+    }
+
     #[test]
-    fn asks_about_the_user_database_spelling() {
-        let found = account_name(Ok(Some("jo".into())), "JO".into());
-        assert_eq!(found, Ok("jo".to_owned()));
-        let missing = account_name(Ok(None), "svc-backup".into());
-        assert_eq!(missing, Ok("svc-backup".to_owned()));
-        let failed = account_name(Err("LDAP server down".into()), "jo".into());
-        assert_eq!(failed, Err("LDAP server down".to_owned()));
+    fn database_spelling_finds_the_token() {
+        let mut host = CaseFoldingHost;
+        let (mut agent, thread) = fake_agent();
+        let (name, found) = database_spelling(&mut host, &mut agent, "JO".into(), account(false)).unwrap();
+        assert_eq!(name, "jo");
+        assert!(found.enrolled);
+        drop(agent);
+        assert_eq!(thread.join().unwrap(), ["jo"]);
+    }
+
+    #[test]
+    fn database_spelling_skips_enrolled_and_unknown_names() {
+        let mut host = CaseFoldingHost;
+        let (mut agent, thread) = fake_agent();
+        let (name, _) = database_spelling(&mut host, &mut agent, "JO".into(), account(true)).unwrap();
+        assert_eq!(name, "JO", "a typed name with a token is kept");
+        let (name, _) = database_spelling(&mut host, &mut agent, "nobody-here".into(), account(false)).unwrap();
+        assert_eq!(name, "nobody-here");
+        let (name, _) = database_spelling(&mut host, &mut agent, "jo".into(), account(false)).unwrap();
+        assert_eq!(name, "jo");
+        let failed = database_spelling(&mut host, &mut agent, "broken".into(), account(false));
+        assert_eq!(failed.err(), Some(Outcome::PamFailed), "a failed lookup fails closed");
+        drop(agent);
+        assert!(thread.join().unwrap().is_empty(), "the agent was not asked again");
     }
 
     #[test]
