@@ -155,6 +155,16 @@ impl Harness {
         assert!(matches!(self.admin(op), Response::Enrolled { .. }));
     }
 
+    /// Removes `user` with all tokens, as `freeauthctl remove USER` does.
+    fn remove(&mut self, user: &str) {
+        let op = AdminOp::Remove {
+            user: user.into(),
+            token: None,
+        };
+        let removed = self.admin(op);
+        assert!(matches!(removed, Response::Done { .. }), "{removed:?}");
+    }
+
     fn admin(&mut self, op: AdminOp) -> Response {
         let (reply, mut answer) = oneshot::channel();
         self.engine.run_batch(vec![Job::Admin { op, reply }]);
@@ -650,11 +660,7 @@ fn backup_code_in_flight_is_refused_after_remove_and_enrol() {
     let mut h = harness(10);
     h.enroll_with_backup("bea");
     let old = h.begin_backup("bea", "12345678");
-    let removed = h.admin(AdminOp::Remove {
-        user: "bea".into(),
-        token: None,
-    });
-    assert!(matches!(removed, Response::Done { .. }), "{removed:?}");
+    h.remove("bea");
     h.enroll_backup_set(
         "bea",
         "00112233445566778899aabbccddeeff00112233",
@@ -781,11 +787,7 @@ fn used_codes_stay_used_when_a_removed_secret_returns() {
     let mut h = harness(10);
     let code = code_at(STEP_START);
     assert_eq!(h.verify("alice", code.clone()).outcome, Outcome::Accepted);
-    let removed = h.admin(AdminOp::Remove {
-        user: "alice".into(),
-        token: None,
-    });
-    assert!(matches!(removed, Response::Done { .. }), "{removed:?}");
+    h.remove("alice");
     // The same secret again, for the same user and for another one, and
     // with a trailing zero byte, which HMAC does not see.
     h.enroll("alice");
@@ -810,10 +812,7 @@ fn used_codes_stay_used_when_a_removed_secret_returns() {
 #[test]
 fn unused_removed_secret_starts_afresh() {
     let mut h = harness(10);
-    h.admin(AdminOp::Remove {
-        user: "alice".into(),
-        token: None,
-    });
+    h.remove("alice");
     h.enroll("alice");
     assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Accepted);
 }
@@ -822,17 +821,11 @@ fn unused_removed_secret_starts_afresh() {
 fn removed_secret_is_forgotten_after_a_day() {
     let mut h = harness(10);
     assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Accepted);
-    h.admin(AdminOp::Remove {
-        user: "alice".into(),
-        token: None,
-    });
+    h.remove("alice");
     h.clock.set(STEP_START + 24 * 3600);
     // Another removal drops expired records.
     h.enroll("bob");
-    h.admin(AdminOp::Remove {
-        user: "bob".into(),
-        token: None,
-    });
+    h.remove("bob");
     // Back in time, only to show that the record is gone: its code would be
     // rejected as used if it were still there.
     h.clock.set(STEP_START);

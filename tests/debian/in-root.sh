@@ -306,44 +306,39 @@ grep -q -i hotp <<<"$(freeauthctl show alice)" || fail "alice's token is gone af
 expect_eq "$(radius_request carol "$code")" Access-Reject "carol's used code after the upgrade"
 expect_eq "$(radius_request carol "$(oathtool --hotp -c 1 "$carol_key")")" Access-Accept "carol's next code after the upgrade"
 
+# Reinstalls the upgraded freeauth package with a bad agentd.toml and checks
+# that postinst warns and does not restart the agent. $1 says what is wrong.
+reinstall_keeps_agent() {
+  apt-get install -y --reinstall "$debs"/upgrade/freeauth_*.deb >apt.log 2>&1 ||
+    {
+      cat apt.log >&2
+      fail "the upgrade failed on $1"
+    }
+  grep -q 'freeauth-agentd was not restarted and still runs the old version' apt.log ||
+    {
+      cat apt.log >&2
+      fail "postinst did not warn about $1"
+    }
+  ! grep -q 'try-restart' apt.log || fail "postinst tried to restart the agent with $1"
+  kill -0 "${pids[freeauth-agentd]}" || fail "the agent stopped during the upgrade with $1"
+}
+
 step "an upgrade with an invalid agentd.toml leaves the running agent alone"
 cp /etc/freeauth/agentd.toml agentd.toml.good
 echo 'unknown_setting = 1' >>/etc/freeauth/agentd.toml
 # postinst restarts daemons only where systemd runs; systemctl itself is
 # absent here, and the check must keep postinst from calling it at all.
 mkdir -p /run/systemd/system
-apt-get install -y --reinstall "$debs"/upgrade/freeauth_*.deb >apt.log 2>&1 ||
-  {
-    cat apt.log >&2
-    fail "the upgrade failed on an invalid agentd.toml"
-  }
-grep -q 'freeauth-agentd was not restarted and still runs the old version' apt.log ||
-  {
-    cat apt.log >&2
-    fail "postinst did not warn about the invalid agentd.toml"
-  }
-! grep -q 'try-restart' apt.log || fail "postinst tried to restart the agent with an invalid agentd.toml"
+reinstall_keeps_agent "an invalid agentd.toml"
 cp agentd.toml.good /etc/freeauth/agentd.toml
-kill -0 "${pids[freeauth-agentd]}" || fail "the agent stopped during the upgrade"
 
 step "an upgrade with an agentd.toml that root can read and the agent cannot leaves the agent alone"
 # The unit runs the agent as freeauth: a check as root would pass, and the
 # restart would stop the agent for good.
 chmod 0640 /etc/freeauth/agentd.toml
-apt-get install -y --reinstall "$debs"/upgrade/freeauth_*.deb >apt.log 2>&1 ||
-  {
-    cat apt.log >&2
-    fail "the upgrade failed on an agentd.toml the agent cannot read"
-  }
-grep -q 'freeauth-agentd was not restarted and still runs the old version' apt.log ||
-  {
-    cat apt.log >&2
-    fail "postinst checked agentd.toml as root, not as the agent's user"
-  }
-! grep -q 'try-restart' apt.log || fail "postinst tried to restart the agent with an agentd.toml it cannot read"
+reinstall_keeps_agent "an agentd.toml that the agent's user cannot read"
 chmod 0644 /etc/freeauth/agentd.toml
 rmdir /run/systemd/system /run/systemd 2>/dev/null || true
-kill -0 "${pids[freeauth-agentd]}" || fail "the agent stopped during the upgrade"
 
 step "a deleted radius.toml stays deleted and does not break the configure step"
 mv /etc/freeauth/radius.toml radius.toml.kept
