@@ -782,7 +782,7 @@ fn imports_google_authenticator_file() {
 }
 
 #[test]
-fn import_refuses_a_reuse_record_far_in_the_future() {
+fn import_rejects_future_reuse_record() {
     let agent = Agent::start();
     let file = agent.dir.path().join("google_authenticator");
     fs::write(

@@ -422,7 +422,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn hash_slot_gives_up_after_the_wait() {
+    async fn hash_slot_gives_up_in_time() {
         let slots = Semaphore::new(1);
         let taken = hash_slot(&slots, Duration::from_millis(10)).await.unwrap();
         assert!(taken.is_some());

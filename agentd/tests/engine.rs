@@ -607,7 +607,7 @@ fn backup_code_attempt_counts_before_hashing() {
 }
 
 #[test]
-fn backup_code_in_flight_is_refused_after_disable() {
+fn backup_check_stops_at_disable() {
     let mut h = harness(10);
     h.enroll_with_backup("bea");
     let matched = h.begin_backup("bea", "12345678");
@@ -632,7 +632,7 @@ fn backup_code_in_flight_is_refused_after_disable() {
 }
 
 #[test]
-fn backup_code_in_flight_is_refused_after_a_new_set() {
+fn backup_check_stops_at_new_set() {
     let mut h = harness(10);
     h.enroll_with_backup("bea");
     let old = h.begin_backup("bea", "12345678");
@@ -656,7 +656,7 @@ fn backup_code_in_flight_is_refused_after_a_new_set() {
 }
 
 #[test]
-fn backup_code_in_flight_is_refused_after_remove_and_enrol() {
+fn backup_check_stops_at_reenrol() {
     let mut h = harness(10);
     h.enroll_with_backup("bea");
     let old = h.begin_backup("bea", "12345678");
@@ -679,7 +679,7 @@ fn backup_code_in_flight_is_refused_after_remove_and_enrol() {
 }
 
 #[test]
-fn unreadable_token_is_skipped_and_failures_still_count() {
+fn unreadable_token_still_counts_failures() {
     let mut h = harness(3);
     h.enroll_backup_set(
         "carl",
@@ -718,7 +718,7 @@ fn unreadable_token_is_skipped_and_failures_still_count() {
 }
 
 #[test]
-fn second_token_with_the_same_codes_is_refused() {
+fn same_codes_token_rejected() {
     let mut h = harness(10);
     let refused = |response: Response| match response {
         Response::Error { message, .. } => message.contains("gives the same codes"),
@@ -765,7 +765,7 @@ fn second_token_with_the_same_codes_is_refused() {
 }
 
 #[test]
-fn backup_check_that_did_not_run_is_a_counted_failure() {
+fn unrun_backup_check_counts_failure() {
     let mut h = harness(10);
     h.enroll_with_backup("bea");
     let matched = h.begin_backup("bea", "12345678");
@@ -783,7 +783,7 @@ fn backup_check_that_did_not_run_is_a_counted_failure() {
 }
 
 #[test]
-fn used_codes_stay_used_when_a_removed_secret_returns() {
+fn reenrolled_secret_keeps_used_codes() {
     let mut h = harness(10);
     let code = code_at(STEP_START);
     assert_eq!(h.verify("alice", code.clone()).outcome, Outcome::Accepted);
@@ -818,7 +818,7 @@ fn unused_removed_secret_starts_afresh() {
 }
 
 #[test]
-fn removed_secret_is_forgotten_after_a_day() {
+fn retired_secret_expires_after_day() {
     let mut h = harness(10);
     assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Accepted);
     h.remove("alice");
@@ -834,7 +834,7 @@ fn removed_secret_is_forgotten_after_a_day() {
 }
 
 #[test]
-fn hotp_counter_past_the_limit_is_refused() {
+fn hotp_counter_over_limit_rejected() {
     let mut h = harness(10);
     let mut token = totp_token("ffeeddccbbaa99887766554433221100ffeeddcc");
     token.kind = TokenKind::Hotp;

@@ -1268,7 +1268,7 @@ mod tests {
     }
 
     #[test]
-    fn takes_counters_up_to_the_agent_limit() {
+    fn counters_stop_at_agent_limit() {
         let last = freeauth_otp::MAX_COUNTER - 1;
         let entries = users(&format!("HOTP user - 00112233445566778899 {last} 123456"));
         assert_eq!(entries[0].token.counter, freeauth_otp::MAX_COUNTER);
@@ -1284,7 +1284,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_what_the_agent_would_refuse_with_line_numbers() {
+    fn rejects_agent_limits_by_line() {
         let long_name = "u".repeat(254);
         let text = format!(
             "# liboath's own example has a one-byte secret\n\

@@ -192,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    fn code_identity_sees_zero_padding_and_hashed_long_keys() {
+    fn code_identity_normalises_hmac_keys() {
         let identity = |secret: &Secret, algorithm| code_identity(Kind::Totp, algorithm, secret, None);
         for algorithm in [Algorithm::Sha1, Algorithm::Sha256, Algorithm::Sha512] {
             let seed = rfc_seed();
@@ -220,7 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn code_identity_sees_motp_secret_and_pin_as_one_text() {
+    fn code_identity_joins_motp_text() {
         let short = Secret::from_hex("0011223344556677").unwrap();
         let long = Secret::from_hex("001122334455667712").unwrap();
         let (pin, shorter_pin) = (Secret::new(b"123456".to_vec()), Secret::new(b"3456".to_vec()));

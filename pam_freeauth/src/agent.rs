@@ -336,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn full_queue_connects_once_a_place_frees() {
+    fn full_queue_connects_when_freed() {
         let (listener, first, path) = full_listener("frees");
         let acceptor = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));

@@ -109,7 +109,7 @@ pub fn authenticate(host: &mut dyn Host, options: &Options) -> Outcome {
         if outcome == Outcome::NoTokenAllowed || !is_remote(host) {
             return outcome;
         }
-        return refuse_remote(host, options, &mut agent, &user, &account, outcome);
+        return reject_remote(host, options, &mut agent, &user, &account, outcome);
     }
     let answer = match read_answer(host, options, &account) {
         Some(answer) => answer,
@@ -220,7 +220,7 @@ fn before_prompt(host: &mut dyn Host, options: &Options, user: &str, account: &A
 /// account gives PAM_AUTH_ERR, because sshd closes the connection on
 /// PAM_MAXTRIES. `nullok` is the documented exception: it lets a user
 /// without token in without a prompt.
-fn refuse_remote(
+fn reject_remote(
     host: &mut dyn Host,
     options: &Options,
     agent: &mut Agent,
@@ -574,7 +574,7 @@ mod tests {
     }
 
     #[test]
-    fn database_spelling_skips_enrolled_and_unknown_names() {
+    fn database_spelling_skips_needless_lookups() {
         let mut host = CaseFoldingHost;
         let (mut agent, thread) = fake_agent();
         let (name, _) = database_spelling(&mut host, &mut agent, "JO".into(), account(true)).unwrap();

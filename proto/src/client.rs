@@ -329,7 +329,7 @@ mod tests {
     }
 
     #[test]
-    fn slow_agent_cannot_stretch_a_call_past_its_timeout() {
+    fn slow_agent_hits_call_deadline() {
         let (near, mut far) = UnixStream::pair().unwrap();
         let agent = std::thread::spawn(move || {
             let _: Hello = read_frame(&mut far).unwrap();
@@ -356,7 +356,7 @@ mod tests {
     }
 
     #[test]
-    fn welcome_of_another_version_is_an_error() {
+    fn other_welcome_version_fails() {
         let (near, mut far) = UnixStream::pair().unwrap();
         let agent = std::thread::spawn(move || {
             let _: Hello = read_frame(&mut far).unwrap();
