@@ -643,3 +643,50 @@ fn remote_login_prompts_whatever_the_account_state() {
         "{log}"
     );
 }
+
+#[test]
+fn remote_source_lock_gives_auth_err() {
+    let agent = Agent::start_with(Options {
+        source_threshold: 3,
+        ..Options::default()
+    });
+    enroll_hotp(&agent, "carol");
+    let services = Services::new();
+    services.write("sshd", &[freeauth_line("required", &agent_args(&agent))]);
+    let remote = |answer: &str| {
+        services
+            .pamtester("sshd", "carol")
+            .item("rhost=192.0.2.9")
+            .response(answer)
+            .run()
+    };
+    for _ in 0..3 {
+        remote("000000").assert_failure(AUTH_ERR, "wrong code, remote");
+    }
+    // The source is locked now. sshd would close the connection on
+    // PAM_MAXTRIES and so tell the client.
+    remote(&hotp(0)).assert_failure(AUTH_ERR, "locked source, remote");
+    assert!(agent.log().contains("reason=\"source locked\""), "{}", agent.log());
+}
+
+#[test]
+fn remote_forward_pass_of_unknown_user_reaches_agent() {
+    let agent = Agent::start();
+    let services = Services::new();
+    let args = format!("{} forward_pass", agent_args(&agent));
+    services.write("sshd", &[freeauth_line("required", &args)]);
+    let run = services
+        .pamtester("sshd", "nobody-here")
+        .item("rhost=192.0.2.9")
+        .response(&format!("{PASSWORD}123456"))
+        .run();
+    assert!(!run.output().contains("successfully authenticated"), "{run}");
+    // The code at the end of the answer went to the agent, which delays
+    // the refusal as it does for an enrolled account.
+    let log = agent.log();
+    assert!(
+        log.contains("user=\"nobody-here\" result=\"rejected\" reason=\"unknown user\""),
+        "{log}"
+    );
+    assert!(!log.contains(PASSWORD), "the password stayed in the module");
+}

@@ -248,6 +248,44 @@ fn store_token(
 /// as long as the window lasts.
 const RETIRED_FOR: u64 = 24 * 3600;
 
+/// Records, for each removed time-based token that was used, a keyed
+/// digest of its code identity and the end of its newest used step, so that
+/// [`keep_retired_uses`] can find them when the secret comes back.
+fn retire_used_secrets(
+    context: &Context<'_>,
+    db: Db<'_>,
+    user: &str,
+    removed: Vec<TokenRow>,
+) -> Result<(), EngineError> {
+    db.prune_retired(context.now)?;
+    let windows = &context.settings.windows;
+    for row in removed {
+        let Some(last_step) = row.state.last_step.filter(|_| row.kind != Kind::Hotp) else {
+            continue;
+        };
+        let (token_id, kind, period) = (row.id, row.kind, u64::from(row.period));
+        let open = match context.open(row) {
+            Ok(open) => open,
+            Err(err) => {
+                tracing::error!(user, token = token_id, error = %err.message, "removed token not recorded: its seed does not open, so its used codes cannot be kept used");
+                continue;
+            }
+        };
+        let identity = code_identity(open.params.kind, open.params.algorithm, &open.seed, open.pin.as_ref());
+        let used_until = last_step.saturating_add(1).saturating_mul(period);
+        // The newest used code stays valid for a new token (drift 0) for
+        // the window's steps after its own.
+        let steps = match kind {
+            Kind::Motp => windows.motp_steps,
+            _ => windows.totp_steps,
+        };
+        let valid_until = used_until.saturating_add(u64::from(steps).saturating_mul(period));
+        let expires = valid_until.max(context.now.saturating_add(RETIRED_FOR));
+        db.retire_secret(&context.cipher.digest(&identity), used_until, expires)?;
+    }
+    Ok(())
+}
+
 /// Moves the new time-based token's last used step past the codes that a
 /// removed token with the same secret used, so that they are not accepted
 /// again after the secret is enrolled once more.
@@ -263,34 +301,19 @@ fn keep_retired_uses(
         &checked.seed,
         checked.pin.as_ref(),
     );
+    let Some(used_until) = db.retired_until(&context.cipher.digest(&identity), context.now)? else {
+        return Ok(());
+    };
     let period = u64::from(checked.settings.period.max(1));
-    for retired in db.retired_tokens(context.now)? {
-        let Some(seed) = context.cipher.open(retired.id, Field::Seed, &retired.sealed_seed) else {
-            continue;
-        };
-        let pin = match &retired.sealed_pin {
-            Some(sealed) => match context.cipher.open(retired.id, Field::Pin, sealed) {
-                Some(pin) => Some(Secret::new(pin.to_vec())),
-                None => continue,
-            },
-            None => None,
-        };
-        let seed = Secret::new(seed.to_vec());
-        let old = code_identity(retired.kind, retired.algorithm, &seed, pin.as_ref());
-        if !bool::from(old.as_slice().ct_eq(identity.as_slice())) {
-            continue;
-        }
-        // Every step that began before the used code's step ended.
-        let used_step = retired.used_until.saturating_sub(1) / period;
-        let state = &mut checked.settings.state;
-        if state.last_step.is_none_or(|step| step < used_step) {
-            state.last_step = Some(used_step);
-            tracing::info!(
-                user,
-                removed_token = retired.id,
-                "the new token has the secret of a token removed after a use: codes up to that use stay used"
-            );
-        }
+    // Every step that began before the used code's step ended.
+    let used_step = used_until.saturating_sub(1) / period;
+    let state = &mut checked.settings.state;
+    if state.last_step.is_none_or(|step| step < used_step) {
+        state.last_step = Some(used_step);
+        tracing::info!(
+            user,
+            "the new token has the secret of a token removed after a use: codes up to that use stay used"
+        );
     }
     Ok(())
 }
@@ -464,18 +487,7 @@ fn remove(context: &Context<'_>, db: Db<'_>, user: &str, token: Option<u64>) -> 
         .into_iter()
         .filter(|row| token_id(token).is_none_or(|id| id == row.id))
         .collect();
-    let windows = &context.settings.windows;
-    let expires = |row: &TokenRow, used_until: u64| {
-        // The newest used code stays valid for a new token (drift 0) for
-        // the window's steps after its own.
-        let steps = match row.kind {
-            Kind::Motp => windows.motp_steps,
-            _ => windows.totp_steps,
-        };
-        let valid_until = used_until.saturating_add(u64::from(steps).saturating_mul(u64::from(row.period)));
-        valid_until.max(context.now.saturating_add(RETIRED_FOR))
-    };
-    db.retire_tokens(&removed, context.now, expires)?;
+    retire_used_secrets(context, db, user, removed)?;
     let changed = match token_id(token) {
         Some(id) => db.remove_token(account.id, id)?,
         None => db.remove_account(account.id)?,

@@ -15,6 +15,8 @@ use std::path::Path;
 use argon2::{Algorithm, Argon2, Params, Version};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 const KEY_LEN: usize = 32;
@@ -49,6 +51,8 @@ impl std::error::Error for KeyError {}
 /// Seals and opens seeds. No `Debug`, and the key is wiped on drop.
 pub struct SeedCipher {
     cipher: ChaCha20Poly1305,
+    /// Key of [`SeedCipher::digest`], derived from the seed key.
+    digest_key: Zeroizing<[u8; 32]>,
 }
 
 /// Which secret of a token a sealed value holds.
@@ -73,9 +77,24 @@ impl Field {
 impl SeedCipher {
     /// Builds a cipher from raw key bytes.
     pub fn new(key: &[u8; KEY_LEN]) -> SeedCipher {
+        // HMAC takes keys of any length, so neither `new_from_slice` fails.
+        let mut derive = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+        derive.update(b"freeauth code identity digest");
+        let digest_key = Zeroizing::new(<[u8; 32]>::from(derive.finalize().into_bytes()));
         SeedCipher {
             cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
+            digest_key,
         }
+    }
+
+    /// Returns a keyed digest (HMAC-SHA-256) of `data`: equal inputs give
+    /// equal digests, and without the key file the digest does not let
+    /// anyone test a guess of the input.
+    pub fn digest(&self, data: &[u8]) -> [u8; 32] {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(self.digest_key.as_slice()).unwrap_or_else(|_| unreachable!());
+        mac.update(data);
+        mac.finalize().into_bytes().into()
     }
 
     /// Loads the key file after checking that only its owner, the agent's

@@ -95,18 +95,14 @@ CREATE TABLE IF NOT EXISTS backup_codes (
     used_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS backup_codes_by_user ON backup_codes(user_id);
--- Time-based tokens removed after a use, kept for a day so that enrolling
--- the same secret again does not accept their used codes once more. The
--- seed and PIN stay sealed under the removed token's id.
-CREATE TABLE IF NOT EXISTS retired_tokens (
-    id          INTEGER PRIMARY KEY,
-    kind        TEXT NOT NULL,
-    algorithm   TEXT NOT NULL,
-    used_until  INTEGER NOT NULL,
-    expires     INTEGER NOT NULL,
-    sealed_seed BLOB NOT NULL,
-    sealed_pin  BLOB
-);
+-- Time-based tokens removed after a use, for at least a day: a keyed
+-- digest of what decides their codes (never the secret) and the end of the
+-- newest time step they accepted. A secret enrolled again starts after it.
+CREATE TABLE IF NOT EXISTS retired_secrets (
+    identity   BLOB PRIMARY KEY,
+    used_until INTEGER NOT NULL,
+    expires    INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS token_uses (
     seq       INTEGER PRIMARY KEY,
     token_id  INTEGER NOT NULL,
@@ -187,19 +183,6 @@ pub struct TokenRow {
     pub label: Option<String>,
     pub created: u64,
     pub last_used: Option<u64>,
-    pub sealed_seed: Vec<u8>,
-    pub sealed_pin: Option<Vec<u8>>,
-}
-
-/// A removed time-based token that was used: its secrets, still sealed
-/// under its id, and the end of the newest time step it accepted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RetiredToken {
-    pub id: i64,
-    pub kind: Kind,
-    pub algorithm: Algorithm,
-    /// Unix time at which the step of its newest used code ended.
-    pub used_until: u64,
     pub sealed_seed: Vec<u8>,
     pub sealed_pin: Option<Vec<u8>>,
 }
@@ -1069,72 +1052,38 @@ impl Db<'_> {
         Ok(changed as u64)
     }
 
-    /// Keeps the sealed secrets of removed time-based tokens that were used,
-    /// until `expires` gives for each (from the row and the end of its
-    /// newest used step), and drops the records that expired by `now`.
-    pub fn retire_tokens(
-        &self,
-        rows: &[TokenRow],
-        now: u64,
-        expires: impl Fn(&TokenRow, u64) -> u64,
-    ) -> Result<(), StoreError> {
+    /// Drops the records of removed secrets that expired by `now`.
+    pub fn prune_retired(&self, now: u64) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached("DELETE FROM retired_tokens WHERE expires <= ?1")?
+            .prepare_cached("DELETE FROM retired_secrets WHERE expires <= ?1")?
             .execute([to_i64(now)?])?;
-        let mut insert = self.conn.prepare_cached(
-            "INSERT OR REPLACE INTO retired_tokens (id, kind, algorithm, used_until, expires, sealed_seed, sealed_pin)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        for row in rows {
-            let Some(last_step) = row.state.last_step.filter(|_| row.kind != Kind::Hotp) else {
-                continue;
-            };
-            let used_until = last_step.saturating_add(1).saturating_mul(u64::from(row.period));
-            insert.execute(params![
-                row.id,
-                row.kind.to_string(),
-                algorithm_name(row.algorithm),
-                to_i64(used_until)?,
-                to_i64(expires(row, used_until))?,
-                row.sealed_seed,
-                row.sealed_pin,
-            ])?;
-        }
         Ok(())
     }
 
-    /// Removed time-based tokens whose record has not expired at `now`.
-    pub fn retired_tokens(&self, now: u64) -> Result<Vec<RetiredToken>, StoreError> {
-        let mut statement = self.conn.prepare_cached(
-            "SELECT id, kind, algorithm, used_until, sealed_seed, sealed_pin
-             FROM retired_tokens WHERE expires > ?1 ORDER BY id",
-        )?;
-        let rows = statement.query_map([to_i64(now)?], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, i64>(3)?,
-                row.get::<_, Vec<u8>>(4)?,
-                row.get::<_, Option<Vec<u8>>>(5)?,
-            ))
-        })?;
-        let mut retired = Vec::new();
-        for row in rows {
-            let (id, kind, algorithm, used_until, sealed_seed, sealed_pin) = row?;
-            let corrupt = |what: &str| StoreError::Corrupt {
-                what: format!("retired token {id} has an invalid {what}"),
-            };
-            retired.push(RetiredToken {
-                id,
-                kind: kind.parse().map_err(|_| corrupt("kind"))?,
-                algorithm: algorithm.parse().map_err(|_| corrupt("algorithm"))?,
-                used_until: u64::try_from(used_until).map_err(|_| corrupt("used_until"))?,
-                sealed_seed,
-                sealed_pin,
-            });
-        }
-        Ok(retired)
+    /// Records that the secret with digest `identity` was used up to
+    /// `used_until` (Unix time), until `expires`, keeping the later of two
+    /// records.
+    pub fn retire_secret(&self, identity: &[u8], used_until: u64, expires: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO retired_secrets (identity, used_until, expires) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(identity) DO UPDATE SET
+                     used_until = max(used_until, excluded.used_until),
+                     expires = max(expires, excluded.expires)",
+            )?
+            .execute(params![identity, to_i64(used_until)?, to_i64(expires)?])?;
+        Ok(())
+    }
+
+    /// Unix time up to which a removed token with the secret digest
+    /// `identity` was used, if its record has not expired at `now`.
+    pub fn retired_until(&self, identity: &[u8], now: u64) -> Result<Option<u64>, StoreError> {
+        let used_until: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT used_until FROM retired_secrets WHERE identity = ?1 AND expires > ?2")?
+            .query_row(params![identity, to_i64(now)?], |row| row.get(0))
+            .optional()?;
+        Ok(used_until.map(|time| u64::try_from(time).unwrap_or(0)))
     }
 
     pub fn remove_account(&self, user_id: i64) -> Result<u64, StoreError> {

@@ -337,7 +337,7 @@ fn same_codes_as(earlier: &[OathEntry], entry: &OathEntry) -> Option<usize> {
 }
 
 /// Checks a user name as the agent does: 1 to 253 bytes, no control
-/// characters.
+/// characters, no white space at either end.
 fn check_user(user: &str) -> Result<(), String> {
     if user.len() > MAX_USER_LEN {
         return Err(format!(
@@ -347,6 +347,9 @@ fn check_user(user: &str) -> Result<(), String> {
     }
     if user.chars().any(char::is_control) {
         return Err("USER (the second field) contains a control character".to_owned());
+    }
+    if user.trim() != user {
+        return Err("USER (the second field) starts or ends with white space, such as a no-break space".to_owned());
     }
     Ok(())
 }
@@ -669,11 +672,11 @@ fn parse_oath_line(number: usize, fields: &[&str]) -> Result<OathEntry, String> 
     let counter = match optional.first() {
         Some(text) => Some(
             parse_decimal::<u64>(text)
-                .filter(|counter| *counter < freeauth_otp::MAX_COUNTER)
+                .filter(|counter| *counter <= freeauth_otp::MAX_COUNTER)
                 .ok_or_else(|| {
                     format!(
                         "COUNTER (the fifth field) must be a whole number from 0 to {}",
-                        freeauth_otp::MAX_COUNTER - 1
+                        freeauth_otp::MAX_COUNTER
                     )
                 })?,
         ),
@@ -702,10 +705,13 @@ fn parse_oath_line(number: usize, fields: &[&str]) -> Result<OathEntry, String> 
             // liboath stores the counter of the last accepted code, and
             // LAST_OTP marks it as used.
             let next = if last_otp.is_some() {
-                start.checked_add(1).ok_or(
-                    "COUNTER is at its maximum and its code was already used, so the token has \
-                     no counter value left",
-                )?
+                start
+                    .checked_add(1)
+                    .filter(|next| *next <= freeauth_otp::MAX_COUNTER)
+                    .ok_or(
+                        "COUNTER is at its maximum and its code was already used, so the token has \
+                         no counter value left",
+                    )?
             } else {
                 start
             };
@@ -1269,10 +1275,14 @@ mod tests {
 
     #[test]
     fn counters_stop_at_agent_limit() {
-        let last = freeauth_otp::MAX_COUNTER - 1;
-        let entries = users(&format!("HOTP user - 00112233445566778899 {last} 123456"));
-        assert_eq!(entries[0].token.counter, freeauth_otp::MAX_COUNTER);
-        for counter in [freeauth_otp::MAX_COUNTER, u64::MAX] {
+        let max = freeauth_otp::MAX_COUNTER;
+        let entries = users(&format!("HOTP user - 00112233445566778899 {}  123456", max - 1));
+        assert_eq!(entries[0].token.counter, max);
+        let entries = users(&format!("HOTP user - 00112233445566778899 {max}"));
+        assert_eq!(entries[0].token.counter, max);
+        let errors = users_errors(&format!("HOTP user - 00112233445566778899 {max} 123456"));
+        assert!(errors[0].message.contains("no counter value left"), "{}", errors[0]);
+        for counter in [max + 1, u64::MAX] {
             let errors = users_errors(&format!("HOTP user - 00112233445566778899 {counter}"));
             assert!(errors[0].message.starts_with("COUNTER"), "{counter}");
         }
@@ -1285,6 +1295,10 @@ mod tests {
 
     #[test]
     fn rejects_agent_limits_by_line() {
+        for name in ["bob\u{a0}", "\u{3000}bob"] {
+            let errors = users_errors(&format!("HOTP {name} - 00112233445566778899\n"));
+            assert!(errors[0].message.contains("white space"), "{name:?}: {}", errors[0]);
+        }
         let long_name = "u".repeat(254);
         let text = format!(
             "# liboath's own example has a one-byte secret\n\

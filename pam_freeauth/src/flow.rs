@@ -82,6 +82,16 @@ impl Outcome {
 
 /// Runs `pam_sm_authenticate`.
 pub fn authenticate(host: &mut dyn Host, options: &Options) -> Outcome {
+    let outcome = authenticate_code(host, options);
+    // sshd closes the connection on PAM_MAXTRIES, which would tell a remote
+    // client that the account, or its own address, is locked.
+    if outcome == Outcome::Locked && is_remote(host) {
+        return Outcome::Rejected;
+    }
+    outcome
+}
+
+fn authenticate_code(host: &mut dyn Host, options: &Options) -> Outcome {
     for argument in &options.unknown {
         host.log(
             Priority::Warning,
@@ -216,10 +226,9 @@ fn before_prompt(host: &mut dyn Host, options: &Options, user: &str, account: &A
 
 /// Ends a remote login that the lookup already refused, so that the remote
 /// party cannot tell why. It gets the usual prompt, and its answer goes to
-/// the agent, which delays the refusal as it does any wrong code. A locked
-/// account gives PAM_AUTH_ERR, because sshd closes the connection on
-/// PAM_MAXTRIES. `nullok` is the documented exception: it lets a user
-/// without token in without a prompt.
+/// the agent, which delays the refusal as it does any wrong code.
+/// [`authenticate`] then turns a lock into PAM_AUTH_ERR. `nullok` is the
+/// documented exception: it lets a user without token in without a prompt.
 fn reject_remote(
     host: &mut dyn Host,
     options: &Options,
@@ -228,22 +237,21 @@ fn reject_remote(
     account: &Account,
     outcome: Outcome,
 ) -> Outcome {
-    if let Some(answer) = read_answer(host, options, account) {
-        // An account without token has no code lengths: any usual length.
-        let lengths: &[u8] = if account.code_lengths.is_empty() {
-            &[6, 8]
-        } else {
-            &account.code_lengths
-        };
-        if looks_like_code(&answer, lengths, account.hex_codes) {
-            // The verdict is known already; only its delay matters here.
-            let origin = host.context();
-            let _delayed = ask_agent(host, options, agent, user, &answer, origin);
-        }
+    let Some(answer) = read_answer(host, options, account) else {
+        return outcome;
+    };
+    // The answer goes the usual way, `forward_pass` splitting included. An
+    // account without token has no code lengths: any usual length.
+    let mut probe = account.clone();
+    if probe.code_lengths.is_empty() {
+        probe.code_lengths = vec![6, 8];
     }
-    match outcome {
-        Outcome::Locked => Outcome::Rejected,
-        outcome => outcome,
+    let origin = host.context();
+    match verify_answer(host, options, agent, user, &answer, &probe, origin) {
+        // A lock may have ended while the user typed: a right code stands.
+        Outcome::Accepted => Outcome::Accepted,
+        // Only the agent's delay mattered; the verdict was known already.
+        _ => outcome,
     }
 }
 

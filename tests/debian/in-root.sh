@@ -399,7 +399,7 @@ step "an ordinary account named freeauth stops the install with a message"
 deluser --system freeauth >/dev/null 2>&1
 adduser --disabled-password --gecos "" --ingroup users --quiet freeauth
 apt-get install -y "$debs"/freeauth_*.deb >apt.log 2>&1 && fail "freeauth installed over an ordinary account named freeauth"
-grep -q 'the account freeauth exists and is not a system user' apt.log ||
+grep -q 'adduser could not create or reuse the system account freeauth' apt.log ||
   {
     cat apt.log >&2
     fail "no message about the ordinary account named freeauth"
