@@ -675,18 +675,47 @@ fn remote_forward_pass_of_unknown_user_reaches_agent() {
     let services = Services::new();
     let args = format!("{} forward_pass", agent_args(&agent));
     services.write("sshd", &[freeauth_line("required", &args)]);
+    // A password that ends in two digits: only the last six characters go
+    // to the agent, once, as for an enrolled account with 6-digit codes.
     let run = services
         .pamtester("sshd", "nobody-here")
         .item("rhost=192.0.2.9")
-        .response(&format!("{PASSWORD}123456"))
+        .response("hunter12654321")
         .run();
     assert!(!run.output().contains("successfully authenticated"), "{run}");
     // The code at the end of the answer went to the agent, which delays
     // the refusal as it does for an enrolled account.
     let log = agent.log();
-    assert!(
-        log.contains("user=\"nobody-here\" result=\"rejected\" reason=\"unknown user\""),
-        "{log}"
-    );
-    assert!(!log.contains(PASSWORD), "the password stayed in the module");
+    let requests = log
+        .matches("user=\"nobody-here\" result=\"rejected\" reason=\"unknown user\"")
+        .count();
+    assert_eq!(requests, 1, "{log}");
+    assert!(!log.contains("hunter"), "the password stayed in the module");
+}
+
+#[test]
+fn remote_locked_try_first_pass_prompts() {
+    let agent = Agent::start_with(Options {
+        threshold: 3,
+        ..Options::default()
+    });
+    enroll_hotp(&agent, "carol");
+    for _ in 0..3 {
+        agent.verify_pam("carol", "000000");
+    }
+    let args = format!("{} try_first_pass", agent_args(&agent));
+    let services = Services::new();
+    let set_items = format!("auth required {}", pam_wrapper_file("pam_set_items.so").display());
+    services.write("sshd", &[set_items, freeauth_line("required", &args)]);
+    // A six-digit password that pam_unix left in PAM_AUTHTOK: an unlocked
+    // account gets the code prompt after its rejection, so a locked one
+    // must get it too.
+    let locked = services
+        .pamtester("sshd", "carol")
+        .item("rhost=192.0.2.9")
+        .env("PAM_AUTHTOK", "000000")
+        .response(&hotp(0))
+        .run();
+    locked.assert_failure(AUTH_ERR, "locked account, remote");
+    assert!(locked.prompted(CODE_PROMPT), "{locked}");
 }

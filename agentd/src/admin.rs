@@ -198,6 +198,9 @@ fn store_token(
         Ok(checked) => checked,
         Err(problem) => return Ok(Err(problem)),
     };
+    if let Some(problem) = future_last_step(&checked.settings, context.now) {
+        return Ok(Err(problem));
+    }
     if checked.settings.kind != Kind::Hotp {
         keep_retired_uses(context, db, user, &mut checked)?;
     }
@@ -243,6 +246,20 @@ fn store_token(
     Ok(Ok(token_id))
 }
 
+/// Checks that a time-based token's last used step is at most a day after
+/// the step of `now`: a step far ahead would mark every code until then as
+/// used.
+fn future_last_step(settings: &TokenSettings, now: u64) -> Option<String> {
+    let last_step = settings.state.last_step?;
+    let current = freeauth_otp::totp_step(now, settings.period);
+    let day = u64::from(86_400 / settings.period.max(1));
+    (last_step > current.saturating_add(day))
+        .then(|| format!("last used time step {last_step} is more than a day after the current step {current}"))
+}
+
+/// Largest Unix time SQLite's signed 64-bit integers hold.
+const MAX_STORED_TIME: u64 = i64::MAX as u64;
+
 /// Seconds for which a removed time-based token's used codes stay used at
 /// least, for a new token with the same secret. Longer windows keep them
 /// as long as the window lasts.
@@ -272,7 +289,9 @@ fn retire_used_secrets(
             }
         };
         let identity = code_identity(open.params.kind, open.params.algorithm, &open.seed, open.pin.as_ref());
-        let used_until = last_step.saturating_add(1).saturating_mul(period);
+        // Enrolment keeps `last_step` within a day of its time, so this stays
+        // far below i64::MAX; the bound only keeps a damaged row storable.
+        let used_until = last_step.saturating_add(1).saturating_mul(period).min(MAX_STORED_TIME);
         // The newest used code stays valid for a new token (drift 0) for
         // the window's steps after its own.
         let steps = match kind {
@@ -280,7 +299,9 @@ fn retire_used_secrets(
             _ => windows.totp_steps,
         };
         let valid_until = used_until.saturating_add(u64::from(steps).saturating_mul(period));
-        let expires = valid_until.max(context.now.saturating_add(RETIRED_FOR));
+        let expires = valid_until
+            .max(context.now.saturating_add(RETIRED_FOR))
+            .min(MAX_STORED_TIME);
         db.retire_secret(&context.cipher.digest(&identity), used_until, expires)?;
     }
     Ok(())

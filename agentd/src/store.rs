@@ -98,6 +98,8 @@ CREATE INDEX IF NOT EXISTS backup_codes_by_user ON backup_codes(user_id);
 -- Time-based tokens removed after a use, for at least a day: a keyed
 -- digest of what decides their codes (never the secret) and the end of the
 -- newest time step they accepted. A secret enrolled again starts after it.
+-- An earlier schema kept sealed seeds of removed tokens here; nothing reads them.
+DROP TABLE IF EXISTS retired_tokens;
 CREATE TABLE IF NOT EXISTS retired_secrets (
     identity   BLOB PRIMARY KEY,
     used_until INTEGER NOT NULL,

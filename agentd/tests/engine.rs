@@ -863,3 +863,30 @@ fn hotp_counter_over_limit_rejected() {
         "the last counter still works"
     );
 }
+
+#[test]
+fn last_step_far_ahead_rejected() {
+    let mut h = harness(10);
+    let current = STEP_START / PERIOD;
+    for last_step in [current + 2 * 2880, 1 << 62] {
+        let mut token = totp_token("ffeeddccbbaa99887766554433221100ffeeddcc");
+        token.last_step = Some(last_step);
+        let refused = h.admin(AdminOp::Enroll {
+            user: "tom".into(),
+            token,
+            backup: None,
+        });
+        assert!(
+            matches!(&refused, Response::Error { message, .. } if message.contains("more than a day after")),
+            "{last_step}: {refused:?}"
+        );
+    }
+    let mut token = totp_token("ffeeddccbbaa99887766554433221100ffeeddcc");
+    token.last_step = Some(current + 1);
+    let enrolled = h.admin(AdminOp::Enroll {
+        user: "tom".into(),
+        token,
+        backup: None,
+    });
+    assert!(matches!(enrolled, Response::Enrolled { .. }), "{enrolled:?}");
+}

@@ -121,26 +121,7 @@ fn authenticate_code(host: &mut dyn Host, options: &Options) -> Outcome {
         }
         return reject_remote(host, options, &mut agent, &user, &account, outcome);
     }
-    let answer = match read_answer(host, options, &account) {
-        Some(answer) => answer,
-        None => return Outcome::ConversationFailed,
-    };
-    let origin = host.context();
-    let mut outcome = verify_answer(host, options, &mut agent, &user, &answer, &account, origin.clone());
-    // try_first_pass: a rejected PAM_AUTHTOK gets one prompt, as pam_unix does.
-    let retry = options.source == CodeSource::TryFirstPass && outcome == Outcome::Rejected;
-    if retry && host.authtok().is_some_and(|token| *token == *answer) {
-        let prompt = options.prompt.clone().unwrap_or_else(|| account.prompt.clone());
-        let prompt = if prompt.is_empty() {
-            DEFAULT_PROMPT.to_owned()
-        } else {
-            prompt
-        };
-        let Some(second) = host.ask_secret(&prompt) else {
-            return Outcome::ConversationFailed;
-        };
-        outcome = verify_answer(host, options, &mut agent, &user, &second, &account, origin);
-    }
+    let outcome = read_and_verify(host, options, &mut agent, &user, &account, false);
     log_outcome(host, options, &user, outcome);
     outcome
 }
@@ -224,8 +205,44 @@ fn before_prompt(host: &mut dyn Host, options: &Options, user: &str, account: &A
     None
 }
 
+/// Reads the code, has the agent verify it and, with `try_first_pass`,
+/// prompts once more when the agent rejected the value of PAM_AUTHTOK. With
+/// `refused`, the lookup already refused the login, and any answer but an
+/// acceptance counts as a rejection, so the prompts are those of an
+/// account that is not locked.
+fn read_and_verify(
+    host: &mut dyn Host,
+    options: &Options,
+    agent: &mut Agent,
+    user: &str,
+    account: &Account,
+    refused: bool,
+) -> Outcome {
+    let Some(answer) = read_answer(host, options, account) else {
+        return Outcome::ConversationFailed;
+    };
+    let origin = host.context();
+    let outcome = verify_answer(host, options, agent, user, &answer, account, origin.clone());
+    let rejected = outcome == Outcome::Rejected || (refused && outcome != Outcome::Accepted);
+    // try_first_pass: a rejected PAM_AUTHTOK gets one prompt, as pam_unix does.
+    let retry = options.source == CodeSource::TryFirstPass && rejected;
+    if !(retry && host.authtok().is_some_and(|token| *token == *answer)) {
+        return outcome;
+    }
+    let prompt = options.prompt.clone().unwrap_or_else(|| account.prompt.clone());
+    let prompt = if prompt.is_empty() {
+        DEFAULT_PROMPT.to_owned()
+    } else {
+        prompt
+    };
+    let Some(second) = host.ask_secret(&prompt) else {
+        return Outcome::ConversationFailed;
+    };
+    verify_answer(host, options, agent, user, &second, account, origin)
+}
+
 /// Ends a remote login that the lookup already refused, so that the remote
-/// party cannot tell why. It gets the usual prompt, and its answer goes to
+/// party cannot tell why. It gets the usual prompts, and its answers go to
 /// the agent, which delays the refusal as it does any wrong code.
 /// [`authenticate`] then turns a lock into PAM_AUTH_ERR. `nullok` is the
 /// documented exception: it lets a user without token in without a prompt.
@@ -237,17 +254,13 @@ fn reject_remote(
     account: &Account,
     outcome: Outcome,
 ) -> Outcome {
-    let Some(answer) = read_answer(host, options, account) else {
-        return outcome;
-    };
-    // The answer goes the usual way, `forward_pass` splitting included. An
-    // account without token has no code lengths: any usual length.
+    // An account without token has no code lengths. Six digits, the most
+    // common length, gives one request, as for most enrolled accounts.
     let mut probe = account.clone();
     if probe.code_lengths.is_empty() {
-        probe.code_lengths = vec![6, 8];
+        probe.code_lengths = vec![6];
     }
-    let origin = host.context();
-    match verify_answer(host, options, agent, user, &answer, &probe, origin) {
+    match read_and_verify(host, options, agent, user, &probe, true) {
         // A lock may have ended while the user typed: a right code stands.
         Outcome::Accepted => Outcome::Accepted,
         // Only the agent's delay mattered; the verdict was known already.
@@ -534,7 +547,7 @@ mod tests {
     }
 
     /// An agent on the far end of a socket pair that answers lookups of
-    /// `jo` with an enrolled account, and returns the names it was asked.
+    /// `jo` with an enrolled account, and returns the names looked up.
     fn fake_agent() -> (Agent, std::thread::JoinHandle<Vec<String>>) {
         use freeauth_proto::frame::{encode, read_frame};
         use freeauth_proto::{Hello, HelloReply, Request, RequestFrame, ResponseFrame, PROTOCOL_VERSION};
