@@ -20,6 +20,20 @@ fn enroll_hotp(agent: &Agent, user: &str) {
     agent.ctl_ok(&["enroll", user, "--type", "hotp", "--secret-hex", SEED, "--no-qr"]);
 }
 
+/// Starts an agent that locks after 3 failures, with `carol` enrolled and
+/// locked by 3 wrong codes.
+fn agent_with_locked_carol() -> Agent {
+    let agent = Agent::start_with(Options {
+        threshold: 3,
+        ..Options::default()
+    });
+    enroll_hotp(&agent, "carol");
+    for _ in 0..3 {
+        agent.verify_pam("carol", "000000");
+    }
+    agent
+}
+
 fn hotp(counter: u64) -> String {
     oath_hotp(SEED, counter, 6)
 }
@@ -230,14 +244,7 @@ fn ignore_unavailable_does_not_cover_slow_rejection() {
 
 #[test]
 fn locked_user_gets_maxtries_without_prompt() {
-    let agent = Agent::start_with(Options {
-        threshold: 3,
-        ..Options::default()
-    });
-    enroll_hotp(&agent, "carol");
-    for _ in 0..3 {
-        agent.verify_pam("carol", "000000");
-    }
+    let agent = agent_with_locked_carol();
     let services = Services::new();
     services.write("login", &[freeauth_line("required", &agent_args(&agent))]);
     let quiet = format!("{} quiet", agent_args(&agent));
@@ -601,14 +608,7 @@ fn nullok_does_not_skip_disabled_tokens() {
 
 #[test]
 fn remote_login_prompts_whatever_the_account_state() {
-    let agent = Agent::start_with(Options {
-        threshold: 3,
-        ..Options::default()
-    });
-    enroll_hotp(&agent, "carol");
-    for _ in 0..3 {
-        agent.verify_pam("carol", "000000");
-    }
+    let agent = agent_with_locked_carol();
     let services = Services::new();
     services.write("sshd", &[freeauth_line("required", &agent_args(&agent))]);
     let locked = services
@@ -617,7 +617,7 @@ fn remote_login_prompts_whatever_the_account_state() {
         .response("123456")
         .run();
     // Not PAM_MAXTRIES: sshd would close the connection on it, which
-    // tells the client that the account is locked.
+    // shows the client that the account is locked.
     locked.assert_failure(AUTH_ERR, "locked account, remote");
     assert!(
         locked.prompted(CODE_PROMPT),
@@ -631,7 +631,7 @@ fn remote_login_prompts_whatever_the_account_state() {
         .run();
     assert!(unknown.prompted(CODE_PROMPT), "{unknown}");
     assert!(!unknown.output().contains("successfully authenticated"), "{unknown}");
-    // Both answers reached the agent, which holds every refusal back by the
+    // Both codes reached the agent, which delays every rejection by the
     // same failure delay.
     let log = agent.log();
     assert!(
@@ -683,8 +683,8 @@ fn remote_forward_pass_of_unknown_user_reaches_agent() {
         .response("hunter12654321")
         .run();
     assert!(!run.output().contains("successfully authenticated"), "{run}");
-    // The code at the end of the answer went to the agent, which delays
-    // the refusal as it does for an enrolled account.
+    // The code at the end of the response went to the agent, which delays
+    // the rejection as it does for an enrolled account.
     let log = agent.log();
     let requests = log
         .matches("user=\"nobody-here\" result=\"rejected\" reason=\"unknown user\"")
@@ -695,14 +695,7 @@ fn remote_forward_pass_of_unknown_user_reaches_agent() {
 
 #[test]
 fn remote_locked_try_first_pass_prompts() {
-    let agent = Agent::start_with(Options {
-        threshold: 3,
-        ..Options::default()
-    });
-    enroll_hotp(&agent, "carol");
-    for _ in 0..3 {
-        agent.verify_pam("carol", "000000");
-    }
+    let agent = agent_with_locked_carol();
     let args = format!("{} try_first_pass", agent_args(&agent));
     let services = Services::new();
     let set_items = format!("auth required {}", pam_wrapper_file("pam_set_items.so").display());

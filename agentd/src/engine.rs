@@ -116,7 +116,7 @@ pub enum Outcome {
     },
 }
 
-/// What the hash of a typed backup code found.
+/// Result of hashing a typed backup code.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BackupCheck {
     Matched(BackupMatch),

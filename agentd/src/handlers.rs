@@ -424,12 +424,12 @@ mod tests {
     #[tokio::test]
     async fn hash_slot_gives_up_in_time() {
         let slots = Semaphore::new(1);
-        let taken = hash_slot(&slots, Duration::from_millis(10)).await.unwrap();
-        assert!(taken.is_some());
+        let first = hash_slot(&slots, Duration::from_millis(10)).await.unwrap();
+        assert!(first.is_some());
         let started = std::time::Instant::now();
         assert!(hash_slot(&slots, Duration::from_millis(20)).await.unwrap().is_none());
         assert!(started.elapsed() >= Duration::from_millis(20));
-        drop(taken);
+        drop(first);
         assert!(hash_slot(&slots, Duration::from_millis(20)).await.unwrap().is_some());
         slots.close();
         assert!(hash_slot(&slots, Duration::from_millis(20)).await.is_err());

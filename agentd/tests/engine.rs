@@ -183,7 +183,7 @@ impl Harness {
         BackupMatch { id, hash: stored }
     }
 
-    /// The second half of a backup-code check.
+    /// Runs the second half of a backup-code check.
     fn finish_backup(&mut self, user: &str, matched: BackupCheck) -> Verdict {
         let (reply, mut answer) = oneshot::channel();
         self.engine.run_batch(vec![Job::BackupResult {
@@ -693,6 +693,7 @@ fn unreadable_token_still_counts_failures() {
         "12345678",
         b"0123456789abcdef",
     );
+
     // The second token's sealed seed no longer opens, as after a damaged
     // row or a row restored under another key.
     let database = h._dir.path().join("state").join(freeauth_agentd::store::DB_FILE);
@@ -705,6 +706,7 @@ fn unreadable_token_still_counts_failures() {
         .unwrap();
     assert_eq!(changed, 1);
     drop(connection);
+
     let secret = Secret::from_hex("00112233445566778899aabbccddeeff00112233").unwrap();
     let good = totp(&secret, STEP_START, 30, 6, Algorithm::Sha1).to_string();
     assert_eq!(
@@ -712,6 +714,7 @@ fn unreadable_token_still_counts_failures() {
         Outcome::Accepted,
         "the readable token still works"
     );
+
     let failures: Vec<u32> = (0..3).map(|_| h.verify("carl", "000000".into()).failures).collect();
     assert_eq!(failures, [1, 2, 3]);
     assert_eq!(h.verify("carl", "000000".into()).outcome, Outcome::Locked);
@@ -720,17 +723,19 @@ fn unreadable_token_still_counts_failures() {
 #[test]
 fn same_codes_token_rejected() {
     let mut h = harness(10);
-    let refused = |response: Response| match response {
+    let is_same_codes_error = |response: Response| match response {
         Response::Error { message, .. } => message.contains("gives the same codes"),
         _ => false,
     };
+
     // HMAC pads the key with zero bytes: these two secrets are one key.
     let padded = h.admin(AdminOp::Enroll {
         user: "alice".into(),
         token: totp_token(&format!("{SEED_HEX}0000")),
         backup: None,
     });
-    assert!(refused(padded.clone()), "{padded:?}");
+    assert!(is_same_codes_error(padded.clone()), "{padded:?}");
+
     let motp = |secret_hex: &str, pin: &str| NewToken {
         kind: TokenKind::Motp,
         algorithm: HashAlgorithm::Sha1,
@@ -748,19 +753,21 @@ fn same_codes_token_rejected() {
         backup: None,
     });
     assert!(matches!(first, Response::Enrolled { .. }), "{first:?}");
+
     // Mobile-OTP hashes the secret's hex text and the PIN as one text.
     let second = h.admin(AdminOp::Enroll {
         user: "mo".into(),
         token: motp("001122334455667712", "3456"),
         backup: None,
     });
-    assert!(refused(second.clone()), "{second:?}");
+    assert!(is_same_codes_error(second.clone()), "{second:?}");
     let other_pin = h.admin(AdminOp::Enroll {
         user: "mo".into(),
         token: motp("001122334455667712", "3457"),
         backup: None,
     });
     assert!(matches!(other_pin, Response::Enrolled { .. }), "{other_pin:?}");
+
     assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Accepted);
 }
 
@@ -839,14 +846,14 @@ fn hotp_counter_over_limit_rejected() {
     let mut token = totp_token("ffeeddccbbaa99887766554433221100ffeeddcc");
     token.kind = TokenKind::Hotp;
     token.counter = freeauth_otp::MAX_COUNTER + 1;
-    let refused = h.admin(AdminOp::Enroll {
+    let rejected = h.admin(AdminOp::Enroll {
         user: "hal".into(),
         token: token.clone(),
         backup: None,
     });
     assert!(
-        matches!(&refused, Response::Error { message, .. } if message.contains("at most")),
-        "{refused:?}"
+        matches!(&rejected, Response::Error { message, .. } if message.contains("at most")),
+        "{rejected:?}"
     );
     token.counter = freeauth_otp::MAX_COUNTER;
     let enrolled = h.admin(AdminOp::Enroll {
@@ -871,14 +878,14 @@ fn last_step_far_ahead_rejected() {
     for last_step in [current + 2 * 2880, 1 << 62] {
         let mut token = totp_token("ffeeddccbbaa99887766554433221100ffeeddcc");
         token.last_step = Some(last_step);
-        let refused = h.admin(AdminOp::Enroll {
+        let rejected = h.admin(AdminOp::Enroll {
             user: "tom".into(),
             token,
             backup: None,
         });
         assert!(
-            matches!(&refused, Response::Error { message, .. } if message.contains("more than a day after")),
-            "{last_step}: {refused:?}"
+            matches!(&rejected, Response::Error { message, .. } if message.contains("more than a day after")),
+            "{last_step}: {rejected:?}"
         );
     }
     let mut token = totp_token("ffeeddccbbaa99887766554433221100ffeeddcc");

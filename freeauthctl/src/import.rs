@@ -354,7 +354,7 @@ fn check_user(user: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Longest user name the agent accepts, in bytes.
+/// Maximum length of a user name that the agent accepts, in bytes.
 const MAX_USER_LEN: usize = 253;
 
 /// Splits `text` at `\n` into lines numbered from 1, without a trailing `\r`.
@@ -384,13 +384,13 @@ fn parse_google_secret(line: &str) -> Result<Secret, String> {
 }
 
 /// Checks that an HOTP or TOTP secret has a size FreeAuth accepts.
-fn check_secret_len(secret: &Secret, what: &str) -> Result<(), String> {
+fn check_secret_len(secret: &Secret, field: &str) -> Result<(), String> {
     let range = freeauth_otp::HMAC_SECRET_LEN;
     if range.contains(&secret.len()) {
         return Ok(());
     }
     Err(format!(
-        "{what} has {} bytes; FreeAuth accepts {} to {} bytes ({} to {} bits)",
+        "{field} has {} bytes; FreeAuth accepts {} to {} bytes ({} to {} bits)",
         secret.len(),
         range.start(),
         range.end(),

@@ -312,8 +312,8 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
 
-    /// A listening socket at a fresh path whose accept queue takes one
-    /// connection (backlog 0), with that place already taken.
+    /// Creates a listening socket at a fresh path whose accept queue takes
+    /// one connection (backlog 0), and fills that place.
     fn full_listener(name: &str) -> (UnixListener, UnixStream, std::path::PathBuf) {
         let path = std::env::temp_dir().join(format!("pam-freeauth-{}-{name}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);

@@ -207,7 +207,7 @@ fn before_prompt(host: &mut dyn Host, options: &Options, user: &str, account: &A
 
 /// Reads the code, has the agent verify it and, with `try_first_pass`,
 /// prompts once more when the agent rejected the value of PAM_AUTHTOK. With
-/// `refused`, the lookup already refused the login, and any answer but an
+/// `rejected_at_lookup`, the lookup already rejected the login, and any answer but an
 /// acceptance counts as a rejection, so the prompts are those of an
 /// account that is not locked.
 fn read_and_verify(
@@ -216,14 +216,14 @@ fn read_and_verify(
     agent: &mut Agent,
     user: &str,
     account: &Account,
-    refused: bool,
+    rejected_at_lookup: bool,
 ) -> Outcome {
     let Some(answer) = read_answer(host, options, account) else {
         return Outcome::ConversationFailed;
     };
     let origin = host.context();
     let outcome = verify_answer(host, options, agent, user, &answer, account, origin.clone());
-    let rejected = outcome == Outcome::Rejected || (refused && outcome != Outcome::Accepted);
+    let rejected = outcome == Outcome::Rejected || (rejected_at_lookup && outcome != Outcome::Accepted);
     // try_first_pass: a rejected PAM_AUTHTOK gets one prompt, as pam_unix does.
     let retry = options.source == CodeSource::TryFirstPass && rejected;
     if !(retry && host.authtok().is_some_and(|token| *token == *answer)) {
@@ -261,7 +261,7 @@ fn reject_remote(
         probe.code_lengths = vec![6];
     }
     match read_and_verify(host, options, agent, user, &probe, true) {
-        // A lock may have ended while the user typed: a right code stands.
+        // A lock may have ended while the user typed, so a right code is accepted.
         Outcome::Accepted => Outcome::Accepted,
         // Only the agent's delay mattered; the verdict was known already.
         _ => outcome,
@@ -546,8 +546,8 @@ mod tests {
         }
     }
 
-    /// An agent on the far end of a socket pair that answers lookups of
-    /// `jo` with an enrolled account, and returns the names looked up.
+    /// Starts a fake agent on the far end of a socket pair. It replies to a
+    /// lookup of `jo` with an enrolled account, and returns the names looked up.
     fn fake_agent() -> (Agent, std::thread::JoinHandle<Vec<String>>) {
         use freeauth_proto::frame::{encode, read_frame};
         use freeauth_proto::{Hello, HelloReply, Request, RequestFrame, ResponseFrame, PROTOCOL_VERSION};

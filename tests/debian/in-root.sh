@@ -307,7 +307,7 @@ expect_eq "$(radius_request carol "$code")" Access-Reject "carol's used code aft
 expect_eq "$(radius_request carol "$(oathtool --hotp -c 1 "$carol_key")")" Access-Accept "carol's next code after the upgrade"
 
 # Reinstalls the upgraded freeauth package with a bad agentd.toml and checks
-# that postinst warns and does not restart the agent. $1 says what is wrong.
+# that postinst warns and does not restart the agent. $1 describes the problem.
 reinstall_keeps_agent() {
   apt-get install -y --reinstall "$debs"/upgrade/freeauth_*.deb >apt.log 2>&1 ||
     {
