@@ -2,11 +2,12 @@
 //! policy: once a client has sent one, requests without one are dropped,
 //! also after a restart. Kept one name per line in the state folder.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Name of the list inside the bridge's state folder.
@@ -15,13 +16,18 @@ const FILE_NAME: &str = "message-authenticator-clients";
 /// The remembered client names and their file.
 pub struct SeenClients {
     path: PathBuf,
-    names: BTreeSet<String>,
+    /// Each name with the number of the change that added it (0 for the
+    /// names read at start-up).
+    names: BTreeMap<String, u64>,
     /// Number of the last change to `names`.
     changes: u64,
     /// A write failed, so the file may lack names that `names` has.
     unsaved: bool,
     /// Number of the change the file contains, shared with pending writes.
+    /// Held while a write runs, so that writes run one at a time.
     written: Arc<Mutex<u64>>,
+    /// The same number, readable without waiting for a write in progress.
+    durable: Arc<AtomicU64>,
 }
 
 /// A rewrite of the file, to run off the bridge's thread because it syncs
@@ -32,11 +38,13 @@ pub struct FileWrite {
     names: Vec<String>,
     change: u64,
     written: Arc<Mutex<u64>>,
+    durable: Arc<AtomicU64>,
 }
 
 impl FileWrite {
     /// Writes the list to a temporary file, syncs it and renames it over
-    /// the old one, unless a newer list was written meanwhile.
+    /// the old one, unless the file already has change `change` or a newer
+    /// one. A write in progress on another thread is waited for first.
     pub fn run(self) -> Result<(), String> {
         let mut written = match self.written.lock() {
             Ok(guard) => guard,
@@ -72,6 +80,7 @@ impl FileWrite {
             )
         })?;
         *written = self.change;
+        self.durable.store(self.change, Ordering::Release);
         Ok(())
     }
 }
@@ -89,10 +98,11 @@ impl SeenClients {
         let names = SeenClients::read(state_dir)?;
         Ok(SeenClients {
             path: state_dir.join(FILE_NAME),
-            names,
+            names: names.into_iter().map(|name| (name, 0)).collect(),
             changes: 0,
             unsaved: false,
             written: Arc::new(Mutex::new(0)),
+            durable: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -108,23 +118,35 @@ impl SeenClients {
     }
 
     pub fn contains(&self, client: &str) -> bool {
-        self.names.contains(client)
+        self.names.contains_key(client)
     }
 
-    /// Remembers `client`. Returns the rewrite of the file when the name is
-    /// new or an earlier write failed, for the caller to run where a disk
-    /// sync may block.
+    /// Remembers `client`. Returns a write of the file when the name is
+    /// new, when an earlier write failed, or when the write that adds the
+    /// name has not finished yet. The caller runs it, and waits for it,
+    /// where a disk sync may block. In the last case the write only waits
+    /// for the earlier one, or does its work if that one failed.
     pub fn remember(&mut self, client: &str) -> Option<FileWrite> {
-        if !self.names.insert(client.to_owned()) && !self.unsaved {
-            return None;
-        }
-        self.unsaved = false;
-        self.changes += 1;
+        let change = match self.names.get(client) {
+            Some(&added) if !self.unsaved => {
+                if self.durable.load(Ordering::Acquire) >= added {
+                    return None;
+                }
+                added
+            }
+            _ => {
+                self.unsaved = false;
+                self.changes += 1;
+                self.names.insert(client.to_owned(), self.changes);
+                self.changes
+            }
+        };
         Some(FileWrite {
             path: self.path.clone(),
-            names: self.names.iter().cloned().collect(),
-            change: self.changes,
+            names: self.names.keys().cloned().collect(),
+            change,
             written: Arc::clone(&self.written),
+            durable: Arc::clone(&self.durable),
         })
     }
 
@@ -163,6 +185,39 @@ mod tests {
         let again = SeenClients::load(&state).unwrap();
         assert!(again.contains("vpn"));
         assert!(again.contains("web"));
+    }
+
+    #[test]
+    fn seen_second_request_waits_for_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut seen = SeenClients::load(&state).unwrap();
+        let first = seen.remember("vpn").unwrap();
+        // A second request before the first write ends gets a write too,
+        // so that its reply also waits until the name is on disk.
+        let second = seen.remember("vpn");
+        assert!(second.is_some(), "the name is not on disk yet");
+        let second = second.unwrap();
+        first.run().unwrap();
+        second.run().unwrap();
+        assert!(seen.remember("vpn").is_none(), "the name is on disk now");
+        assert!(SeenClients::load(&state).unwrap().contains("vpn"));
+    }
+
+    #[test]
+    fn seen_waiting_write_redoes_failed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut seen = SeenClients::load(&state).unwrap();
+        let first = seen.remember("vpn").unwrap();
+        let second = seen.remember("vpn").unwrap();
+        let blocker = state.join(FILE_NAME).with_extension("new");
+        fs::create_dir(&blocker).unwrap();
+        assert!(first.run().is_err());
+        fs::remove_dir(&blocker).unwrap();
+        second.run().unwrap();
+        assert!(SeenClients::load(&state).unwrap().contains("vpn"));
+        assert!(seen.remember("vpn").is_none());
     }
 
     #[test]

@@ -197,8 +197,9 @@ fn status_server(bridge: &Bridge, client: &Client, packet: &Packet<'_>) -> Resul
 }
 
 /// Applies the client's Message-Authenticator policy to a request. Returns
-/// the rewrite of the `auto` client list when this client is new to it or
-/// an earlier write failed.
+/// the rewrite of the `auto` client list when this client is new to it, an
+/// earlier write failed, or the write that adds the client has not reached
+/// the disk yet.
 fn check_message_authenticator(
     bridge: &Bridge,
     client: &Client,
