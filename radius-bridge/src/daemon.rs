@@ -92,12 +92,25 @@ async fn serve(mut config: Config, listen: Vec<SocketAddr>) -> Result<(), Daemon
     };
     let mut listening = Vec::with_capacity(addresses.len());
     for address in &addresses {
-        let socket = bind(*address).await?;
+        let socket = match bind(*address) {
+            Ok(socket) => socket,
+            Err(err) if lacks_family(*address, &err) => {
+                tracing::warn!(%address, error = %err, "not listening on this IPv6 address: the kernel has no IPv6 (ipv6.disable=1)");
+                continue;
+            }
+            Err(err) => return Err(DaemonError(format!("cannot listen on UDP {address}: {err}"))),
+        };
         let local = socket
             .local_addr()
             .map_or_else(|_| address.to_string(), |local| local.to_string());
         listening.push(local);
         tokio::spawn(receive_loop(Arc::new(socket), Arc::clone(&bridge)));
+    }
+    if listening.is_empty() {
+        return Err(DaemonError(format!(
+            "no address to listen on: the kernel has no IPv6, and listen has no IPv4 address ({})",
+            addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+        )));
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), listen = %listening.join(" "), clients = config.clients.len(), agent = %config.agent_socket.display(), "RADIUS bridge started");
     let signal_error = |err: std::io::Error| DaemonError(format!("cannot install signal handlers: {err}"));
@@ -119,16 +132,22 @@ async fn serve(mut config: Config, listen: Vec<SocketAddr>) -> Result<(), Daemon
 
 /// Binds a UDP socket; an IPv6 socket takes IPv6 only, so `0.0.0.0:1812`
 /// and `[::]:1812` can both be listened on, as the default does.
-async fn bind(address: SocketAddr) -> Result<UdpSocket, DaemonError> {
+fn bind(address: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let failed = |err: std::io::Error| DaemonError(format!("cannot listen on UDP {address}: {err}"));
-    let socket = Socket::new(Domain::for_address(address), Type::DGRAM, Some(Protocol::UDP)).map_err(failed)?;
+    let socket = Socket::new(Domain::for_address(address), Type::DGRAM, Some(Protocol::UDP))?;
     if address.is_ipv6() {
-        socket.set_only_v6(true).map_err(failed)?;
+        socket.set_only_v6(true)?;
     }
-    socket.set_nonblocking(true).map_err(failed)?;
-    socket.bind(&address.into()).map_err(failed)?;
-    UdpSocket::from_std(socket.into()).map_err(failed)
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Returns true when `err`, from binding `address`, means that the kernel
+/// was booted without IPv6. The packaged default lists `[::]:1812` beside
+/// `0.0.0.0:1812`, and such a host should still serve IPv4.
+fn lacks_family(address: SocketAddr, err: &std::io::Error) -> bool {
+    address.is_ipv6() && err.raw_os_error() == Some(nix::errno::Errno::EAFNOSUPPORT as i32)
 }
 
 /// Reloads clients and realms; keeps `current` when the new file is invalid.
@@ -153,5 +172,22 @@ async fn reload(current: Config, bridge: &Bridge) -> Config {
             tracing::error!("configuration reload failed, keeping the running configuration: {err}");
             current
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn skips_ipv6_without_kernel_support() {
+        let missing = std::io::Error::from_raw_os_error(nix::errno::Errno::EAFNOSUPPORT as i32);
+        let in_use = std::io::Error::from_raw_os_error(nix::errno::Errno::EADDRINUSE as i32);
+        let v6: SocketAddr = "[::]:1812".parse().unwrap();
+        let v4: SocketAddr = "0.0.0.0:1812".parse().unwrap();
+        assert!(lacks_family(v6, &missing));
+        assert!(!lacks_family(v6, &in_use), "a port in use stays an error");
+        assert!(!lacks_family(v4, &missing));
     }
 }
