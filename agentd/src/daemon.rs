@@ -176,6 +176,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         started: Instant::now(),
         database: config.paths.database().display().to_string(),
     });
+    runtime.spawn(shared.engine.reply_relay());
     let result = runtime.block_on(serve_until_stopped(config, Arc::clone(&shared)));
     runtime.shutdown_timeout(std::time::Duration::from_secs(10));
     drop(shared);

@@ -8,7 +8,7 @@
 //! other on this thread.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use freeauth_otp::{Clock, Code, Kind, Matched, Secret, State, Window};
@@ -378,13 +378,36 @@ pub struct EngineCore {
     engine: std::sync::Mutex<Engine>,
     /// Batches sent to the WAL sync thread whose replies are not sent yet.
     waiting: Arc<AtomicU64>,
+    /// Channel to the task that sends a batch's replies on the connection
+    /// thread, once [`EngineCore::reply_relay`] has been called.
+    relay: Arc<Relay>,
 }
+
+/// Sender half of the reply relay, described at [`EngineCore::reply_relay`].
+type Relay = OnceLock<mpsc::UnboundedSender<Vec<Pending>>>;
 
 impl EngineCore {
     pub fn new(engine: Engine) -> EngineCore {
         EngineCore {
             engine: std::sync::Mutex::new(engine),
             waiting: Arc::new(AtomicU64::new(0)),
+            relay: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Returns the task that sends the replies of each batch, to spawn on
+    /// the runtime that serves the connections. A reply sent from another
+    /// thread wakes that runtime with a `write` to its event file
+    /// descriptor, so the task turns a batch's wake-ups into one.
+    pub fn reply_relay(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (sender, mut receiver) = mpsc::unbounded_channel::<Vec<Pending>>();
+        if self.relay.set(sender).is_err() {
+            tracing::warn!("the reply relay was started twice; the second one stays idle");
+        }
+        async move {
+            while let Some(batch) = receiver.recv().await {
+                batch.into_iter().for_each(Pending::send);
+            }
         }
     }
 
@@ -441,9 +464,10 @@ impl EngineCore {
         let syncer = match self.lock().store.wal_sync() {
             Ok(mut wal) => {
                 let waiting = Arc::clone(waiting);
+                let relay = Arc::clone(&self.relay);
                 std::thread::Builder::new()
                     .name("wal-sync".into())
-                    .spawn(move || sync_and_reply(&mut wal, &synced, &waiting))
+                    .spawn(move || sync_and_reply(&mut wal, &synced, &waiting, &relay))
                     .map_err(|err| err.to_string())
             }
             Err(err) => Err(err.to_string()),
@@ -472,13 +496,13 @@ impl EngineCore {
                 if wrote {
                     engine.sync_and_reply(pending);
                 } else {
-                    pending.into_iter().for_each(Pending::send);
+                    deliver(&self.relay, pending);
                 }
                 continue;
             }
             if waiting.load(Ordering::SeqCst) == 0 {
                 if !wrote {
-                    pending.into_iter().for_each(Pending::send);
+                    deliver(&self.relay, pending);
                     continue;
                 }
                 // With no other request waiting there is nothing to overlap,
@@ -488,7 +512,7 @@ impl EngineCore {
                         fail_unsynced(pending, &err);
                         stop_after_failed_sync();
                     }
-                    pending.into_iter().for_each(Pending::send);
+                    deliver(&self.relay, pending);
                     continue;
                 }
             }
@@ -521,7 +545,7 @@ struct Synced {
 /// failed to reach the disk, so no later sync can vouch for them. The service
 /// manager restarts the agent, and its start-up checkpoint writes the WAL
 /// into the database from what the page cache still has.
-fn sync_and_reply(wal: &mut WalSync, synced: &std::sync::mpsc::Receiver<Synced>, waiting: &AtomicU64) {
+fn sync_and_reply(wal: &mut WalSync, synced: &std::sync::mpsc::Receiver<Synced>, waiting: &AtomicU64, relay: &Relay) {
     while let Ok(first) = synced.recv() {
         let mut batches = vec![first];
         while let Ok(more) = synced.try_recv() {
@@ -532,7 +556,7 @@ fn sync_and_reply(wal: &mut WalSync, synced: &std::sync::mpsc::Receiver<Synced>,
         let pending: Vec<Pending> = batches.into_iter().flat_map(|batch| batch.pending).collect();
         let result = if wrote { wal.sync() } else { Ok(()) };
         match result {
-            Ok(()) => pending.into_iter().for_each(Pending::send),
+            Ok(()) => deliver(relay, pending),
             Err(err) => {
                 fail_unsynced(pending, &err);
                 stop_after_failed_sync();
@@ -540,6 +564,21 @@ fn sync_and_reply(wal: &mut WalSync, synced: &std::sync::mpsc::Receiver<Synced>,
         }
         waiting.fetch_sub(count, Ordering::SeqCst);
     }
+}
+
+/// Sends the replies of a batch through the relay, or one by one when
+/// there is a single reply or no relay. A lone reply gains nothing from the
+/// relay and would wait for one more task switch.
+fn deliver(relay: &Relay, pending: Vec<Pending>) {
+    let pending = match relay.get() {
+        Some(sender) if pending.len() > 1 => match sender.send(pending) {
+            Ok(()) => return,
+            // The runtime has stopped, and with it the relay task.
+            Err(unsent) => unsent.0,
+        },
+        _ => pending,
+    };
+    pending.into_iter().for_each(Pending::send);
 }
 
 /// Stops the process after a panic while deciding a batch. The use log's
