@@ -150,7 +150,7 @@ fn resync_moves_hotp_counter_forward() {
     let failed = agent.ctl(&["resync", "far", &code(200), &code(202)]);
     assert_eq!(failed.status.code(), Some(2), "codes that are not consecutive");
     let output = agent.ctl_ok(&["resync", "far", &code(200), &code(201)]);
-    assert!(output.contains("resynchronised"), "{output}");
+    assert!(output.contains("resynchronised, next counter 202"), "{output}");
     assert_eq!(agent.ctl_verify("far", &code(201)), 1, "second resync code is used");
     assert_eq!(agent.ctl_verify("far", &code(202)), 0);
 }
@@ -868,11 +868,17 @@ fn import_too_large_says_part_size() {
 fn import_with_bad_line_imports_nothing() {
     let agent = Agent::start();
     let file = agent.dir.path().join("users.oath");
-    fs::write(&file, format!("HOTP ok - {RFC_SEED_HEX}\nHOTP broken - not-hex\n")).unwrap();
+    fs::write(
+        &file,
+        format!("HOTP pw 1234 {RFC_SEED_HEX}\nHOTP ok - {RFC_SEED_HEX}\nHOTP broken - not-hex\n"),
+    )
+    .unwrap();
     let output = agent.ctl(&["import", "--format", "oath", file.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("line 2"), "{stderr}");
+    // One run lists every problem: the static password and the bad secret.
+    assert!(stderr.contains("line 1: user pw has a static password"), "{stderr}");
+    assert!(stderr.contains("line 3"), "{stderr}");
     assert!(agent.ctl_ok(&["list"]).contains("no users"));
 }
 
@@ -1263,6 +1269,38 @@ fn check_config_reports_open_state_folder() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("chmod 700"), "{stderr}");
+    assert!(stderr.contains("state folder"), "{stderr}");
+    assert!(!stderr.contains("seed key"), "{stderr}");
+}
+
+#[test]
+fn check_config_names_state_owner() {
+    if !running_as_root() {
+        eprintln!("SKIPPED: needs root to give the state folder to uid 65534 (CI runs as root)");
+        return;
+    }
+    let mut agent = Agent::start();
+    agent.stop();
+    let state = agent.dir.path().join("state");
+    for entry in fs::read_dir(&state).unwrap() {
+        let path = entry.unwrap().path();
+        std::os::unix::fs::lchown(&path, Some(65534), None).unwrap();
+    }
+    std::os::unix::fs::lchown(&state, Some(65534), None).unwrap();
+    let output = agent.ctl(&["check-config"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("the agent must run as"), "{stdout}");
+    assert!(stdout.contains("uid 65534"), "{stdout}");
+    let checked = Command::new(binary("freeauth-agentd"))
+        .arg("--check")
+        .arg("--config")
+        .arg(agent.config())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert_eq!(checked.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("uid 65534"), "{stdout}");
 }
 
 #[test]

@@ -581,6 +581,7 @@ fn resync(
             return Ok(Response::Resynced {
                 token: u64::try_from(open.row.id).unwrap_or(0),
                 drift_steps: matched.state.drift,
+                next_counter: (open.params.kind == Kind::Hotp).then_some(matched.state.counter),
             });
         }
     }

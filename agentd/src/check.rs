@@ -10,14 +10,17 @@ use crate::config::Config;
 use crate::keys::check_private;
 
 /// Every problem that would stop the agent from starting, as sentences.
-/// Files are judged against the owner of the state folder, so the check
-/// gives the same answer whether root or the agent's user runs it.
+/// Run by another user than root, the check judges files against that
+/// user, as the agent does. Run by root, it judges them against the owner
+/// of the state folder, because root may be checking for the service's
+/// user ([`owner_note`] names that user).
 pub fn installation_problems(config: &Config) -> Vec<String> {
     let mut problems = name_problems(config);
     let state_dir = &config.paths.state_dir;
     match std::fs::metadata(state_dir) {
         Ok(meta) => {
-            let owner = meta.uid();
+            let euid = nix::unistd::geteuid().as_raw();
+            let owner = if euid == 0 { meta.uid() } else { euid };
             if let Err(err) = check_private(state_dir, true, owner) {
                 problems.push(err.to_string());
             }
@@ -36,6 +39,28 @@ pub fn installation_problems(config: &Config) -> Vec<String> {
         Err(err) => problems.push(format!("cannot check state folder {}: {err}", state_dir.display())),
     }
     problems
+}
+
+/// Returns a note for root when the state folder belongs to another user:
+/// the agent starts only as that user. `None` for other callers, whom
+/// [`installation_problems`] already judges as the agent would.
+pub fn owner_note(config: &Config) -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let state_dir = &config.paths.state_dir;
+    let owner = std::fs::metadata(state_dir).ok()?.uid();
+    if owner == 0 {
+        return None;
+    }
+    let name = match User::from_uid(owner.into()) {
+        Ok(Some(user)) => format!("{} (uid {owner})", user.name),
+        _ => format!("uid {owner}"),
+    };
+    Some(format!(
+        "note: the agent must run as {name}, the owner of state folder {}; started as another user it stops with an error",
+        state_dir.display()
+    ))
 }
 
 /// Unknown admin group or bridge users, all of them at once.

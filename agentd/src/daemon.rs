@@ -183,7 +183,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     if engine_thread.join().is_err() {
         tracing::error!("engine thread panicked");
     }
-    tracing::info!("agent stopped");
+    // A failed start is reported by the caller, and the agent never ran.
+    if result.is_ok() {
+        tracing::info!("agent stopped");
+    }
     result
 }
 

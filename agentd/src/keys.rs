@@ -36,7 +36,7 @@ impl std::fmt::Display for KeyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             KeyError::Io { path, source } => write!(f, "seed key {path}: {source}"),
-            KeyError::Unsafe { path, reason } => write!(f, "seed key {path} is unsafe: {reason}"),
+            KeyError::Unsafe { path, reason } => write!(f, "{path} is unsafe: {reason}"),
             KeyError::Malformed { path } => write!(
                 f,
                 "seed key {path} is malformed: expected 64 hexadecimal characters (32 bytes)"
@@ -200,8 +200,9 @@ pub fn check_private_file(path: &Path) -> Result<(), KeyError> {
 /// Fails unless `path` is a regular file (or, with `directory`, a folder)
 /// owned by uid `owner` and closed to group and others.
 pub fn check_private(path: &Path, directory: bool, owner: u32) -> Result<(), KeyError> {
+    let kind = if directory { "state folder" } else { "seed key" };
     let unsafe_because = |reason: String| KeyError::Unsafe {
-        path: path.display().to_string(),
+        path: format!("{kind} {}", path.display()),
         reason,
     };
     let meta = fs::symlink_metadata(path).map_err(|source| KeyError::Io {

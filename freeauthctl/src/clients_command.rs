@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use freeauth_radius::config::{Client, Config, MessageAuthenticatorPolicy};
+use freeauth_radius::config::{Client, Config, LoadError, MessageAuthenticatorPolicy};
 use freeauth_radius::seen::SeenClients;
 use serde::Serialize;
 
@@ -29,7 +29,12 @@ struct ClientRow {
 
 /// Checks the bridge's configuration `path` and prints its clients.
 pub fn run(path: &Path, json: bool) -> Result<ExitCode, CommandError> {
-    let config = Config::load(path).map_err(|err| err.to_string())?;
+    let config = Config::load(path).map_err(|err| match &err {
+        LoadError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            format!("{err}; pass --radius-config FILE to read the bridge's configuration from another file")
+        }
+        _ => err.to_string(),
+    })?;
     // The bridge's state folder is closed to other users; without it, the
     // auto clients' state is shown as unknown.
     let seen = SeenClients::read(&config.state_dir).ok();

@@ -81,10 +81,11 @@ fn load_config(args: &Args, strict: bool) -> Result<Config, CommandError> {
         }
         // `init` and `check-config` read the file itself, so --socket
         // cannot work around the error for them.
-        (Err(err), _) if strict => return Err(err.to_string()),
+        (Err(err), _) if strict => return Err(with_config_hint(&err)),
         (Err(err), _) => {
             return Err(format!(
-                "{err}\n  To manage a running agent meanwhile, add --socket PATH (its admin socket)."
+                "{}\n  To manage a running agent meanwhile, add --socket PATH (its admin socket).",
+                with_config_hint(&err)
             ));
         }
     };
@@ -94,12 +95,28 @@ fn load_config(args: &Args, strict: bool) -> Result<Config, CommandError> {
     Ok(config)
 }
 
+/// Formats a configuration error. A missing file gets a hint about
+/// `--config`, the usual fix when the agent's file is elsewhere.
+fn with_config_hint(err: &freeauth_agentd::config::LoadError) -> String {
+    match err {
+        freeauth_agentd::config::LoadError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            format!("{err}\n  Pass --config FILE to name the agent's configuration file.")
+        }
+        _ => err.to_string(),
+    }
+}
+
 /// Connects to the admin socket named in `config`.
 pub fn connect(config: &Config) -> Result<Client, CommandError> {
     let path = &config.paths.admin_socket;
     let unreachable = |err: &dyn std::fmt::Display| {
+        let question = if nix::unistd::geteuid().is_root() {
+            ""
+        } else {
+            ", and are you root or in its admin group"
+        };
         format!(
-            "{err}\n  Is freeauth-agentd running with {}, and are you root or in its admin group?",
+            "{err}\n  Is freeauth-agentd running with {}{question}?",
             config.source.display()
         )
     };
@@ -225,11 +242,18 @@ fn set_enabled(config: &Config, select: TokenSelect, enabled: bool, json: bool) 
 
 fn init(config: &Config) -> Result<ExitCode, CommandError> {
     let key_existed = config.paths.seed_key.exists();
+    let database = config.paths.database();
+    let database_existed = database.exists();
     freeauth_agentd::daemon::open_state(config).map_err(|err| err.to_string())?;
     if key_existed {
         say!("seed key {} already exists; kept it", config.paths.seed_key.display());
     } else {
         say!("created seed key {} (mode 0600)", config.paths.seed_key.display());
+    }
+    if database_existed {
+        say!("database {} already exists; kept it", database.display());
+    } else {
+        say!("created database {}", database.display());
     }
     say!("state folder {} is ready", config.paths.state_dir.display());
     Ok(ExitCode::SUCCESS)
@@ -311,6 +335,9 @@ fn check_config(config: &Config) -> Result<ExitCode, CommandError> {
     let problems = freeauth_agentd::check::installation_problems(config);
     if problems.is_empty() {
         say!("{}: valid", config.source.display());
+        if let Some(note) = freeauth_agentd::check::owner_note(config) {
+            say!("{note}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     Err(format!(

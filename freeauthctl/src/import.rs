@@ -138,7 +138,7 @@ pub struct ImportError {
 }
 
 impl ImportError {
-    fn new(line: usize, message: impl Into<String>) -> Self {
+    pub fn new(line: usize, message: impl Into<String>) -> Self {
         Self {
             line,
             message: message.into(),
@@ -289,6 +289,17 @@ pub fn parse_google_authenticator(text: &str) -> Result<GoogleAuthenticatorFile,
 /// Returns every error found, or one entry per token line in file order. A
 /// file with only comments and blank lines has no entries.
 pub fn parse_users_oath(text: &str) -> Result<Vec<OathEntry>, Vec<ImportError>> {
+    let (entries, errors) = parse_users_oath_lines(text);
+    if errors.is_empty() {
+        Ok(entries)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Parses a users file like [`parse_users_oath`], and returns the entries of
+/// the valid lines together with the problems of the others.
+pub fn parse_users_oath_lines(text: &str) -> (Vec<OathEntry>, Vec<ImportError>) {
     let mut entries = Vec::new();
     let mut errors = Vec::new();
     for (number, line) in numbered_lines(text) {
@@ -317,12 +328,7 @@ pub fn parse_users_oath(text: &str) -> Result<Vec<OathEntry>, Vec<ImportError>> 
             Err(message) => errors.push(ImportError::new(number, message)),
         }
     }
-
-    if errors.is_empty() {
-        Ok(entries)
-    } else {
-        Err(errors)
-    }
+    (entries, errors)
 }
 
 /// Returns the line of an earlier entry of the same user whose token gives

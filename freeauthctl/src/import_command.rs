@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use freeauth_agentd::config::Config;
 use freeauth_proto::{ImportEntry, NewToken, Request, RequestFrame, SecretString, MAX_FRAME_LEN};
-use freeauthctl::import::{parse_google_authenticator, parse_users_oath};
+use freeauthctl::import::{parse_google_authenticator, parse_users_oath_lines, ImportError};
 use freeauthctl::otpauth::TokenDescription;
 
 use crate::cli::{ImportArgs, ImportFormat};
@@ -145,19 +145,22 @@ fn google_authenticator(user: &str, path: &Path) -> Result<Vec<ImportEntry>, Com
 
 fn oath(path: &Path) -> Result<Vec<ImportEntry>, CommandError> {
     let text = read_file(path)?;
-    let entries = parse_users_oath(&text).map_err(|errors| describe(path, &errors))?;
-    let with_password: Vec<String> = entries
-        .iter()
-        .filter(|entry| entry.has_password)
-        .map(|entry| format!("line {} ({})", entry.line, entry.user))
-        .collect();
-    if !with_password.is_empty() {
-        return Err(format!(
-            "{}: {} set a static password, which FreeAuth does not keep (PAM asks for the password separately); \
-             replace the password field with - and import again. Nothing was imported.",
-            path.display(),
-            with_password.join(", ")
-        ));
+    let (entries, mut errors) = parse_users_oath_lines(&text);
+    // Static passwords are reported with the other problems, so that one
+    // run lists them all.
+    errors.extend(entries.iter().filter(|entry| entry.has_password).map(|entry| {
+        ImportError::new(
+            entry.line,
+            format!(
+                "user {} has a static password, which FreeAuth does not keep (PAM asks for the password \
+                 separately): replace the password field with -",
+                entry.user
+            ),
+        )
+    }));
+    if !errors.is_empty() {
+        errors.sort_by_key(|err| err.line);
+        return Err(describe(path, &errors));
     }
     Ok(entries
         .iter()

@@ -26,7 +26,12 @@ pub fn print_response(response: &Response, json: bool) -> Result<(), String> {
         }
         Response::User { user } => print_user(user),
         Response::Done { changed } => say!("done ({changed} changed)"),
-        Response::Resynced { token, drift_steps } => {
+        Response::Resynced {
+            token,
+            next_counter: Some(counter),
+            ..
+        } => say!("token {token} resynchronised, next counter {counter}"),
+        Response::Resynced { token, drift_steps, .. } => {
             say!("token {token} resynchronised, drift {drift_steps:+} steps")
         }
         Response::Verdict { result, reason } => match (result, reason) {
@@ -34,7 +39,11 @@ pub fn print_response(response: &Response, json: bool) -> Result<(), String> {
             _ => say!("{}", verdict_text(*result)),
         },
         Response::Status { status } => print_status(status),
-        Response::Imported { users, tokens } => say!("imported {tokens} tokens for {users} users"),
+        Response::Imported { users, tokens } => say!(
+            "imported {tokens} {} for {users} {}",
+            if *tokens == 1 { "token" } else { "tokens" },
+            if *users == 1 { "user" } else { "users" }
+        ),
         other => say!("{other:?}"),
     }
     Ok(())

@@ -21,7 +21,7 @@ pub enum AgentError {
     /// The agent's user does not exist on this host.
     UnknownAgentUser { name: String },
     /// The socket is missing, refuses, or timed out.
-    Connect { source: io::Error },
+    Connect { socket: String, source: io::Error },
     /// The socket file or the peer is not the agent's user.
     Untrusted { reason: String },
     /// The conversation with the agent failed.
@@ -36,7 +36,7 @@ impl fmt::Display for AgentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AgentError::UnknownAgentUser { name } => write!(f, "agent user {name} does not exist"),
-            AgentError::Connect { source } => write!(f, "cannot connect to the agent: {source}"),
+            AgentError::Connect { socket, source } => write!(f, "cannot connect to the agent at {socket}: {source}"),
             AgentError::Untrusted { reason } => write!(f, "agent socket not trusted: {reason}"),
             AgentError::Protocol { source } => write!(f, "{source}"),
             AgentError::Refused { message, .. } => write!(f, "agent refused the request: {message}"),
@@ -83,15 +83,24 @@ impl Agent {
             }
         };
         let owner = std::fs::symlink_metadata(socket)
-            .map_err(|source| AgentError::Connect { source })?
+            .map_err(|source| AgentError::Connect {
+                socket: socket.display().to_string(),
+                source,
+            })?
             .uid();
         if owner != expected_uid {
             return Err(AgentError::Untrusted {
                 reason: format!("{} is owned by uid {owner}, not by {agent_user}", socket.display()),
             });
         }
-        let stream = connect_with_timeout(socket, timeout).map_err(|source| AgentError::Connect { source })?;
-        let peer = peer_uid(&stream).map_err(|source| AgentError::Connect { source })?;
+        let stream = connect_with_timeout(socket, timeout).map_err(|source| AgentError::Connect {
+            socket: socket.display().to_string(),
+            source,
+        })?;
+        let peer = peer_uid(&stream).map_err(|source| AgentError::Connect {
+            socket: socket.display().to_string(),
+            source,
+        })?;
         if peer != expected_uid {
             return Err(AgentError::Untrusted {
                 reason: format!(

@@ -244,6 +244,9 @@ pub enum Response {
     Resynced {
         token: u64,
         drift_steps: i64,
+        /// For an HOTP token, the counter value expected next.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_counter: Option<u64>,
     },
     Status {
         status: AgentStatus,

@@ -311,7 +311,7 @@ fn read_secret(section: &Section, readable_by_others: bool) -> Option<(SharedSec
                 section.problem(
                     secret.span.clone(),
                     "secret",
-                    "is in a file other users can read; run chmod 640 on it, or use secret_file",
+                    "is in a configuration file that other users can read; run chmod 640 on this file, or use secret_file",
                 );
             }
             check_secret_text(section, "secret", &secret.value, secret.span).map(|secret| (secret, None))

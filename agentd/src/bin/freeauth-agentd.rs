@@ -42,6 +42,9 @@ fn main() -> ExitCode {
     }
     if args.check {
         println!("{}: valid", args.config.display());
+        if let Some(note) = freeauth_agentd::check::owner_note(&config) {
+            println!("{note}");
+        }
         return ExitCode::SUCCESS;
     }
     let filter = log_filter(&config.log_level);

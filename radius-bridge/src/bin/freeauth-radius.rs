@@ -49,8 +49,8 @@ fn main() -> ExitCode {
     match freeauth_radius::daemon::run(config, args.listen) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err}");
-            eprintln!("freeauth-radius: {err}");
+            // The log goes to standard error, so one line is enough.
+            tracing::error!("cannot run: {err}");
             ExitCode::from(1)
         }
     }
