@@ -1070,6 +1070,59 @@ fn pipelined_requests_on_one_connection() {
     let _ = Client::connect(&agent.agent_socket(), "t", Duration::from_secs(1)).unwrap();
 }
 
+/// Rejections that wait out the failure delay leave the connection's
+/// in-flight places, so a right code sent behind them on the same
+/// connection is answered first, although `max_in_flight` is 2.
+#[test]
+fn delayed_rejections_free_in_flight() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let agent = Agent::start_with(Options {
+        failure_delay_ms: 3000,
+        max_failure_delay_ms: 3000,
+        threshold: 50,
+        extra: "[server]\nmax_in_flight = 2\n".into(),
+        ..Options::default()
+    });
+    for user in ["guessed", "quick"] {
+        agent.ctl_ok(&[
+            "enroll",
+            user,
+            "--type",
+            "hotp",
+            "--secret-hex",
+            RFC_SEED_HEX,
+            "--no-qr",
+        ]);
+    }
+    let mut stream = UnixStream::connect(agent.agent_socket()).unwrap();
+    stream.write_all(&hello_frame()).unwrap();
+    let mut batch = Vec::new();
+    for id in 1..=4u64 {
+        let request = freeauth_proto::RequestFrame {
+            id,
+            request: verify_request("guessed", "000000", pam_origin()),
+        };
+        batch.extend(freeauth_proto::frame::encode(&request).unwrap());
+    }
+    let request = freeauth_proto::RequestFrame {
+        id: 5,
+        request: verify_request("quick", &oath_hotp(RFC_SEED_HEX, 0, 6), pam_origin()),
+    };
+    batch.extend(freeauth_proto::frame::encode(&request).unwrap());
+    stream.write_all(&batch).unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    reader.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _: freeauth_proto::HelloReply = freeauth_proto::frame::read_frame(&mut reader).unwrap();
+    let first: freeauth_proto::ResponseFrame = freeauth_proto::frame::read_frame(&mut reader).unwrap();
+    assert_eq!(first.id, 5, "the right code is answered before the delayed rejections");
+    assert_eq!(verdict(first.response), VerifyResult::Accepted);
+    for _ in 0..4 {
+        let frame: freeauth_proto::ResponseFrame = freeauth_proto::frame::read_frame(&mut reader).unwrap();
+        assert_eq!(verdict(frame.response), VerifyResult::Rejected);
+    }
+}
+
 /// Runs a protocol exchange as user `nobody` (uid 65534) through python3,
 /// and returns the response types it printed, one per request.
 fn exchange_as_nobody(socket: &std::path::Path, requests: &[String]) -> Vec<String> {

@@ -148,6 +148,33 @@ fn realms_are_enforced_per_client() {
 }
 
 #[test]
+fn invalid_user_names_get_reject() {
+    let agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    assert_eq!(bridge.auth("alice ", &code(0)), "reject", "white space at the end");
+    assert_eq!(bridge.auth("al\\tice", &code(0)), "reject", "a control character");
+    assert!(bridge.log_text().contains("invalid user name"), "{}", bridge.log_text());
+    assert_eq!(bridge.auth("alice", &code(0)), "accept", "the code was not consumed");
+}
+
+#[test]
+fn realm_rejection_log_escapes_name() {
+    let agent = agent_with(&["alice@example.com"]);
+    let clients = format!(
+        "[[client]]\nname = \"com\"\naddress = \"127.0.0.1\"\nsecret = \"{SECRET}\"\nrealms = [\"example.com\"]\n"
+    );
+    let bridge = Bridge::start(&agent, &clients);
+    let forged = "x@evil.org\\nFORGED result=accepted";
+    assert_eq!(bridge.auth(forged, &code(0)), "reject");
+    let log = bridge.log_text();
+    assert!(log.contains("rejected by realm policy"), "{log}");
+    assert!(
+        !log.lines().any(|line| line.starts_with("FORGED")),
+        "a line break in the name started a log line:\n{log}"
+    );
+}
+
+#[test]
 fn two_clients_behind_one_address() {
     let agent = agent_with(&["alice"]);
     let clients = "[[client]]\nname = \"vpn\"\naddress = \"127.0.0.1\"\nnas_identifier = \"vpn1\"\nsecret = \"vpn-secret-0123456789\"\n\

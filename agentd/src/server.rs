@@ -19,7 +19,7 @@ use freeauth_proto::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::access::{Caller, RateLimiter, Rules};
 use crate::config::Server;
@@ -350,6 +350,9 @@ async fn converse(
     // `replies` is dropped, so this send finds it.
     let _ = replies.send(welcome).await;
     let in_flight = Arc::new(Semaphore::new(shared.server.max_in_flight));
+    let delayed = Arc::new(Semaphore::new(
+        shared.server.max_in_flight.saturating_mul(DELAYED_PER_IN_FLIGHT),
+    ));
     let idle_limit = matches!(caller, Caller::Local { .. }).then_some(LOCAL_IDLE_TIMEOUT);
     let result = loop {
         let next = read_frame(&mut reader, timeout, false, max_len);
@@ -372,6 +375,8 @@ async fn converse(
             caller: caller.clone(),
             kind,
             arrived: Instant::now(),
+            slot: std::sync::Mutex::new(Some(permit)),
+            delayed: Arc::clone(&delayed),
         };
         let replies = replies.clone();
         shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -404,7 +409,6 @@ async fn converse(
             if !sent {
                 task_shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             }
-            drop(permit);
         });
     };
     if let Err(err @ (FrameError::Malformed { .. } | FrameError::BadLength { .. })) = &result {
@@ -579,9 +583,35 @@ pub struct Task {
     pub caller: Caller,
     pub kind: SocketKind,
     pub arrived: Instant,
+    /// The request's place among the connection's `max_in_flight`, freed
+    /// when the task ends or when its reply waits out a failure delay.
+    slot: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+    /// The connection's places for replies that wait out a failure delay.
+    delayed: Arc<Semaphore>,
 }
 
+/// Replies that may wait out a failure delay on one connection, per place
+/// of `max_in_flight`. A waiting reply costs only a timer and its
+/// task, and the places it frees let the connection's other requests go
+/// on. Without this, a flood of wrong codes through the RADIUS bridge held
+/// every place for up to `max_failure_delay_ms` and stalled all logins.
+const DELAYED_PER_IN_FLIGHT: usize = 16;
+
 impl Task {
+    /// Moves this request from the connection's in-flight places to its
+    /// places for delayed replies, when one is free. Returns that place,
+    /// to hold while the reply waits. When none is free the request keeps
+    /// its in-flight place, which slows the connection down instead.
+    pub fn wait_outside_in_flight(&self) -> Option<OwnedSemaphorePermit> {
+        let place = Arc::clone(&self.delayed).try_acquire_owned().ok()?;
+        let mut slot = match self.slot.lock() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        slot.take();
+        Some(place)
+    }
+
     async fn handle(self, request: Request) -> Response {
         match (self.kind, request) {
             (_, Request::Lookup { user }) => handlers::lookup(&self, user).await,

@@ -18,7 +18,7 @@ use freeauth_proto::frame::{self, FrameError, HEADER_LEN};
 use freeauth_proto::{Hello, HelloReply, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::ratelog::RateLog;
 
@@ -36,6 +36,9 @@ pub struct LinkSettings {
 struct Call {
     request: Request,
     reply: oneshot::Sender<Response>,
+    /// The call's in-flight slot, kept until the agent replies or the
+    /// connection ends, also when the caller stopped waiting earlier.
+    slot: OwnedSemaphorePermit,
 }
 
 /// A pool of pipelined agent connections.
@@ -78,13 +81,18 @@ impl AgentLink {
 
     /// Sends `request` and waits for the response; `None` if the agent is
     /// unreachable or does not answer within the timeout, which also bounds
-    /// the wait for a free in-flight slot.
+    /// the wait for a free in-flight slot. The slot stays taken until the
+    /// agent replies, so requests that outlive their caller still count.
     pub async fn call(&self, request: Request) -> Option<Response> {
         let exchange = async {
-            let _permit = self.in_flight.acquire().await.ok()?;
+            let slot = Arc::clone(&self.in_flight).acquire_owned().await.ok()?;
             let index = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
             let (reply, answer) = oneshot::channel();
-            self.senders.get(index)?.send(Call { request, reply }).await.ok()?;
+            self.senders
+                .get(index)?
+                .send(Call { request, reply, slot })
+                .await
+                .ok()?;
             answer.await.ok()
         };
         // NOTE: a verification that times out here may still be accepted by
@@ -107,7 +115,7 @@ async fn connection_task(
                 log.info("agent-link-up", "connected to the agent");
                 backoff = Duration::from_millis(100);
                 connected.fetch_add(1, Ordering::Relaxed);
-                let error = serve(stream, &mut calls).await;
+                let error = serve(stream, &mut calls, settings.timeout).await;
                 connected.fetch_sub(1, Ordering::Relaxed);
                 let Some(error) = error else {
                     return;
@@ -171,92 +179,126 @@ async fn connect(settings: &LinkSettings) -> Result<UnixStream, String> {
 
 /// Pipelines calls on one connection until it fails (`Some(reason)`) or
 /// the bridge shuts down (`None`).
-async fn serve(stream: UnixStream, calls: &mut mpsc::Receiver<Call>) -> Option<String> {
+///
+/// Requests are written and replies read by two loops that run together,
+/// so replies are read while a write waits for the agent to read. A link
+/// whose only loop waited on the other could deadlock with an agent that
+/// stops reading until its replies are taken. When calls are pending and
+/// no byte arrives for `stall`, the connection is dropped and made again.
+async fn serve(stream: UnixStream, calls: &mut mpsc::Receiver<Call>, stall: Duration) -> Option<String> {
     let (mut reader, mut writer) = stream.into_split();
-    // Replies read and not parsed yet. `read_buf` loses nothing when the
-    // other branch of the `select!` wins. A frame reader built on
-    // `read_exact` would drop the part of a frame it had read.
-    let mut incoming: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let mut pending = PendingCalls::new();
-    let mut next_id: u64 = 1;
-    loop {
-        if incoming.capacity() - incoming.len() < READ_CHUNK / 2 {
-            incoming.reserve(READ_CHUNK);
-        }
-        tokio::select! {
-            call = calls.recv() => {
-                // Every call waiting now goes out in one write.
-                let mut batch = zeroize::Zeroizing::new(Vec::new());
-                let mut next = call;
-                while let Some(call) = next {
-                    let id = next_id;
-                    next_id = next_id.wrapping_add(1);
-                    match frame::encode(&RequestFrame { id, request: call.request }) {
-                        Ok(bytes) => batch.extend_from_slice(&zeroize::Zeroizing::new(bytes)),
-                        Err(err) => return Some(err.to_string()),
-                    }
-                    pending.insert(id, call.reply);
-                    next = calls.try_recv().ok();
-                }
-                if batch.is_empty() {
-                    return None;
-                }
-                if let Err(err) = writer.write_all(&batch).await {
-                    return Some(err.to_string());
-                }
-            }
-            read = reader.read_buf(&mut incoming) => {
-                match read {
-                    Ok(0) => return Some("the agent closed the connection".into()),
-                    Ok(_) => {}
-                    Err(err) => return Some(err.to_string()),
-                }
-                let parsed = match take_frames(&incoming, |frame: ResponseFrame| {
-                    if let Some(reply) = pending.remove(frame.id) {
-                        let _ = reply.send(frame.response);
-                    }
+    let pending = std::sync::Mutex::new(PendingCalls::default());
+    let send = async {
+        let mut next_id: u64 = 1;
+        while let Some(call) = calls.recv().await {
+            // Every call waiting now goes out in one write.
+            let mut batch = zeroize::Zeroizing::new(Vec::new());
+            let mut next = Some(call);
+            while let Some(call) = next {
+                let id = next_id;
+                next_id = next_id.wrapping_add(1);
+                match frame::encode(&RequestFrame {
+                    id,
+                    request: call.request,
                 }) {
-                    Ok(parsed) => parsed,
+                    Ok(bytes) => batch.extend_from_slice(&zeroize::Zeroizing::new(bytes)),
                     Err(err) => return Some(err.to_string()),
-                };
-                incoming.drain(..parsed);
+                }
+                lock(&pending).insert(id, call.reply, call.slot);
+                next = calls.try_recv().ok();
+            }
+            if let Err(err) = writer.write_all(&batch).await {
+                return Some(err.to_string());
             }
         }
+        None
+    };
+    let stall_check = (stall / 4).max(Duration::from_millis(10));
+    let receive = async {
+        // Replies read and not parsed yet.
+        let mut incoming: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        loop {
+            if incoming.capacity() - incoming.len() < READ_CHUNK / 2 {
+                incoming.reserve(READ_CHUNK);
+            }
+            // `read_buf` loses nothing when the timeout cuts it short.
+            let read = match tokio::time::timeout(stall_check, reader.read_buf(&mut incoming)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    if lock(&pending)
+                        .waiting_since()
+                        .is_some_and(|since| since.elapsed() >= stall)
+                    {
+                        return Some(format!("the agent sent no reply for {} ms", stall.as_millis()));
+                    }
+                    continue;
+                }
+            };
+            match read {
+                Ok(0) => return Some("the agent closed the connection".into()),
+                Ok(_) => {}
+                Err(err) => return Some(err.to_string()),
+            }
+            let parsed = match take_frames(&incoming, |frame: ResponseFrame| {
+                if let Some(reply) = lock(&pending).remove(frame.id) {
+                    let _ = reply.send(frame.response);
+                }
+            }) {
+                Ok(parsed) => parsed,
+                Err(err) => return Some(err.to_string()),
+            };
+            incoming.drain(..parsed);
+        }
+    };
+    tokio::select! {
+        ended = send => ended,
+        ended = receive => ended,
     }
 }
 
-/// Number of pending calls at which those whose caller gave up are dropped.
-/// The limit then doubles with the calls still waiting.
-const PRUNE_PENDING_AT: usize = 1024;
+/// Locks the pending calls. The lock is never held across an `await`, and
+/// a panic while it is held cannot leave the map half changed.
+fn lock(pending: &std::sync::Mutex<PendingCalls>) -> std::sync::MutexGuard<'_, PendingCalls> {
+    match pending.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
 
-/// Calls sent to the agent that have no reply yet, by request id.
-///
-/// A caller that timed out leaves its entry until the agent replies. If
-/// the agent stops replying, such entries are dropped from time to time,
-/// so the map stays bounded.
+/// Calls sent to the agent that have no reply yet, by request id, each
+/// with its in-flight slot. A caller that timed out leaves its entry, and
+/// its slot, until the agent replies or the connection ends. So the map
+/// never has more entries than the bridge's `max_in_flight`.
+#[derive(Default)]
 struct PendingCalls {
-    calls: HashMap<u64, oneshot::Sender<Response>>,
-    prune_at: usize,
+    calls: HashMap<u64, (oneshot::Sender<Response>, OwnedSemaphorePermit)>,
+    /// When the map last became non-empty or last lost a call to a reply.
+    progress: Option<std::time::Instant>,
 }
 
 impl PendingCalls {
-    fn new() -> PendingCalls {
-        PendingCalls {
-            calls: HashMap::new(),
-            prune_at: PRUNE_PENDING_AT,
+    fn insert(&mut self, id: u64, reply: oneshot::Sender<Response>, slot: OwnedSemaphorePermit) {
+        if self.calls.is_empty() {
+            self.progress = Some(std::time::Instant::now());
         }
+        self.calls.insert(id, (reply, slot));
     }
 
-    fn insert(&mut self, id: u64, reply: oneshot::Sender<Response>) {
-        self.calls.insert(id, reply);
-        if self.calls.len() >= self.prune_at {
-            self.calls.retain(|_, reply| !reply.is_closed());
-            self.prune_at = (2 * self.calls.len()).max(PRUNE_PENDING_AT);
-        }
-    }
-
+    /// Removes the call `id` and frees its slot.
     fn remove(&mut self, id: u64) -> Option<oneshot::Sender<Response>> {
-        self.calls.remove(&id)
+        let (reply, _slot) = self.calls.remove(&id)?;
+        self.progress = Some(std::time::Instant::now());
+        Some(reply)
+    }
+
+    /// Returns since when calls have waited without any reply, or `None`
+    /// when no call waits.
+    fn waiting_since(&self) -> Option<std::time::Instant> {
+        if self.calls.is_empty() {
+            None
+        } else {
+            self.progress
+        }
     }
 }
 
@@ -315,13 +357,15 @@ mod tests {
     async fn serve_keeps_a_half_read_reply() {
         let (near, mut agent) = UnixStream::pair().unwrap();
         let (calls, mut receiver) = mpsc::channel(8);
-        let link = tokio::spawn(async move { serve(near, &mut receiver).await });
+        let slots = Arc::new(Semaphore::new(8));
+        let link = tokio::spawn(async move { serve(near, &mut receiver, Duration::from_secs(5)).await });
 
         let (first_reply, first_answer) = oneshot::channel();
         calls
             .send(Call {
                 request: lookup("alice"),
                 reply: first_reply,
+                slot: Arc::clone(&slots).acquire_owned().await.unwrap(),
             })
             .await
             .unwrap();
@@ -340,6 +384,7 @@ mod tests {
             .send(Call {
                 request: lookup("bob"),
                 reply: second_reply,
+                slot: Arc::clone(&slots).acquire_owned().await.unwrap(),
             })
             .await
             .unwrap();
@@ -386,23 +431,111 @@ mod tests {
         assert!(take_frames(&bytes, |_: ResponseFrame| {}).is_err());
     }
 
-    #[test]
-    fn pending_calls_drop_callers_that_left() {
-        let mut pending = PendingCalls::new();
-        let (live, mut live_answer) = oneshot::channel();
-        pending.insert(0, live);
-        for id in 1..=(2 * PRUNE_PENDING_AT as u64) {
+    /// Calls, and the slot semaphore they take their slots from.
+    async fn calls_with_slots(
+        count: usize,
+        name_len: usize,
+    ) -> (Vec<Call>, Vec<oneshot::Receiver<Response>>, Arc<Semaphore>) {
+        let slots = Arc::new(Semaphore::new(count));
+        let mut calls = Vec::new();
+        let mut answers = Vec::new();
+        for n in 0..count {
             let (reply, answer) = oneshot::channel();
-            drop(answer);
-            pending.insert(id, reply);
+            let user = format!("{n:0name_len$}");
+            calls.push(Call {
+                request: lookup(&user),
+                reply,
+                slot: Arc::clone(&slots).acquire_owned().await.unwrap(),
+            });
+            answers.push(answer);
         }
-        assert!(
-            pending.calls.len() < PRUNE_PENDING_AT,
-            "{} calls kept",
-            pending.calls.len()
-        );
-        let reply = pending.remove(0).expect("the live call is kept");
-        reply.send(verdict(VerifyResult::Accepted)).unwrap();
-        assert_eq!(live_answer.try_recv().unwrap(), verdict(VerifyResult::Accepted));
+        (calls, answers, slots)
+    }
+
+    /// An agent that writes replies before it reads the requests: the
+    /// link must read them while its own write waits, or both sides wait
+    /// for ever once the socket buffers are full.
+    #[tokio::test]
+    async fn serve_reads_while_write_waits() {
+        const CALLS: usize = 8_000;
+        let (near, agent) = UnixStream::pair().unwrap();
+        let (sender, mut receiver) = mpsc::channel(CALLS);
+        let (calls, answers, _slots) = calls_with_slots(CALLS, 200).await;
+        for call in calls {
+            sender.send(call).await.unwrap();
+        }
+        let link = tokio::spawn(async move { serve(near, &mut receiver, Duration::from_secs(30)).await });
+        let (mut agent_reader, mut agent_writer) = agent.into_split();
+
+        // One request read shows that the link has sent its batch, and
+        // the batch's calls are pending before its write starts.
+        let first: RequestFrame = read_frame(&mut agent_reader).await.unwrap();
+        assert_eq!(first.id, 1);
+
+        let mut replies = Vec::new();
+        for id in 1..=CALLS as u64 {
+            replies.extend(
+                frame::encode(&ResponseFrame {
+                    id,
+                    response: verdict(VerifyResult::Rejected),
+                })
+                .unwrap(),
+            );
+        }
+
+        let exchange = async {
+            agent_writer.write_all(&replies).await.unwrap();
+            for _ in 1..CALLS {
+                let _: RequestFrame = read_frame(&mut agent_reader).await.unwrap();
+            }
+            for answer in answers {
+                assert_eq!(answer.await.unwrap(), verdict(VerifyResult::Rejected));
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), exchange)
+            .await
+            .expect("the link and the agent wait for each other");
+        drop(sender);
+        assert_eq!(link.await.unwrap(), None);
+    }
+
+    /// A caller that gave up leaves its slot taken until the agent
+    /// replies, so the agent never has more than `max_in_flight` requests.
+    #[tokio::test]
+    async fn serve_frees_slot_at_reply() {
+        let (near, mut agent) = UnixStream::pair().unwrap();
+        let (sender, mut receiver) = mpsc::channel(1);
+        let (mut calls, answers, slots) = calls_with_slots(1, 5).await;
+        drop(answers);
+        sender.send(calls.remove(0)).await.unwrap();
+        let link = tokio::spawn(async move { serve(near, &mut receiver, Duration::from_secs(5)).await });
+        let request = read_request(&mut agent).await;
+        assert_eq!(slots.available_permits(), 0, "the slot is taken while the agent works");
+        let reply = frame::encode(&ResponseFrame {
+            id: request.id,
+            response: verdict(VerifyResult::Rejected),
+        })
+        .unwrap();
+        agent.write_all(&reply).await.unwrap();
+        let freed = tokio::time::timeout(Duration::from_secs(5), slots.acquire()).await;
+        assert!(freed.is_ok(), "the slot is freed by the reply");
+        drop(sender);
+        assert_eq!(link.await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn serve_drops_stalled_connection() {
+        let (near, mut agent) = UnixStream::pair().unwrap();
+        let (sender, mut receiver) = mpsc::channel(1);
+        let (mut calls, _answers, slots) = calls_with_slots(1, 5).await;
+        sender.send(calls.remove(0)).await.unwrap();
+        let link = tokio::spawn(async move { serve(near, &mut receiver, Duration::from_millis(200)).await });
+        let _ = read_request(&mut agent).await;
+        let ended = tokio::time::timeout(Duration::from_secs(5), link)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(ended.is_some_and(|reason| reason.contains("no reply")));
+        assert_eq!(slots.available_permits(), 1, "the dropped call freed its slot");
     }
 }

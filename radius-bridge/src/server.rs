@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use freeauth_proto::{Origin, Request, Response, SecretString, VerifyResult};
+use freeauth_proto::{ErrorKind, Origin, Request, Response, SecretString, VerifyResult};
 use tokio::net::UdpSocket;
 
 use crate::agent_link::AgentLink;
@@ -310,7 +310,9 @@ async fn decide(
     let account = match account_name(client, &name) {
         Ok(account) => account,
         Err(reason) => {
-            tracing::warn!(target: "freeauth::auth", client = %client.name, user = %name, reason, "rejected by realm policy");
+            // Debug formatting escapes control characters, so a crafted
+            // name cannot forge log lines.
+            tracing::warn!(target: "freeauth::auth", client = %client.name, user = ?name, reason, "rejected by realm policy");
             tokio::time::sleep(bridge.realm_reject_delay).await;
             return Ok(reply(client, packet, Code::AccessReject, None));
         }
@@ -335,6 +337,17 @@ async fn decide(
             ..
         }) => Ok(reply(client, packet, Code::AccessAccept, None)),
         Some(Response::Verdict { .. }) => Ok(reply(client, packet, Code::AccessReject, None)),
+        // A name no account can have (empty, white space at an end, control
+        // characters): the user's fault, so a reject, not a failover. It
+        // waits as long as a realm rejection, which looks like a wrong code.
+        Some(Response::Error {
+            kind: ErrorKind::Invalid,
+            message,
+        }) => {
+            tracing::info!(target: "freeauth::auth", client = %client.name, user = ?name, reason = ?message, "rejected: invalid user name");
+            tokio::time::sleep(bridge.realm_reject_delay).await;
+            Ok(reply(client, packet, Code::AccessReject, None))
+        }
         Some(Response::Error { message, .. }) => {
             // Forbidden (this bridge's user is missing from the agent's
             // bridge_users) or an agent failure: not the user's fault, so no
@@ -394,8 +407,16 @@ fn ipv4_text(value: &[u8]) -> Option<String> {
 /// Builds a reply with Message-Authenticator first and Proxy-State copied in order.
 fn reply(client: &Client, packet: &Packet<'_>, code: Code, message: Option<&str>) -> Vec<u8> {
     let mut builder = ReplyBuilder::new(code, packet.identifier);
+    // Proxy-State must come back unchanged (RFC 2865, section 5.33), so the
+    // Reply-Message gets only the room they leave, and is left out
+    // without it. The message text is ASCII, so any cut is valid text.
+    let proxy_states: usize = packet.all(attr::PROXY_STATE).map(|a| a.value.len() + 2).sum();
     if let Some(message) = message {
-        builder.add(attr::REPLY_MESSAGE, message.as_bytes());
+        let room = builder.room().saturating_sub(proxy_states);
+        if room > 2 {
+            let text = message.as_bytes();
+            builder.add(attr::REPLY_MESSAGE, &text[..text.len().min(room - 2)]);
+        }
     }
     for proxy_state in packet.all(attr::PROXY_STATE) {
         builder.add(attr::PROXY_STATE, proxy_state.value);
@@ -435,6 +456,50 @@ mod tests {
         assert!(account_name(&bare, "root@example.com").is_err());
         let strict = client("strict", "192.0.2.1", None, &["example.com"], None);
         assert!(account_name(&strict, "alice").is_err());
+    }
+
+    /// A 4096-byte request whose Proxy-States leave less room than the
+    /// reply's Reply-Message needs: they come back whole, and the message
+    /// is cut.
+    #[test]
+    fn full_request_keeps_proxy_states_whole() {
+        let mut bytes = vec![1, 9, 0, 0];
+        bytes.extend_from_slice(&[0x11; 16]);
+        bytes.extend_from_slice(&[attr::MESSAGE_AUTHENTICATOR, 18]);
+        bytes.extend_from_slice(&[0; 16]);
+        bytes.extend_from_slice(&[attr::CHAP_PASSWORD, 19]);
+        bytes.extend_from_slice(&[7; 17]);
+        let mut states = Vec::new();
+        let mut fill = 0u8;
+        while bytes.len() < 4096 {
+            let length = (4096 - bytes.len() - 2).min(253);
+            fill = fill.wrapping_add(1);
+            let value = vec![fill; length];
+            bytes.push(attr::PROXY_STATE);
+            bytes.push(u8::try_from(length + 2).unwrap());
+            bytes.extend_from_slice(&value);
+            states.push(value);
+        }
+        let length = u16::try_from(bytes.len()).unwrap().to_be_bytes();
+        bytes[2..4].copy_from_slice(&length);
+        let request = Packet::parse(&bytes).unwrap();
+        let com = client("com", "192.0.2.1", None, &[], None);
+
+        let reply = reply(
+            &com,
+            &request,
+            Code::AccessReject,
+            Some("Only PAP is supported by this server."),
+        );
+        let parsed = Packet::parse(&reply).unwrap();
+        let copied: Vec<&[u8]> = parsed.all(attr::PROXY_STATE).map(|a| a.value).collect();
+        assert_eq!(copied, states.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        assert!(reply.len() <= 4096);
+        let message = parsed.find(attr::REPLY_MESSAGE).map_or(0, |a| a.value.len());
+        assert!(
+            message < "Only PAP is supported by this server.".len(),
+            "the message was cut"
+        );
     }
 
     #[test]

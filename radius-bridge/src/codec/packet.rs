@@ -190,11 +190,17 @@ impl ReplyBuilder {
         }
     }
 
+    /// Returns the bytes still free for attributes, headers included, in a
+    /// reply with a Message-Authenticator.
+    pub fn room(&self) -> usize {
+        MAX_PACKET_LEN.saturating_sub(HEADER_LEN + 18 + self.attributes.len())
+    }
+
     /// Appends an attribute; values longer than 253 bytes, or that would make
     /// the packet exceed 4096 bytes, are cut to fit (only Reply-Message text
     /// and copied Proxy-State reach here, both already bounded).
     pub fn add(&mut self, kind: u8, value: &[u8]) -> &mut Self {
-        let room = MAX_PACKET_LEN.saturating_sub(HEADER_LEN + 18 + self.attributes.len() + 2);
+        let room = self.room().saturating_sub(2);
         let length = value.len().min(MAX_VALUE_LEN).min(room);
         if length == 0 && !value.is_empty() {
             return self;
