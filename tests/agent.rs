@@ -623,6 +623,48 @@ fn lookup_reports_enrolment_and_lock_to_local_callers() {
     );
 }
 
+/// A name without an account keeps its failure count and lock across a
+/// restart, as an account does, so the reply delay after a restart does
+/// not tell the two apart. `unlock` clears it.
+#[test]
+fn unknown_name_lock_survives_restart() {
+    let mut agent = Agent::start_with(Options {
+        threshold: 3,
+        ..Options::default()
+    });
+    for _ in 0..3 {
+        assert_eq!(agent.verify_pam("ghost", "000000"), VerifyResult::NoToken);
+    }
+    agent.restart();
+    let locked = |agent: &Agent| {
+        let lookup = agent
+            .agent_client()
+            .call(Request::Lookup { user: "ghost".into() })
+            .unwrap();
+        matches!(lookup, Response::Account { locked: true, .. })
+    };
+    assert!(locked(&agent), "the lock of the unknown name was lost");
+    let database = agent.dir.path().join("state/freeauth.db");
+    let stored = Command::new("sqlite3")
+        .arg(&database)
+        .arg("SELECT count(*) FROM unknown_failures")
+        .output();
+    if let Ok(stored) = stored {
+        assert_eq!(String::from_utf8_lossy(&stored.stdout).trim(), "1");
+    }
+    for file in ["state/freeauth.db", "state/freeauth.db-wal"] {
+        let raw = fs::read(agent.dir.path().join(file)).unwrap_or_default();
+        assert!(
+            !raw.windows(5).any(|window| window == b"ghost"),
+            "the name itself is not stored in {file}"
+        );
+    }
+    agent.ctl_ok(&["unlock", "ghost"]);
+    assert!(!locked(&agent), "unlock clears it");
+    agent.restart();
+    assert!(!locked(&agent), "unlock cleared it on disk too");
+}
+
 #[test]
 fn backup_codes_work_once() {
     let agent = Agent::start();

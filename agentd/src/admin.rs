@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 
 use crate::engine::{failures_of, Context, EngineError, MemoryCounts};
 use crate::keys::Field;
-use crate::policy::{source_address, split_source_key, FailureTable, SourceFailures};
+use crate::policy::{source_address, split_source_key, FailureTable, Failures, SourceFailures};
 use crate::store::{Account, Db, TokenRow, TokenSettings};
 
 /// Longest accepted user name, in bytes (the RADIUS User-Name limit).
@@ -85,7 +85,7 @@ pub(crate) fn run(context: &Context<'_>, db: Db<'_>, memory: &mut MemoryCounts, 
             first,
             second,
         } => resync(context, db, &user, token, &first, &second),
-        AdminOp::Unlock { user } => unlock(db, &mut memory.unknown, &user),
+        AdminOp::Unlock { user } => unlock(context, db, &mut memory.unknown, &user),
         AdminOp::UnlockSource { source } => Ok(unlock_source(&mut memory.sources, &source)),
         AdminOp::Counts => counts(context, db, memory),
     }
@@ -591,10 +591,20 @@ fn resync(
     )
 }
 
-fn unlock(db: Db<'_>, unknown: &mut FailureTable, user: &str) -> AdminResult {
-    unknown.forget(user);
+fn unlock(context: &Context<'_>, db: Db<'_>, unknown: &mut FailureTable, user: &str) -> AdminResult {
+    let key = context.unknown_key_of(user);
+    let had_count = unknown.get(&key) != Failures::default();
+    unknown.forget(&key);
+    db.forget_unknown_failures(&context.cipher.digest(user.as_bytes()))?;
     let account = match find_account(db, user)? {
         Ok(account) => account,
+        Err(_) if had_count => {
+            tracing::info!(
+                user,
+                "failure count of a name without an account cleared by an administrator"
+            );
+            return Ok(Response::Done { changed: 1 });
+        }
         Err(response) => return Ok(response),
     };
     db.set_failures(account.id, 0, None)?;

@@ -262,12 +262,27 @@ impl MemoryCounts {
 
 impl Engine {
     pub fn new(store: Store, cipher: SeedCipher, clock: Arc<dyn Clock>, settings: Settings) -> Engine {
+        let mut counts = MemoryCounts::default();
+        match store.db().unknown_failures() {
+            Ok(rows) => {
+                for (digest, count, locked_until) in rows {
+                    if let Ok(digest) = <[u8; 32]>::try_from(digest.as_slice()) {
+                        let _ = counts
+                            .unknown
+                            .set(&unknown_key(&digest), Failures { count, locked_until }, 0);
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the failure counts of names without an account; they start at zero");
+            }
+        }
         Engine {
             store,
             cipher,
             clock,
             settings,
-            counts: MemoryCounts::default(),
+            counts,
         }
     }
 
@@ -728,7 +743,10 @@ impl Context<'_> {
     fn lookup(&self, db: Db<'_>, unknown: &FailureTable, user: &str) -> Result<Lookup, EngineError> {
         let prompt = self.settings.prompt.clone();
         let Some(account) = db.account(user)? else {
-            let locked = unknown.get(user).current(self.now).is_locked(self.now);
+            let locked = unknown
+                .get(&self.unknown_key_of(user))
+                .current(self.now)
+                .is_locked(self.now);
             return Ok(Lookup {
                 enrolled: false,
                 locked,
@@ -789,7 +807,8 @@ impl Context<'_> {
         // guess counts here, before its slow hash, like the account's count.
         if verdict.counted {
             let after = policy.after_source_failure(stored, self.now);
-            counts.sources.set(source, after, self.now);
+            // Sources are counted in memory only.
+            let _ = counts.sources.set(source, after, self.now);
             log_new_source_lock(source, before, after.failures, self.now);
             verdict.delay = verdict.delay.max(policy.delay(after.failures.count));
         }
@@ -826,7 +845,7 @@ impl Context<'_> {
         code: &SecretString,
     ) -> Result<Verdict, EngineError> {
         let Some(account) = db.account(user)? else {
-            return Ok(self.reject_unknown(unknown, user));
+            return self.reject_unknown(db, unknown, user);
         };
         let failures = failures_of(&account).current(self.now);
         if failures.is_locked(self.now) {
@@ -894,7 +913,7 @@ impl Context<'_> {
         matched: BackupCheck,
     ) -> Result<Verdict, EngineError> {
         let Some(account) = db.account(user)? else {
-            return Ok(self.reject_unknown(unknown, user));
+            return self.reject_unknown(db, unknown, user);
         };
         // The failure of this attempt was counted when the check began; a
         // lock it caused does not stop a right code of this same attempt.
@@ -1034,17 +1053,29 @@ impl Context<'_> {
         })
     }
 
-    fn reject_unknown(&self, unknown: &mut FailureTable, user: &str) -> Verdict {
-        let before = unknown.get(user).current(self.now);
+    /// Counts a failure for `user`, a name without an account, in memory
+    /// and on disk, as [`Context::reject`] does for an account.
+    fn reject_unknown(&self, db: Db<'_>, unknown: &mut FailureTable, user: &str) -> Result<Verdict, EngineError> {
+        let digest = self.cipher.digest(user.as_bytes());
+        let key = unknown_key(&digest);
+        let before = unknown.get(&key).current(self.now);
         if before.is_locked(self.now) {
-            return self.verdict(Outcome::NoToken, Reason::UnknownUser, before.count);
+            return Ok(self.verdict(Outcome::NoToken, Reason::UnknownUser, before.count));
         }
         let after = self.policy().after_failure(before, self.now);
-        unknown.set(user, after, self.now);
-        Verdict {
+        if let Some(evicted) = unknown.set(&key, after, self.now).and_then(|key| digest_of_key(&key)) {
+            db.forget_unknown_failures(&evicted)?;
+        }
+        db.set_unknown_failures(&digest, after.count, after.locked_until)?;
+        Ok(Verdict {
             counted: true,
             ..self.verdict(Outcome::NoToken, Reason::UnknownUser, after.count)
-        }
+        })
+    }
+
+    /// Returns the key of `user` in the table of names without an account.
+    pub(crate) fn unknown_key_of(&self, user: &str) -> String {
+        unknown_key(&self.cipher.digest(user.as_bytes()))
     }
 
     fn verdict(&self, outcome: Outcome, reason: Reason, failures: u32) -> Verdict {
@@ -1063,6 +1094,24 @@ impl Context<'_> {
 }
 
 /// Logs the failure that locked a source, once, when it happens.
+/// Returns the key of a name without an account in [`MemoryCounts::unknown`]:
+/// the hexadecimal form of the name's keyed digest, which is the key on disk.
+fn unknown_key(digest: &[u8; 32]) -> String {
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Returns the digest that [`unknown_key`] encoded, or `None` for a key it
+/// did not make.
+fn digest_of_key(key: &str) -> Option<Vec<u8>> {
+    if key.len() != 64 {
+        return None;
+    }
+    (0..key.len())
+        .step_by(2)
+        .map(|at| key.get(at..at + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+        .collect()
+}
+
 fn log_new_source_lock(source: &str, before: Failures, after: Failures, now: u64) {
     if after.is_locked(now) && !before.is_locked(now) {
         tracing::warn!(target: "freeauth::auth", source, failures = after.count, until = after.locked_until, "source locked after too many failures");

@@ -260,7 +260,10 @@ impl<E: Entry> FailureTable<E> {
         self.counts.get(name).copied().unwrap_or_default()
     }
 
-    pub fn set(&mut self, name: &str, entry: E, now: u64) {
+    /// Sets the entry of `name`. Returns the name evicted to make room,
+    /// if any.
+    pub fn set(&mut self, name: &str, entry: E, now: u64) -> Option<String> {
+        let mut evicted = None;
         if self.counts.len() >= MAX_NAMES && !self.counts.contains_key(name) {
             // Evict one entry rather than the whole table, so that a flood of
             // made-up names cannot reset the count of a name being probed.
@@ -275,9 +278,11 @@ impl<E: Entry> FailureTable<E> {
                 .map(|(name, _)| name.clone());
             if let Some(victim) = victim {
                 self.counts.remove(&victim);
+                evicted = Some(victim);
             }
         }
         self.counts.insert(name.to_owned(), entry);
+        evicted
     }
 
     pub fn forget(&mut self, name: &str) {

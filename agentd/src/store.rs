@@ -105,6 +105,15 @@ CREATE TABLE IF NOT EXISTS retired_secrets (
     used_until INTEGER NOT NULL,
     expires    INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- Failure counts of user names that have no account. Kept on disk as the
+-- accounts' counts are, so that a restart does not tell the two apart by
+-- their reply delays. Keyed by a keyed digest of the name: people type
+-- passwords into the user field, and the name itself is never stored.
+CREATE TABLE IF NOT EXISTS unknown_failures (
+    name_digest  BLOB PRIMARY KEY,
+    failures     INTEGER NOT NULL,
+    locked_until INTEGER
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS token_uses (
     seq       INTEGER PRIMARY KEY,
     token_id  INTEGER NOT NULL,
@@ -763,6 +772,10 @@ fn prepare_state_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The failure count of a name without an account, as stored: the name's
+/// keyed digest, the count, and the end of its lock.
+pub type UnknownFailures = (Vec<u8>, u32, Option<u64>);
+
 /// Statements on a connection, transaction or savepoint, with the use log
 /// that contains the newest token states.
 #[derive(Clone, Copy)]
@@ -1052,6 +1065,52 @@ impl Db<'_> {
         )?;
         self.conn.prepare_cached(REFRESH_TOKEN_IDS)?.execute([user_id])?;
         Ok(changed as u64)
+    }
+
+    /// Failure counts of names without an account.
+    pub fn unknown_failures(&self) -> Result<Vec<UnknownFailures>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT name_digest, failures, locked_until FROM unknown_failures")?;
+        let rows = statement.query_map([], |row| {
+            let locked_until: Option<i64> = row.get(2)?;
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                locked_until.map(|time| u64::try_from(time).unwrap_or(0)),
+            ))
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Stores the failure count of the name without an account whose
+    /// digest is `digest`. A count of zero without a lock removes the row.
+    pub fn set_unknown_failures(
+        &self,
+        digest: &[u8],
+        failures: u32,
+        locked_until: Option<u64>,
+    ) -> Result<(), StoreError> {
+        if failures == 0 && locked_until.is_none() {
+            return self.forget_unknown_failures(digest);
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO unknown_failures (name_digest, failures, locked_until) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name_digest) DO UPDATE SET
+                     failures = excluded.failures, locked_until = excluded.locked_until",
+            )?
+            .execute(params![digest, failures, locked_until.map(to_i64).transpose()?])?;
+        Ok(())
+    }
+
+    /// Removes the failure count of the name without an account whose
+    /// digest is `digest`.
+    pub fn forget_unknown_failures(&self, digest: &[u8]) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM unknown_failures WHERE name_digest = ?1")?
+            .execute([digest])?;
+        Ok(())
     }
 
     /// Drops the records of removed secrets that expired by `now`.
