@@ -636,6 +636,7 @@ fn unknown_name_lock_survives_restart() {
         assert_eq!(agent.verify_pam("ghost", "000000"), VerifyResult::NoToken);
     }
     agent.restart();
+
     let locked = |agent: &Agent| {
         let lookup = agent
             .agent_client()
@@ -644,6 +645,7 @@ fn unknown_name_lock_survives_restart() {
         matches!(lookup, Response::Account { locked: true, .. })
     };
     assert!(locked(&agent), "the lock of the unknown name was lost");
+
     let database = agent.dir.path().join("state/freeauth.db");
     let stored = Command::new("sqlite3")
         .arg(&database)
@@ -659,10 +661,43 @@ fn unknown_name_lock_survives_restart() {
             "the name itself is not stored in {file}"
         );
     }
+
     agent.ctl_ok(&["unlock", "ghost"]);
     assert!(!locked(&agent), "unlock clears it");
     agent.restart();
     assert!(!locked(&agent), "unlock cleared it on disk too");
+}
+
+/// Enrolling a name clears the count it collected without an account,
+/// so removing the account later does not bring an old lock back.
+#[test]
+fn enrolment_clears_unknown_name_count() {
+    let mut agent = Agent::start_with(Options {
+        threshold: 3,
+        ..Options::default()
+    });
+    for _ in 0..3 {
+        assert_eq!(agent.verify_pam("ghost", "000000"), VerifyResult::NoToken);
+    }
+    agent.ctl_ok(&[
+        "enroll",
+        "ghost",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    agent.ctl_ok(&["remove", "ghost"]);
+    agent.restart();
+    let lookup = agent
+        .agent_client()
+        .call(Request::Lookup { user: "ghost".into() })
+        .unwrap();
+    assert!(
+        matches!(lookup, Response::Account { locked: false, .. }),
+        "the old lock came back: {lookup:?}"
+    );
 }
 
 #[test]
@@ -1114,7 +1149,7 @@ fn pipelined_requests_on_one_connection() {
 
 /// Rejections that wait out the failure delay leave the connection's
 /// in-flight places, so a right code sent behind them on the same
-/// connection is answered first, although `max_in_flight` is 2.
+/// connection gets its reply first, although `max_in_flight` is 2.
 #[test]
 fn delayed_rejections_free_in_flight() {
     use std::io::Write;
@@ -1137,6 +1172,7 @@ fn delayed_rejections_free_in_flight() {
             "--no-qr",
         ]);
     }
+
     let mut stream = UnixStream::connect(agent.agent_socket()).unwrap();
     stream.write_all(&hello_frame()).unwrap();
     let mut batch = Vec::new();
@@ -1153,6 +1189,7 @@ fn delayed_rejections_free_in_flight() {
     };
     batch.extend(freeauth_proto::frame::encode(&request).unwrap());
     stream.write_all(&batch).unwrap();
+
     let mut reader = stream.try_clone().unwrap();
     reader.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let _: freeauth_proto::HelloReply = freeauth_proto::frame::read_frame(&mut reader).unwrap();

@@ -195,3 +195,49 @@ fn large_frames_are_refused_on_the_agent_socket() {
     assert!(String::from_utf8_lossy(&reply).contains("invalid frame length 65536"));
     assert_serving(&agent, 0);
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A peer that sends requests and reads no reply fills its socket and
+/// then waits: the agent stops reading once `max_in_flight` replies wait
+/// for the writer, instead of starting a task for every request.
+#[test]
+fn unread_replies_stop_reading() {
+    let agent = Agent::start_with(Options {
+        extra: "[server]\nmax_in_flight = 4\n".into(),
+        ..Options::default()
+    });
+    let pid = agent.child.as_ref().unwrap().id();
+
+    let mut stream = connect(&agent);
+    stream.write_all(&hello_frame()).unwrap();
+    // An invalid name is rejected at once, without the engine.
+    let request = freeauth_proto::frame::encode(&freeauth_proto::RequestFrame {
+        id: 1,
+        request: freeauth_proto::Request::Lookup { user: " x".into() },
+    })
+    .unwrap();
+    let chunk = request.repeat(1000);
+    stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+
+    let before = resident_kib(pid);
+    let start = Instant::now();
+    let mut written = 0u64;
+    while start.elapsed() < Duration::from_secs(5) && stream.write_all(&chunk).is_ok() {
+        written += 1000;
+    }
+    let after = resident_kib(pid);
+    assert!(
+        written < 100_000,
+        "the agent read {written} requests whose replies nobody reads"
+    );
+    assert!(
+        after < before + 64 * 1024,
+        "agent memory grew from {before} KiB to {after} KiB"
+    );
+}

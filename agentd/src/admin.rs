@@ -73,8 +73,22 @@ type AdminResult = Result<Response, EngineError>;
 /// Runs `op`. An error `Response` makes the caller roll the savepoint back.
 pub(crate) fn run(context: &Context<'_>, db: Db<'_>, memory: &mut MemoryCounts, op: AdminOp) -> AdminResult {
     match op {
-        AdminOp::Enroll { user, token, backup } => enroll(context, db, &user, &token, backup.as_ref()),
-        AdminOp::Import { tokens, backups } => import(context, db, &tokens, &backups),
+        AdminOp::Enroll { user, token, backup } => {
+            let response = enroll(context, db, &user, &token, backup.as_ref())?;
+            if !matches!(response, Response::Error { .. }) {
+                forget_unknown(context, db, memory, &user)?;
+            }
+            Ok(response)
+        }
+        AdminOp::Import { tokens, backups } => {
+            let response = import(context, db, &tokens, &backups)?;
+            if !matches!(response, Response::Error { .. }) {
+                for (user, _) in &tokens {
+                    forget_unknown(context, db, memory, user)?;
+                }
+            }
+            Ok(response)
+        }
         AdminOp::List { after, limit } => list(context, db, after.as_deref(), limit),
         AdminOp::Show { user } => show(context, db, &user),
         AdminOp::SetEnabled { user, token, enabled } => set_enabled(db, &user, token, enabled),
@@ -89,6 +103,15 @@ pub(crate) fn run(context: &Context<'_>, db: Db<'_>, memory: &mut MemoryCounts, 
         AdminOp::UnlockSource { source } => Ok(unlock_source(&mut memory.sources, &source)),
         AdminOp::Counts => counts(context, db, memory),
     }
+}
+
+/// Forgets the failure count that `user` collected as a name without an
+/// account, now that it has one. Otherwise the count would come back if
+/// the account were removed.
+fn forget_unknown(context: &Context<'_>, db: Db<'_>, memory: &mut MemoryCounts, user: &str) -> Result<(), EngineError> {
+    db.forget_unknown_failures(&context.cipher.digest(user.as_bytes()))?;
+    memory.unknown.forget(&context.unknown_key_of(user));
+    Ok(())
 }
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> AdminResult {

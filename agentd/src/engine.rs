@@ -262,21 +262,10 @@ impl MemoryCounts {
 
 impl Engine {
     pub fn new(store: Store, cipher: SeedCipher, clock: Arc<dyn Clock>, settings: Settings) -> Engine {
-        let mut counts = MemoryCounts::default();
-        match store.db().unknown_failures() {
-            Ok(rows) => {
-                for (digest, count, locked_until) in rows {
-                    if let Ok(digest) = <[u8; 32]>::try_from(digest.as_slice()) {
-                        let _ = counts
-                            .unknown
-                            .set(&unknown_key(&digest), Failures { count, locked_until }, 0);
-                    }
-                }
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot read the failure counts of names without an account; they start at zero");
-            }
-        }
+        let counts = MemoryCounts {
+            unknown: load_unknown(store.db()),
+            ..MemoryCounts::default()
+        };
         Engine {
             store,
             cipher,
@@ -366,6 +355,9 @@ impl Engine {
                 // them can only reject a code that the disk would accept.
                 uses.inspect(|log| log.keep_staged());
                 tracing::error!(error = %err, requests = pending.len(), "database commit failed; replying with an error to every request of the batch");
+                // The batch changed counts of names without an account in
+                // memory; the disk has the truth.
+                self.counts.unknown = load_unknown(self.store.db());
                 let error = EngineError::from(err);
                 std::mem::take(&mut pending).into_iter().for_each(|p| p.fail(&error));
             }
@@ -1093,7 +1085,31 @@ impl Context<'_> {
     }
 }
 
-/// Logs the failure that locked a source, once, when it happens.
+/// Reads the failure counts of names without an account from disk. Rows
+/// beyond the table's size are deleted, so that disk and memory agree.
+fn load_unknown(db: Db<'_>) -> FailureTable {
+    let mut table = FailureTable::default();
+    let rows = match db.unknown_failures() {
+        Ok(rows) => rows,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot read the failure counts of names without an account; they start at zero");
+            return table;
+        }
+    };
+    for (digest, count, locked_until) in rows {
+        let Ok(digest) = <[u8; 32]>::try_from(digest.as_slice()) else {
+            continue;
+        };
+        let evicted = table.set(&unknown_key(&digest), Failures { count, locked_until }, 0);
+        if let Some(evicted) = evicted.and_then(|key| digest_of_key(&key)) {
+            if let Err(err) = db.forget_unknown_failures(&evicted) {
+                tracing::warn!(error = %err, "cannot delete a failure count beyond the table's size");
+            }
+        }
+    }
+    table
+}
+
 /// Returns the key of a name without an account in [`MemoryCounts::unknown`]:
 /// the hexadecimal form of the name's keyed digest, which is the key on disk.
 fn unknown_key(digest: &[u8; 32]) -> String {
@@ -1112,6 +1128,7 @@ fn digest_of_key(key: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Logs the failure that locked a source, once, when it happens.
 fn log_new_source_lock(source: &str, before: Failures, after: Failures, now: u64) {
     if after.is_locked(now) && !before.is_locked(now) {
         tracing::warn!(target: "freeauth::auth", source, failures = after.count, until = after.locked_until, "source locked after too many failures");

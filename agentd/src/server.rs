@@ -370,12 +370,15 @@ async fn converse(
             break Ok(());
         };
         let task_shared = Arc::clone(shared);
+        // Shared with the task, and held until the reply is handed to the
+        // writer, so that a peer that reads no reply stops this loop.
+        let slot = Arc::new(std::sync::Mutex::new(Some(permit)));
         let task = Task {
             shared: Arc::clone(shared),
             caller: caller.clone(),
             kind,
             arrived: Instant::now(),
-            slot: std::sync::Mutex::new(Some(permit)),
+            slot: Arc::clone(&slot),
             delayed: Arc::clone(&delayed),
         };
         let replies = replies.clone();
@@ -409,6 +412,7 @@ async fn converse(
             if !sent {
                 task_shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             }
+            drop(slot);
         });
     };
     if let Err(err @ (FrameError::Malformed { .. } | FrameError::BadLength { .. })) = &result {
@@ -583,9 +587,10 @@ pub struct Task {
     pub caller: Caller,
     pub kind: SocketKind,
     pub arrived: Instant,
-    /// The request's place among the connection's `max_in_flight`, freed
-    /// when the task ends or when its reply waits out a failure delay.
-    slot: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+    /// The request's place among the connection's `max_in_flight`, or its
+    /// place for delayed replies once its reply waits out a failure delay.
+    /// Freed when the reply has been handed to the connection's writer.
+    slot: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
     /// The connection's places for replies that wait out a failure delay.
     delayed: Arc<Semaphore>,
 }
@@ -599,17 +604,18 @@ const DELAYED_PER_IN_FLIGHT: usize = 16;
 
 impl Task {
     /// Moves this request from the connection's in-flight places to its
-    /// places for delayed replies, when one is free. Returns that place,
-    /// to hold while the reply waits. When none is free the request keeps
-    /// its in-flight place, which slows the connection down instead.
-    pub fn wait_outside_in_flight(&self) -> Option<OwnedSemaphorePermit> {
-        let place = Arc::clone(&self.delayed).try_acquire_owned().ok()?;
+    /// places for delayed replies, when one is free. When none is free the
+    /// request keeps its in-flight place, which slows the connection down
+    /// instead.
+    pub fn wait_outside_in_flight(&self) {
+        let Ok(place) = Arc::clone(&self.delayed).try_acquire_owned() else {
+            return;
+        };
         let mut slot = match self.slot.lock() {
             Ok(slot) => slot,
             Err(poisoned) => poisoned.into_inner(),
         };
-        slot.take();
-        Some(place)
+        *slot = Some(place);
     }
 
     async fn handle(self, request: Request) -> Response {

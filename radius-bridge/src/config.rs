@@ -175,7 +175,7 @@ impl Config {
             agent_socket: PathBuf::new(),
             agent_user: None,
             agent_connections: 2,
-            max_in_flight: 1024,
+            max_in_flight: 8192,
             agent_timeout: Duration::from_secs(10),
             duplicate_window: Duration::from_secs(30),
             realm_reject_delay: Duration::from_millis(500),
@@ -219,7 +219,7 @@ fn read_server(section: &Section, config: &mut Config) {
     config.agent_socket = section.path_or("agent_socket", "/run/freeauth/agent.sock");
     config.agent_user = section.string("agent_user").map(|located| located.value);
     config.agent_connections = to_usize(section.integer_or("agent_connections", 1..=64, 2));
-    config.max_in_flight = to_usize(section.integer_or("max_in_flight", 1..=65_536, 1024));
+    config.max_in_flight = to_usize(section.integer_or("max_in_flight", 1..=65_536, 8192));
     config.agent_timeout = millis(section.integer_or("agent_timeout_ms", 100..=600_000, 10_000));
     config.duplicate_window = Duration::from_secs(to_u64(section.integer_or("duplicate_seconds", 1..=300, 30)));
     config.realm_reject_delay = millis(section.integer_or("realm_reject_delay_ms", 0..=60_000, 500));
