@@ -623,28 +623,36 @@ fn lookup_reports_enrolment_and_lock_to_local_callers() {
     );
 }
 
-/// A name without an account keeps its failure count and lock across a
-/// restart, as an account does, so the reply delay after a restart does
-/// not tell the two apart. `unlock` clears it.
-#[test]
-fn unknown_name_lock_survives_restart() {
-    let mut agent = Agent::start_with(Options {
+/// Starts an agent with a lock threshold of 3, and locks the name `ghost`,
+/// which has no account, with three wrong codes.
+fn agent_with_locked_ghost() -> Agent {
+    let agent = Agent::start_with(Options {
         threshold: 3,
         ..Options::default()
     });
     for _ in 0..3 {
         assert_eq!(agent.verify_pam("ghost", "000000"), VerifyResult::NoToken);
     }
-    agent.restart();
+    agent
+}
 
-    let locked = |agent: &Agent| {
-        let lookup = agent
-            .agent_client()
-            .call(Request::Lookup { user: "ghost".into() })
-            .unwrap();
-        matches!(lookup, Response::Account { locked: true, .. })
-    };
-    assert!(locked(&agent), "the lock of the unknown name was lost");
+/// Returns whether the agent's lookup reports `ghost` as locked.
+fn ghost_locked(agent: &Agent) -> bool {
+    let lookup = agent
+        .agent_client()
+        .call(Request::Lookup { user: "ghost".into() })
+        .unwrap();
+    matches!(lookup, Response::Account { locked: true, .. })
+}
+
+/// A name without an account keeps its failure count and lock across a
+/// restart, as an account does, so the reply delay after a restart does
+/// not tell the two apart. `unlock` clears it.
+#[test]
+fn unknown_name_lock_survives_restart() {
+    let mut agent = agent_with_locked_ghost();
+    agent.restart();
+    assert!(ghost_locked(&agent), "the lock of the unknown name was lost");
 
     let database = agent.dir.path().join("state/freeauth.db");
     let stored = Command::new("sqlite3")
@@ -663,41 +671,20 @@ fn unknown_name_lock_survives_restart() {
     }
 
     agent.ctl_ok(&["unlock", "ghost"]);
-    assert!(!locked(&agent), "unlock clears it");
+    assert!(!ghost_locked(&agent), "unlock clears it");
     agent.restart();
-    assert!(!locked(&agent), "unlock cleared it on disk too");
+    assert!(!ghost_locked(&agent), "unlock cleared it on disk too");
 }
 
 /// Enrolling a name clears the count it collected without an account,
 /// so removing the account later does not bring an old lock back.
 #[test]
 fn enrolment_clears_unknown_name_count() {
-    let mut agent = Agent::start_with(Options {
-        threshold: 3,
-        ..Options::default()
-    });
-    for _ in 0..3 {
-        assert_eq!(agent.verify_pam("ghost", "000000"), VerifyResult::NoToken);
-    }
-    agent.ctl_ok(&[
-        "enroll",
-        "ghost",
-        "--type",
-        "hotp",
-        "--secret-hex",
-        RFC_SEED_HEX,
-        "--no-qr",
-    ]);
+    let mut agent = agent_with_locked_ghost();
+    enroll_hotp(&agent, "ghost");
     agent.ctl_ok(&["remove", "ghost"]);
     agent.restart();
-    let lookup = agent
-        .agent_client()
-        .call(Request::Lookup { user: "ghost".into() })
-        .unwrap();
-    assert!(
-        matches!(lookup, Response::Account { locked: false, .. }),
-        "the old lock came back: {lookup:?}"
-    );
+    assert!(!ghost_locked(&agent), "the old lock came back");
 }
 
 #[test]
@@ -1099,37 +1086,33 @@ fn ctl_reports_unreachable_agent() {
     assert!(stderr.contains("cannot connect to the agent"), "{stderr}");
 }
 
-#[test]
-fn pipelined_requests_on_one_connection() {
+/// Sends the hello and `requests` in one write on a new agent connection,
+/// reads the welcome, and returns the connection for reading the replies.
+fn send_pipelined(agent: &Agent, requests: Vec<(u64, Request)>) -> std::os::unix::net::UnixStream {
     use std::io::Write;
-    use std::os::unix::net::UnixStream;
-    let agent = Agent::start();
-    for i in 0..20 {
-        agent.ctl_ok(&[
-            "enroll",
-            &format!("p{i}"),
-            "--type",
-            "hotp",
-            "--secret-hex",
-            RFC_SEED_HEX,
-            "--no-qr",
-        ]);
-    }
-    let mut stream = UnixStream::connect(agent.agent_socket()).unwrap();
-    stream.write_all(&hello_frame()).unwrap();
-    let code = oath_hotp(RFC_SEED_HEX, 0, 6);
-    let mut batch = Vec::new();
-    for i in 0..20u64 {
-        let request = freeauth_proto::RequestFrame {
-            id: 100 + i,
-            request: verify_request(&format!("p{i}"), &code, pam_origin()),
-        };
-        batch.extend(freeauth_proto::frame::encode(&request).unwrap());
+    let mut stream = std::os::unix::net::UnixStream::connect(agent.agent_socket()).unwrap();
+    let mut batch = hello_frame();
+    for (id, request) in requests {
+        batch.extend(freeauth_proto::frame::encode(&freeauth_proto::RequestFrame { id, request }).unwrap());
     }
     stream.write_all(&batch).unwrap();
-    let mut reader = stream.try_clone().unwrap();
-    reader.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let _: freeauth_proto::HelloReply = freeauth_proto::frame::read_frame(&mut reader).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _: freeauth_proto::HelloReply = freeauth_proto::frame::read_frame(&mut stream).unwrap();
+    stream
+}
+
+#[test]
+fn pipelined_requests_on_one_connection() {
+    let agent = Agent::start();
+    for i in 0..20 {
+        enroll_hotp(&agent, &format!("p{i}"));
+    }
+    let code = oath_hotp(RFC_SEED_HEX, 0, 6);
+    let requests = (0..20u64)
+        .map(|i| (100 + i, verify_request(&format!("p{i}"), &code, pam_origin())))
+        .collect();
+    let mut reader = send_pipelined(&agent, requests);
+
     let mut ids = Vec::new();
     for _ in 0..20 {
         let frame: freeauth_proto::ResponseFrame = freeauth_proto::frame::read_frame(&mut reader).unwrap();
@@ -1152,8 +1135,6 @@ fn pipelined_requests_on_one_connection() {
 /// connection gets its reply first, although `max_in_flight` is 2.
 #[test]
 fn delayed_rejections_free_in_flight() {
-    use std::io::Write;
-    use std::os::unix::net::UnixStream;
     let agent = Agent::start_with(Options {
         failure_delay_ms: 3000,
         max_failure_delay_ms: 3000,
@@ -1161,38 +1142,14 @@ fn delayed_rejections_free_in_flight() {
         extra: "[server]\nmax_in_flight = 2\n".into(),
         ..Options::default()
     });
-    for user in ["guessed", "quick"] {
-        agent.ctl_ok(&[
-            "enroll",
-            user,
-            "--type",
-            "hotp",
-            "--secret-hex",
-            RFC_SEED_HEX,
-            "--no-qr",
-        ]);
-    }
+    enroll_hotp(&agent, "guessed");
+    enroll_hotp(&agent, "quick");
+    let mut requests: Vec<(u64, Request)> = (1..=4u64)
+        .map(|id| (id, verify_request("guessed", "000000", pam_origin())))
+        .collect();
+    requests.push((5, verify_request("quick", &oath_hotp(RFC_SEED_HEX, 0, 6), pam_origin())));
+    let mut reader = send_pipelined(&agent, requests);
 
-    let mut stream = UnixStream::connect(agent.agent_socket()).unwrap();
-    stream.write_all(&hello_frame()).unwrap();
-    let mut batch = Vec::new();
-    for id in 1..=4u64 {
-        let request = freeauth_proto::RequestFrame {
-            id,
-            request: verify_request("guessed", "000000", pam_origin()),
-        };
-        batch.extend(freeauth_proto::frame::encode(&request).unwrap());
-    }
-    let request = freeauth_proto::RequestFrame {
-        id: 5,
-        request: verify_request("quick", &oath_hotp(RFC_SEED_HEX, 0, 6), pam_origin()),
-    };
-    batch.extend(freeauth_proto::frame::encode(&request).unwrap());
-    stream.write_all(&batch).unwrap();
-
-    let mut reader = stream.try_clone().unwrap();
-    reader.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let _: freeauth_proto::HelloReply = freeauth_proto::frame::read_frame(&mut reader).unwrap();
     let first: freeauth_proto::ResponseFrame = freeauth_proto::frame::read_frame(&mut reader).unwrap();
     assert_eq!(first.id, 5, "the right code is answered before the delayed rejections");
     assert_eq!(verdict(first.response), VerifyResult::Accepted);
