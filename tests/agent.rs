@@ -314,6 +314,7 @@ fn failures_from_one_host_lock_that_host() {
         nas_identifier: None,
         nas_ip: None,
         calling_station: Some(station.into()),
+        caller_delays: None,
     };
     let second = oath_hotp(RFC_SEED_HEX, 1, 6);
     assert_eq!(

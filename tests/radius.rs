@@ -174,6 +174,34 @@ fn realm_rejection_log_escapes_name() {
     );
 }
 
+/// A rejection that waits out the agent's failure delay takes no place
+/// among the bridge's verifications: with `max_in_flight = 1`, a right code
+/// sent while a wrong one waits is accepted before that rejection leaves.
+#[test]
+fn delayed_rejection_leaves_agent_place() {
+    let agent = Agent::start_with(Options {
+        failure_delay_ms: 1500,
+        max_failure_delay_ms: 1500,
+        ..Options::default()
+    });
+    for user in ["alice", "bob"] {
+        agent.ctl_ok(&["enroll", user, "--type", "hotp", "--secret-hex", SEED, "--no-qr"]);
+    }
+    let bridge = Bridge::start(&agent, &format!("max_in_flight = 1\n{}", loopback_clients("")));
+    std::thread::scope(|scope| {
+        let wrong = scope.spawn(|| (bridge.auth("alice", "000000"), std::time::Instant::now()));
+        // Long enough for the wrong code to reach the agent first, and
+        // far shorter than its 1.5 s delay.
+        std::thread::sleep(Duration::from_millis(300));
+        let right = bridge.auth("bob", &code(0));
+        let right_at = std::time::Instant::now();
+        let (wrong, wrong_at) = wrong.join().unwrap();
+        assert_eq!(right, "accept");
+        assert_eq!(wrong, "reject");
+        assert!(right_at < wrong_at, "the right code waited for the delayed rejection");
+    });
+}
+
 #[test]
 fn two_clients_behind_one_address() {
     let agent = agent_with(&["alice"]);

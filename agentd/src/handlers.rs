@@ -81,13 +81,6 @@ pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origi
     };
     engine::count(&task.shared.stats, &verdict.outcome);
     log_decision(task, &user, &origin, source.as_deref(), &verdict);
-    // Sleep only for a real delay: tokio rounds a timer up to the next
-    // millisecond, which would add about 1 ms to every accepted code.
-    let deadline = task.arrived + verdict.delay;
-    if !verdict.delay.is_zero() && std::time::Instant::now() < deadline {
-        task.wait_outside_in_flight();
-        tokio::time::sleep_until(deadline.into()).await;
-    }
     let result = match verdict.outcome {
         Outcome::Accepted => VerifyResult::Accepted,
         _ if task.is_remote(&origin) => VerifyResult::Rejected,
@@ -95,6 +88,27 @@ pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origi
         Outcome::NoToken => VerifyResult::NoToken,
         Outcome::Rejected | Outcome::CheckBackup { .. } => VerifyResult::Rejected,
     };
+    let deadline = task.arrived + verdict.delay;
+    let now = std::time::Instant::now();
+    if matches!(
+        origin,
+        Origin::Radius {
+            caller_delays: Some(true),
+            ..
+        }
+    ) {
+        let remaining = deadline.saturating_duration_since(now);
+        return Response::DelayedVerdict {
+            result,
+            delay_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
+        };
+    }
+    // Sleep only for a real delay: tokio rounds a timer up to the next
+    // millisecond, which would add about 1 ms to every accepted code.
+    if !verdict.delay.is_zero() && now < deadline {
+        task.wait_outside_in_flight();
+        tokio::time::sleep_until(deadline.into()).await;
+    }
     let reason = task.is_admin().then(|| verdict.reason.describe());
     Response::Verdict { result, reason }
 }
@@ -198,6 +212,7 @@ fn log_decision(task: &Task, user: &str, origin: &Origin, source: Option<&str>, 
             nas_identifier,
             nas_ip,
             calling_station,
+            ..
         } => tracing::info!(
             target: "freeauth::auth", user, result, reason, failures, frontend = "radius", client,
             nas_identifier = nas_identifier.as_deref().unwrap_or("-"), nas_ip = nas_ip.as_deref().unwrap_or("-"),

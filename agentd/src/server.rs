@@ -758,6 +758,7 @@ mod tests {
             nas_identifier: None,
             nas_ip: Some("192.0.2.1".into()),
             calling_station: Some("00-1B-63-84-45-E6".into()),
+            caller_delays: None,
         };
         let bridge = Caller::Bridge { uid: 110 };
         assert_eq!(source_of(&bridge, &origin), Some("radius:vpn:00-1b-63-84-45-e6".into()));

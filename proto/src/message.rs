@@ -126,6 +126,12 @@ pub enum Origin {
         nas_identifier: Option<String>,
         nas_ip: Option<String>,
         calling_station: Option<String>,
+        /// The caller delays a rejection itself: the agent then replies
+        /// at once with [`Response::DelayedVerdict`]. The RADIUS bridge
+        /// asks for this, so that rejections waiting out their failure
+        /// delay do not take its places among the agent's requests.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caller_delays: Option<bool>,
     },
     /// `freeauthctl verify`.
     Admin {},
@@ -209,6 +215,13 @@ pub enum Response {
         /// this field, which callers read as "letters allowed".
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hex_codes: Option<bool>,
+    },
+    /// A verdict for a caller that asked to hold rejections back itself:
+    /// it must not pass the result on before `delay_ms` milliseconds from
+    /// when the agent read the request.
+    DelayedVerdict {
+        result: VerifyResult,
+        delay_ms: u64,
     },
     Verdict {
         result: VerifyResult,

@@ -38,6 +38,10 @@ pub struct Bridge {
     pub log: Arc<RateLog>,
     pub drops: Mutex<HashMap<(String, &'static str), u64>>,
     pub realm_reject_delay: std::time::Duration,
+    /// Places for rejections that wait out the agent's failure delay here,
+    /// as many as `max_in_flight`. The agent replies to them at once, so they
+    /// take no place among the verifications sent to it.
+    pub delayed: Arc<tokio::sync::Semaphore>,
 }
 
 /// Reason a datagram got no reply.
@@ -51,6 +55,7 @@ pub enum Drop {
     MissingAttribute,
     AgentUnavailable,
     Retransmission,
+    TooManyDelayed,
 }
 
 impl Drop {
@@ -64,6 +69,7 @@ impl Drop {
             Drop::MissingAttribute => "Access-Request without exactly one User-Name and User-Password",
             Drop::AgentUnavailable => "agent unavailable; no reply so the client fails over",
             Drop::Retransmission => "retransmission of a request still in progress",
+            Drop::TooManyDelayed => "rejection dropped: every place for rejections that wait out their delay is taken",
         }
     }
 }
@@ -313,7 +319,7 @@ async fn decide(
             // Debug formatting escapes control characters, so a crafted
             // name cannot forge log lines.
             tracing::warn!(target: "freeauth::auth", client = %client.name, user = ?name, reason, "rejected by realm policy");
-            tokio::time::sleep(bridge.realm_reject_delay).await;
+            hold_back(bridge, bridge.realm_reject_delay).await?;
             return Ok(reply(client, packet, Code::AccessReject, None));
         }
     };
@@ -324,6 +330,7 @@ async fn decide(
         calling_station: packet
             .find(attr::CALLING_STATION_ID)
             .map(|a| String::from_utf8_lossy(a.value).into_owned()),
+        caller_delays: Some(true),
     };
     let code = SecretString::new(String::from_utf8_lossy(&code).into_owned());
     let request = Request::Verify {
@@ -337,6 +344,14 @@ async fn decide(
             ..
         }) => Ok(reply(client, packet, Code::AccessAccept, None)),
         Some(Response::Verdict { .. }) => Ok(reply(client, packet, Code::AccessReject, None)),
+        Some(Response::DelayedVerdict {
+            result: VerifyResult::Accepted,
+            ..
+        }) => Ok(reply(client, packet, Code::AccessAccept, None)),
+        Some(Response::DelayedVerdict { delay_ms, .. }) => {
+            hold_back(bridge, std::time::Duration::from_millis(delay_ms)).await?;
+            Ok(reply(client, packet, Code::AccessReject, None))
+        }
         // A name no account can have (empty, white space at an end, control
         // characters): the user's fault, so a reject, not a failover. It
         // waits as long as a realm rejection, which looks like a wrong code.
@@ -345,7 +360,7 @@ async fn decide(
             message,
         }) => {
             tracing::info!(target: "freeauth::auth", client = %client.name, user = ?name, reason = ?message, "rejected: invalid user name");
-            tokio::time::sleep(bridge.realm_reject_delay).await;
+            hold_back(bridge, bridge.realm_reject_delay).await?;
             Ok(reply(client, packet, Code::AccessReject, None))
         }
         Some(Response::Error { message, .. }) => {
@@ -363,6 +378,18 @@ async fn decide(
         }
         Some(_) | None => Err(Drop::AgentUnavailable),
     }
+}
+
+/// Waits `delay` before a rejection goes out, in one of the bridge's places
+/// for delayed rejections. A flood of wrong codes can take every place, and
+/// its further rejections then get no reply, while accepted codes still get
+/// theirs at once.
+async fn hold_back(bridge: &Bridge, delay: std::time::Duration) -> Result<(), Drop> {
+    let Ok(_place) = Arc::clone(&bridge.delayed).try_acquire_owned() else {
+        return Err(Drop::TooManyDelayed);
+    };
+    tokio::time::sleep(delay).await;
+    Ok(())
 }
 
 /// Maps a RADIUS user name to the agent account under the client's realms.

@@ -268,6 +268,7 @@ pub fn radius_origin() -> Origin {
         nas_identifier: Some("vpn1".into()),
         nas_ip: None,
         calling_station: None,
+        caller_delays: None,
     }
 }
 
