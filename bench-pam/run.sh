@@ -1,11 +1,21 @@
 #!/bin/sh
 # Builds the release agent, PAM module and benchmark, prints the machine,
-# installs libpam-oath when it is missing and this script runs as root, then
-# runs freeauth-bench-pam with this script's arguments (see --help).
+# installs libpam0g-dev (to build the module) and libpam-oath when they are
+# missing and this script runs as root, then runs freeauth-bench-pam with
+# this script's arguments (see --help).
 # Example: bench-pam/run.sh --users 100,10000,1000000 --duration 5
 set -eu
 
 cd "$(dirname "$0")/.."
+
+if ! ls /usr/lib/*/libpam.so >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        apt-get install -y libpam0g-dev
+    else
+        echo "error: libpam.so is missing; run apt-get install -y libpam0g-dev as root" >&2
+        exit 2
+    fi
+fi
 
 cargo build --release -p freeauth-agentd -p pam_freeauth -p freeauth-bench-pam
 
