@@ -6,7 +6,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use freeauth_e2e::*;
 use freeauth_proto::{
@@ -1723,4 +1723,36 @@ fn ctl_verify_prints_reason() {
             reason: None
         }
     );
+}
+
+/// An admin request with `caller_delays` still gets a verdict
+/// after the failure delay.
+#[test]
+fn caller_delays_ignored_for_admin() {
+    let agent = Agent::start_with(Options {
+        failure_delay_ms: 1000,
+        max_failure_delay_ms: 1000,
+        ..Options::default()
+    });
+    agent.ctl_ok(&[
+        "enroll",
+        "alice",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--no-qr",
+    ]);
+    let origin = Origin::Radius {
+        client: "vpn".into(),
+        nas_identifier: None,
+        nas_ip: None,
+        calling_station: None,
+        caller_delays: Some(true),
+    };
+    let start = Instant::now();
+    let mut admin = Client::connect(&agent.admin_socket(), "test", Duration::from_secs(30)).unwrap();
+    let reply = admin.call(verify_request("alice", "000000", origin)).unwrap();
+    assert!(matches!(reply, Response::Verdict { .. }), "{reply:?}");
+    assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
 }

@@ -81,6 +81,23 @@ fn garbage_before_hello_is_rejected() {
     assert_serving(&agent, 0);
 }
 
+/// The agent welcomes the bridge's version 2 as version 2, and a client
+/// of version 1 as version 1, so that either side may be upgraded first.
+#[test]
+fn hello_versions_one_and_two_welcomed() {
+    let agent = agent_with_user();
+    for version in [1, 2] {
+        let mut stream = connect(&agent);
+        let hello = format!(r#"{{"version":{version},"client":"test"}}"#);
+        raw_send(&mut stream, &frame(hello.as_bytes()));
+        let welcome: freeauth_proto::HelloReply = freeauth_proto::frame::read_frame(&mut stream).unwrap();
+        assert!(
+            matches!(welcome, freeauth_proto::HelloReply::Welcome { version: spoken, .. } if spoken == version),
+            "{welcome:?}"
+        );
+    }
+}
+
 #[test]
 fn truncated_frame_is_logged_once() {
     let agent = agent_with_user();

@@ -202,6 +202,51 @@ fn delayed_rejection_leaves_agent_place() {
     });
 }
 
+/// A rejection dropped because every place for held rejections is taken
+/// was still counted by the agent, so its resends are dropped as in
+/// progress and do not count again.
+#[test]
+fn dropped_rejection_resend_not_counted() {
+    let agent = Agent::start_with(Options {
+        failure_delay_ms: 1500,
+        max_failure_delay_ms: 1500,
+        ..Options::default()
+    });
+    for user in ["alice", "bob"] {
+        agent.ctl_ok(&["enroll", user, "--type", "hotp", "--secret-hex", SEED, "--no-qr"]);
+    }
+    let bridge = Bridge::start(&agent, &format!("max_in_flight = 1\n{}", loopback_clients("")));
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Alice's wrong code takes the only place for a held rejection.
+    socket
+        .send_to(&request(1, "alice", "000000"), ("127.0.0.1", bridge.port))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let bob = request(2, "bob", "000000");
+    for _ in 0..3 {
+        socket.send_to(&bob, ("127.0.0.1", bridge.port)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let mut buffer = [0u8; 4096];
+    let (length, _) = socket.recv_from(&mut buffer).unwrap();
+    let reply = Packet::parse(&buffer[..length]).unwrap();
+    assert_eq!(reply.identifier, 1, "only alice's rejection is answered");
+    assert_eq!(reply.code, Code::AccessReject);
+    assert!(
+        bridge.log_text().contains("every place for rejections"),
+        "{}",
+        bridge.log_text()
+    );
+    assert_eq!(
+        agent.log().matches("verification user=\"bob\"").count(),
+        1,
+        "bob's resends reached the agent:\n{}",
+        agent.log()
+    );
+}
+
 #[test]
 fn two_clients_behind_one_address() {
     let agent = agent_with(&["alice"]);

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use freeauth_proto::frame::{self, FrameError, HEADER_LEN};
 use freeauth_proto::{
-    ErrorKind, Hello, HelloReply, Origin, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION,
+    ErrorKind, Hello, HelloReply, Origin, Request, RequestFrame, Response, ResponseFrame, CALLER_DELAYS_VERSION,
+    PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedReadHalf;
@@ -279,15 +280,15 @@ async fn converse(
     let hello: Hello = read_frame(&mut reader, timeout, true, max_len)
         .await
         .map_err(|err| (Stage::Hello, err))?;
-    let accepted = hello.version == PROTOCOL_VERSION;
+    let accepted = hello.version == PROTOCOL_VERSION || hello.version == CALLER_DELAYS_VERSION;
     let reply = if accepted {
         HelloReply::Welcome {
-            version: PROTOCOL_VERSION,
+            version: hello.version,
             agent: format!("freeauth-agentd {}", env!("CARGO_PKG_VERSION")),
         }
     } else {
         HelloReply::Unsupported {
-            supported: PROTOCOL_VERSION,
+            supported: CALLER_DELAYS_VERSION,
         }
     };
     let welcome = frame::encode(&reply).map_err(|err| (Stage::Hello, err))?;

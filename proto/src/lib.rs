@@ -8,7 +8,8 @@
 //! allocate more than that.
 //!
 //! A connection starts with [`Hello`] from the client and [`HelloReply`] from
-//! the agent, which rejects any version other than [`PROTOCOL_VERSION`]. After
+//! the agent, which rejects any version other than [`PROTOCOL_VERSION`] and
+//! [`CALLER_DELAYS_VERSION`]. After
 //! that the client sends [`RequestFrame`]s, each with an id of its choosing,
 //! and may have many in flight; the agent answers each with a
 //! [`ResponseFrame`] carrying the same id, in whatever order they complete.
@@ -31,3 +32,10 @@ pub use secret::SecretString;
 /// Version of the protocol described in [`message`]. Bump it on any change
 /// that an older peer would misread.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Version 1 plus `caller_delays` in [`Origin::Radius`] and
+/// [`Response::DelayedVerdict`], which only the RADIUS bridge uses. The
+/// agent accepts both versions and welcomes a client with the version it
+/// sent. The bridge offers this one first and falls back to version 1 when
+/// an older agent refuses it, as during a package upgrade.
+pub const CALLER_DELAYS_VERSION: u32 = 2;

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use freeauth_proto::frame::{self, FrameError, HEADER_LEN};
-use freeauth_proto::{Hello, HelloReply, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION};
+use freeauth_proto::{
+    Hello, HelloReply, Origin, Request, RequestFrame, Response, ResponseFrame, CALLER_DELAYS_VERSION, PROTOCOL_VERSION,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -110,12 +112,25 @@ async fn connection_task(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match connect(&settings).await {
-            Ok(stream) => {
+        // Each connection offers the newer version first, so that an agent
+        // upgraded meanwhile gets it. An older agent refuses it at once.
+        let connected_as = match connect(&settings, CALLER_DELAYS_VERSION).await {
+            Err(ConnectError::Unsupported { supported }) if supported < CALLER_DELAYS_VERSION => {
+                log.info(
+                    "agent-old-version",
+                    "the agent speaks protocol version 1 only, so it holds rejections back itself",
+                );
+                connect(&settings, PROTOCOL_VERSION).await
+            }
+            other => other,
+        };
+        match connected_as {
+            Ok((stream, version)) => {
                 log.info("agent-link-up", "connected to the agent");
                 backoff = Duration::from_millis(100);
                 connected.fetch_add(1, Ordering::Relaxed);
-                let error = serve(stream, &mut calls, settings.timeout).await;
+                let caller_delays = version >= CALLER_DELAYS_VERSION;
+                let error = serve(stream, &mut calls, settings.timeout, caller_delays).await;
                 connected.fetch_sub(1, Ordering::Relaxed);
                 let Some(error) = error else {
                     return;
@@ -136,16 +151,39 @@ async fn connection_task(
     }
 }
 
-/// Connects and checks that the socket and its peer belong to the agent.
-async fn connect(settings: &LinkSettings) -> Result<UnixStream, String> {
+/// Failure to connect to the agent.
+#[derive(Debug)]
+enum ConnectError {
+    /// The agent does not speak the offered version; it speaks `supported`.
+    Unsupported {
+        supported: u32,
+    },
+    Other(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Unsupported { supported } => write!(f, "agent speaks protocol version {supported}"),
+            ConnectError::Other(message) => write!(f, "{message}"),
+        }
+    }
+}
+
+impl From<String> for ConnectError {
+    fn from(message: String) -> Self {
+        ConnectError::Other(message)
+    }
+}
+
+/// Connects with protocol `version` and checks that the socket and its
+/// peer belong to the agent. Returns the stream and the version spoken.
+async fn connect(settings: &LinkSettings, version: u32) -> Result<(UnixStream, u32), ConnectError> {
     let owner = std::fs::symlink_metadata(&settings.socket)
         .map_err(|err| err.to_string())?
         .uid();
     if owner != settings.agent_uid {
-        return Err(format!(
-            "socket is owned by uid {owner}, expected uid {}",
-            settings.agent_uid
-        ));
+        return Err(format!("socket is owned by uid {owner}, expected uid {}", settings.agent_uid).into());
     }
     let connect = UnixStream::connect(&settings.socket);
     let mut stream = tokio::time::timeout(settings.timeout, connect)
@@ -157,10 +195,11 @@ async fn connect(settings: &LinkSettings) -> Result<UnixStream, String> {
         return Err(format!(
             "the agent process runs as uid {peer}, expected uid {}",
             settings.agent_uid
-        ));
+        )
+        .into());
     }
     let hello = Hello {
-        version: PROTOCOL_VERSION,
+        version,
         client: "freeauth-radius".into(),
     };
     stream
@@ -172,8 +211,11 @@ async fn connect(settings: &LinkSettings) -> Result<UnixStream, String> {
         .map_err(|_| "hello timed out".to_owned())?
         .map_err(|err| err.to_string())?;
     match reply {
-        HelloReply::Welcome { .. } => Ok(stream),
-        HelloReply::Unsupported { supported } => Err(format!("agent speaks protocol version {supported}")),
+        HelloReply::Welcome { version: spoken, .. } if spoken == version => Ok((stream, version)),
+        HelloReply::Welcome { version: spoken, .. } => {
+            Err(format!("the agent welcomed protocol version {version} as version {spoken}").into())
+        }
+        HelloReply::Unsupported { supported } => Err(ConnectError::Unsupported { supported }),
     }
 }
 
@@ -185,7 +227,12 @@ async fn connect(settings: &LinkSettings) -> Result<UnixStream, String> {
 /// whose only loop waited on the other could deadlock with an agent that
 /// stops reading until its replies are taken. When calls are pending and
 /// no byte arrives for `stall`, the connection is dropped and made again.
-async fn serve(stream: UnixStream, calls: &mut mpsc::Receiver<Call>, stall: Duration) -> Option<String> {
+async fn serve(
+    stream: UnixStream,
+    calls: &mut mpsc::Receiver<Call>,
+    stall: Duration,
+    caller_delays: bool,
+) -> Option<String> {
     let (mut reader, mut writer) = stream.into_split();
     let pending = std::sync::Mutex::new(PendingCalls::default());
     let send = async {
@@ -194,9 +241,19 @@ async fn serve(stream: UnixStream, calls: &mut mpsc::Receiver<Call>, stall: Dura
             // Every call waiting now goes out in one write.
             let mut batch = zeroize::Zeroizing::new(Vec::new());
             let mut next = Some(call);
-            while let Some(call) = next {
+            while let Some(mut call) = next {
                 let id = next_id;
                 next_id = next_id.wrapping_add(1);
+                if !caller_delays {
+                    // An agent of version 1 would refuse the field.
+                    if let Request::Verify {
+                        origin: Origin::Radius { caller_delays, .. },
+                        ..
+                    } = &mut call.request
+                    {
+                        *caller_delays = None;
+                    }
+                }
                 match frame::encode(&RequestFrame {
                     id,
                     request: call.request,
@@ -358,7 +415,7 @@ mod tests {
         let (near, mut agent) = UnixStream::pair().unwrap();
         let (calls, mut receiver) = mpsc::channel(8);
         let slots = Arc::new(Semaphore::new(8));
-        let link = tokio::spawn(async move { serve(near, &mut receiver, Duration::from_secs(5)).await });
+        let link = tokio::spawn(async move { serve(near, &mut receiver, Duration::from_secs(5), true).await });
 
         let (first_reply, first_answer) = oneshot::channel();
         calls
@@ -464,7 +521,7 @@ mod tests {
         for call in calls {
             sender.send(call).await.unwrap();
         }
-        let link = tokio::spawn(async move { serve(near, &mut receiver, Duration::from_secs(30)).await });
+        let link = tokio::spawn(async move { serve(near, &mut receiver, Duration::from_secs(30), true).await });
         let (mut agent_reader, mut agent_writer) = agent.into_split();
 
         // One request read shows that the link has sent its batch, and
@@ -508,7 +565,7 @@ mod tests {
         let (mut calls, answers, slots) = calls_with_slots(1, 5).await;
         drop(answers);
         sender.send(calls.remove(0)).await.unwrap();
-        let link = tokio::spawn(async move { serve(near, &mut receiver, Duration::from_secs(5)).await });
+        let link = tokio::spawn(async move { serve(near, &mut receiver, Duration::from_secs(5), true).await });
         let request = read_request(&mut agent).await;
         assert_eq!(slots.available_permits(), 0, "the slot is taken while the agent works");
         let reply = frame::encode(&ResponseFrame {
@@ -529,7 +586,7 @@ mod tests {
         let (sender, mut receiver) = mpsc::channel(1);
         let (mut calls, _answers, slots) = calls_with_slots(1, 5).await;
         sender.send(calls.remove(0)).await.unwrap();
-        let link = tokio::spawn(async move { serve(near, &mut receiver, Duration::from_millis(200)).await });
+        let link = tokio::spawn(async move { serve(near, &mut receiver, Duration::from_millis(200), true).await });
         let _ = read_request(&mut agent).await;
         let ended = tokio::time::timeout(Duration::from_secs(5), link)
             .await
@@ -537,5 +594,67 @@ mod tests {
             .unwrap();
         assert!(ended.is_some_and(|reason| reason.contains("no reply")));
         assert_eq!(slots.available_permits(), 1, "the dropped call freed its slot");
+    }
+    /// An agent of protocol version 1 refuses version 2: the link connects
+    /// again with version 1 and leaves `caller_delays` out of requests.
+    #[tokio::test]
+    async fn link_falls_back_to_version_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let settings = LinkSettings {
+            socket: path,
+            agent_uid: nix::unistd::geteuid().as_raw(),
+            connections: 1,
+            max_in_flight: 4,
+            timeout: Duration::from_secs(5),
+        };
+        let link = Arc::new(AgentLink::start(settings, Arc::new(RateLog::default())));
+
+        let (mut refused, _) = listener.accept().await.unwrap();
+        let hello: Hello = read_frame(&mut refused).await.unwrap();
+        assert_eq!(hello.version, CALLER_DELAYS_VERSION);
+        let unsupported = frame::encode(&HelloReply::Unsupported { supported: 1 }).unwrap();
+        refused.write_all(&unsupported).await.unwrap();
+        drop(refused);
+
+        let (mut agent, _) = listener.accept().await.unwrap();
+        let hello: Hello = read_frame(&mut agent).await.unwrap();
+        assert_eq!(hello.version, PROTOCOL_VERSION);
+        let welcome = HelloReply::Welcome {
+            version: PROTOCOL_VERSION,
+            agent: "freeauth-agentd 0.0.1".into(),
+        };
+        agent.write_all(&frame::encode(&welcome).unwrap()).await.unwrap();
+
+        let request = Request::Verify {
+            user: "alice".into(),
+            code: freeauth_proto::SecretString::new("123456"),
+            origin: Origin::Radius {
+                client: "vpn".into(),
+                nas_identifier: None,
+                nas_ip: None,
+                calling_station: None,
+                caller_delays: Some(true),
+            },
+        };
+        let caller = Arc::clone(&link);
+        let answer = tokio::spawn(async move { caller.call(request).await });
+        let sent = read_request(&mut agent).await;
+        let caller_delays = match sent.request {
+            Request::Verify {
+                origin: Origin::Radius { caller_delays, .. },
+                ..
+            } => caller_delays,
+            _ => Some(false),
+        };
+        assert_eq!(caller_delays, None, "a version 1 agent would refuse the field");
+        let reply = frame::encode(&ResponseFrame {
+            id: sent.id,
+            response: verdict(VerifyResult::Rejected),
+        })
+        .unwrap();
+        agent.write_all(&reply).await.unwrap();
+        assert_eq!(answer.await.unwrap(), Some(verdict(VerifyResult::Rejected)));
     }
 }

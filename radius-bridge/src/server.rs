@@ -279,6 +279,10 @@ async fn access_request(
             lock(&bridge.dedup).finish(&key, &reply);
             Ok(reply)
         }
+        // The agent counted this rejection already. Its entry stays in
+        // flight until it expires, so that resends are dropped and do not
+        // count again.
+        Err(Drop::TooManyDelayed) => Err(Drop::TooManyDelayed),
         Err(reason) => {
             lock(&bridge.dedup).forget(&key);
             Err(reason)
@@ -349,6 +353,7 @@ async fn decide(
             ..
         }) => Ok(reply(client, packet, Code::AccessAccept, None)),
         Some(Response::DelayedVerdict { delay_ms, .. }) => {
+            let delay_ms = delay_ms.min(MAX_HOLD_BACK_MS);
             hold_back(bridge, std::time::Duration::from_millis(delay_ms)).await?;
             Ok(reply(client, packet, Code::AccessReject, None))
         }
@@ -379,6 +384,10 @@ async fn decide(
         Some(_) | None => Err(Drop::AgentUnavailable),
     }
 }
+
+/// Longest delay the bridge holds a rejection back: the agent's maximum
+/// `max_failure_delay_ms`. A larger `delay_ms` would keep a place for good.
+const MAX_HOLD_BACK_MS: u64 = 600_000;
 
 /// Waits `delay` before a rejection goes out, in one of the bridge's places
 /// for delayed rejections. A flood of wrong codes can take every place, and
