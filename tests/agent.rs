@@ -1734,15 +1734,7 @@ fn caller_delays_ignored_for_admin() {
         max_failure_delay_ms: 1000,
         ..Options::default()
     });
-    agent.ctl_ok(&[
-        "enroll",
-        "alice",
-        "--type",
-        "hotp",
-        "--secret-hex",
-        RFC_SEED_HEX,
-        "--no-qr",
-    ]);
+    enroll_hotp(&agent, "alice");
     let origin = Origin::Radius {
         client: "vpn".into(),
         nas_identifier: None,

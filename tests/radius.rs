@@ -174,11 +174,9 @@ fn realm_rejection_log_escapes_name() {
     );
 }
 
-/// A rejection that waits out the agent's failure delay takes no place
-/// among the bridge's verifications: with `max_in_flight = 1`, a right code
-/// sent while a wrong one waits is accepted before that rejection leaves.
-#[test]
-fn delayed_rejection_leaves_agent_place() {
+/// Starts an agent with a 1.5 s failure delay and the HOTP users `alice`
+/// and `bob`, and a bridge with `max_in_flight = 1`.
+fn one_place_bridge() -> (Agent, Bridge) {
     let agent = Agent::start_with(Options {
         failure_delay_ms: 1500,
         max_failure_delay_ms: 1500,
@@ -188,6 +186,15 @@ fn delayed_rejection_leaves_agent_place() {
         agent.ctl_ok(&["enroll", user, "--type", "hotp", "--secret-hex", SEED, "--no-qr"]);
     }
     let bridge = Bridge::start(&agent, &format!("max_in_flight = 1\n{}", loopback_clients("")));
+    (agent, bridge)
+}
+
+/// A rejection that waits out the agent's failure delay takes no place
+/// among the bridge's verifications: with `max_in_flight = 1`, a right code
+/// sent while a wrong one waits is accepted before that rejection leaves.
+#[test]
+fn delayed_rejection_leaves_agent_place() {
+    let (_agent, bridge) = one_place_bridge();
     std::thread::scope(|scope| {
         let wrong = scope.spawn(|| (bridge.auth("alice", "000000"), std::time::Instant::now()));
         // Long enough for the wrong code to reach the agent first, and
@@ -207,15 +214,7 @@ fn delayed_rejection_leaves_agent_place() {
 /// progress and do not count again.
 #[test]
 fn dropped_rejection_resend_not_counted() {
-    let agent = Agent::start_with(Options {
-        failure_delay_ms: 1500,
-        max_failure_delay_ms: 1500,
-        ..Options::default()
-    });
-    for user in ["alice", "bob"] {
-        agent.ctl_ok(&["enroll", user, "--type", "hotp", "--secret-hex", SEED, "--no-qr"]);
-    }
-    let bridge = Bridge::start(&agent, &format!("max_in_flight = 1\n{}", loopback_clients("")));
+    let (agent, bridge) = one_place_bridge();
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     // Alice's wrong code takes the only place for a held rejection.
