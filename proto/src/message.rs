@@ -128,8 +128,8 @@ pub enum Origin {
         calling_station: Option<String>,
         /// The caller delays a rejection itself: the agent then replies
         /// at once with [`Response::DelayedVerdict`]. The RADIUS bridge
-        /// asks for this, so that rejections waiting out their failure
-        /// delay do not take its places among the agent's requests.
+        /// sets it, so that rejections waiting out their failure delay do
+        /// not take its places among the agent's requests.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         caller_delays: Option<bool>,
     },

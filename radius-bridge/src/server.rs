@@ -385,8 +385,9 @@ async fn decide(
     }
 }
 
-/// Longest delay the bridge holds a rejection back: the agent's maximum
-/// `max_failure_delay_ms`. A larger `delay_ms` would keep a place for good.
+/// Longest delay before the bridge sends a held rejection: the largest
+/// `max_failure_delay_ms` the agent accepts. A larger `delay_ms` would
+/// keep a place for good.
 const MAX_HOLD_BACK_MS: u64 = 600_000;
 
 /// Waits `delay` before a rejection goes out, in one of the bridge's places
