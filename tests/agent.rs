@@ -1748,3 +1748,40 @@ fn caller_delays_ignored_for_admin() {
     assert!(matches!(reply, Response::Verdict { .. }), "{reply:?}");
     assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
 }
+
+#[test]
+fn second_agent_on_one_state_folder_is_refused() {
+    let agent = Agent::start();
+    // Other sockets, so that only the state folder is shared.
+    let config = agent.dir.path().join("second.toml");
+    fs::write(
+        &config,
+        "[paths]\nstate_dir = \"state\"\nseed_key = \"state/seed.key\"\n\
+         agent_socket = \"run2/agent.sock\"\nadmin_socket = \"run2/admin.sock\"\n",
+    )
+    .unwrap();
+    let mut second = Command::new(binary("freeauth-agentd"))
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second agent runs on the same state folder");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another agent is using it"), "{stderr}");
+    assert!(!agent.dir.path().join("run2/agent.sock").exists());
+    agent.ctl_ok(&["status"]);
+}

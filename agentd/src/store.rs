@@ -38,7 +38,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -49,6 +49,11 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 /// Name of the database file inside the state folder.
 pub const DB_FILE: &str = "freeauth.db";
+
+/// Name of the file inside the state folder that the agent holds an
+/// exclusive lock on while it runs, so that a second agent never writes the
+/// same database.
+pub const LOCK_FILE: &str = "agent.lock";
 
 /// Version of the schema below, kept in the `meta` table. Version 1 lacked
 /// `token_uses` and `users.token_ids`; opening such a database adds both and
@@ -214,6 +219,8 @@ pub struct Store {
     conn: Connection,
     uses: UseLog,
     sync: WalSync,
+    /// Holds the lock on [`LOCK_FILE`] until the store is dropped.
+    _lock: File,
 }
 
 impl Store {
@@ -221,6 +228,7 @@ impl Store {
     /// that the folder belongs to this user and is closed to everyone else.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         prepare_state_dir(state_dir)?;
+        let lock = lock_state_dir(state_dir)?;
         let path = state_dir.join(DB_FILE);
         let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -253,6 +261,7 @@ impl Store {
             conn,
             uses: UseLog::default(),
             sync,
+            _lock: lock,
         };
         store.uses.load(&store.conn)?;
         Ok(store)
@@ -770,6 +779,34 @@ fn prepare_state_dir(dir: &Path) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// Takes the exclusive lock on the state folder's [`LOCK_FILE`]. The agent
+/// keeps the newest state of used tokens in memory and is the only writer
+/// of the database. A second agent on the same folder, started with another
+/// configuration, would accept codes the first one has used.
+fn lock_state_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let folder_error = |reason: String| StoreError::Folder {
+        path: dir.display().to_string(),
+        reason,
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|err| folder_error(format!("cannot open {}: {err}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(folder_error(format!(
+            "another agent is using it (it holds the lock on {}); stop that agent first",
+            path.display()
+        ))),
+        Err(fs::TryLockError::Error(err)) => Err(folder_error(format!("cannot lock {}: {err}", path.display()))),
+    }
 }
 
 /// The failure count of a name without an account, as stored: the name's
@@ -1335,6 +1372,19 @@ mod tests {
         uses.fold(&tx, at).unwrap();
         tx.commit().unwrap();
         uses.committed();
+    }
+
+    #[test]
+    fn second_store_on_one_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let first = Store::open(&state).unwrap();
+        let Err(err) = Store::open(&state) else {
+            panic!("a second store opened the same folder");
+        };
+        assert!(err.to_string().contains("another agent is using it"), "{err}");
+        drop(first);
+        Store::open(&state).expect("the lock ends with the first store");
     }
 
     #[test]
