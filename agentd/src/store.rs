@@ -45,6 +45,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use freeauth_otp::{Algorithm, Kind, State};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 /// Name of the database file inside the state folder.
@@ -220,7 +222,7 @@ pub struct Store {
     uses: UseLog,
     sync: WalSync,
     /// Holds the lock on [`LOCK_FILE`] until the store is dropped.
-    _lock: File,
+    _lock: Flock<File>,
 }
 
 impl Store {
@@ -785,7 +787,7 @@ fn prepare_state_dir(dir: &Path) -> Result<(), StoreError> {
 /// keeps the newest state of used tokens in memory and is the only writer
 /// of the database. A second agent on the same folder, started with another
 /// configuration, would accept codes the first one has used.
-fn lock_state_dir(dir: &Path) -> Result<File, StoreError> {
+fn lock_state_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
     let path = dir.join(LOCK_FILE);
     let folder_error = |reason: String| StoreError::Folder {
         path: dir.display().to_string(),
@@ -799,13 +801,13 @@ fn lock_state_dir(dir: &Path) -> Result<File, StoreError> {
         .mode(0o600)
         .open(&path)
         .map_err(|err| folder_error(format!("cannot open {}: {err}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(folder_error(format!(
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, Errno::EWOULDBLOCK)) => Err(folder_error(format!(
             "another agent is using it (it holds the lock on {}); stop that agent first",
             path.display()
         ))),
-        Err(fs::TryLockError::Error(err)) => Err(folder_error(format!("cannot lock {}: {err}", path.display()))),
+        Err((_, errno)) => Err(folder_error(format!("cannot lock {}: {errno}", path.display()))),
     }
 }
 
@@ -1384,7 +1386,7 @@ mod tests {
         };
         assert!(err.to_string().contains("another agent is using it"), "{err}");
         drop(first);
-        Store::open(&state).expect("the lock ends with the first store");
+        assert!(Store::open(&state).is_ok(), "the lock ends with the first store");
     }
 
     #[test]
