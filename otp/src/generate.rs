@@ -5,6 +5,7 @@ use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha1::Sha1;
 use sha2::{Sha256, Sha512};
+use subtle::{Choice, ConstantTimeEq};
 use zeroize::Zeroizing;
 
 use crate::{Algorithm, Kind, Secret};
@@ -138,13 +139,7 @@ impl KeyedHmac {
 
     /// Returns the HOTP code of `counter` with `digits` digits; see [`hotp`].
     pub(crate) fn code(&self, counter: u64, digits: u8) -> Zeroizing<String> {
-        let message = counter.to_be_bytes();
-        let value = match self {
-            KeyedHmac::Sha1(mac) => truncated(mac, &message),
-            KeyedHmac::Sha256(mac) => truncated(mac, &message),
-            KeyedHmac::Sha512(mac) => truncated(mac, &message),
-        };
-        match value {
+        match self.value(counter) {
             Some(value) => decimal_code(value, digits),
             // Every digest here has the 20 or more bytes that truncation
             // needs, so this arm cannot run. An empty code never matches.
@@ -152,6 +147,39 @@ impl KeyedHmac {
         }
     }
 }
+
+impl KeyedHmac {
+    /// Returns the truncated 31-bit value of `counter`, before the modulo.
+    fn value(&self, counter: u64) -> Option<u32> {
+        let message = counter.to_be_bytes();
+        match self {
+            KeyedHmac::Sha1(mac) => truncated(mac, &message),
+            KeyedHmac::Sha256(mac) => truncated(mac, &message),
+            KeyedHmac::Sha512(mac) => truncated(mac, &message),
+        }
+    }
+
+    /// Returns whether `code` is the HOTP code of `counter` with `digits`
+    /// digits, comparing in constant time. Equal to comparing with
+    /// [`KeyedHmac::code`], without the text on the heap: a verification
+    /// computes up to a window's worth of codes.
+    pub(crate) fn code_matches(&self, counter: u64, digits: u8, code: &[u8]) -> Choice {
+        let mut buffer = Zeroizing::new([0u8; MAX_DIRECT_DIGITS]);
+        let places = usize::from(digits);
+        match (self.value(counter), buffer.get_mut(..places)) {
+            (Some(value), Some(text)) => {
+                decimal_digits(value, text);
+                code.ct_eq(text)
+            }
+            // Longer codes than any supported take the general path.
+            (Some(_), None) => code.ct_eq(self.code(counter, digits).as_bytes()),
+            (None, _) => Choice::from(0),
+        }
+    }
+}
+
+/// Most digits [`KeyedHmac::code_matches`] writes into its stack buffer.
+const MAX_DIRECT_DIGITS: usize = 10;
 
 fn truncated<M: Mac + Clone>(keyed: &M, message: &[u8]) -> Option<u32> {
     let mut mac = keyed.clone();
@@ -171,11 +199,26 @@ fn dynamic_truncation(digest: &[u8]) -> Option<u32> {
 fn decimal_code(value: u32, digits: u8) -> Zeroizing<String> {
     let mut code = Zeroizing::new(String::with_capacity(usize::from(digits)));
     for place in (0..u32::from(digits)).rev() {
-        // Places of 10^10 and above exceed u32 and hold 0 for a 31-bit value.
-        let digit = 10u32.checked_pow(place).map_or(0, |unit| value / unit % 10);
-        code.push(char::from_digit(digit, 10).unwrap_or('0'));
+        code.push(char::from(decimal_digit(value, place)));
     }
     code
+}
+
+/// Writes `value` modulo 10^`text.len()` into `text` as ASCII digits, with
+/// leading zeros: the bytes [`decimal_code`] returns for that length.
+fn decimal_digits(value: u32, text: &mut [u8]) {
+    let mut place = u32::try_from(text.len()).unwrap_or(u32::MAX);
+    for byte in text.iter_mut() {
+        place = place.saturating_sub(1);
+        *byte = decimal_digit(value, place);
+    }
+}
+
+/// The ASCII digit of `value` at decimal `place` (0 for the units). Places
+/// of 10^10 and above exceed u32 and hold 0 for a 31-bit value.
+fn decimal_digit(value: u32, place: u32) -> u8 {
+    let digit = 10u32.checked_pow(place).map_or(0, |unit| value / unit % 10);
+    b'0' + u8::try_from(digit).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -258,6 +301,23 @@ mod tests {
         assert_eq!(decimal_code(42, 6).as_str(), "000042");
         assert_eq!(decimal_code(1_284_755_224, 6).as_str(), "755224");
         assert_eq!(decimal_code(1_284_755_224, 8).as_str(), "84755224");
+    }
+
+    #[test]
+    fn code_matches_agrees_with_code() {
+        let keyed = KeyedHmac::new(b"12345678901234567890", Algorithm::Sha1).unwrap();
+        for digits in [0u8, 1, 6, 8, 10, 11, 12] {
+            for counter in 0..40 {
+                let code = keyed.code(counter, digits);
+                assert!(bool::from(keyed.code_matches(counter, digits, code.as_bytes())));
+                let other = keyed.code(counter + 1, digits);
+                let same = code.as_str() == other.as_str();
+                assert_eq!(bool::from(keyed.code_matches(counter, digits, other.as_bytes())), same);
+            }
+        }
+        let code = keyed.code(3, 6);
+        assert!(!bool::from(keyed.code_matches(3, 6, &code.as_bytes()[..5])));
+        assert!(!bool::from(keyed.code_matches(3, 8, code.as_bytes())));
     }
 
     #[test]

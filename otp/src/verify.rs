@@ -124,13 +124,22 @@ impl<'a> Generator<'a> {
             Generator::Mobile { secret, pin } => motp(secret, pin, value),
         }
     }
+
+    /// Returns whether `code` is the code for a counter or time step, in
+    /// constant time.
+    fn matches(&self, value: u64, code: &Code) -> Choice {
+        match self {
+            Generator::Hmac { keyed, digits } => keyed.code_matches(value, *digits, code.as_str().as_bytes()),
+            Generator::Mobile { .. } => code.ct_eq_choice(&self.code(value)),
+        }
+    }
 }
 
 fn verify_counter(generator: &Generator<'_>, state: &State, lookahead: u32, code: &Code) -> Option<Matched> {
     // The next counter must fit in u64, so u64::MAX itself is never accepted.
     let last = state.counter.saturating_add(u64::from(lookahead)).min(u64::MAX - 1);
     let candidates = state.counter..=last;
-    let counter = first_match(candidates, |value| code.ct_eq_choice(&generator.code(value)))?;
+    let counter = first_match(candidates, |value| generator.matches(value, code))?;
     accept_counter(state, counter, counter.checked_add(1)?)
 }
 
@@ -138,7 +147,7 @@ fn verify_time(generator: &Generator<'_>, state: &State, steps: u32, server_step
     let centre = i128::from(server_step) + i128::from(state.drift);
     let candidates =
         steps_by_distance(centre, steps).filter_map(|step| acceptable_step(step, server_step, state.last_step));
-    let step = first_match(candidates, |value| code.ct_eq_choice(&generator.code(value)))?;
+    let step = first_match(candidates, |value| generator.matches(value, code))?;
     accept_step(state, step, server_step)
 }
 
