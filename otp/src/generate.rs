@@ -214,7 +214,7 @@ fn decimal_digits(value: u32, text: &mut [u8]) {
     }
 }
 
-/// The ASCII digit of `value` at decimal `place` (0 for the units). Places
+/// Returns the ASCII digit of `value` at decimal `place` (0 for the units). Places
 /// of 10^10 and above exceed u32 and hold 0 for a 31-bit value.
 fn decimal_digit(value: u32, place: u32) -> u8 {
     let digit = 10u32.checked_pow(place).map_or(0, |unit| value / unit % 10);

@@ -11,7 +11,9 @@
 //!
 //! Secrets and codes live in zeroize-on-drop buffers, implement neither
 //! `Debug` nor `Display`, and never appear in error messages. Comparisons of
-//! secrets and codes run in constant time for equal lengths.
+//! secrets and codes run in constant time for equal lengths. A window search
+//! compares a wrong code with every candidate and stops at the first match,
+//! so only an accepted code's place in the window shows in the time taken.
 //!
 //! NOTE: the hmac, sha1, sha2 and md-5 crates keep copies of key-derived
 //! state and digests on the stack that are not zeroized.

@@ -179,8 +179,8 @@ fn resync_time(
 ///
 /// Each comparison runs in constant time, and a code that matches no
 /// candidate is compared with every one, so every wrong code takes the same
-/// time. The search stops at the first match: how long an accepted code
-/// took tells where in the window it matched, which the one who typed it
+/// time. The search stops at the first match. So the time an accepted code
+/// took shows where in the window it matched, which the one who typed it
 /// learns from the acceptance anyway. Stopping there saves up to a window's
 /// worth of HMACs per accepted code (ten at the default HOTP look-ahead).
 fn first_match(mut candidates: impl Iterator<Item = u64>, mut matches: impl FnMut(u64) -> Choice) -> Option<u64> {
