@@ -1781,7 +1781,15 @@ fn second_agent_on_one_state_folder_is_refused() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("another agent is using it"), "{stderr}");
+    assert!(stderr.contains("a running agent is using it"), "{stderr}");
     assert!(!agent.dir.path().join("run2/agent.sock").exists());
+    agent.ctl_ok(&["status"]);
+}
+
+#[test]
+fn init_beside_running_agent_keeps_its_files() {
+    let agent = Agent::start();
+    let output = agent.ctl_ok(&["init"]);
+    assert!(output.contains("the agent is running on state folder"), "{output}");
     agent.ctl_ok(&["status"]);
 }

@@ -38,7 +38,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,11 +51,6 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 /// Name of the database file inside the state folder.
 pub const DB_FILE: &str = "freeauth.db";
-
-/// Name of the file inside the state folder that the agent holds an
-/// exclusive lock on while it runs, so that a second agent never writes the
-/// same database.
-pub const LOCK_FILE: &str = "agent.lock";
 
 /// Version of the schema below, kept in the `meta` table. Version 1 lacked
 /// `token_uses` and `users.token_ids`; opening such a database adds both and
@@ -221,7 +216,7 @@ pub struct Store {
     conn: Connection,
     uses: UseLog,
     sync: WalSync,
-    /// Holds the lock on [`LOCK_FILE`] until the store is dropped.
+    /// The lock on the state folder, held until the store is dropped.
     _lock: Flock<File>,
 }
 
@@ -783,32 +778,37 @@ fn prepare_state_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Takes the exclusive lock on the state folder's [`LOCK_FILE`]. The agent
-/// keeps the newest state of used tokens in memory and is the only writer
-/// of the database. A second agent on the same folder, started with another
-/// configuration, would accept codes the first one has used.
+/// Takes an exclusive `flock` on the state folder itself. The agent keeps
+/// the newest state of used tokens in memory and is the only writer of the
+/// database. A second agent on the same folder, started with another
+/// configuration, would accept codes the first one has used. A lock on a
+/// file inside the folder would end when someone deletes that file, but the
+/// folder cannot go away while it holds the database.
 fn lock_state_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
-    let path = dir.join(LOCK_FILE);
     let folder_error = |reason: String| StoreError::Folder {
         path: dir.display().to_string(),
         reason,
     };
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|err| folder_error(format!("cannot open {}: {err}", path.display())))?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+    let folder = File::open(dir).map_err(|err| folder_error(format!("cannot open it to lock it: {err}")))?;
+    match Flock::lock(folder, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(lock),
-        Err((_, Errno::EWOULDBLOCK)) => Err(folder_error(format!(
-            "another agent is using it (it holds the lock on {}); stop that agent first",
-            path.display()
-        ))),
-        Err((_, errno)) => Err(folder_error(format!("cannot lock {}: {errno}", path.display()))),
+        Err((_, Errno::EWOULDBLOCK)) => Err(folder_error(
+            "a running agent is using it (it holds the lock on this folder); stop that agent first".into(),
+        )),
+        Err((_, errno)) => Err(folder_error(format!("cannot lock it: {errno}"))),
     }
+}
+
+/// Returns whether a running agent holds the lock on the state folder `dir`
+/// (see [`lock_state_dir`]). Takes the lock for a moment when it is free.
+pub fn in_use_by_agent(dir: &Path) -> bool {
+    let Ok(folder) = File::open(dir) else {
+        return false;
+    };
+    matches!(
+        Flock::lock(folder, FlockArg::LockExclusiveNonblock),
+        Err((_, Errno::EWOULDBLOCK))
+    )
 }
 
 /// The failure count of a name without an account, as stored: the name's
@@ -1384,9 +1384,28 @@ mod tests {
         let Err(err) = Store::open(&state) else {
             panic!("a second store opened the same folder");
         };
-        assert!(err.to_string().contains("another agent is using it"), "{err}");
+        assert!(err.to_string().contains("a running agent is using it"), "{err}");
         drop(first);
         assert!(Store::open(&state).is_ok(), "the lock ends with the first store");
+    }
+
+    #[test]
+    fn store_lock_survives_removed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let _first = Store::open(&state).unwrap();
+        // A clean-up of the folder must not let a second store in.
+        for entry in fs::read_dir(&state).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.starts_with(DB_FILE) {
+                fs::remove_file(&path).unwrap();
+            }
+        }
+        let Err(err) = Store::open(&state) else {
+            panic!("a second store opened the folder after its other files were removed");
+        };
+        assert!(err.to_string().contains("a running agent is using it"), "{err}");
     }
 
     #[test]

@@ -244,7 +244,20 @@ fn init(config: &Config) -> Result<ExitCode, CommandError> {
     let key_existed = config.paths.seed_key.exists();
     let database = config.paths.database();
     let database_existed = database.exists();
-    freeauth_agentd::daemon::open_state(config).map_err(|err| err.to_string())?;
+    if let Err(err) = freeauth_agentd::daemon::open_state(config) {
+        // A running agent holds the folder, so its key and database are in
+        // place; init stays safe to repeat, as a provisioning tool does.
+        if key_existed && database_existed && freeauth_agentd::store::in_use_by_agent(&config.paths.state_dir) {
+            say!(
+                "the agent is running on state folder {}; kept its seed key {} and database {}",
+                config.paths.state_dir.display(),
+                config.paths.seed_key.display(),
+                database.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        return Err(err.to_string());
+    }
     if key_existed {
         say!("seed key {} already exists; kept it", config.paths.seed_key.display());
     } else {
