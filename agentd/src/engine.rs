@@ -981,7 +981,9 @@ impl Context<'_> {
     }
 
     /// Whether `code` would have matched before the token's last use, so the
-    /// log can say "already used" instead of "wrong code".
+    /// log can say "already used" instead of "wrong code". Every candidate
+    /// is checked, so a reused code is rejected in the same time as a wrong
+    /// one.
     fn was_used(&self, token: &OpenToken, code: &Code) -> bool {
         let window = self.window(token);
         let state = token.row.state;
@@ -990,7 +992,7 @@ impl Context<'_> {
             last_step: None,
             drift: state.drift,
         };
-        let Some(matched) = freeauth_otp::verify(
+        let Some(matched) = freeauth_otp::verify_every_candidate(
             &token.params,
             &token.seed,
             token.pin.as_ref(),

@@ -304,20 +304,57 @@ mod tests {
     }
 
     #[test]
-    fn code_matches_agrees_with_code() {
-        let keyed = KeyedHmac::new(b"12345678901234567890", Algorithm::Sha1).unwrap();
-        for digits in [0u8, 1, 6, 8, 10, 11, 12] {
-            for counter in 0..40 {
-                let code = keyed.code(counter, digits);
-                assert!(bool::from(keyed.code_matches(counter, digits, code.as_bytes())));
-                let other = keyed.code(counter + 1, digits);
-                let same = code.as_str() == other.as_str();
-                assert_eq!(bool::from(keyed.code_matches(counter, digits, other.as_bytes())), same);
+    fn code_matches_agrees_with_code_for_every_length() {
+        let values = [
+            0u32,
+            1,
+            9,
+            10,
+            999_999,
+            1_000_000,
+            999_999_999,
+            1_000_000_000,
+            0x7fff_ffff,
+        ];
+        for value in values {
+            for len in 0..=MAX_DIRECT_DIGITS {
+                let mut text = [0u8; MAX_DIRECT_DIGITS];
+                decimal_digits(value, &mut text[..len]);
+                let digits = u8::try_from(len).unwrap();
+                assert_eq!(&text[..len], decimal_code(value, digits).as_bytes(), "{value} {len}");
             }
         }
-        let code = keyed.code(3, 6);
-        assert!(!bool::from(keyed.code_matches(3, 6, &code.as_bytes()[..5])));
-        assert!(!bool::from(keyed.code_matches(3, 8, code.as_bytes())));
+        for algorithm in [Algorithm::Sha1, Algorithm::Sha256, Algorithm::Sha512] {
+            let keyed = KeyedHmac::new(b"12345678901234567890", algorithm).unwrap();
+            for digits in 0..=u8::MAX {
+                for counter in 0..8 {
+                    let code = keyed.code(counter, digits);
+                    for other in counter..counter + 3 {
+                        let expected = keyed.code(other, digits).as_str() == code.as_str();
+                        assert_eq!(bool::from(keyed.code_matches(other, digits, code.as_bytes())), expected);
+                    }
+                    for cut in [1usize, 2] {
+                        if let Some(short) = code.as_bytes().get(..code.len().saturating_sub(cut)) {
+                            if short.len() < code.len() {
+                                assert!(!bool::from(keyed.code_matches(counter, digits, short)));
+                            }
+                        }
+                    }
+                    let mut longer = code.as_bytes().to_vec();
+                    longer.push(b'0');
+                    assert!(!bool::from(keyed.code_matches(counter, digits, &longer)));
+                    if let Some(first) = longer.first_mut() {
+                        *first = if *first == b'9' { b'0' } else { *first + 1 };
+                    }
+                    longer.pop();
+                    let flipped_expected = longer.as_slice() == code.as_bytes();
+                    assert_eq!(
+                        bool::from(keyed.code_matches(counter, digits, &longer)),
+                        flipped_expected
+                    );
+                }
+            }
+        }
     }
 
     #[test]

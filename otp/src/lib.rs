@@ -11,9 +11,10 @@
 //!
 //! Secrets and codes live in zeroize-on-drop buffers, implement neither
 //! `Debug` nor `Display`, and never appear in error messages. Comparisons of
-//! secrets and codes run in constant time for equal lengths. A window search
-//! compares a wrong code with every candidate and stops at the first match,
-//! so only an accepted code's place in the window shows in the time taken.
+//! secrets and codes run in constant time for equal lengths. [`verify`]
+//! compares a wrong code with every candidate of its window and stops at the
+//! first match, so only an accepted code's place in the window shows in the
+//! time taken; [`verify_every_candidate`] never stops early.
 //!
 //! NOTE: the hmac, sha1, sha2 and md-5 crates keep copies of key-derived
 //! state and digests on the stack that are not zeroized.
@@ -51,7 +52,7 @@ pub use code::{Charset, Code, CodeError, MAX_CODE_INPUT_LEN};
 pub use generate::{code_identity, hotp, motp, totp, totp_step, MOTP_DIGITS, MOTP_PERIOD};
 pub use params::{Matched, Params, State, Window};
 pub use secret::{Secret, SecretError};
-pub use verify::{resync, verify};
+pub use verify::{resync, verify, verify_every_candidate};
 
 /// Highest HOTP counter a token may start at. Counters are stored as signed
 /// 64-bit integers (SQLite's), and this leaves room above for any look-ahead

@@ -1,13 +1,17 @@
 //! Code verification with search windows, drift tracking, replay
 //! protection and resynchronisation.
 //!
-//! Every candidate in a window is computed and compared in constant time, and
-//! the match is selected without branching on the comparisons, so the time
-//! taken depends on the window and not on which candidate matched.
+//! Each candidate in a window is compared in constant time. [`verify`]
+//! compares a wrong code with every candidate and stops at a match, so the
+//! time taken shows only where an accepted code matched.
+//! [`verify_every_candidate`] never stops early, and the match is selected
+//! without branching on the comparisons, so the time depends on the window
+//! alone; it is for checks on the way to a rejection, such as telling a
+//! reused code from a wrong one.
 
 use std::iter;
 
-use subtle::Choice;
+use subtle::{Choice, ConditionallySelectable};
 use zeroize::Zeroizing;
 
 use crate::generate::{motp, totp_step, KeyedHmac};
@@ -38,15 +42,56 @@ pub fn verify(
     now: u64,
     code: &Code,
 ) -> Option<Matched> {
+    search(params, secret, pin, state, window, now, code, Search::UntilMatch)
+}
+
+/// Checks `code` like [`verify`], but compares it with every candidate of
+/// the window even after a match, so the time taken does not depend on
+/// whether or where it matches. Use it where a match must not shorten a
+/// rejection, such as looking whether a rejected code was used before.
+#[must_use = "store the returned state, or the code can be replayed"]
+pub fn verify_every_candidate(
+    params: &Params,
+    secret: &Secret,
+    pin: Option<&Secret>,
+    state: &State,
+    window: &Window,
+    now: u64,
+    code: &Code,
+) -> Option<Matched> {
+    search(params, secret, pin, state, window, now, code, Search::Every)
+}
+
+/// How far a window search goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Search {
+    /// Up to the first match.
+    UntilMatch,
+    /// Every candidate, selecting the first match in constant time.
+    Every,
+}
+
+#[allow(clippy::too_many_arguments)] // The arguments of `verify`, plus the search.
+fn search(
+    params: &Params,
+    secret: &Secret,
+    pin: Option<&Secret>,
+    state: &State,
+    window: &Window,
+    now: u64,
+    code: &Code,
+    search: Search,
+) -> Option<Matched> {
     if code.len() != params.code_len() {
         return None;
     }
     let generator = Generator::new(params, secret, pin)?;
+    let matches = |value| generator.matches(value, code);
     match params.kind {
-        Kind::Hotp => verify_counter(&generator, state, window.hotp_lookahead, code),
+        Kind::Hotp => verify_counter(state, window.hotp_lookahead, search, matches),
         Kind::Totp | Kind::Motp => {
             let server_step = totp_step(now, params.step_period());
-            verify_time(&generator, state, window.steps, server_step, code)
+            verify_time(state, window.steps, server_step, search, matches)
         }
     }
 }
@@ -135,19 +180,36 @@ impl<'a> Generator<'a> {
     }
 }
 
-fn verify_counter(generator: &Generator<'_>, state: &State, lookahead: u32, code: &Code) -> Option<Matched> {
+fn verify_counter(
+    state: &State,
+    lookahead: u32,
+    search: Search,
+    matches: impl FnMut(u64) -> Choice,
+) -> Option<Matched> {
     // The next counter must fit in u64, so u64::MAX itself is never accepted.
     let last = state.counter.saturating_add(u64::from(lookahead)).min(u64::MAX - 1);
     let candidates = state.counter..=last;
-    let counter = first_match(candidates, |value| generator.matches(value, code))?;
+    let counter = match search {
+        Search::UntilMatch => first_match(candidates, matches),
+        Search::Every => first_match_of_all(candidates, matches),
+    }?;
     accept_counter(state, counter, counter.checked_add(1)?)
 }
 
-fn verify_time(generator: &Generator<'_>, state: &State, steps: u32, server_step: u64, code: &Code) -> Option<Matched> {
+fn verify_time(
+    state: &State,
+    steps: u32,
+    server_step: u64,
+    search: Search,
+    matches: impl FnMut(u64) -> Choice,
+) -> Option<Matched> {
     let centre = i128::from(server_step) + i128::from(state.drift);
     let candidates =
         steps_by_distance(centre, steps).filter_map(|step| acceptable_step(step, server_step, state.last_step));
-    let step = first_match(candidates, |value| generator.matches(value, code))?;
+    let step = match search {
+        Search::UntilMatch => first_match(candidates, matches),
+        Search::Every => first_match_of_all(candidates, matches),
+    }?;
     accept_step(state, step, server_step)
 }
 
@@ -185,6 +247,20 @@ fn resync_time(
 /// worth of HMACs per accepted code (ten at the default HOTP look-ahead).
 fn first_match(mut candidates: impl Iterator<Item = u64>, mut matches: impl FnMut(u64) -> Choice) -> Option<u64> {
     candidates.find(|&candidate| bool::from(matches(candidate)))
+}
+
+/// Returns the first candidate for which `matches` returns true, after
+/// checking every candidate. The choice is made with constant-time
+/// selection, so only the number of candidates affects the time taken.
+fn first_match_of_all(candidates: impl Iterator<Item = u64>, mut matches: impl FnMut(u64) -> Choice) -> Option<u64> {
+    let mut found = Choice::from(0);
+    let mut chosen = 0u64;
+    for candidate in candidates {
+        let take = matches(candidate) & !found;
+        chosen.conditional_assign(&candidate, take);
+        found |= take;
+    }
+    bool::from(found).then_some(chosen)
 }
 
 /// Yields the steps within `radius` of `centre`, nearest first and the later
@@ -249,6 +325,28 @@ mod tests {
         });
         assert_eq!(found, Some(6));
         assert_eq!(first_match(iter::empty(), |_| Choice::from(1)), None);
+    }
+
+    #[test]
+    fn first_match_of_all_checks_every_candidate() {
+        let mut checked = 0;
+        let found = first_match_of_all(0u64..10, |value| {
+            checked += 1;
+            Choice::from(u8::from(value == 0 || value == 4))
+        });
+        assert_eq!(found, Some(0));
+        assert_eq!(checked, 10);
+    }
+
+    #[test]
+    fn first_match_stops_at_a_match() {
+        let mut checked = 0;
+        let found = first_match(0u64..10, |value| {
+            checked += 1;
+            Choice::from(u8::from(value == 2 || value == 4))
+        });
+        assert_eq!(found, Some(2));
+        assert_eq!(checked, 3);
     }
 
     #[test]

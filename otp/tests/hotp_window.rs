@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use freeauth_otp::{hotp, verify, Algorithm, Charset, Code, Kind, Matched, Params, Secret, State, Window};
+use freeauth_otp::{
+    hotp, verify, verify_every_candidate, Algorithm, Charset, Code, Kind, Matched, Params, Secret, State, Window,
+};
 
 fn params() -> Params {
     Params {
@@ -173,4 +175,23 @@ fn rejects_wrong_secret() {
     let code = code_for(&rfc_seed(), 5);
     let matched = verify(&params(), &other, None, &at_counter(5), &lookahead(10), 0, &code);
     assert_eq!(matched, None);
+}
+
+#[test]
+fn every_candidate_search_agrees_with_verify() {
+    let secret = rfc_seed();
+    let state = State {
+        counter: 20,
+        last_step: None,
+        drift: 0,
+    };
+    // Counters below, inside and beyond the window, and a code that
+    // matches twice inside it would still take the lowest counter.
+    for counter in 15..35 {
+        let code = code_for(&secret, counter);
+        let quick = verify(&params(), &secret, None, &state, &lookahead(10), 0, &code);
+        let every = verify_every_candidate(&params(), &secret, None, &state, &lookahead(10), 0, &code);
+        assert_eq!(quick, every, "counter {counter}");
+        assert_eq!(quick.is_some(), (20..=30).contains(&counter), "counter {counter}");
+    }
 }
