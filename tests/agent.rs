@@ -1760,12 +1760,14 @@ fn second_agent_on_one_state_folder_is_refused() {
          agent_socket = \"run2/agent.sock\"\nadmin_socket = \"run2/admin.sock\"\n",
     )
     .unwrap();
+
     let mut second = Command::new(binary("freeauth-agentd"))
         .arg("--config")
         .arg(&config)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = second.try_wait().unwrap() {
@@ -1778,6 +1780,7 @@ fn second_agent_on_one_state_folder_is_refused() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");

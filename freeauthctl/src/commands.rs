@@ -245,8 +245,8 @@ fn init(config: &Config) -> Result<ExitCode, CommandError> {
     let database = config.paths.database();
     let database_existed = database.exists();
     if let Err(err) = freeauth_agentd::daemon::open_state(config) {
-        // A running agent holds the folder, so its key and database are in
-        // place; init stays safe to repeat, as a provisioning tool does.
+        // A running agent locks the folder, so its key and database are in
+        // place. Init succeeds, so that provisioning tools can repeat it.
         if key_existed && database_existed && freeauth_agentd::store::in_use_by_agent(&config.paths.state_dir) {
             say!(
                 "the agent is running on state folder {}; kept its seed key {} and database {}",

@@ -4,9 +4,9 @@
 //! Each candidate in a window is compared in constant time. [`verify`]
 //! compares a wrong code with every candidate and stops at a match, so the
 //! time taken shows only where an accepted code matched.
-//! [`verify_every_candidate`] never stops early, and the match is selected
-//! without branching on the comparisons, so the time depends on the window
-//! alone; it is for checks on the way to a rejection, such as telling a
+//! [`verify_every_candidate`] never stops early and selects the match
+//! without branching on the comparisons, so its time depends on the window
+//! alone. It is for checks on the way to a rejection, such as telling a
 //! reused code from a wrong one.
 
 use std::iter;
@@ -350,7 +350,7 @@ mod tests {
     }
 
     #[test]
-    fn first_match_checks_every_candidate_of_a_wrong_code() {
+    fn first_match_wrong_code_checks_all() {
         let mut checked = 0;
         let found = first_match(0u64..10, |_| {
             checked += 1;

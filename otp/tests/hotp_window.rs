@@ -185,8 +185,7 @@ fn every_candidate_search_agrees_with_verify() {
         last_step: None,
         drift: 0,
     };
-    // Counters below, inside and beyond the window, and a code that
-    // matches twice inside it would still take the lowest counter.
+    // Counters below, inside and beyond the window.
     for counter in 15..35 {
         let code = code_for(&secret, counter);
         let quick = verify(&params(), &secret, None, &state, &lookahead(10), 0, &code);
