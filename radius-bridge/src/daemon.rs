@@ -74,6 +74,8 @@ async fn serve(mut config: Config, listen: Vec<SocketAddr>) -> Result<(), Daemon
         max_in_flight: config.max_in_flight,
         timeout: config.agent_timeout,
     };
+    // Held for as long as the bridge runs.
+    let _state_lock = crate::seen::lock_state_dir(&config.state_dir).map_err(DaemonError)?;
     let seen = SeenClients::load(&config.state_dir).map_err(DaemonError)?;
     warn_about_weak_secrets(&config.clients);
     let bridge = Arc::new(Bridge {

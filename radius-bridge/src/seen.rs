@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
 /// Name of the list inside the bridge's state folder.
 const FILE_NAME: &str = "message-authenticator-clients";
 
@@ -85,16 +88,41 @@ impl FileWrite {
     }
 }
 
+/// Creates `state_dir` (mode 0700) when it is missing and takes an
+/// exclusive `flock` on it, held until the returned file is dropped. Each
+/// bridge rewrites the whole list from its own memory. So a second bridge
+/// on the same folder would drop names the first one added, and a client
+/// under `auto` could again send requests without a Message-Authenticator.
+pub fn lock_state_dir(state_dir: &Path) -> Result<Flock<fs::File>, String> {
+    create_state_dir(state_dir)?;
+    let folder = fs::File::open(state_dir)
+        .map_err(|err| format!("cannot open state folder {} to lock it: {err}", state_dir.display()))?;
+    match Flock::lock(folder, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, Errno::EWOULDBLOCK)) => Err(format!(
+            "state folder {}: a running bridge is using it (it holds the lock on this folder); \
+             give each bridge its own state_dir, or stop the other one",
+            state_dir.display()
+        )),
+        Err((_, errno)) => Err(format!("cannot lock state folder {}: {errno}", state_dir.display())),
+    }
+}
+
+fn create_state_dir(state_dir: &Path) -> Result<(), String> {
+    if !state_dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|err| format!("cannot create state folder {}: {err}", state_dir.display()))?;
+    }
+    Ok(())
+}
+
 impl SeenClients {
     /// Loads the list from `state_dir`, creating the folder (mode 0700).
     pub fn load(state_dir: &Path) -> Result<SeenClients, String> {
-        if !state_dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(state_dir)
-                .map_err(|err| format!("cannot create state folder {}: {err}", state_dir.display()))?;
-        }
+        create_state_dir(state_dir)?;
         let names = SeenClients::read(state_dir)?;
         Ok(SeenClients {
             path: state_dir.join(FILE_NAME),
@@ -159,8 +187,21 @@ impl SeenClients {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn second_lock_on_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let first = lock_state_dir(&state).unwrap();
+        let Err(err) = lock_state_dir(&state) else {
+            panic!("a second bridge locked the same folder");
+        };
+        assert!(err.contains("a running bridge is using it"), "{err}");
+        drop(first);
+        assert!(lock_state_dir(&state).is_ok(), "the lock ends with the first bridge");
+    }
 
     #[test]
     fn remembers_across_loads() {
