@@ -1761,28 +1761,11 @@ fn second_agent_on_one_state_folder_is_refused() {
     )
     .unwrap();
 
-    let mut second = Command::new(binary("freeauth-agentd"))
-        .arg("--config")
-        .arg(&config)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = second.kill();
-            let _ = second.wait();
-            panic!("a second agent runs on the same state folder");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (status, stderr) = start_expecting_exit(
+        "freeauth-agentd",
+        &config,
+        "a second agent runs on the same state folder",
+    );
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("a running agent is using it"), "{stderr}");
     assert!(!agent.dir.path().join("run2/agent.sock").exists());

@@ -653,27 +653,11 @@ fn second_bridge_on_one_state_folder_is_refused() {
     std::fs::write(&config, text).unwrap();
     std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 
-    let mut second = std::process::Command::new(binary("freeauth-radius"))
-        .arg("--config")
-        .arg(&config)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = second.kill();
-            let _ = second.wait();
-            panic!("a second bridge runs on the same state folder");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (status, stderr) = start_expecting_exit(
+        "freeauth-radius",
+        &config,
+        "a second bridge runs on the same state folder",
+    );
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("a running bridge is using it"), "{stderr}");
 }

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use freeauth_proto::{Client, Origin, Request, Response, SecretString, VerifyResult};
@@ -370,4 +370,35 @@ pub fn frame(body: &[u8]) -> Vec<u8> {
 /// The hello frame of protocol version 1.
 pub fn hello_frame() -> Vec<u8> {
     frame(br#"{"version":1,"client":"raw-test"}"#)
+}
+
+/// Runs the daemon `program` with `--config config`, expecting it to stop
+/// at start. Returns its exit status and standard error. Kills it and
+/// panics with `still_running` when it runs for 10 s.
+pub fn start_expecting_exit(program: &str, config: &Path, still_running: &str) -> (ExitStatus, String) {
+    let mut child = Command::new(binary(program))
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{still_running}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).unwrap();
+    }
+    (status, stderr)
 }
