@@ -328,36 +328,28 @@ mod tests {
     }
 
     #[test]
-    fn first_match_of_all_checks_every_candidate() {
-        let mut checked = 0;
-        let found = first_match_of_all(0u64..10, |value| {
-            checked += 1;
-            Choice::from(u8::from(value == 0 || value == 4))
-        });
-        assert_eq!(found, Some(0));
-        assert_eq!(checked, 10);
-    }
-
-    #[test]
-    fn first_match_stops_at_a_match() {
-        let mut checked = 0;
-        let found = first_match(0u64..10, |value| {
-            checked += 1;
-            Choice::from(u8::from(value == 2 || value == 4))
-        });
-        assert_eq!(found, Some(2));
-        assert_eq!(checked, 3);
-    }
-
-    #[test]
-    fn first_match_wrong_code_checks_all() {
-        let mut checked = 0;
-        let found = first_match(0u64..10, |_| {
-            checked += 1;
-            Choice::from(0)
-        });
-        assert_eq!(found, None);
-        assert_eq!(checked, 10);
+    fn searches_check_expected_candidates() {
+        // (stops at a match, matching values, found, candidates checked)
+        let cases: [(bool, &[u64], Option<u64>, usize); 4] = [
+            (true, &[2, 4], Some(2), 3),
+            (true, &[], None, 10),
+            (false, &[0, 4], Some(0), 10),
+            (false, &[], None, 10),
+        ];
+        for (stops, matching, expected, expected_checked) in cases {
+            let mut checked = 0;
+            let matches = |value| {
+                checked += 1;
+                Choice::from(u8::from(matching.contains(&value)))
+            };
+            let found = if stops {
+                first_match(0u64..10, matches)
+            } else {
+                first_match_of_all(0u64..10, matches)
+            };
+            assert_eq!(found, expected, "stops {stops}, matching {matching:?}");
+            assert_eq!(checked, expected_checked, "stops {stops}, matching {matching:?}");
+        }
     }
 
     #[test]
