@@ -448,7 +448,13 @@ pub struct UseLog {
 #[derive(Default)]
 struct Uses {
     /// Newest committed, unfolded use per token id.
-    committed: BTreeMap<i64, Use>,
+    committed: Unfolded,
+    /// States that [`Db::tokens_of`] took from `tokens` rows, and the
+    /// connection's count of changed rows when it read them. While that
+    /// count stays the same, no row has changed, so [`Db::advance_token`]
+    /// compares with these instead of reading the row again.
+    row_states: Vec<(i64, State)>,
+    row_states_changes: u64,
     /// Uses written in the open transaction, oldest first.
     staged: Vec<(i64, Use)>,
     /// The newest use in `staged` of each token, for lookups.
@@ -465,6 +471,73 @@ struct Uses {
     last_fold: Option<Instant>,
     /// The fold written in the open transaction.
     fold: Option<Fold>,
+}
+
+/// The newest committed, unfolded use per token id, with one bit per id
+/// that is set while the tree contains that id. At a million tokens most
+/// tokens have no unfolded use, and one bit shows that with one memory read
+/// instead of a search through a tree of up to 262,144 entries.
+#[derive(Default)]
+struct Unfolded {
+    uses: BTreeMap<i64, Use>,
+    /// Bit `id` is set while `uses` contains `id`. Ids outside
+    /// 0..[`MAX_BIT_ID`] have no bit and are always searched.
+    present: Vec<u64>,
+}
+
+/// Ids up to this one get a bit: 8 MiB of bits at most. Token ids count up
+/// from 1, one per token ever enrolled.
+const MAX_BIT_ID: i64 = 1 << 26;
+
+/// Returns the word index and the bit mask of `id` in [`Unfolded::present`].
+fn bit_of(id: i64) -> Option<(usize, u64)> {
+    if !(0..MAX_BIT_ID).contains(&id) {
+        return None;
+    }
+    let id = usize::try_from(id).ok()?;
+    Some((id / 64, 1 << (id % 64)))
+}
+
+impl Unfolded {
+    fn get(&self, id: i64) -> Option<&Use> {
+        if let Some((word, bit)) = bit_of(id) {
+            if self.present.get(word).is_none_or(|w| w & bit == 0) {
+                return None;
+            }
+        }
+        self.uses.get(&id)
+    }
+
+    fn insert(&mut self, id: i64, used: Use) {
+        if let Some((word, bit)) = bit_of(id) {
+            if self.present.len() <= word {
+                self.present.resize(word + 1, 0);
+            }
+            self.present[word] |= bit;
+        }
+        self.uses.insert(id, used);
+    }
+
+    fn remove(&mut self, id: i64) {
+        if let Some((word, bit)) = bit_of(id) {
+            if let Some(w) = self.present.get_mut(word) {
+                *w &= !bit;
+            }
+        }
+        self.uses.remove(&id);
+    }
+
+    fn len(&self) -> usize {
+        self.uses.len()
+    }
+
+    fn last_id(&self) -> Option<i64> {
+        self.uses.keys().next_back().copied()
+    }
+
+    fn starting_at(&self, first: i64) -> std::collections::btree_map::Range<'_, i64, Use> {
+        self.uses.range(first..)
+    }
 }
 
 /// Changes a fold makes in memory once its transaction commits.
@@ -514,8 +587,36 @@ impl UseLog {
         let uses = self.inner.borrow();
         uses.staged_newest
             .get(&token_id)
-            .or_else(|| uses.committed.get(&token_id))
+            .or_else(|| uses.committed.get(token_id))
             .copied()
+    }
+
+    /// Notes the state read from the `tokens` row of `token_id` while the
+    /// connection had changed `changes` rows in all.
+    fn remember_row(&self, token_id: i64, state: State, changes: u64) {
+        let mut uses = self.inner.borrow_mut();
+        // A few entries cover the tokens of one account; more would only
+        // slow the search.
+        if uses.row_states_changes != changes || uses.row_states.len() >= 16 {
+            uses.row_states.clear();
+            uses.row_states_changes = changes;
+        }
+        uses.row_states.push((token_id, state));
+    }
+
+    /// Returns the state noted for `token_id` by [`UseLog::remember_row`] if
+    /// no row has changed since: the connection has still changed `changes`
+    /// rows in all. Only the engine's connection changes rows.
+    fn row_state(&self, token_id: i64, changes: u64) -> Option<State> {
+        let uses = self.inner.borrow();
+        if uses.row_states_changes != changes {
+            return None;
+        }
+        uses.row_states
+            .iter()
+            .rev()
+            .find(|(id, _)| *id == token_id)
+            .map(|(_, state)| *state)
     }
 
     /// Number of tokens with an unfolded use.
@@ -531,6 +632,9 @@ impl UseLog {
     /// Forgets the uses staged after `mark`, whose savepoint rolled back.
     pub fn rollback_to(&self, mark: usize) {
         let mut uses = self.inner.borrow_mut();
+        // A rollback restores rows without lowering the count of changes,
+        // so a state noted since may no longer be in its row.
+        uses.row_states.clear();
         if uses.staged.len() <= mark {
             return;
         }
@@ -542,6 +646,7 @@ impl UseLog {
     /// Forgets everything of a transaction that did not commit.
     pub fn rolled_back(&self) {
         let mut uses = self.inner.borrow_mut();
+        uses.row_states.clear();
         uses.staged.clear();
         uses.staged_newest.clear();
         uses.fold = None;
@@ -552,6 +657,7 @@ impl UseLog {
     /// codes the disk would accept and never the other way round.
     pub fn keep_staged(&self) {
         let mut uses = self.inner.borrow_mut();
+        uses.row_states.clear();
         uses.fold = None;
         let staged = std::mem::take(&mut uses.staged);
         uses.staged_newest.clear();
@@ -567,11 +673,12 @@ impl UseLog {
     /// Makes the staged uses and the fold of a committed transaction current.
     pub fn committed(&self) {
         let mut uses = self.inner.borrow_mut();
+        uses.row_states.clear();
         if let Some(fold) = uses.fold.take() {
             for (token_id, seq) in fold.folded {
                 // A use staged in this same transaction is newer and stays.
-                if uses.committed.get(&token_id).is_some_and(|used| used.seq == seq) {
-                    uses.committed.remove(&token_id);
+                if uses.committed.get(token_id).is_some_and(|used| used.seq == seq) {
+                    uses.committed.remove(token_id);
                 }
             }
             uses.cursor = fold.cursor;
@@ -608,7 +715,7 @@ impl UseLog {
     /// writes nothing when there is nothing to fold or delete.
     pub fn fold(&self, conn: &Connection, now: Instant) -> Result<(), StoreError> {
         let mut uses = self.inner.borrow_mut();
-        let Some(&last_id) = uses.committed.keys().next_back() else {
+        let Some(last_id) = uses.committed.last_id() else {
             return Self::finish_idle_sweep(conn, &mut uses, now);
         };
         // The sweep passes `span` ids per SWEEP_PERIOD. Time that did not
@@ -635,7 +742,7 @@ impl UseLog {
             "UPDATE tokens SET counter = ?2, last_step = ?3, drift = ?4, last_used = ?5 WHERE id = ?1",
         )?;
         let mut next_seq = uses.next_seq;
-        for (&token_id, used) in uses.committed.range(uses.cursor..) {
+        for (&token_id, used) in uses.committed.starting_at(uses.cursor) {
             let due = token_id < end || folded.len() < excess;
             if !due || folded.len() >= MAX_FOLD_PER_BATCH {
                 break;
@@ -943,6 +1050,8 @@ impl Db<'_> {
         if let Some(used) = self.uses.newest(token.id) {
             token.state = used.state;
             token.last_used = Some(used.used_at);
+        } else {
+            self.uses.remember_row(token.id, token.state, self.conn.total_changes());
         }
         token
     }
@@ -983,11 +1092,16 @@ impl Db<'_> {
     /// Moves a token from `old` to `new` state unless it has moved since it
     /// was read, and returns whether it did. This is the one-use rule. Only
     /// the engine thread writes, so comparing with the newest state in memory
-    /// is enough; the new state goes to the use log.
+    /// is enough; the new state goes to the use log. A token without a use
+    /// in the log is compared with its row, or with the state `tokens_of`
+    /// read from that row when no row has changed since.
     pub fn advance_token(&self, token_id: i64, old: &State, new: &State, now: u64) -> Result<bool, StoreError> {
         let current = match self.uses.newest(token_id) {
             Some(used) => Some(used.state),
-            None => self.stored_state(token_id)?,
+            None => match self.uses.row_state(token_id, self.conn.total_changes()) {
+                Some(state) => Some(state),
+                None => self.stored_state(token_id)?,
+            },
         };
         if current.as_ref() != Some(old) {
             return Ok(false);
@@ -1534,6 +1648,88 @@ mod tests {
         assert_eq!(uses.newest(token_id), None);
         assert_eq!(store.db().stored_state(token_id).unwrap(), Some(hotp_state(5)));
         assert_eq!(log_rows(&store), 0);
+    }
+
+    #[test]
+    fn unfolded_bits_follow_the_tree() {
+        let used = |seq| Use {
+            seq,
+            state: hotp_state(1),
+            used_at: 1,
+            unconfirmed: false,
+        };
+        // Ids at word edges, the last with a bit, and ids without one.
+        let ids = [0, 1, 63, 64, 1000, MAX_BIT_ID - 1, MAX_BIT_ID, i64::MAX, -3];
+
+        let mut unfolded = Unfolded::default();
+        for (seq, &id) in ids.iter().enumerate() {
+            assert_eq!(unfolded.get(id), None);
+            unfolded.insert(id, used(i64::try_from(seq).unwrap()));
+        }
+        for (seq, &id) in ids.iter().enumerate() {
+            assert_eq!(
+                unfolded.get(id).map(|u| u.seq),
+                Some(i64::try_from(seq).unwrap()),
+                "id {id}"
+            );
+        }
+        for id in [2, 62, 65, 999, 1001, MAX_BIT_ID - 2, MAX_BIT_ID + 1, -2] {
+            assert_eq!(unfolded.get(id), None, "id {id}");
+        }
+        assert_eq!(unfolded.len(), ids.len());
+        assert_eq!(unfolded.last_id(), Some(i64::MAX));
+
+        for &id in &ids {
+            unfolded.remove(id);
+            assert_eq!(unfolded.get(id), None, "id {id}");
+        }
+        assert!(unfolded.present.iter().all(|&word| word == 0));
+        assert_eq!(unfolded.len(), 0);
+        assert_eq!(unfolded.last_id(), None);
+
+        // A removed id can come back.
+        unfolded.insert(64, used(9));
+        assert_eq!(unfolded.get(64).map(|u| u.seq), Some(9));
+    }
+
+    /// `advance_token` compares with the state `tokens_of` read only while
+    /// no row has changed since; otherwise it reads the row again.
+    #[test]
+    fn advance_after_a_row_change_reads_the_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state")).unwrap();
+        let (_, token_id) = enroll(&mut store, "alice", 5);
+        let (_, other_id) = enroll(&mut store, "bob", 5);
+        let account = store.db().account("alice").unwrap().unwrap();
+        let set_counter = |conn: &Connection, id: i64, counter: i64| {
+            conn.execute("UPDATE tokens SET counter = ?2 WHERE id = ?1", [id, counter])
+                .unwrap();
+        };
+
+        // The row changes after the read: the old state no longer moves it.
+        let (tx, uses) = store.begin().unwrap();
+        let db = Db { conn: &tx, uses };
+        assert_eq!(db.tokens_of(&account).unwrap()[0].state, hotp_state(5));
+        set_counter(&tx, token_id, 9);
+        assert!(!db.advance_token(token_id, &hotp_state(5), &hotp_state(6), 1).unwrap());
+        assert!(db.advance_token(token_id, &hotp_state(9), &hotp_state(10), 1).unwrap());
+        tx.commit().unwrap();
+        uses.committed();
+
+        // A savepoint rolls back the change that the read saw, and the
+        // count of changes stays where it was: the state read, 30, must
+        // not move the token, whose row is back to 5.
+        let (tx, uses) = store.begin().unwrap();
+        let db = Db { conn: &tx, uses };
+        tx.execute_batch("SAVEPOINT job").unwrap();
+        let mark = uses.mark();
+        set_counter(&tx, other_id, 30);
+        let bob = db.account("bob").unwrap().unwrap();
+        assert_eq!(db.tokens_of(&bob).unwrap()[0].state, hotp_state(30));
+        tx.execute_batch("ROLLBACK TO job; RELEASE job").unwrap();
+        uses.rollback_to(mark);
+        assert!(!db.advance_token(other_id, &hotp_state(30), &hotp_state(31), 2).unwrap());
+        assert!(db.advance_token(other_id, &hotp_state(5), &hotp_state(6), 2).unwrap());
     }
 
     #[test]
