@@ -71,7 +71,7 @@ pub enum AdminOp {
 type AdminResult = Result<Response, EngineError>;
 
 /// Runs `op`. An error `Response` makes the caller roll the savepoint back.
-pub(crate) fn run(context: &Context<'_>, db: Db<'_>, memory: &mut MemoryCounts, op: AdminOp) -> AdminResult {
+pub(crate) fn run(context: &Context<'_>, db: Db<'_, '_>, memory: &mut MemoryCounts, op: AdminOp) -> AdminResult {
     match op {
         AdminOp::Enroll { user, token, backup } => {
             let response = enroll(context, db, &user, &token, backup.as_ref())?;
@@ -108,7 +108,12 @@ pub(crate) fn run(context: &Context<'_>, db: Db<'_>, memory: &mut MemoryCounts, 
 /// Forgets the failure count that `user` collected as a name without an
 /// account, now that it has one. Otherwise the count would come back if
 /// the account were removed.
-fn forget_unknown(context: &Context<'_>, db: Db<'_>, memory: &mut MemoryCounts, user: &str) -> Result<(), EngineError> {
+fn forget_unknown(
+    context: &Context<'_>,
+    db: Db<'_, '_>,
+    memory: &mut MemoryCounts,
+    user: &str,
+) -> Result<(), EngineError> {
     db.forget_unknown_failures(&context.cipher.digest(user.as_bytes()))?;
     memory.unknown.forget(&context.unknown_key_of(user));
     Ok(())
@@ -210,7 +215,7 @@ fn check_pin(kind: Kind, pin: Option<&SecretString>) -> Result<Option<Secret>, S
 /// Stores one checked token for `user`; returns its id.
 fn store_token(
     context: &Context<'_>,
-    db: Db<'_>,
+    db: Db<'_, '_>,
     user: &str,
     token: &NewToken,
 ) -> Result<Result<i64, String>, EngineError> {
@@ -293,7 +298,7 @@ const RETIRED_FOR: u64 = 24 * 3600;
 /// [`keep_retired_uses`] can find them when the secret comes back.
 fn retire_used_secrets(
     context: &Context<'_>,
-    db: Db<'_>,
+    db: Db<'_, '_>,
     user: &str,
     removed: Vec<TokenRow>,
 ) -> Result<(), EngineError> {
@@ -335,7 +340,7 @@ fn retire_used_secrets(
 /// again after the secret is enrolled once more.
 fn keep_retired_uses(
     context: &Context<'_>,
-    db: Db<'_>,
+    db: Db<'_, '_>,
     user: &str,
     checked: &mut CheckedToken,
 ) -> Result<(), EngineError> {
@@ -362,7 +367,13 @@ fn keep_retired_uses(
     Ok(())
 }
 
-fn enroll(context: &Context<'_>, db: Db<'_>, user: &str, token: &NewToken, backup: Option<&BackupSet>) -> AdminResult {
+fn enroll(
+    context: &Context<'_>,
+    db: Db<'_, '_>,
+    user: &str,
+    token: &NewToken,
+    backup: Option<&BackupSet>,
+) -> AdminResult {
     let token_id = match store_token(context, db, user, token)? {
         Ok(id) => id,
         Err(problem) => return error(ErrorKind::Invalid, problem),
@@ -381,7 +392,7 @@ fn enroll(context: &Context<'_>, db: Db<'_>, user: &str, token: &NewToken, backu
 
 fn import(
     context: &Context<'_>,
-    db: Db<'_>,
+    db: Db<'_, '_>,
     tokens: &[(String, NewToken)],
     backups: &[(String, BackupSet)],
 ) -> AdminResult {
@@ -422,7 +433,7 @@ fn import(
     })
 }
 
-fn find_account(db: Db<'_>, user: &str) -> Result<Result<Account, Response>, EngineError> {
+fn find_account(db: Db<'_, '_>, user: &str) -> Result<Result<Account, Response>, EngineError> {
     match db.account(user)? {
         Some(account) => Ok(Ok(account)),
         None => Ok(Err(Response::Error {
@@ -432,7 +443,7 @@ fn find_account(db: Db<'_>, user: &str) -> Result<Result<Account, Response>, Eng
     }
 }
 
-fn list(context: &Context<'_>, db: Db<'_>, after: Option<&str>, limit: Option<u32>) -> AdminResult {
+fn list(context: &Context<'_>, db: Db<'_, '_>, after: Option<&str>, limit: Option<u32>) -> AdminResult {
     let limit = limit.map(|limit| limit.clamp(1, MAX_LIST_PAGE));
     // The name after the page, if there is one, shows that another page
     // follows.
@@ -463,7 +474,7 @@ fn list(context: &Context<'_>, db: Db<'_>, after: Option<&str>, limit: Option<u3
     Ok(Response::Users { users, next })
 }
 
-fn show(context: &Context<'_>, db: Db<'_>, user: &str) -> AdminResult {
+fn show(context: &Context<'_>, db: Db<'_, '_>, user: &str) -> AdminResult {
     let account = match find_account(db, user)? {
         Ok(account) => account,
         Err(response) => return Ok(response),
@@ -503,7 +514,7 @@ fn token_id(token: Option<u64>) -> Option<i64> {
     token.map(|id| i64::try_from(id).unwrap_or(-1))
 }
 
-fn set_enabled(db: Db<'_>, user: &str, token: Option<u64>, enabled: bool) -> AdminResult {
+fn set_enabled(db: Db<'_, '_>, user: &str, token: Option<u64>, enabled: bool) -> AdminResult {
     let account = match find_account(db, user)? {
         Ok(account) => account,
         Err(response) => return Ok(response),
@@ -521,7 +532,7 @@ fn set_enabled(db: Db<'_>, user: &str, token: Option<u64>, enabled: bool) -> Adm
     Ok(Response::Done { changed })
 }
 
-fn remove(context: &Context<'_>, db: Db<'_>, user: &str, token: Option<u64>) -> AdminResult {
+fn remove(context: &Context<'_>, db: Db<'_, '_>, user: &str, token: Option<u64>) -> AdminResult {
     let account = match find_account(db, user)? {
         Ok(account) => account,
         Err(response) => return Ok(response),
@@ -553,7 +564,7 @@ fn remove(context: &Context<'_>, db: Db<'_>, user: &str, token: Option<u64>) -> 
 
 fn resync(
     context: &Context<'_>,
-    db: Db<'_>,
+    db: Db<'_, '_>,
     user: &str,
     token: Option<u64>,
     first: &SecretString,
@@ -614,7 +625,7 @@ fn resync(
     )
 }
 
-fn unlock(context: &Context<'_>, db: Db<'_>, unknown: &mut FailureTable, user: &str) -> AdminResult {
+fn unlock(context: &Context<'_>, db: Db<'_, '_>, unknown: &mut FailureTable, user: &str) -> AdminResult {
     let key = context.unknown_key_of(user);
     let had_count = unknown.get(&key) != Failures::default();
     unknown.forget(&key);
@@ -656,7 +667,7 @@ fn unlock_source(sources: &mut FailureTable<SourceFailures>, source: &str) -> Re
     }
 }
 
-fn counts(context: &Context<'_>, db: Db<'_>, memory: &MemoryCounts) -> AdminResult {
+fn counts(context: &Context<'_>, db: Db<'_, '_>, memory: &MemoryCounts) -> AdminResult {
     let (users, tokens) = db.counts()?;
     let locked_sources = memory.sources.count_locked(context.now);
     Ok(Response::Status {

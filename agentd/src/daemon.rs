@@ -75,7 +75,7 @@ pub fn open_state(config: &Config) -> Result<(Store, SeedCipher), DaemonError> {
 }
 
 /// Compares the key with the marker sealed in the database on first use.
-fn check_key(db: Db<'_>, cipher: &SeedCipher, key_path: &Path) -> Result<(), DaemonError> {
+fn check_key(db: Db<'_, '_>, cipher: &SeedCipher, key_path: &Path) -> Result<(), DaemonError> {
     const MARKER: &[u8] = b"freeauth";
     match db.meta("key_check").map_err(fail)? {
         Some(sealed) => match cipher.open(0, Field::KeyCheck, &sealed) {

@@ -20,7 +20,7 @@ use crate::admin::AdminOp;
 use crate::config::{Lockout, Windows};
 use crate::keys::{Field, SeedCipher};
 use crate::policy::{FailureTable, Failures, Policy, SourceFailures};
-use crate::store::{Account, Db, Store, StoreError, TokenRow, UseLog, WalSync};
+use crate::store::{Account, BatchStatements, Db, Store, StoreError, TokenRow, UseLog, WalSync};
 
 /// Settings the engine reads; replaced on reload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -318,6 +318,7 @@ impl Engine {
             let (tx, log) = self.store.begin()?;
             uses = Some(log);
             let changes_before = tx.total_changes();
+            let statements = BatchStatements::prepare(&tx)?;
             for job in batch {
                 match job {
                     Job::Reload { settings } => settings_update = Some(settings),
@@ -327,7 +328,14 @@ impl Engine {
                         },
                         now,
                     ),
-                    job => pending.extend(run_job(&tx, log, cipher, settings, counts, job, now)),
+                    job => {
+                        let db = Db {
+                            conn: &tx,
+                            uses: log,
+                            statements: Some(&statements),
+                        };
+                        pending.extend(run_job(&tx, db, cipher, settings, counts, job, now));
+                    }
                 }
                 // After some errors SQLite ends the transaction by itself.
                 // Later savepoints would then commit one by one.
@@ -340,6 +348,7 @@ impl Engine {
             // after theirs. A crash that loses the fold loses nothing, and a
             // crash that keeps it kept those commits too.
             wrote = tx.total_changes() != changes_before;
+            drop(statements);
             if fold {
                 log.fold(&tx, std::time::Instant::now())?;
             }
@@ -613,9 +622,11 @@ fn fail_unsynced(pending: Vec<Pending>, err: &StoreError) {
 
 /// Runs one job; an admin request runs in its own savepoint. A reload has
 /// no reply.
+/// Runs one job of a batch. `db` reads and writes through `tx`, with the
+/// batch's prepared statements.
 fn run_job(
     tx: &Transaction<'_>,
-    uses: &UseLog,
+    db: Db<'_, '_>,
     cipher: &SeedCipher,
     settings: &Settings,
     counts: &mut MemoryCounts,
@@ -627,7 +638,6 @@ fn run_job(
     // writes nothing, and a verification that fails halfway leaves either a
     // used code or a counted failure, both of which only make later
     // attempts harder. Savepoints cost two statements per request.
-    let db = Db { conn: tx, uses };
     match job {
         Job::Lookup { user, reply } => {
             let result = context.lookup(db, &counts.unknown, &user);
@@ -652,7 +662,7 @@ fn run_job(
             Some(Pending::Verdict(reply, result))
         }
         Job::Admin { op, reply } => {
-            let result = in_savepoint(tx, uses, |db| crate::admin::run(&context, db, counts, op));
+            let result = in_savepoint(tx, db.uses, |db| crate::admin::run(&context, db, counts, op));
             let response = result.unwrap_or_else(|err| {
                 tracing::error!(error = %err.message, "admin request failed in the database");
                 internal_error()
@@ -682,7 +692,7 @@ impl KeepsChanges for Response {
 fn in_savepoint<T: KeepsChanges>(
     tx: &Transaction<'_>,
     uses: &UseLog,
-    work: impl FnOnce(Db<'_>) -> Result<T, EngineError>,
+    work: impl FnOnce(Db<'_, '_>) -> Result<T, EngineError>,
 ) -> Result<T, EngineError> {
     let run = |sql: &str| -> Result<(), StoreError> {
         tx.prepare_cached(sql)?.execute([])?;
@@ -690,7 +700,11 @@ fn in_savepoint<T: KeepsChanges>(
     };
     let mark = uses.mark();
     run("SAVEPOINT job")?;
-    let result = work(Db { conn: tx, uses });
+    let result = work(Db {
+        conn: tx,
+        uses,
+        statements: None,
+    });
     if result.as_ref().is_ok_and(KeepsChanges::keeps_changes) {
         if let Err(err) = run("RELEASE job") {
             // The changes must not outlive a request that reports an error.
@@ -732,7 +746,7 @@ impl Context<'_> {
         }
     }
 
-    fn lookup(&self, db: Db<'_>, unknown: &FailureTable, user: &str) -> Result<Lookup, EngineError> {
+    fn lookup(&self, db: Db<'_, '_>, unknown: &FailureTable, user: &str) -> Result<Lookup, EngineError> {
         let prompt = self.settings.prompt.clone();
         let Some(account) = db.account(user)? else {
             let locked = unknown
@@ -778,7 +792,7 @@ impl Context<'_> {
     /// of the attacker's own cannot reset it. The count decays with time.
     fn verify_from(
         &self,
-        db: Db<'_>,
+        db: Db<'_, '_>,
         counts: &mut MemoryCounts,
         user: &str,
         code: &SecretString,
@@ -811,7 +825,7 @@ impl Context<'_> {
     /// when the check began, so the source's count does not change here.
     fn finish_backup_from(
         &self,
-        db: Db<'_>,
+        db: Db<'_, '_>,
         counts: &mut MemoryCounts,
         user: &str,
         matched: BackupCheck,
@@ -831,7 +845,7 @@ impl Context<'_> {
 
     fn verify(
         &self,
-        db: Db<'_>,
+        db: Db<'_, '_>,
         unknown: &mut FailureTable,
         user: &str,
         code: &SecretString,
@@ -899,7 +913,7 @@ impl Context<'_> {
 
     fn finish_backup(
         &self,
-        db: Db<'_>,
+        db: Db<'_, '_>,
         unknown: &mut FailureTable,
         user: &str,
         matched: BackupCheck,
@@ -1011,7 +1025,7 @@ impl Context<'_> {
 
     fn accept(
         &self,
-        db: Db<'_>,
+        db: Db<'_, '_>,
         account: &Account,
         token: &OpenToken,
         matched: Matched,
@@ -1032,7 +1046,7 @@ impl Context<'_> {
 
     fn reject(
         &self,
-        db: Db<'_>,
+        db: Db<'_, '_>,
         account: &Account,
         before: Failures,
         outcome: Outcome,
@@ -1049,7 +1063,7 @@ impl Context<'_> {
 
     /// Counts a failure for `user`, a name without an account, in memory
     /// and on disk, as [`Context::reject`] does for an account.
-    fn reject_unknown(&self, db: Db<'_>, unknown: &mut FailureTable, user: &str) -> Result<Verdict, EngineError> {
+    fn reject_unknown(&self, db: Db<'_, '_>, unknown: &mut FailureTable, user: &str) -> Result<Verdict, EngineError> {
         let digest = self.cipher.digest(user.as_bytes());
         let key = unknown_key(&digest);
         let before = unknown.get(&key).current(self.now);
@@ -1089,7 +1103,7 @@ impl Context<'_> {
 
 /// Reads the failure counts of names without an account from disk. Rows
 /// beyond the table's size are deleted, so that disk and memory agree.
-fn load_unknown(db: Db<'_>) -> FailureTable {
+fn load_unknown(db: Db<'_, '_>) -> FailureTable {
     let mut table = FailureTable::default();
     let rows = match db.unknown_failures() {
         Ok(rows) => rows,
