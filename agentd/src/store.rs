@@ -472,6 +472,11 @@ struct Uses {
     last_fold: Option<Instant>,
     /// The fold written in the open transaction.
     fold: Option<Fold>,
+    /// The highest token id that had a use, in memory or in the log, since
+    /// the start. A batch whose commit failed may have used a token whose
+    /// row rolled back together with the AUTOINCREMENT count that gave its
+    /// id. A new token must not get that id, and with it the lost use.
+    highest_used_id: i64,
 }
 
 /// The newest committed, unfolded use per token id, with one bit per id
@@ -575,6 +580,7 @@ impl UseLog {
                 unconfirmed: false,
             };
             uses.committed.insert(token_id, used);
+            uses.highest_used_id = uses.highest_used_id.max(token_id);
             last = seq;
         }
         uses.next_seq = last + 1;
@@ -707,6 +713,12 @@ impl UseLog {
         let mut uses = self.inner.borrow_mut();
         uses.staged.push((token_id, used));
         uses.staged_newest.insert(token_id, used);
+        uses.highest_used_id = uses.highest_used_id.max(token_id);
+    }
+
+    /// Returns the highest token id that had a use since the start.
+    fn highest_used_id(&self) -> i64 {
+        self.inner.borrow().highest_used_id
     }
 
     /// Copies the next range of the sweep into `tokens`, inside the open
@@ -1121,9 +1133,11 @@ impl Db<'_, '_> {
     /// seals the seed for that id and stores it with [`Db::set_sealed`].
     pub fn insert_token(&self, user_id: i64, token: &TokenSettings, now: u64) -> Result<i64, StoreError> {
         self.conn.execute(
-            "INSERT INTO tokens (user_id, kind, algorithm, digits, period, counter, last_step, drift,
+            "INSERT INTO tokens (id, user_id, kind, algorithm, digits, period, counter, last_step, drift,
                                  label, created, sealed_seed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, x'')",
+             VALUES ((SELECT CASE WHEN ?11 > coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'tokens'), 0)
+                                  THEN ?11 + 1 END),
+                     ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, x'')",
             params![
                 user_id,
                 token.kind.to_string(),
@@ -1135,6 +1149,7 @@ impl Db<'_, '_> {
                 token.state.drift,
                 token.label,
                 to_i64(now)?,
+                self.uses.highest_used_id(),
             ],
         )?;
         let token_id = self.conn.last_insert_rowid();
@@ -1276,7 +1291,8 @@ impl Db<'_, '_> {
 
     // NOTE: the token's rows in `token_uses`, and its state in memory, stay
     // until the sweep passes them. That is safe only because AUTOINCREMENT
-    // never gives a removed token's id to a new one.
+    // never gives a removed token's id to a new one, and `insert_token`
+    // skips the ids of tokens lost with a failed batch.
     pub fn remove_token(&self, user_id: i64, token_id: i64) -> Result<u64, StoreError> {
         let changed = self.conn.execute(
             "DELETE FROM tokens WHERE user_id = ?1 AND id = ?2",
@@ -1852,6 +1868,97 @@ mod tests {
         tx.commit().unwrap();
         uses.committed();
         assert_eq!(log_rows(&store), 2);
+    }
+
+    /// A batch whose commit failed with an unknown outcome keeps its uses in
+    /// memory. When the transaction in fact rolled back, so did the
+    /// AUTOINCREMENT counter, and the next token enrolled gets the id of a
+    /// token that never reached the disk, with that token's kept use.
+    #[test]
+    fn new_token_skips_lost_token_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state")).unwrap();
+        enroll(&mut store, "alice", 5);
+
+        // Enrols bob and accepts his code 0 in one batch whose commit fails
+        // and rolls back: the engine then keeps the staged use.
+        let (tx, uses) = store.begin().unwrap();
+        let db = Db {
+            conn: &tx,
+            uses,
+            statements: None,
+        };
+        let bob = db.ensure_account("bob").unwrap();
+        let lost_id = db.insert_token(bob, &settings(0), 100).unwrap();
+        assert!(db.advance_token(lost_id, &hotp_state(0), &hotp_state(1), 1).unwrap());
+        drop(tx);
+        uses.keep_staged();
+
+        // An import then brings carol's token at counter 100: codes below
+        // that were used elsewhere.
+        let (_, token_id) = enroll(&mut store, "carol", 100);
+        let carol = store.db().account("carol").unwrap().unwrap();
+        let state = store.db().tokens_of(&carol).unwrap()[0].state;
+        assert_eq!(
+            state,
+            hotp_state(100),
+            "token {token_id} (bob's lost token was {lost_id}) shows the kept use of another token"
+        );
+    }
+
+    /// The bits agree with the tree under any order of inserts and
+    /// removals, for ids with a bit, without one, and at word edges.
+    #[test]
+    fn unfolded_bits_match_random_model() {
+        let used = |seq| Use {
+            seq,
+            state: hotp_state(1),
+            used_at: 1,
+            unconfirmed: false,
+        };
+        let ids = [
+            i64::MIN,
+            -65,
+            -64,
+            -1,
+            0,
+            1,
+            63,
+            64,
+            65,
+            127,
+            128,
+            4095,
+            4096,
+            MAX_BIT_ID - 65,
+            MAX_BIT_ID - 64,
+            MAX_BIT_ID - 1,
+            MAX_BIT_ID,
+            MAX_BIT_ID + 63,
+            i64::MAX,
+        ];
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut unfolded = Unfolded::default();
+        let mut model: BTreeMap<i64, i64> = BTreeMap::new();
+        for seq in 0..20_000i64 {
+            let id = ids[usize::try_from(rng.below(ids.len() as u64)).unwrap()];
+            if rng.below(2) == 0 {
+                unfolded.insert(id, used(seq));
+                model.insert(id, seq);
+            } else {
+                unfolded.remove(id);
+                model.remove(&id);
+            }
+            for &probe in &ids {
+                assert_eq!(
+                    unfolded.get(probe).map(|u| u.seq),
+                    model.get(&probe).copied(),
+                    "id {probe} at {seq}"
+                );
+            }
+            assert_eq!(unfolded.len(), model.len());
+            assert_eq!(unfolded.last_id(), model.keys().next_back().copied());
+        }
     }
 
     #[test]

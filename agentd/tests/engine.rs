@@ -897,3 +897,41 @@ fn last_step_far_ahead_rejected() {
     });
     assert!(matches!(enrolled, Response::Enrolled { .. }), "{enrolled:?}");
 }
+
+/// An admin request that rolls back its savepoint between two uses of the
+/// same code in one batch: the batch's prepared statements and the noted
+/// row states must not let the second one in.
+#[test]
+fn rolled_back_admin_between_reuses() {
+    let mut h = harness(10);
+    let code = code_at(STEP_START);
+    let mut bad = totp_token(SEED_HEX);
+    bad.secret_hex = "zz".into();
+    let import = AdminOp::Import {
+        tokens: vec![("dave".into(), totp_token(SEED_HEX)), ("erin".into(), bad)],
+        backups: Vec::new(),
+    };
+    let mut answers = Vec::new();
+    let verify = |answers: &mut Vec<_>| {
+        let (reply, answer) = oneshot::channel();
+        answers.push(answer);
+        Job::Verify {
+            user: "alice".into(),
+            code: SecretString::new(code.as_str()),
+            source: None,
+            reply,
+        }
+    };
+    let first = verify(&mut answers);
+    let second = verify(&mut answers);
+    let (reply, mut imported) = oneshot::channel();
+    h.engine
+        .run_batch(vec![first, Job::Admin { op: import, reply }, second]);
+    assert!(matches!(imported.try_recv().unwrap(), Response::Error { .. }));
+    let outcomes: Vec<Outcome> = answers
+        .into_iter()
+        .map(|mut a| a.try_recv().unwrap().unwrap().outcome)
+        .collect();
+    assert_eq!(outcomes, vec![Outcome::Accepted, Outcome::Rejected]);
+    assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Rejected);
+}
