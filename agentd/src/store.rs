@@ -479,70 +479,186 @@ struct Uses {
     highest_used_id: i64,
 }
 
-/// The newest committed, unfolded use per token id, with one bit per id
-/// that is set while the tree contains that id. At a million tokens most
-/// tokens have no unfolded use, and one bit shows that with one memory read
-/// instead of a search through a tree of up to 262,144 entries.
+/// The newest committed, unfolded use per token id, kept in chunks of 64
+/// ids. Each chunk has one bit per id and the uses of the ids whose bit is
+/// set, in id order. At a million tokens a lookup then reads two or three
+/// cache lines, where a `BTreeMap` of up to 262,144 entries reads one node
+/// per level, and most lookups stop at a clear bit.
 #[derive(Default)]
 struct Unfolded {
-    uses: BTreeMap<i64, Use>,
-    /// Bit `id` is set while `uses` contains `id`. Ids outside
-    /// 0..[`MAX_BIT_ID`] have no bit and are always searched.
-    present: Vec<u64>,
+    /// Chunk `c` covers ids `64 * c` to `64 * c + 63`, for ids from 0 to
+    /// [`MAX_CHUNKED_ID`] - 1.
+    chunks: Vec<Chunk>,
+    /// Bit `c` is set while chunk `c` has a use, so that a walk in id order
+    /// skips empty chunks 64 at a time.
+    nonempty: Vec<u64>,
+    /// Uses of ids outside the chunks' range. AUTOINCREMENT reaches them
+    /// only after 2^26 tokens.
+    others: BTreeMap<i64, Use>,
+    len: usize,
 }
 
-/// Ids up to this one get a bit: 8 MiB of bits at most. Token ids count up
-/// from 1, one per token ever enrolled.
-const MAX_BIT_ID: i64 = 1 << 26;
+#[derive(Default)]
+struct Chunk {
+    present: u64,
+    uses: Vec<Use>,
+}
 
-/// Returns the word index and the bit mask of `id` in [`Unfolded::present`].
-fn bit_of(id: i64) -> Option<(usize, u64)> {
-    if !(0..MAX_BIT_ID).contains(&id) {
+/// Ids below this one go in chunks: 1,048,576 chunks of 32 bytes at most.
+/// Token ids count up from 1, one per token ever enrolled.
+const MAX_CHUNKED_ID: i64 = 1 << 26;
+
+/// Returns the chunk index and the bit of `id`, for ids in the chunks' range.
+fn chunk_of(id: i64) -> Option<(usize, u32)> {
+    if !(0..MAX_CHUNKED_ID).contains(&id) {
         return None;
     }
-    let id = usize::try_from(id).ok()?;
-    Some((id / 64, 1 << (id % 64)))
+    let id = u32::try_from(id).ok()?;
+    Some(((id / 64) as usize, id % 64))
+}
+
+/// Returns the bits of `word` at positions `from` and up.
+fn bits_from(word: u64, from: u32) -> u64 {
+    word & u64::MAX.checked_shl(from).unwrap_or(0)
+}
+
+impl Chunk {
+    /// Returns the index in `uses` of the id with `bit`, set or not.
+    fn rank(&self, bit: u32) -> usize {
+        (self.present & !bits_from(u64::MAX, bit)).count_ones() as usize
+    }
 }
 
 impl Unfolded {
     fn get(&self, id: i64) -> Option<&Use> {
-        if let Some((word, bit)) = bit_of(id) {
-            if self.present.get(word).is_none_or(|w| w & bit == 0) {
-                return None;
-            }
+        let Some((index, bit)) = chunk_of(id) else {
+            return self.others.get(&id);
+        };
+        let chunk = self.chunks.get(index)?;
+        if chunk.present & (1 << bit) == 0 {
+            return None;
         }
-        self.uses.get(&id)
+        chunk.uses.get(chunk.rank(bit))
     }
 
     fn insert(&mut self, id: i64, used: Use) {
-        if let Some((word, bit)) = bit_of(id) {
-            if self.present.len() <= word {
-                self.present.resize(word + 1, 0);
+        let Some((index, bit)) = chunk_of(id) else {
+            if self.others.insert(id, used).is_none() {
+                self.len += 1;
             }
-            self.present[word] |= bit;
+            return;
+        };
+        if self.chunks.len() <= index {
+            self.chunks.resize_with(index + 1, Chunk::default);
+            self.nonempty.resize(index / 64 + 1, 0);
         }
-        self.uses.insert(id, used);
+        let chunk = &mut self.chunks[index];
+        let rank = chunk.rank(bit);
+        if chunk.present & (1 << bit) != 0 {
+            chunk.uses[rank] = used;
+            return;
+        }
+        // Grows by four uses at a time: less unused capacity than doubling.
+        if chunk.uses.len() == chunk.uses.capacity() {
+            chunk.uses.reserve_exact(4);
+        }
+        chunk.uses.insert(rank, used);
+        chunk.present |= 1 << bit;
+        self.nonempty[index / 64] |= 1 << (index % 64);
+        self.len += 1;
     }
 
     fn remove(&mut self, id: i64) {
-        if let Some((word, bit)) = bit_of(id) {
-            if let Some(w) = self.present.get_mut(word) {
-                *w &= !bit;
+        let Some((index, bit)) = chunk_of(id) else {
+            if self.others.remove(&id).is_some() {
+                self.len -= 1;
             }
+            return;
+        };
+        let Some(chunk) = self.chunks.get_mut(index) else {
+            return;
+        };
+        if chunk.present & (1 << bit) == 0 {
+            return;
         }
-        self.uses.remove(&id);
+        let rank = chunk.rank(bit);
+        chunk.uses.remove(rank);
+        chunk.present &= !(1 << bit);
+        if chunk.present == 0 {
+            chunk.uses = Vec::new();
+            self.nonempty[index / 64] &= !(1 << (index % 64));
+        }
+        self.len -= 1;
     }
 
     fn len(&self) -> usize {
-        self.uses.len()
+        self.len
     }
 
+    /// Returns the highest id with a use.
     fn last_id(&self) -> Option<i64> {
-        self.uses.keys().next_back().copied()
+        if let Some(&id) = self.others.keys().next_back().filter(|&&id| id >= MAX_CHUNKED_ID) {
+            return Some(id);
+        }
+        let chunked = self
+            .nonempty
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, &word)| word != 0)
+            .map(|(word_index, &word)| {
+                let index = word_index * 64 + (63 - word.leading_zeros() as usize);
+                let present = self.chunks[index].present;
+                index * 64 + (63 - present.leading_zeros() as usize)
+            });
+        match chunked {
+            Some(id) => i64::try_from(id).ok(),
+            None => self.others.keys().next_back().copied(),
+        }
     }
 
-    fn starting_at(&self, first: i64) -> std::collections::btree_map::Range<'_, i64, Use> {
-        self.uses.range(first..)
+    /// Returns the index of the first chunk with a use at `from` or above.
+    fn next_nonempty(&self, from: usize) -> Option<usize> {
+        let mut word_index = from / 64;
+        let mut word = bits_from(*self.nonempty.get(word_index)?, (from % 64) as u32);
+        loop {
+            if word != 0 {
+                return Some(word_index * 64 + word.trailing_zeros() as usize);
+            }
+            word_index += 1;
+            word = *self.nonempty.get(word_index)?;
+        }
+    }
+
+    /// Returns the uses of ids from `first` up, in id order.
+    fn starting_at(&self, first: i64) -> impl Iterator<Item = (i64, &Use)> + '_ {
+        let below = self.others.range(first.min(0)..0).map(|(&id, used)| (id, used));
+        let start = usize::try_from(first.clamp(0, MAX_CHUNKED_ID)).unwrap_or(0);
+        // The chunk being walked, the bits of it still to visit, and the
+        // index in its `uses` of the lowest of those bits.
+        let mut current = self.next_nonempty(start / 64).map(|index| {
+            let chunk = &self.chunks[index];
+            let from = if index == start / 64 { (start % 64) as u32 } else { 0 };
+            (index, bits_from(chunk.present, from), chunk.rank(from))
+        });
+        let chunked = std::iter::from_fn(move || loop {
+            let (index, bits, rank) = current.as_mut()?;
+            if *bits != 0 {
+                let id = *index * 64 + bits.trailing_zeros() as usize;
+                *bits &= *bits - 1;
+                let used = &self.chunks[*index].uses[*rank];
+                *rank += 1;
+                return Some((i64::try_from(id).unwrap_or(i64::MAX), used));
+            }
+            current = self
+                .next_nonempty(*index + 1)
+                .map(|index| (index, self.chunks[index].present, 0));
+        });
+        let above = self
+            .others
+            .range(first.max(MAX_CHUNKED_ID)..)
+            .map(|(&id, used)| (id, used));
+        below.chain(chunked).chain(above)
     }
 }
 
@@ -755,7 +871,7 @@ impl UseLog {
             "UPDATE tokens SET counter = ?2, last_step = ?3, drift = ?4, last_used = ?5 WHERE id = ?1",
         )?;
         let mut next_seq = uses.next_seq;
-        for (&token_id, used) in uses.committed.starting_at(uses.cursor) {
+        for (token_id, used) in uses.committed.starting_at(uses.cursor) {
             let due = token_id < end || folded.len() < excess;
             if !due || folded.len() >= MAX_FOLD_PER_BATCH {
                 break;
@@ -1741,15 +1857,15 @@ mod tests {
     }
 
     #[test]
-    fn unfolded_bits_follow_the_tree() {
+    fn unfolded_keeps_ids_at_edges() {
         let used = |seq| Use {
             seq,
             state: hotp_state(1),
             used_at: 1,
             unconfirmed: false,
         };
-        // Ids at word edges, the last with a bit, and ids without one.
-        let ids = [0, 1, 63, 64, 1000, MAX_BIT_ID - 1, MAX_BIT_ID, i64::MAX, -3];
+        // Ids at chunk edges, the last chunked id, and ids outside the chunks.
+        let ids = [0, 1, 63, 64, 1000, MAX_CHUNKED_ID - 1, MAX_CHUNKED_ID, i64::MAX, -3];
 
         let mut unfolded = Unfolded::default();
         for (seq, &id) in ids.iter().enumerate() {
@@ -1763,7 +1879,7 @@ mod tests {
                 "id {id}"
             );
         }
-        for id in [2, 62, 65, 999, 1001, MAX_BIT_ID - 2, MAX_BIT_ID + 1, -2] {
+        for id in [2, 62, 65, 999, 1001, MAX_CHUNKED_ID - 2, MAX_CHUNKED_ID + 1, -2] {
             assert_eq!(unfolded.get(id), None, "id {id}");
         }
         assert_eq!(unfolded.len(), ids.len());
@@ -1773,7 +1889,10 @@ mod tests {
             unfolded.remove(id);
             assert_eq!(unfolded.get(id), None, "id {id}");
         }
-        assert!(unfolded.present.iter().all(|&word| word == 0));
+        assert!(unfolded
+            .chunks
+            .iter()
+            .all(|chunk| chunk.present == 0 && chunk.uses.is_empty()));
         assert_eq!(unfolded.len(), 0);
         assert_eq!(unfolded.last_id(), None);
 
@@ -1906,10 +2025,10 @@ mod tests {
         );
     }
 
-    /// The bits agree with the tree under any order of inserts and
-    /// removals, for ids with a bit, without one, and at word edges.
+    /// `Unfolded` agrees with a `BTreeMap` under any order of inserts and
+    /// removals, for ids in chunks, outside them, and at chunk edges.
     #[test]
-    fn unfolded_bits_match_random_model() {
+    fn unfolded_matches_random_model() {
         let used = |seq| Use {
             seq,
             state: hotp_state(1),
@@ -1930,11 +2049,11 @@ mod tests {
             128,
             4095,
             4096,
-            MAX_BIT_ID - 65,
-            MAX_BIT_ID - 64,
-            MAX_BIT_ID - 1,
-            MAX_BIT_ID,
-            MAX_BIT_ID + 63,
+            MAX_CHUNKED_ID - 65,
+            MAX_CHUNKED_ID - 64,
+            MAX_CHUNKED_ID - 1,
+            MAX_CHUNKED_ID,
+            MAX_CHUNKED_ID + 63,
             i64::MAX,
         ];
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
@@ -1958,6 +2077,11 @@ mod tests {
             }
             assert_eq!(unfolded.len(), model.len());
             assert_eq!(unfolded.last_id(), model.keys().next_back().copied());
+            // Starts at an id, one below it or one above it.
+            let first = ids[usize::try_from(rng.below(ids.len() as u64)).unwrap()].saturating_add(seq % 3 - 1);
+            let listed: Vec<(i64, i64)> = unfolded.starting_at(first).map(|(id, used)| (id, used.seq)).collect();
+            let expected: Vec<(i64, i64)> = model.range(first..).map(|(&id, &seq)| (id, seq)).collect();
+            assert_eq!(listed, expected, "ids from {first} at {seq}");
         }
     }
 
