@@ -421,7 +421,7 @@ fn check_schema_version(conn: &Connection) -> Result<(), StoreError> {
 const SWEEP_PERIOD: Duration = Duration::from_secs(10);
 
 /// Tokens with unfolded uses above which a sweep speeds up, to bound memory
-/// (about 90 bytes each).
+/// (about 60 bytes each: a 56-byte use and its share of a chunk).
 const MAX_UNFOLDED: usize = 262_144;
 
 /// Token states one batch folds at most, to bound the batch's latency.
