@@ -905,12 +905,15 @@ fn last_step_far_ahead_rejected() {
 fn rolled_back_admin_between_reuses() {
     let mut h = harness(10);
     let code = code_at(STEP_START);
+
+    // The second token's secret is invalid, so the whole import rolls back.
     let mut bad = totp_token(SEED_HEX);
     bad.secret_hex = "zz".into();
     let import = AdminOp::Import {
         tokens: vec![("dave".into(), totp_token(SEED_HEX)), ("erin".into(), bad)],
         backups: Vec::new(),
     };
+
     let mut answers = Vec::new();
     let verify = |answers: &mut Vec<_>| {
         let (reply, answer) = oneshot::channel();
@@ -925,9 +928,11 @@ fn rolled_back_admin_between_reuses() {
     let first = verify(&mut answers);
     let second = verify(&mut answers);
     let (reply, mut imported) = oneshot::channel();
+
     h.engine
         .run_batch(vec![first, Job::Admin { op: import, reply }, second]);
     assert!(matches!(imported.try_recv().unwrap(), Response::Error { .. }));
+
     let outcomes: Vec<Outcome> = answers
         .into_iter()
         .map(|mut a| a.try_recv().unwrap().unwrap().outcome)
