@@ -558,7 +558,8 @@ impl Unfolded {
             chunk.uses[rank] = used;
             return;
         }
-        // Grows by four uses at a time: less unused capacity than doubling.
+        // Grows by four uses at a time, which leaves less unused capacity
+        // than doubling.
         if chunk.uses.len() == chunk.uses.capacity() {
             chunk.uses.reserve_exact(4);
         }
@@ -718,7 +719,7 @@ impl UseLog {
     /// connection had changed `changes` rows in all.
     fn remember_row(&self, token_id: i64, state: State, changes: u64) {
         let mut uses = self.inner.borrow_mut();
-        // A few entries cover the tokens of one account; more would only
+        // A few entries cover the tokens of one account, and more would only
         // slow the search.
         if uses.row_states_changes != changes || uses.row_states.len() >= 16 {
             uses.row_states.clear();
@@ -728,8 +729,9 @@ impl UseLog {
     }
 
     /// Returns the state noted for `token_id` by [`UseLog::remember_row`] if
-    /// no row has changed since: the connection has still changed `changes`
-    /// rows in all. Only the engine's connection changes rows.
+    /// no row has changed since, that is, if the connection's count of
+    /// changed rows is still `changes`. Only the engine's connection changes
+    /// rows.
     fn row_state(&self, token_id: i64, changes: u64) -> Option<State> {
         let uses = self.inner.borrow();
         if uses.row_states_changes != changes {
@@ -1930,7 +1932,7 @@ mod tests {
         uses.committed();
 
         // A savepoint rolls back the change that the read saw, and the
-        // count of changes stays where it was: the state read, 30, must
+        // count of changes stays where it was. So the state read, 30, must
         // not move the token, whose row is back to 5.
         let (tx, uses) = store.begin().unwrap();
         let db = Db {
@@ -2000,7 +2002,7 @@ mod tests {
         enroll(&mut store, "alice", 5);
 
         // Enrols bob and accepts his code 0 in one batch whose commit fails
-        // and rolls back: the engine then keeps the staged use.
+        // and rolls back. The engine then keeps the staged use.
         let (tx, uses) = store.begin().unwrap();
         let db = Db {
             conn: &tx,
@@ -2013,8 +2015,8 @@ mod tests {
         drop(tx);
         uses.keep_staged();
 
-        // An import then brings carol's token at counter 100: codes below
-        // that were used elsewhere.
+        // An import then brings carol's token at counter 100, because codes
+        // below that were used elsewhere.
         let (_, token_id) = enroll(&mut store, "carol", 100);
         let carol = store.db().account("carol").unwrap().unwrap();
         let state = store.db().tokens_of(&carol).unwrap()[0].state;

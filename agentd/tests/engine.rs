@@ -898,9 +898,9 @@ fn last_step_far_ahead_rejected() {
     assert!(matches!(enrolled, Response::Enrolled { .. }), "{enrolled:?}");
 }
 
-/// An admin request that rolls back its savepoint between two uses of the
-/// same code in one batch: the batch's prepared statements and the noted
-/// row states must not let the second one in.
+/// An admin request rolls back its savepoint between two uses of the same
+/// code in one batch. The batch's prepared statements and the noted row
+/// states must not let the second use in.
 #[test]
 fn rolled_back_admin_between_reuses() {
     let mut h = harness(10);
