@@ -371,6 +371,33 @@ fn retransmission_gets_cached_accept() {
 }
 
 #[test]
+fn full_duplicate_cache_warns() {
+    let agent = agent_with(&["alice"]);
+    let settings = format!("duplicate_max_requests = 1000\n{}", loopback_clients(""));
+    let bridge = Bridge::start(&agent, &settings);
+    // 1,200 distinct requests: five source ports with 240 identifiers each.
+    // A realm that no client may use keeps the agent out of it.
+    let sockets: Vec<UdpSocket> = (0..5).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    for identifier in 0..240u8 {
+        for socket in &sockets {
+            let packet = request(identifier, "bob@elsewhere.example", "123456");
+            socket.send_to(&packet, ("127.0.0.1", bridge.port)).unwrap();
+        }
+        // Paced, so that the bridge's receive buffer does not overflow.
+        if identifier % 10 == 9 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !bridge.log_text().contains("duplicate cache full") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = bridge.log_text();
+    assert!(log.contains("duplicate cache full"), "{log}");
+    assert!(log.contains("duplicate_max_requests (1000)"), "{log}");
+}
+
+#[test]
 fn malformed_datagrams_are_dropped_and_counted() {
     let agent = agent_with(&["alice"]);
     let bridge = Bridge::start(&agent, &loopback_clients(""));

@@ -27,6 +27,8 @@ pub struct Config {
     pub max_in_flight: usize,
     pub agent_timeout: Duration,
     pub duplicate_window: Duration,
+    /// Maximum number of requests the duplicate cache remembers at once.
+    pub duplicate_max_requests: usize,
     pub realm_reject_delay: Duration,
     pub state_dir: PathBuf,
     pub clients: Vec<Client>,
@@ -178,6 +180,7 @@ impl Config {
             max_in_flight: 8192,
             agent_timeout: Duration::from_secs(10),
             duplicate_window: Duration::from_secs(30),
+            duplicate_max_requests: crate::dedup::DEFAULT_MAX_ENTRIES,
             realm_reject_delay: Duration::from_millis(500),
             state_dir: PathBuf::new(),
             clients: Vec::new(),
@@ -222,6 +225,9 @@ fn read_server(section: &Section, config: &mut Config) {
     config.max_in_flight = to_usize(section.integer_or("max_in_flight", 1..=65_536, 8192));
     config.agent_timeout = millis(section.integer_or("agent_timeout_ms", 100..=600_000, 10_000));
     config.duplicate_window = Duration::from_secs(to_u64(section.integer_or("duplicate_seconds", 1..=300, 30)));
+    let default_max = i64::try_from(crate::dedup::DEFAULT_MAX_ENTRIES).unwrap_or(i64::MAX);
+    config.duplicate_max_requests =
+        to_usize(section.integer_or("duplicate_max_requests", 1_000..=10_000_000, default_max));
     config.realm_reject_delay = millis(section.integer_or("realm_reject_delay_ms", 0..=60_000, 500));
     config.state_dir = section.path_or("state_dir", "/var/lib/freeauth-radius");
     section.finish();
@@ -438,6 +444,17 @@ mod tests {
         assert!(!client.network.contains("192.0.3.1".parse().unwrap()));
         assert_eq!(client.message_authenticator, MessageAuthenticatorPolicy::Require);
         assert_eq!(config.listen.len(), 2);
+    }
+
+    #[test]
+    fn duplicate_max_requests_default_and_range() {
+        assert_eq!(parse(CLIENT).unwrap().duplicate_max_requests, 100_000);
+        let raised = parse(&format!("[server]\nduplicate_max_requests = 400000\n{CLIENT}")).unwrap();
+        assert_eq!(raised.duplicate_max_requests, 400_000);
+        let err = parse(&format!("[server]\nduplicate_max_requests = 10\n{CLIENT}"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("duplicate_max_requests"), "{err}");
     }
 
     #[test]

@@ -81,7 +81,7 @@ async fn serve(mut config: Config, listen: Vec<SocketAddr>) -> Result<(), Daemon
     let bridge = Arc::new(Bridge {
         clients: RwLock::new(Arc::new(config.clients.clone())),
         link: AgentLink::start(settings, Arc::clone(&log)),
-        dedup: Mutex::new(Cache::new(config.duplicate_window)),
+        dedup: Mutex::new(Cache::new(config.duplicate_window, config.duplicate_max_requests)),
         seen: Mutex::new(seen),
         log,
         drops: Mutex::new(Default::default()),

@@ -46,13 +46,13 @@ struct Entry {
     reply: Option<Box<[u8]>>,
 }
 
-/// Most requests remembered at once; the oldest are forgotten first.
-/// NOTE: at a sustained rate above MAX_ENTRIES / duplicate_seconds (3,333
-/// requests/s with the default 30 s), entries leave before the window ends,
-/// and a late retransmission then reaches the agent and is rejected as a
-/// reused code. The cap bounds memory: an entry takes about 0.3 KiB with
-/// its reply (`docs/benchmarks-radius.md`, "Memory").
-const MAX_ENTRIES: usize = 100_000;
+/// Default of `duplicate_max_requests`: the maximum number of requests
+/// remembered at once, the oldest forgotten first. The cap bounds memory,
+/// at about 0.33 KiB per entry with its reply (`docs/benchmarks-radius.md`,
+/// "Memory"). Above `max_entries / window` requests a second (3,333 with
+/// the defaults), entries leave before their window ends, and
+/// [`Cache::take_early_evictions`] reports it.
+pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 
 /// Recent requests and their replies.
 pub struct Cache {
@@ -67,14 +67,29 @@ pub struct Cache {
     entries: HashMap<Key, Entry>,
     /// Insertion time in milliseconds, serial and key, oldest first.
     order: VecDeque<(u64, u64, Key)>,
+    /// Entries that the cap removed before their window ended, since the
+    /// last report of [`Cache::take_early_evictions`].
+    early: EarlyEvictions,
+    /// Time of that report in milliseconds, if there was one.
+    reported_ms: Option<u64>,
+}
+
+/// Shortest time between two reports of early evictions, so that a cache
+/// that stays full gives one log line per interval with the totals.
+const EARLY_REPORT_INTERVAL_MS: u64 = 10_000;
+
+/// Entries that a full cache forgot before their window ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EarlyEvictions {
+    pub count: u64,
+    /// Age of the youngest of them, in milliseconds.
+    pub youngest_ms: u64,
 }
 
 impl Cache {
-    pub fn new(window: Duration) -> Cache {
-        Cache::with_limit(window, MAX_ENTRIES)
-    }
-
-    fn with_limit(window: Duration, max_entries: usize) -> Cache {
+    /// Returns an empty cache that remembers a request for `window` and at
+    /// most `max_entries` requests at once.
+    pub fn new(window: Duration, max_entries: usize) -> Cache {
         Cache {
             window,
             max_entries,
@@ -83,7 +98,33 @@ impl Cache {
             clients: HashMap::new(),
             entries: HashMap::new(),
             order: VecDeque::new(),
+            early: EarlyEvictions::default(),
+            reported_ms: None,
         }
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
+    /// Returns the entries that the cap forgot before their window ended
+    /// since the last report, at most once per 10 s. Returns `None` when
+    /// there were none or the last report is more recent. A resend of such
+    /// a request reaches the agent again.
+    pub fn take_early_evictions(&mut self, now: Instant) -> Option<EarlyEvictions> {
+        let now = self.millis(now);
+        let due = self
+            .reported_ms
+            .is_none_or(|reported| now.saturating_sub(reported) >= EARLY_REPORT_INTERVAL_MS);
+        if self.early.count == 0 || !due {
+            return None;
+        }
+        self.reported_ms = Some(now);
+        Some(std::mem::take(&mut self.early))
     }
 
     /// Looks `key` up and marks a new request as in flight.
@@ -98,7 +139,14 @@ impl Cache {
                 // A queue place of a forgotten entry frees nothing, so
                 // evict until one entry is gone.
                 while self.entries.len() >= self.max_entries && !self.order.is_empty() {
-                    self.evict_oldest();
+                    if let Some(age) = self.evict_oldest(now) {
+                        self.early.count += 1;
+                        self.early.youngest_ms = if self.early.count == 1 {
+                            age
+                        } else {
+                            self.early.youngest_ms.min(age)
+                        };
+                    }
                 }
                 let serial = self.next_serial;
                 self.next_serial += 1;
@@ -173,18 +221,21 @@ impl Cache {
             if now.saturating_sub(time) < window {
                 break;
             }
-            self.evict_oldest();
+            self.evict_oldest(now);
         }
     }
 
-    fn evict_oldest(&mut self) {
-        if let Some((_, serial, key)) = self.order.pop_front() {
-            // A key forgotten and then seen again has a newer entry, which
-            // its own place in the queue removes later.
-            if self.entries.get(&key).is_some_and(|entry| entry.serial == serial) {
-                self.entries.remove(&key);
-            }
+    /// Removes the oldest queue place and its entry. Returns the entry's
+    /// age in milliseconds when an entry was removed.
+    fn evict_oldest(&mut self, now: u64) -> Option<u64> {
+        let (time, serial, key) = self.order.pop_front()?;
+        // A key forgotten and then seen again has a newer entry, which its
+        // own place in the queue removes later.
+        if self.entries.get(&key).is_some_and(|entry| entry.serial == serial) {
+            self.entries.remove(&key);
+            return Some(now.saturating_sub(time));
         }
+        None
     }
 }
 
@@ -205,7 +256,7 @@ mod tests {
 
     #[test]
     fn retransmission_gets_cached_reply() {
-        let mut cache = Cache::new(Duration::from_secs(30));
+        let mut cache = Cache::new(Duration::from_secs(30), DEFAULT_MAX_ENTRIES);
         let now = Instant::now();
         assert_eq!(cache.check(&key(1), now), Seen::New);
         assert_eq!(cache.check(&key(1), now), Seen::InFlight);
@@ -216,7 +267,7 @@ mod tests {
 
     #[test]
     fn entries_expire_after_window() {
-        let mut cache = Cache::new(Duration::from_secs(30));
+        let mut cache = Cache::new(Duration::from_secs(30), DEFAULT_MAX_ENTRIES);
         let now = Instant::now();
         cache.check(&key(1), now);
         cache.finish(&key(1), &[2]);
@@ -225,7 +276,7 @@ mod tests {
 
     #[test]
     fn forgotten_request_is_new_again() {
-        let mut cache = Cache::new(Duration::from_secs(30));
+        let mut cache = Cache::new(Duration::from_secs(30), DEFAULT_MAX_ENTRIES);
         let now = Instant::now();
         cache.check(&key(1), now);
         cache.forget(&key(1));
@@ -234,7 +285,7 @@ mod tests {
 
     #[test]
     fn cache_separates_clients_on_one_address() {
-        let mut cache = Cache::new(Duration::from_secs(30));
+        let mut cache = Cache::new(Duration::from_secs(30), DEFAULT_MAX_ENTRIES);
         let now = Instant::now();
         assert_eq!(cache.check(&key(1), now), Seen::New);
         cache.finish(&key(1), &[2]);
@@ -258,7 +309,7 @@ mod tests {
 
     #[test]
     fn full_cache_evicts_the_oldest() {
-        let mut cache = Cache::with_limit(Duration::from_secs(30), 3);
+        let mut cache = Cache::new(Duration::from_secs(30), 3);
         let now = Instant::now();
         for identifier in 1..=4 {
             assert_eq!(cache.check(&key(identifier), now), Seen::New);
@@ -271,8 +322,75 @@ mod tests {
     }
 
     #[test]
+    fn full_cache_reports_early_evictions() {
+        let mut cache = Cache::new(Duration::from_secs(30), 2);
+        let start = Instant::now();
+        cache.check(&key(1), start);
+        cache.check(&key(2), start + Duration::from_secs(1));
+        assert_eq!(cache.take_early_evictions(start), None, "nothing forgotten yet");
+        cache.check(&key(3), start + Duration::from_secs(5));
+        cache.check(&key(4), start + Duration::from_secs(8));
+        let early = cache.take_early_evictions(start + Duration::from_secs(8));
+        assert_eq!(early.map(|early| early.count), Some(2));
+        assert_eq!(
+            early.map(|early| early.youngest_ms),
+            Some(5_000),
+            "key 1 left at 5 s, key 2 at 7 s"
+        );
+        assert_eq!(
+            cache.take_early_evictions(start + Duration::from_secs(8)),
+            None,
+            "reported once"
+        );
+    }
+
+    #[test]
+    fn early_evictions_reported_every_ten_seconds() {
+        let mut cache = Cache::new(Duration::from_secs(30), 1);
+        let start = Instant::now();
+        cache.check(&key(1), start);
+        cache.check(&key(2), start);
+        assert!(cache.take_early_evictions(start).is_some());
+        cache.check(&key(3), start + Duration::from_secs(1));
+        cache.check(&key(4), start + Duration::from_secs(2));
+        assert_eq!(
+            cache.take_early_evictions(start + Duration::from_secs(2)),
+            None,
+            "too soon"
+        );
+        let later = cache.take_early_evictions(start + Duration::from_secs(10));
+        assert_eq!(later.map(|early| early.count), Some(2), "both kept for the next report");
+    }
+
+    #[test]
+    fn expired_entries_are_not_early_evictions() {
+        let mut cache = Cache::new(Duration::from_secs(30), 1);
+        let start = Instant::now();
+        cache.check(&key(1), start);
+        cache.check(&key(2), start + Duration::from_secs(31));
+        assert_eq!(cache.take_early_evictions(start + Duration::from_secs(31)), None);
+        cache.check(&key(3), start + Duration::from_secs(32));
+        let early = cache.take_early_evictions(start + Duration::from_secs(32));
+        assert_eq!(early.map(|early| early.count), Some(1));
+    }
+
+    #[test]
+    fn forgotten_entries_are_not_early_evictions() {
+        let mut cache = Cache::new(Duration::from_secs(30), 1);
+        let now = Instant::now();
+        cache.check(&key(1), now);
+        cache.forget(&key(1));
+        cache.check(&key(2), now);
+        assert_eq!(cache.take_early_evictions(now), None);
+        // The queue place of key 1 goes first and removes nothing; then key
+        // 2 is forgotten early.
+        cache.check(&key(3), now);
+        assert_eq!(cache.take_early_evictions(now).map(|early| early.count), Some(1));
+    }
+
+    #[test]
     fn cache_reinserted_key_keeps_full_window() {
-        let mut cache = Cache::new(Duration::from_secs(30));
+        let mut cache = Cache::new(Duration::from_secs(30), DEFAULT_MAX_ENTRIES);
         let start = Instant::now();
         cache.check(&key(1), start);
         cache.forget(&key(1));
@@ -288,7 +406,7 @@ mod tests {
 
     #[test]
     fn cache_ignores_unknown_client() {
-        let mut cache = Cache::new(Duration::from_secs(30));
+        let mut cache = Cache::new(Duration::from_secs(30), DEFAULT_MAX_ENTRIES);
         let stranger = RequestKey {
             client: "never-seen",
             ..key(1)
@@ -306,7 +424,7 @@ mod tests {
 
     #[test]
     fn forget_keeps_the_queue_bounded() {
-        let mut cache = Cache::with_limit(Duration::from_secs(30), 3);
+        let mut cache = Cache::new(Duration::from_secs(30), 3);
         let now = Instant::now();
         for round in 0..10_000u32 {
             let identifier = u8::try_from(round % 200).unwrap_or(0);

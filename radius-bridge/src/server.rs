@@ -260,7 +260,7 @@ async fn access_request(
         identifier: packet.identifier,
         authenticator: packet.authenticator,
     };
-    let seen = lock(&bridge.dedup).check(&key, Instant::now());
+    let seen = check_duplicate(bridge, &key);
     // After the duplicate check, so that a resend that arrives during the
     // write is seen as in flight. The reply still waits for the write.
     if let Some(write) = write {
@@ -288,6 +288,32 @@ async fn access_request(
             Err(reason)
         }
     }
+}
+
+/// Looks the request up in the duplicate cache, and warns when the cache
+/// had to forget requests before `duplicate_seconds` ended.
+fn check_duplicate(bridge: &Bridge, key: &RequestKey<'_>) -> Seen {
+    let now = Instant::now();
+    let mut cache = lock(&bridge.dedup);
+    let seen = cache.check(key, now);
+    let Some(early) = cache.take_early_evictions(now) else {
+        return seen;
+    };
+    let (window, max_entries) = (cache.window(), cache.max_entries());
+    drop(cache);
+    bridge.log.warn(
+        "duplicate-cache-full",
+        &format!(
+            "duplicate cache full: requests forgotten before duplicate_seconds ({} s) ended, since the last warning: {}, \
+             the youngest {:.1} s old. A resend of such a request reaches the agent again, which rejects a code it \
+             accepted as reused. Raise [server] duplicate_max_requests ({max_entries}) above requests per second \
+             times duplicate_seconds",
+            window.as_secs(),
+            early.count,
+            early.youngest_ms as f64 / 1000.0
+        ),
+    );
+    seen
 }
 
 /// Decides an Access-Request and builds the reply.
