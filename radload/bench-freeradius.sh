@@ -374,6 +374,10 @@ run_load() {
         "$out.raw" >"$out"
     rm -f "$out.raw"
     jq -r '"\(.name)\tC=\(.in_flight)\tround \(.round)\t\(.accepts_per_s|floor) accepts/s\tp99 \(.latency.p99_ms) ms\trejects \(.rejects)\ttimeouts \(.timeouts)\tinvalid \(.invalid)\tserver \(.server_cpu_s) s, client \(.client_cpu_s) s, kernel threads \(.kernel_threads_cpu_s) s, other processes \(.other_processes_cpu_s) s (\(.busiest_other_processes)), unaccounted \(.unaccounted_cpu_s) s, machine \(.machine_busy_cpu_s) s\tload \(.loadavg_before)\(if .disturbed then "\tDISTURBED" else "" end)"' "$out" >&2
+    # Each user has one code per 30-second step, so a run that sends more
+    # than USERS requests waits for users, and its rate measures USERS.
+    jq -r --argjson users "$USERS" 'select(.user_limited_s > 0)
+        | "warning: \(.name) at C=\(.in_flight): for \(.user_limited_s * 10 | round / 10) s every user already had its request in this 30-second step, so USERS, not the server, capped the rate near \($users / .elapsed_s | floor) requests/s; raise USERS"' "$out" >&2
 }
 
 # replay_check NAME PORT: sends one fresh code of the check user twice with
