@@ -6,26 +6,30 @@
 # try a code. Run it again to reuse the running daemons.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Absolute paths, so that the commands printed below work from any folder.
+root=$(pwd -P)
 
-config=conf/dev/agentd.toml
-bin=${CARGO_TARGET_DIR:-target}/debug
+config=$root/conf/dev/agentd.toml
+target=${CARGO_TARGET_DIR:-target}
+[[ $target == /* ]] || target=$root/$target
+bin=$target/debug
 ctl=("$bin/freeauthctl" --config "$config")
-pidfile=conf/dev/run/agentd.pid
-log=conf/dev/agentd.log
-radius_config=conf/dev/radius.toml
-radius_pidfile=conf/dev/run/radius.pid
-radius_log=conf/dev/radius.log
+pidfile=$root/conf/dev/run/agentd.pid
+log=$root/conf/dev/agentd.log
+radius_config=$root/conf/dev/radius.toml
+radius_pidfile=$root/conf/dev/run/radius.pid
+radius_log=$root/conf/dev/radius.log
 
 cargo build --quiet -p freeauth-agentd -p freeauthctl -p freeauth-radius
 
 if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   echo "agent already running (pid $(cat "$pidfile"))"
 else
-  mkdir -p conf/dev/run
+  mkdir -p "$root/conf/dev/run"
   "$bin/freeauth-agentd" --config "$config" </dev/null >>"$log" 2>&1 &
   echo $! >"$pidfile"
   for _ in $(seq 50); do
-    [[ -S conf/dev/run/admin.sock ]] && break
+    [[ -S $root/conf/dev/run/admin.sock ]] && break
     sleep 0.1
   done
   if ! "${ctl[@]}" status >/dev/null 2>&1; then
@@ -76,8 +80,8 @@ Or through RADIUS (radclient is in the freeradius-utils package):
   printf 'User-Name = demo\\nUser-Password = CODE\\nMessage-Authenticator = 0x00\\n' |
     radclient -x 127.0.0.1:18120 auth dev-secret-0123456789
 
-A code is accepted once; the same code again is rejected. See the token,
-its drift and failures with:
+A code is accepted once; the same code again is rejected, and counts as a
+failed attempt. See the token, its drift and failures with:
 
   ${ctl[*]} show demo
 
