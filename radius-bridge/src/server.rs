@@ -304,13 +304,13 @@ fn check_duplicate(bridge: &Bridge, key: &RequestKey<'_>) -> Seen {
     bridge.log.warn(
         "duplicate-cache-full",
         &format!(
-            "duplicate cache full: requests forgotten before duplicate_seconds ({} s) ended, since the last warning: {}, \
-             the youngest {:.1} s old. A resend of such a request reaches the agent again, which rejects a code it \
-             accepted as reused. Raise [server] duplicate_max_requests ({max_entries}) above requests per second \
-             times duplicate_seconds",
+            "duplicate cache full: requests forgotten before duplicate_seconds ({} s) ended since the last warning: {}, \
+             the earliest {} ms after it arrived. A resend of such a request reaches the agent again, which rejects a \
+             code it has accepted as reused. Raise [server] duplicate_max_requests ({max_entries}) above requests per \
+             second times duplicate_seconds",
             window.as_secs(),
             early.count,
-            early.youngest_ms as f64 / 1000.0
+            early.youngest_ms
         ),
     );
     seen

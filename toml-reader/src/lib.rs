@@ -348,11 +348,23 @@ impl<'d, 'a> Section<'d, 'a> {
         let parsed = i64::from_str_radix(integer.as_str(), integer.radix()).ok();
         match parsed {
             Some(number) if range.contains(&number) => number,
-            _ => {
+            Some(number) => {
                 self.problem(
                     value.span(),
                     key,
-                    format_args!("must be between {} and {}", range.start(), range.end()),
+                    format_args!("is {number}; it must be between {} and {}", range.start(), range.end()),
+                );
+                default
+            }
+            None => {
+                self.problem(
+                    value.span(),
+                    key,
+                    format_args!(
+                        "is too large for a 64-bit integer; it must be between {} and {}",
+                        range.start(),
+                        range.end()
+                    ),
                 );
                 default
             }
@@ -465,7 +477,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("test.toml:5:9: `limits.count` must be between 1 and 10"),
+            text.contains("test.toml:5:9: `limits.count` is 99; it must be between 1 and 10"),
             "{text}"
         );
     }
