@@ -116,11 +116,14 @@ impl Cache {
     /// there were none or the last report is more recent. A resend of such
     /// a request reaches the agent again.
     pub fn take_early_evictions(&mut self, now: Instant) -> Option<EarlyEvictions> {
+        if self.early.count == 0 {
+            return None;
+        }
         let now = self.millis(now);
         let due = self
             .reported_ms
             .is_none_or(|reported| now.saturating_sub(reported) >= EARLY_REPORT_INTERVAL_MS);
-        if self.early.count == 0 || !due {
+        if !due {
             return None;
         }
         self.reported_ms = Some(now);
