@@ -1131,6 +1131,63 @@ fn pipelined_requests_on_one_connection() {
     let _ = Client::connect(&agent.agent_socket(), "t", Duration::from_secs(1)).unwrap();
 }
 
+/// A fresh code sent at the same moment on several connections, or several
+/// times in a row on one connection, is accepted once. The copies meet in
+/// one batch of the engine or in batches one after the other; either way
+/// only the first may pass. (A users file rewritten by each login, as
+/// pam_oath does, loses this under concurrent logins; see
+/// docs/benchmarks-pam.md.)
+#[test]
+fn same_code_sent_at_once() {
+    const CLIENTS: usize = 6;
+    const ROUNDS: u64 = 12;
+    // Five copies fail in each round; without a lock they only add delay.
+    let agent = Agent::start_with(Options {
+        threshold: 0,
+        source_threshold: 0,
+        ..Options::default()
+    });
+    enroll_hotp(&agent, "race");
+    let socket = agent.agent_socket();
+    for counter in 0..ROUNDS {
+        let code = oath_hotp(RFC_SEED_HEX, counter, 6);
+        let start = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let (socket, code, start) = (socket.clone(), code.clone(), std::sync::Arc::clone(&start));
+                std::thread::spawn(move || {
+                    let mut client = Client::connect(&socket, "race", Duration::from_secs(10)).unwrap();
+                    start.wait();
+                    verdict(client.call(verify_request("race", &code, pam_origin())).unwrap())
+                })
+            })
+            .collect();
+        let results: Vec<VerifyResult> = clients.into_iter().map(|client| client.join().unwrap()).collect();
+        let accepted = results
+            .iter()
+            .filter(|result| **result == VerifyResult::Accepted)
+            .count();
+        assert_eq!(accepted, 1, "counter {counter} from {CLIENTS} connections: {results:?}");
+    }
+
+    let code = oath_hotp(RFC_SEED_HEX, ROUNDS, 6);
+    let copies = 8u64;
+    let requests = (1..=copies)
+        .map(|id| (id, verify_request("race", &code, pam_origin())))
+        .collect();
+    let mut reader = send_pipelined(&agent, requests);
+    let mut results = Vec::new();
+    for _ in 0..copies {
+        let frame: freeauth_proto::ResponseFrame = freeauth_proto::frame::read_frame(&mut reader).unwrap();
+        results.push(verdict(frame.response));
+    }
+    let accepted = results
+        .iter()
+        .filter(|result| **result == VerifyResult::Accepted)
+        .count();
+    assert_eq!(accepted, 1, "counter {ROUNDS} pipelined {copies} times: {results:?}");
+}
+
 /// Rejections that wait out the failure delay leave the connection's
 /// in-flight places, so a right code sent behind them on the same
 /// connection gets its reply first, although `max_in_flight` is 2.
