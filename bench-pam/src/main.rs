@@ -27,8 +27,8 @@ use crate::agent::Agent;
 use crate::pam::Service;
 use crate::population::{Counters, Population};
 use crate::probe::{time_steps, Steps, STEPS_HEADER};
-use crate::run::{parallel, sequential, Limit, Target};
-use crate::stats::{millis, Row, TABLE_HEADER};
+use crate::run::{forked, parallel, replay_check, sequential, Limit, Replays, Target};
+use crate::stats::{millis, Loops, Row, TABLE_HEADER};
 
 /// Module label of pam_freeauth in the table.
 const FREEAUTH: &str = "pam_freeauth";
@@ -42,6 +42,10 @@ const RATIO_TARGET_USERS: usize = 10_000;
 const RATIO_TARGET: f64 = 10.0;
 /// Target: pam_freeauth's p99 latency of one sequential authentication.
 const P99_TARGET: Duration = Duration::from_millis(1);
+
+/// Upper bound of `--processes`, so that a typing error cannot fork
+/// thousands of processes.
+const MAX_PROCESSES: usize = 64;
 
 /// Time limit of each warm-up loop, whatever the value of `--warmup`.
 const WARMUP_LIMIT: Duration = Duration::from_secs(3);
@@ -73,6 +77,20 @@ struct Args {
     /// own PAM handles and users; 0 skips that loop.
     #[arg(long, default_value_t = 4)]
     threads: usize,
+
+    /// Processes of the extra concurrent loops of both modules, each forked
+    /// from this program with its own share of the users; 0 skips them.
+    /// pam_oath's file lock keeps processes apart, not threads, so this is
+    /// how the two modules compare under concurrent logins.
+    #[arg(long, default_value_t = 4)]
+    processes: usize,
+
+    /// After each module's loops, send the last accepted code of up to this
+    /// many users once more, one at a time, and count how many the module
+    /// accepts again; 0 skips it. The agent delays each refusal by its
+    /// failure_delay_ms (500 ms by default).
+    #[arg(long, default_value_t = 20)]
+    replay_users: usize,
 
     /// Unmeasured authentications per module before its loops (at most 3 s).
     #[arg(long, default_value_t = 20)]
@@ -136,6 +154,7 @@ struct Setup {
 struct SizeReport {
     rows: Vec<Row>,
     steps: Option<Steps>,
+    replays: Vec<(&'static str, Replays)>,
 }
 
 fn main() -> ExitCode {
@@ -180,6 +199,9 @@ fn check_args(args: &Args) -> Result<(), String> {
     }
     if args.import_chunk == 0 {
         return Err("--import-chunk must be at least 1".into());
+    }
+    if args.processes > MAX_PROCESSES {
+        return Err(format!("--processes must be at most {MAX_PROCESSES}"));
     }
     Ok(())
 }
@@ -265,6 +287,7 @@ fn measure_size(args: &Args, setup: &Setup, users: usize) -> Result<SizeReport, 
     println!("agent import of {users} tokens took {:.1} s", took.as_secs_f64());
 
     let mut rows = Vec::new();
+    let mut replays = Vec::new();
     let freeauth_service = Service::create(
         &confdir,
         "bench-freeauth",
@@ -286,14 +309,23 @@ fn measure_size(args: &Args, setup: &Setup, users: usize) -> Result<SizeReport, 
         duration: seconds(args.duration),
         max_attempts: u64::MAX,
     };
-    rows.push(measured_row(users, FREEAUTH, 1, sequential(&freeauth, limit)));
+    rows.push(measured_row(
+        users,
+        FREEAUTH,
+        Loops::Threads(1),
+        sequential(&freeauth, limit),
+    ));
     if args.threads > 0 {
         rows.push(measured_row(
             users,
             FREEAUTH,
-            args.threads,
+            Loops::Threads(args.threads),
             parallel(&freeauth, limit, args.threads),
         ));
+    }
+    if args.processes > 0 {
+        let result = forked(&freeauth, limit, args.processes)?;
+        rows.push(measured_row(users, FREEAUTH, Loops::Processes(args.processes), result));
     }
     let steps = (args.steps > 0).then(|| {
         let limit = Limit {
@@ -302,6 +334,9 @@ fn measure_size(args: &Args, setup: &Setup, users: usize) -> Result<SizeReport, 
         };
         time_steps(&agent.agent_socket(), &population, &freeauth_counters, limit)
     });
+    if args.replay_users > 0 {
+        replays.push((FREEAUTH, replay_check(&freeauth, args.replay_users)));
+    }
 
     if let Some(module) = &setup.oath_module {
         let oath_service = Service::create(
@@ -314,7 +349,22 @@ fn measure_size(args: &Args, setup: &Setup, users: usize) -> Result<SizeReport, 
             duration: seconds(args.oath_duration.unwrap_or(args.duration)),
             max_attempts: args.oath_max,
         };
-        rows.push(one_thread_row(args, OATH, &oath_service, &population, limit));
+        let counters = Counters::new(population.len());
+        let oath = Target {
+            label: OATH,
+            service: &oath_service,
+            population: &population,
+            counters: &counters,
+        };
+        warm_up(args, &oath);
+        rows.push(measured_row(users, OATH, Loops::Threads(1), sequential(&oath, limit)));
+        if args.processes > 0 {
+            let result = forked(&oath, limit, args.processes)?;
+            rows.push(measured_row(users, OATH, Loops::Processes(args.processes), result));
+        }
+        if args.replay_users > 0 {
+            replays.push((OATH, replay_check(&oath, args.replay_users)));
+        }
     }
 
     if args.floor {
@@ -330,7 +380,7 @@ fn measure_size(args: &Args, setup: &Setup, users: usize) -> Result<SizeReport, 
     agent.stop()?;
     dir.close()
         .map_err(|err| format!("cannot remove the temporary folder: {err}"))?;
-    Ok(SizeReport { rows, steps })
+    Ok(SizeReport { rows, steps, replays })
 }
 
 /// Runs up to `--warmup` unmeasured authentications, so that the first
@@ -361,20 +411,20 @@ fn one_thread_row(args: &Args, label: &'static str, service: &Service, populatio
         counters: &counters,
     };
     warm_up(args, &target);
-    measured_row(population.len(), label, 1, sequential(&target, limit))
+    measured_row(population.len(), label, Loops::Threads(1), sequential(&target, limit))
 }
 
-fn measured_row(users: usize, module: &'static str, threads: usize, mut result: stats::RunResult) -> Row {
+fn measured_row(users: usize, module: &'static str, loops: Loops, mut result: stats::RunResult) -> Row {
     let latency = result.latency();
     let row = Row {
         users,
         module,
-        threads,
+        loops,
         result,
         latency,
     };
     println!(
-        "{module}, {threads} thread(s): {} accepted, {} errors in {:.2} s = {:.1} accepts/s, p50 {} ms, p99 {} ms",
+        "{module}, {loops}: {} accepted, {} errors in {:.2} s = {:.1} accepts/s, p50 {} ms, p99 {} ms",
         row.result.accepted,
         row.result.errors,
         row.result.elapsed.as_secs_f64(),
@@ -427,6 +477,44 @@ fn print_summary(args: &Args, reports: &[(usize, SizeReport)]) {
         }
     }
 
+    if args.processes > 0 {
+        println!(
+            "\n## Ratio of accept rates under concurrent logins, pam_freeauth / pam_oath, {} processes each (for information)\n",
+            args.processes
+        );
+        let loops = Loops::Processes(args.processes);
+        for (users, report) in reports {
+            let errors = |module: &str| {
+                report
+                    .rows
+                    .iter()
+                    .find(|row| row.module == module && row.loops == loops)
+                    .map_or(0, |row| row.result.errors)
+            };
+            let failed = format!(
+                "fresh codes refused: pam_freeauth {}, pam_oath {}",
+                errors(FREEAUTH),
+                errors(OATH)
+            );
+            match concurrent_ratio(report, args.processes) {
+                Some(ratio) => println!("- {users} users: {ratio:.1}x ({failed})"),
+                None => println!("- {users} users: no ratio (pam_oath skipped or accepted nothing)"),
+            }
+        }
+    }
+
+    if args.replay_users > 0 {
+        println!("\n## Accepted codes sent again after the loops, one at a time\n");
+        for (users, report) in reports {
+            for (module, replays) in &report.replays {
+                println!(
+                    "- {users} users, {module}: {} of {} accepted again ({} other errors)",
+                    replays.accepted, replays.tried, replays.errors
+                );
+            }
+        }
+    }
+
     if args.floor {
         println!("\n## Floor: pam_permit in the same loop\n");
         for (users, report) in reports {
@@ -444,10 +532,10 @@ fn print_summary(args: &Args, reports: &[(usize, SizeReport)]) {
             } else {
                 "MISSED"
             };
-            let kind = if row.threads == 1 {
+            let kind = if row.loops == Loops::Threads(1) {
                 "target".to_owned()
             } else {
-                format!("{} threads, for information", row.threads)
+                format!("{}, for information", row.loops)
             };
             println!(
                 "- pam_freeauth p99 under {} ms at {users} users ({kind}): {verdict} (p99 {} ms, {} errors)",
@@ -489,11 +577,24 @@ fn print_floor(users: usize, report: &SizeReport) {
 
 /// Returns the accept rate of `module`'s one-thread loop.
 fn one_thread_rate(report: &SizeReport, module: &str) -> Option<f64> {
+    rate(report, module, Loops::Threads(1))
+}
+
+/// Returns the accept rate of `module`'s loop that ran as `loops`.
+fn rate(report: &SizeReport, module: &str, loops: Loops) -> Option<f64> {
     report
         .rows
         .iter()
-        .find(|row| row.module == module && row.threads == 1)
+        .find(|row| row.module == module && row.loops == loops)
         .map(|row| row.result.accept_rate())
+}
+
+/// Returns pam_freeauth's accept rate over pam_oath's with `processes`
+/// processes each.
+fn concurrent_ratio(report: &SizeReport, processes: usize) -> Option<f64> {
+    let loops = Loops::Processes(processes);
+    let oath = rate(report, OATH, loops).filter(|rate| *rate > 0.0)?;
+    Some(rate(report, FREEAUTH, loops)? / oath)
 }
 
 /// Returns pam_freeauth's single-thread accept rate over pam_oath's.

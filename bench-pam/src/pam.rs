@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 const PAM_SUCCESS: c_int = 0;
 /// `PAM_BUF_ERR`: a memory allocation failed.
 const PAM_BUF_ERR: c_int = 5;
+/// `PAM_AUTH_ERR`: the module did not authenticate the user.
+const PAM_AUTH_ERR: c_int = 7;
 /// `PAM_CONV_ERR`: the conversation failed.
 const PAM_CONV_ERR: c_int = 19;
 /// Message styles of `struct pam_message`.
@@ -128,6 +130,9 @@ pub struct Failure {
     pub reason: String,
     /// Messages the module sent through the conversation.
     pub messages: Vec<String>,
+    /// `pam_authenticate` returned `PAM_AUTH_ERR`: the module refused the
+    /// code, as it must refuse a code it accepted before.
+    pub refused: bool,
 }
 
 /// State the conversation function reads and writes, reached through
@@ -184,7 +189,10 @@ pub fn authenticate(service: &Service, user: &CStr, code: &str) -> Result<Durati
 
     if let Some(text) = text {
         let reason = format!("pam_authenticate returned {status} ({text})");
-        return Err(failure(reason, conversation.messages));
+        return Err(Failure {
+            refused: status == PAM_AUTH_ERR,
+            ..failure(reason, conversation.messages)
+        });
     }
     if end_status != PAM_SUCCESS {
         let reason = format!("pam_end returned {end_status}");
@@ -201,7 +209,11 @@ pub fn authenticate(service: &Service, user: &CStr, code: &str) -> Result<Durati
 }
 
 fn failure(reason: String, messages: Vec<String>) -> Failure {
-    Failure { reason, messages }
+    Failure {
+        reason,
+        messages,
+        refused: false,
+    }
 }
 
 fn c_string(text: &str) -> Result<CString, String> {

@@ -148,18 +148,49 @@ pub fn user_name(index: usize) -> String {
     format!("u{:07}", index + 1)
 }
 
-/// The next HOTP counter of every user on one module's side.
-pub struct Counters(Vec<AtomicU64>);
+/// Marks a user without an accepted code in [`Counters`].
+const NONE_ACCEPTED: u64 = u64::MAX;
+
+/// The next HOTP counter of every user on one module's side, and the
+/// counter of the last code the module accepted for each.
+pub struct Counters {
+    next: Vec<AtomicU64>,
+    accepted: Vec<AtomicU64>,
+}
 
 impl Counters {
     pub fn new(count: usize) -> Counters {
-        Counters((0..count).map(|_| AtomicU64::new(0)).collect())
+        Counters {
+            next: (0..count).map(|_| AtomicU64::new(0)).collect(),
+            accepted: (0..count).map(|_| AtomicU64::new(NONE_ACCEPTED)).collect(),
+        }
     }
 
     /// Returns user `index`'s next counter and advances it. Callers never
     /// let two threads work on the same user at once, so the counter always
     /// matches the code that is sent.
     pub fn take(&self, index: usize) -> u64 {
-        self.0[index].fetch_add(1, Ordering::Relaxed)
+        self.next[index].fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Notes that the module accepted user `index`'s code of `counter`.
+    pub fn note_accepted(&self, index: usize, counter: u64) {
+        self.accepted[index].store(counter, Ordering::Relaxed);
+    }
+
+    /// Returns user `index`'s next counter and the counter of its last
+    /// accepted code, if any.
+    pub fn get(&self, index: usize) -> (u64, Option<u64>) {
+        let accepted = self.accepted[index].load(Ordering::Relaxed);
+        (
+            self.next[index].load(Ordering::Relaxed),
+            (accepted != NONE_ACCEPTED).then_some(accepted),
+        )
+    }
+
+    /// Sets user `index`'s counters, as a forked loop left them.
+    pub fn set(&self, index: usize, next: u64, accepted: Option<u64>) {
+        self.next[index].store(next, Ordering::Relaxed);
+        self.accepted[index].store(accepted.unwrap_or(NONE_ACCEPTED), Ordering::Relaxed);
     }
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// Everything one loop measured.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RunResult {
     /// Latency of each accepted authentication, pam_start to pam_end, in
     /// nanoseconds.
@@ -12,8 +12,8 @@ pub struct RunResult {
     pub attempts: u64,
     pub accepted: u64,
     pub errors: u64,
-    /// Wall-clock time of the loop; with threads, from the first start to the
-    /// last thread's end.
+    /// Wall-clock time of the loop; with threads or processes, from the
+    /// common start to the end of the last one.
     pub elapsed: Duration,
     /// 1-minute load average before and after the loop (`/proc/loadavg`).
     pub load_before: f64,
@@ -84,18 +84,37 @@ pub fn millis(nanoseconds: u64) -> String {
     format!("{:.3}", nanoseconds as f64 / 1e6)
 }
 
+/// The loops of one measurement: this many threads of this process, or
+/// this many processes forked from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loops {
+    Threads(usize),
+    Processes(usize),
+}
+
+impl std::fmt::Display for Loops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Loops::Threads(1) => f.write_str("1 thread"),
+            Loops::Threads(count) => write!(f, "{count} threads"),
+            Loops::Processes(1) => f.write_str("1 process"),
+            Loops::Processes(count) => write!(f, "{count} processes"),
+        }
+    }
+}
+
 /// One row of the results table.
 #[derive(Clone, Debug)]
 pub struct Row {
     pub users: usize,
     pub module: &'static str,
-    pub threads: usize,
+    pub loops: Loops,
     pub result: RunResult,
     pub latency: Latency,
 }
 
 /// Header of the Markdown results table.
-pub const TABLE_HEADER: &str = "| users | module | threads | attempts | accepted | errors | seconds | accepts/s | p50 ms | p99 ms | p99.9 ms | max ms | load before/after |\n\
+pub const TABLE_HEADER: &str = "| users | module | loops | attempts | accepted | errors | seconds | accepts/s | p50 ms | p99 ms | p99.9 ms | max ms | load before/after |\n\
 |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
 
 impl Row {
@@ -106,7 +125,7 @@ impl Row {
             "| {} | {} | {} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {} | {} | {:.2}/{:.2} |",
             self.users,
             self.module,
-            self.threads,
+            self.loops,
             self.result.attempts,
             self.result.accepted,
             self.result.errors,
