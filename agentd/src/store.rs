@@ -57,22 +57,12 @@ pub const DB_FILE: &str = "freeauth.db";
 /// moves it to 2.
 const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS users (
-    id           INTEGER PRIMARY KEY,
-    name         TEXT NOT NULL UNIQUE,
-    failures     INTEGER NOT NULL DEFAULT 0,
-    locked_until INTEGER,
-    backup_salt  BLOB,
-    -- Ids of the user's tokens, comma-separated: a copy of what
-    -- tokens_by_user holds, so that a verification finds the tokens by id.
-    token_ids    TEXT
-);
-CREATE TABLE IF NOT EXISTS tokens (
+/// Columns of `tokens`, after its name in a CREATE TABLE statement. The
+/// AUTOINCREMENT keeps the id of a removed token from ever being given to a
+/// new one, whose uses would then be mixed up with the old one's.
+macro_rules! tokens_columns {
+    () => {
+        "(
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     kind        TEXT NOT NULL,
@@ -88,7 +78,29 @@ CREATE TABLE IF NOT EXISTS tokens (
     last_used   INTEGER,
     sealed_seed BLOB NOT NULL,
     sealed_pin  BLOB
+)"
+    };
+}
+
+const SCHEMA: &str = concat!(
+    "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS users (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    failures     INTEGER NOT NULL DEFAULT 0,
+    locked_until INTEGER,
+    backup_salt  BLOB,
+    -- Ids of the user's tokens, comma-separated: a copy of what
+    -- tokens_by_user holds, so that a verification finds the tokens by id.
+    token_ids    TEXT
+);
+CREATE TABLE IF NOT EXISTS tokens ",
+    tokens_columns!(),
+    ";
 CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens(user_id);
 CREATE TABLE IF NOT EXISTS backup_codes (
     id      INTEGER PRIMARY KEY,
@@ -124,8 +136,25 @@ CREATE TABLE IF NOT EXISTS token_uses (
     drift     INTEGER NOT NULL,
     used_at   INTEGER NOT NULL
 );
-";
+"
+);
 
+/// Rebuilds a `tokens` table made without AUTOINCREMENT, as the first
+/// schema of version 1 did, keeping its rows. SQLite then counts new ids
+/// from the highest id copied.
+const REBUILD_TOKENS: &str = concat!(
+    "CREATE TABLE tokens_rebuilt ",
+    tokens_columns!(),
+    ";
+INSERT INTO tokens_rebuilt (id, user_id, kind, algorithm, digits, period, counter, last_step,
+        drift, enabled, label, created, last_used, sealed_seed, sealed_pin)
+    SELECT id, user_id, kind, algorithm, digits, period, counter, last_step,
+        drift, enabled, label, created, last_used, sealed_seed, sealed_pin FROM tokens;
+DROP TABLE tokens;
+ALTER TABLE tokens_rebuilt RENAME TO tokens;
+CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens(user_id);
+"
+);
 /// Indexes created after the schema is brought up to date.
 const INDEXES: &str = "
 -- Holds every column a verification reads from `users`, so that it reads
@@ -243,6 +272,8 @@ impl Store {
         // When the WAL starts over, it shrinks to 64 MiB.
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Before SCHEMA changes anything in a database of a newer version.
+        refuse_newer_schema(&conn)?;
         conn.execute_batch(SCHEMA)?;
         let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
         check_schema_version(&conn)?;
@@ -366,6 +397,32 @@ fn sync_folder(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|folder| folder.sync_all()).map_err(failed)
 }
 
+/// Reads the `schema_version` row, if the database has a `meta` table.
+fn read_schema_version(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
+    let has_meta: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+        [],
+        |row| row.get(0),
+    )?;
+    if has_meta == 0 {
+        return Ok(None);
+    }
+    let mut statement = conn.prepare("SELECT value FROM meta WHERE key = 'schema_version'")?;
+    Ok(statement.query_row([], |row| row.get(0)).optional()?)
+}
+
+/// Refuses a database that a newer FreeAuth version wrote.
+fn refuse_newer_schema(conn: &Connection) -> Result<(), StoreError> {
+    let current = SCHEMA_VERSION.to_string();
+    match read_schema_version(conn)?.as_deref() {
+        None | Some(b"1") => Ok(()),
+        Some(value) if value == current.as_bytes() => Ok(()),
+        Some(_) => Err(StoreError::Corrupt {
+            what: format!("schema_version is not {current}; this database was written by a newer FreeAuth version"),
+        }),
+    }
+}
+
 /// Brings the tables up to date and creates the indexes, in one transaction.
 ///
 /// The columns decide what to add, not the version row: a version 1 agent
@@ -373,23 +430,19 @@ fn sync_folder(dir: &Path) -> Result<(), StoreError> {
 /// version 1 tables without a version.
 fn check_schema_version(conn: &Connection) -> Result<(), StoreError> {
     let current = SCHEMA_VERSION.to_string();
-    let read_version = |conn: &Connection| -> Result<Option<Vec<u8>>, StoreError> {
-        let mut statement = conn.prepare("SELECT value FROM meta WHERE key = 'schema_version'")?;
-        Ok(statement.query_row([], |row| row.get(0)).optional()?)
-    };
-    let version = read_version(conn)?;
-
-    match version.as_deref() {
-        None | Some(b"1") => {}
-        Some(value) if value == current.as_bytes() => {}
-        Some(_) => {
-            return Err(StoreError::Corrupt {
-                what: format!("schema_version is not {current}; this database was written by a newer FreeAuth version"),
-            })
-        }
-    }
+    refuse_newer_schema(conn)?;
+    let version = read_schema_version(conn)?;
 
     let tx = conn.unchecked_transaction()?;
+    let tokens_sql: String = tx.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'tokens'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !tokens_sql.to_ascii_uppercase().contains("AUTOINCREMENT") {
+        tx.execute_batch(REBUILD_TOKENS)?;
+        tracing::info!("table tokens rebuilt with AUTOINCREMENT, so that no token id is given twice");
+    }
     let has_token_ids: i64 = tx.query_row(
         "SELECT count(*) FROM pragma_table_info('users') WHERE name = 'token_ids'",
         [],
@@ -878,9 +931,12 @@ impl UseLog {
             if !due || folded.len() >= MAX_FOLD_PER_BATCH {
                 break;
             }
-            if used.unconfirmed {
-                // Without a log row of its own, a restart would prefer an
-                // older row of this token over the state folded here.
+            // Without a log row of its own, a restart would prefer an older
+            // row of this token over the state folded here. But when this
+            // transaction has already logged a newer use of the token, a row
+            // written now would get a higher sequence number than that use,
+            // and a restart would go back to the older state.
+            if used.unconfirmed && !uses.staged_newest.contains_key(&token_id) {
                 insert_use(conn, next_seq, token_id, used)?;
                 next_seq += 1;
             }
@@ -2186,6 +2242,34 @@ mod tests {
         seen
     }
 
+    /// Reopens the store, as after a crash, and checks every token against
+    /// the model. A use kept in memory after a failed batch may be lost,
+    /// because no code was accepted with it, so a token may come back
+    /// anywhere from its last accepted counter (`floor`) to the counter the
+    /// engine saw (`model`). Both then move to what the disk holds.
+    fn reopen_and_check(
+        store: Store,
+        state: &Path,
+        model: &mut BTreeMap<i64, (i64, u64)>,
+        floor: &mut BTreeMap<i64, u64>,
+        step: u64,
+    ) -> Store {
+        drop(store);
+        let store = Store::open(state).unwrap();
+        let seen = states_seen(&store, model);
+        for (token_id, (_, counter)) in model.iter_mut() {
+            let now = seen[token_id];
+            let accepted = floor[token_id];
+            assert!(
+                accepted <= now && now <= *counter,
+                "step {step}: token {token_id} reopened at {now}, outside {accepted} to {counter}"
+            );
+            *counter = now;
+            floor.insert(*token_id, now);
+        }
+        store
+    }
+
     #[test]
     fn use_log_survives_rollbacks_removals_and_restarts() {
         let dir = tempfile::tempdir().unwrap();
@@ -2194,6 +2278,8 @@ mod tests {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         // Token id to (user id, counter the engine must see).
         let mut model: BTreeMap<i64, (i64, u64)> = BTreeMap::new();
+        // Token id to the counter of its last accepted code.
+        let mut floor: BTreeMap<i64, u64> = BTreeMap::new();
         let mut clock = Instant::now();
         let mut next_user = 0;
         for step in 0..3000u64 {
@@ -2205,16 +2291,21 @@ mod tests {
                     let (user_id, token_id) = enroll(&mut store, &name, rng.below(50));
                     let counter = store.db().stored_state(token_id).unwrap().unwrap().counter;
                     model.insert(token_id, (user_id, counter));
+                    floor.insert(token_id, counter);
                 }
                 5..=6 if !model.is_empty() => {
                     let index = usize::try_from(rng.below(model.len() as u64)).unwrap();
                     let (&token_id, &(user_id, _)) = model.iter().nth(index).unwrap();
                     batch(&mut store, |db| db.remove_token(user_id, token_id).unwrap());
                     model.remove(&token_id);
+                    floor.remove(&token_id);
                 }
                 // A batch of accepts, each in a savepoint that may roll back.
-                // The batch commits, rolls back, or dies after its commit
-                // but before the use log learns of it, as with SIGKILL.
+                // The batch commits, or rolls back. Or it dies after its
+                // commit but before the use log learns of it, as with
+                // SIGKILL. Or it fails with an unknown outcome, with or
+                // without its commit on disk, and keeps its uses in memory
+                // as the engine does then.
                 7..=69 if !model.is_empty() => {
                     let ending = rng.below(10);
                     let mut changes = Vec::new();
@@ -2264,6 +2355,14 @@ mod tests {
                                 uses.rolled_back();
                                 changes.clear();
                             }
+                            2 => {
+                                drop(tx);
+                                uses.keep_staged();
+                            }
+                            3 => {
+                                tx.commit().unwrap();
+                                uses.keep_staged();
+                            }
                             _ => {
                                 tx.commit().unwrap();
                                 if ending != 1 {
@@ -2277,10 +2376,13 @@ mod tests {
                         if let Some(entry) = model.get_mut(&token_id) {
                             entry.1 = to;
                         }
+                        // A failed batch sent no accept.
+                        if !matches!(ending, 2 | 3) {
+                            floor.insert(token_id, to);
+                        }
                     }
                     if ending == 1 {
-                        drop(store);
-                        store = Store::open(&state).unwrap();
+                        store = reopen_and_check(store, &state, &mut model, &mut floor, step);
                     }
                 }
                 70..=97 => {
@@ -2288,18 +2390,136 @@ mod tests {
                     fold(&mut store, clock);
                 }
                 _ => {
-                    drop(store);
-                    store = Store::open(&state).unwrap();
+                    store = reopen_and_check(store, &state, &mut model, &mut floor, step);
                 }
             }
 
             let expected: BTreeMap<i64, u64> = model.iter().map(|(&id, &(_, counter))| (id, counter)).collect();
             assert_eq!(states_seen(&store, &model), expected, "step {step}");
         }
-        let expected: BTreeMap<i64, u64> = model.iter().map(|(&id, &(_, counter))| (id, counter)).collect();
+        reopen_and_check(store, &state, &mut model, &mut floor, 3000);
+    }
+
+    /// A use kept in memory after a failed batch is folded in a later batch
+    /// that has logged a newer use of the same token. After a restart the
+    /// token must be at the newer state, so that the newer code cannot be
+    /// accepted again.
+    #[test]
+    fn kept_use_folded_beside_newer_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut store = Store::open(&state).unwrap();
+        let (user_id, token_id) = enroll(&mut store, "alice", 5);
+
+        // A batch whose commit failed: its use of counter 6 stays in memory.
+        {
+            let (tx, uses) = store.begin().unwrap();
+            let db = Db {
+                conn: &tx,
+                uses,
+                statements: None,
+            };
+            assert!(db.advance_token(token_id, &hotp_state(5), &hotp_state(6), 1).unwrap());
+            drop(tx);
+            uses.keep_staged();
+        }
+
+        // The next batch accepts counter 7, then folds, as the engine does
+        // at the end of each batch.
+        {
+            let (tx, uses) = store.begin().unwrap();
+            let db = Db {
+                conn: &tx,
+                uses,
+                statements: None,
+            };
+            assert!(db.advance_token(token_id, &hotp_state(6), &hotp_state(7), 2).unwrap());
+            uses.fold(&tx, Instant::now()).unwrap();
+            tx.commit().unwrap();
+            uses.committed();
+        }
+        assert_eq!(store.db().tokens(user_id).unwrap()[0].state, hotp_state(7));
+
         drop(store);
-        let store = Store::open(&state).unwrap();
-        assert_eq!(states_seen(&store, &model), expected);
+        let mut store = Store::open(&state).unwrap();
+        assert_eq!(store.db().tokens(user_id).unwrap()[0].state, hotp_state(7));
+        let accepted_again = batch(&mut store, |db| {
+            db.advance_token(token_id, &hotp_state(6), &hotp_state(7), 3).unwrap()
+        });
+        assert!(
+            !accepted_again,
+            "counter 7 was accepted a second time after the restart"
+        );
+    }
+
+    /// The first schema of version 1 made `tokens.id` a plain INTEGER
+    /// PRIMARY KEY. Opening such a database rebuilds the table with
+    /// AUTOINCREMENT and keeps its rows, so that enrolment works and a new
+    /// token never gets the id of an old one.
+    #[test]
+    fn tokens_without_autoincrement_rebuilt() {
+        let rest = "
+             CREATE TABLE tokens (id INTEGER PRIMARY KEY,
+                 user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                 kind TEXT NOT NULL, algorithm TEXT NOT NULL, digits INTEGER NOT NULL,
+                 period INTEGER NOT NULL, counter INTEGER NOT NULL, last_step INTEGER,
+                 drift INTEGER NOT NULL DEFAULT 0, enabled INTEGER NOT NULL DEFAULT 1, label TEXT,
+                 created INTEGER NOT NULL, last_used INTEGER, sealed_seed BLOB NOT NULL, sealed_pin BLOB);
+             CREATE INDEX tokens_by_user ON tokens(user_id);
+             CREATE TABLE backup_codes (id INTEGER PRIMARY KEY,
+                 user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                 hash BLOB NOT NULL, used_at INTEGER);
+             CREATE INDEX backup_codes_by_user ON backup_codes(user_id);
+             INSERT INTO meta VALUES ('schema_version', CAST('1' AS BLOB));
+             INSERT INTO users (id, name) VALUES (7, 'alice');
+             INSERT INTO tokens (id, user_id, kind, algorithm, digits, period, counter, created, sealed_seed)
+                 VALUES (3, 7, 'hotp', 'sha1', 6, 30, 4, 1, x'00');";
+        let (_dir, state) = old_database(&format!("{V1_FIRST_TABLES}{rest}"));
+
+        let mut store = Store::open(&state).unwrap();
+        let alice = store.db().account("alice").unwrap().unwrap();
+        assert_eq!(alice.token_ids, vec![3]);
+        assert_eq!(store.db().tokens_of(&alice).unwrap()[0].state, hotp_state(4));
+        let (_, token_id) = enroll(&mut store, "bob", 0);
+        assert_eq!(token_id, 4);
+        batch(&mut store, |db| {
+            db.remove_token(db.account("bob").unwrap().unwrap().id, token_id)
+                .unwrap()
+        });
+        let (_, next_id) = enroll(&mut store, "carol", 0);
+        assert_eq!(next_id, 5, "the id of a removed token was given again");
+    }
+
+    /// A database of a newer schema is refused before anything in it changes.
+    #[test]
+    fn newer_schema_refused_untouched() {
+        let rest = "
+             CREATE TABLE retired_tokens (id INTEGER PRIMARY KEY);
+             INSERT INTO meta VALUES ('schema_version', CAST('99' AS BLOB));";
+        let (_dir, state) = old_database(&format!("{V1_FIRST_TABLES}{rest}"));
+
+        let opened = Store::open(&state);
+        assert!(
+            matches!(opened, Err(StoreError::Corrupt { .. })),
+            "a newer database was opened"
+        );
+        let conn = Connection::open(state.join(DB_FILE)).unwrap();
+        let kept: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'retired_tokens'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(kept, 1, "the newer database lost a table");
+        let added: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'token_uses'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(added, 0, "a table was added to the newer database");
     }
 
     #[test]
