@@ -712,3 +712,68 @@ fn remote_locked_try_first_pass_prompts() {
     locked.assert_failure(AUTH_ERR, "locked account, remote");
     assert!(locked.prompted(CODE_PROMPT), "{locked}");
 }
+
+/// A user name is typed by someone not logged in yet. Its control
+/// characters are escaped in the module's log, so a newline cannot start a
+/// forged line.
+#[test]
+fn user_name_escaped_in_log() {
+    let agent = Agent::start();
+    let services = Services::new();
+    services.write("login", &[freeauth_line("required", &agent_args(&agent))]);
+
+    let run = services
+        .pamtester("login", "carol\nFAKE: code accepted for root")
+        .response("123456")
+        .run();
+    assert_ne!(run.status, Some(0), "a name with a newline was accepted\n{run}");
+    assert!(
+        !run.stderr.lines().any(|line| line.starts_with("FAKE")),
+        "a forged line reached the log\n{run}"
+    );
+    assert!(run.logged("carol\\nFAKE: code accepted for root"), "{run}");
+}
+
+/// With backup codes the account has two code lengths, 6 and 8. A password
+/// that ends in digits must not make `forward_pass` send an 8-digit guess
+/// first: that guess fails, counts against the account and its source, and
+/// hands two characters of the password to the agent.
+#[test]
+fn forward_pass_tries_token_length_first() {
+    let agent = Agent::start();
+    let output = agent.ctl_ok(&[
+        "--json",
+        "enroll",
+        "dave",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        SEED,
+        "--backup-codes",
+        "2",
+    ]);
+    let printed: serde_json::Value = serde_json::from_str(&output).unwrap();
+    let backup = printed["backup_codes"][0].as_str().unwrap().to_owned();
+    let args = format!("{} forward_pass", agent_args(&agent));
+    let services = Services::new();
+    services.write("login", &[freeauth_line("required", &args)]);
+
+    for counter in 0..3 {
+        let run = services
+            .pamtester("login", "dave")
+            .response(&format!("hunter12{}", hotp(counter)))
+            .run();
+        run.assert_success("password ending in digits, then a token code");
+    }
+    assert!(
+        !agent.log().contains("wrong code"),
+        "a login with a token code counted a failure:\n{}",
+        agent.log()
+    );
+
+    let run = services
+        .pamtester("login", "dave")
+        .response(&format!("hunter12{backup}"))
+        .run();
+    run.assert_success("password ending in digits, then a backup code");
+}

@@ -764,16 +764,22 @@ impl Context<'_> {
         };
         let tokens = db.tokens_of(&account)?;
         let disabled = !tokens.is_empty() && tokens.iter().all(|token| !token.enabled);
+        // The tokens' lengths come first, longest first, and the backup
+        // code length last: `forward_pass` tries them in this order, and
+        // each wrong split counts as a failure. Backup codes are the rare
+        // case, so a password ending in digits must not make every login
+        // with a token code fail once on the backup code length first.
         let mut code_lengths: Vec<u8> = tokens
             .iter()
             .filter(|token| token.enabled)
             .map(|token| code_length(token.kind, token.digits))
             .collect();
-        if !code_lengths.is_empty() && db.backup_codes_left(account.id)? > 0 {
+        code_lengths.sort_unstable_by(|a, b| b.cmp(a));
+        code_lengths.dedup();
+        if !code_lengths.is_empty() && !code_lengths.contains(&BACKUP_CODE_LEN) && db.backup_codes_left(account.id)? > 0
+        {
             code_lengths.push(BACKUP_CODE_LEN);
         }
-        code_lengths.sort_unstable();
-        code_lengths.dedup();
         let hex_codes = tokens.iter().any(|token| token.enabled && token.kind == Kind::Motp);
         Ok(Lookup {
             enrolled: !code_lengths.is_empty(),

@@ -341,12 +341,11 @@ fn verify_answer(
         }
         return ask_agent(host, options, agent, user, answer, origin);
     }
-    // Try each code length the account uses, longest first, on the end of
-    // the answer; the rest is the password for the next module.
-    let mut lengths = account.code_lengths.clone();
-    lengths.sort_unstable_by(|a, b| b.cmp(a));
+    // Try each code length the account uses on the end of the answer, in
+    // the agent's order (the tokens' lengths, then the backup code length);
+    // the rest is the password for the next module.
     let mut outcome = Outcome::Rejected;
-    for length in lengths {
+    for &length in &account.code_lengths {
         let Some(split) = answer.len().checked_sub(usize::from(length)) else {
             continue;
         };

@@ -113,12 +113,41 @@ impl Host for PamHost<'_> {
             Priority::Debug if self.debug => libc::LOG_DEBUG,
             Priority::Debug => return,
         };
-        let Ok(text) = CString::new(message.replace('\0', "")) else {
+        let Ok(text) = CString::new(printable(message)) else {
             return;
         };
         let pamh: *const PamHandle = &*self.pamh;
         // SAFETY: pamh is the live handle of this call; the format is a
         // constant "%s" with one NUL-terminated string argument.
         unsafe { pam_syslog(pamh, level, c"%s".as_ptr(), text.as_ptr()) };
+    }
+}
+
+/// Returns `message` with every control character escaped (`\n`,
+/// `\u{1b}`, …). Messages name users, and sshd passes on the name that a
+/// remote user typed before logging in: a newline in it must not start a
+/// forged line in the system log, nor an escape sequence reach an
+/// administrator's terminal.
+fn printable(message: &str) -> String {
+    let mut text = String::with_capacity(message.len());
+    for character in message.chars() {
+        if character.is_control() {
+            text.extend(character.escape_debug());
+        } else {
+            text.push(character);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn printable_escapes_control_characters() {
+        assert_eq!(printable("user carol\nFAKE: root"), "user carol\\nFAKE: root");
+        assert_eq!(printable("a\u{1b}[2Jb\0c\td"), "a\\u{1b}[2Jb\\0c\\td");
+        assert_eq!(printable("user jos\u{e9} \u{2014} ok"), "user jos\u{e9} \u{2014} ok");
     }
 }

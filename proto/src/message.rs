@@ -204,7 +204,9 @@ pub enum Response {
         locked: bool,
         prompt: String,
         /// Lengths of the codes the account's enabled tokens and backup
-        /// codes take, so `forward_pass` can split password and code.
+        /// codes take, so `forward_pass` can split password and code: the
+        /// tokens' lengths longest first, then the backup code length if
+        /// no token has it. A caller that splits tries them in this order.
         code_lengths: Vec<u8>,
         /// The account exists but an administrator disabled all its
         /// tokens; `nullok` must not let such a user in.
