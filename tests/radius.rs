@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::fs;
 use std::net::UdpSocket;
 use std::time::Duration;
 
@@ -94,6 +95,87 @@ fn insecure_client_may_omit_message_authenticator() {
     assert!(
         text.contains("Message-Authenticator = 0x"),
         "replies always carry one: {text}"
+    );
+}
+
+/// Builds an Access-Request without a Message-Authenticator, with these
+/// attributes as they are.
+fn unsigned_request(identifier: u8, attributes: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let mut packet = vec![Code::AccessRequest.to_byte(), identifier, 0, 0];
+    packet.extend_from_slice(&[identifier; 16]);
+    for (kind, value) in attributes {
+        packet.extend_from_slice(&[*kind, (value.len() + 2) as u8]);
+        packet.extend_from_slice(value);
+    }
+    let length = (packet.len() as u16).to_be_bytes();
+    packet[2..4].copy_from_slice(&length);
+    packet
+}
+
+/// User-Name alice and a hidden User-Password for [`unsigned_request`].
+fn alice_with_password(identifier: u8, password: &str) -> Vec<(u8, Vec<u8>)> {
+    let secret = SharedSecret::new(SECRET.as_bytes().to_vec());
+    let hidden = hide_password(password.as_bytes(), &secret, &[identifier; 16]);
+    vec![(attr::USER_NAME, b"alice".to_vec()), (attr::USER_PASSWORD, hidden)]
+}
+
+/// Sends `packet` and returns the code of the reply, or `None` after 1 s.
+fn reply_code(port: u16, packet: &[u8]) -> Option<Code> {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    socket.send_to(packet, ("127.0.0.1", port)).unwrap();
+    let mut buffer = [0u8; 4096];
+    let (length, _) = socket.recv_from(&mut buffer).ok()?;
+    Some(Packet::parse(&buffer[..length]).unwrap().code)
+}
+
+/// Two requests from a client that may omit the Message-Authenticator get
+/// no reply: one with EAP-Message (RFC 3579 calls for a silent discard),
+/// and one whose Proxy-State would not fit into a reply, which must copy
+/// it unchanged.
+#[test]
+fn unsigned_eap_and_oversized_proxy_state_dropped() {
+    let agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(
+        &agent,
+        &loopback_clients("message_authenticator = \"danger_not_required\""),
+    );
+    let eap = vec![
+        (attr::USER_NAME, b"alice".to_vec()),
+        (attr::EAP_MESSAGE, vec![2, 1, 0, 4]),
+    ];
+    assert_eq!(
+        reply_code(bridge.port, &unsigned_request(1, &eap)),
+        None,
+        "EAP without Message-Authenticator"
+    );
+
+    // An MS-CHAP attribute (Microsoft's vendor number 311, MS-CHAP-Response)
+    // gets a rejection without a User-Password, so almost the whole request
+    // can be Proxy-State: 4,060 bytes, where a reply has room for 4,058.
+    let mut long = vec![(attr::VENDOR_SPECIFIC, vec![0, 0, 1, 55, 1, 2])];
+    long.extend((0..16).map(|i| (attr::PROXY_STATE, vec![i; 251])));
+    long.push((attr::PROXY_STATE, vec![16; 10]));
+    let packet = unsigned_request(2, &long);
+    assert_eq!(packet.len(), 4088);
+    assert_eq!(
+        reply_code(bridge.port, &packet),
+        None,
+        "Proxy-State too long for a reply"
+    );
+
+    let mut fitting = alice_with_password(3, &code(0));
+    fitting.extend((0..15).map(|i| (attr::PROXY_STATE, vec![i; 251])));
+    assert_eq!(
+        reply_code(bridge.port, &unsigned_request(3, &fitting)),
+        Some(Code::AccessAccept),
+        "Proxy-State that fits"
+    );
+    let log = bridge.log_text();
+    assert!(log.contains("missing Message-Authenticator"), "{log}");
+    assert!(
+        log.contains("Proxy-State attributes too long to copy into a reply"),
+        "{log}"
     );
 }
 
@@ -397,6 +479,75 @@ fn full_duplicate_cache_warns() {
     assert!(log.contains("duplicate_max_requests (1000)"), "{log}");
 }
 
+/// A full duplicate cache drops the requests of the client with the most. A flood from one client must not push out another client's
+/// accepted request, whose resend would then reach the agent again and be
+/// rejected as reused.
+#[test]
+fn flooding_client_keeps_others_cached() {
+    let agent = agent_with(&["alice"]);
+    let settings = format!("duplicate_max_requests = 1000\n{}", loopback_clients(""));
+    let bridge = Bridge::start(&agent, &settings);
+    let vpn = UdpSocket::bind("127.0.0.1:0").unwrap();
+    vpn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let accepted = request(42, "alice", &code(0));
+    let mut buffer = [0u8; 4096];
+    vpn.send_to(&accepted, ("127.0.0.1", bridge.port)).unwrap();
+    let (length, _) = vpn.recv_from(&mut buffer).unwrap();
+    assert_eq!(Packet::parse(&buffer[..length]).unwrap().code, Code::AccessAccept);
+
+    // 1,200 distinct requests from the other client (::1), refused by realm
+    // policy without asking the agent.
+    let flood: Vec<UdpSocket> = (0..5).map(|_| UdpSocket::bind("[::1]:0").unwrap()).collect();
+    for identifier in 0..240u8 {
+        for socket in &flood {
+            let packet = request(identifier, "bob@elsewhere.example", "123456");
+            socket.send_to(&packet, ("::1", bridge.port)).unwrap();
+        }
+        if identifier % 10 == 9 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !bridge.log_text().contains("duplicate cache full") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = bridge.log_text();
+    assert!(log.contains("from client lo6, which held the most"), "{log}");
+
+    vpn.send_to(&accepted, ("127.0.0.1", bridge.port)).unwrap();
+    let (length, _) = vpn.recv_from(&mut buffer).unwrap();
+    assert_eq!(
+        Packet::parse(&buffer[..length]).unwrap().code,
+        Code::AccessAccept,
+        "the resend got a fresh answer"
+    );
+    assert_eq!(
+        agent.log().matches("result=\"accepted\"").count(),
+        1,
+        "the agent was asked again"
+    );
+}
+
+/// Rejections the bridge makes by itself, without the agent, each get a
+/// reply, but at most 10 log lines a minute per client and kind, so a
+/// client without a secret cannot flood the log.
+#[test]
+fn realm_rejections_log_rate_limited() {
+    let agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buffer = [0u8; 4096];
+    for identifier in 0..30u8 {
+        let packet = request(identifier, "bob@elsewhere.example", "123456");
+        socket.send_to(&packet, ("127.0.0.1", bridge.port)).unwrap();
+        let (length, _) = socket.recv_from(&mut buffer).unwrap();
+        assert_eq!(Packet::parse(&buffer[..length]).unwrap().code, Code::AccessReject);
+    }
+    let log = bridge.log_text();
+    assert_eq!(log.matches("rejected by realm policy").count(), 10, "{log}");
+}
+
 #[test]
 fn malformed_datagrams_are_dropped_and_counted() {
     let agent = agent_with(&["alice"]);
@@ -582,6 +733,62 @@ fn status_server_goes_silent_while_agent_is_down() {
         ));
     }
     assert_eq!(verdict, "accept");
+}
+
+/// Stands in for an agent that takes connections and the hello but never
+/// sends a response, as a hung agent or one whose database stays locked
+/// would. The thread lives until the test process ends.
+fn stalled_agent(socket: &std::path::Path) {
+    use std::io::Write;
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else {
+                return;
+            };
+            let Ok(hello) = freeauth_proto::frame::read_frame::<_, freeauth_proto::Hello>(&mut stream) else {
+                continue;
+            };
+            let welcome = freeauth_proto::HelloReply::Welcome {
+                version: hello.version,
+                agent: "stalled".into(),
+            };
+            let _ = stream.write_all(&freeauth_proto::frame::encode(&welcome).unwrap());
+            held.push(stream);
+        }
+    });
+}
+
+/// Status-Server must fail over when logins would. An agent that keeps
+/// its connections but sends no response makes logins time out, so the
+/// bridge stops answering Status-Server too.
+#[test]
+fn status_server_silent_while_agent_stalls() {
+    let mut agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(&agent, &format!("agent_timeout_ms = 500\n{}", loopback_clients("")));
+    let server = format!("127.0.0.1:{}", bridge.port);
+    let status = || verdict_of(&bridge.radclient(&server, "status", SECRET, "Message-Authenticator = 0x00\n"));
+    assert_eq!(status(), "accept", "a working agent");
+
+    agent.stop();
+    let _ = fs::remove_file(agent.agent_socket());
+    stalled_agent(&agent.agent_socket());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let reconnected = |log: String| match (log.find("agent connection lost"), log.rfind("connected to the agent")) {
+        (Some(lost), Some(connected)) => connected > lost,
+        _ => false,
+    };
+    while !reconnected(bridge.log_text()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status(), "accept", "connected, and no login has failed yet");
+    assert_eq!(
+        bridge.auth("alice", &code(0)),
+        "none",
+        "the stalled agent answers no login"
+    );
+    assert_eq!(status(), "none", "Status-Server answered while logins time out");
 }
 
 /// Runs `freeauthctl [--json] clients` on `config`.

@@ -10,13 +10,14 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use freeauth_proto::frame::{self, FrameError, HEADER_LEN};
 use freeauth_proto::{
-    Hello, HelloReply, Origin, Request, RequestFrame, Response, ResponseFrame, CALLER_DELAYS_VERSION, PROTOCOL_VERSION,
+    ErrorKind, Hello, HelloReply, Origin, Request, RequestFrame, Response, ResponseFrame, CALLER_DELAYS_VERSION,
+    PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -43,6 +44,13 @@ struct Call {
     slot: OwnedSemaphorePermit,
 }
 
+/// How long the link counts as failing after a call that got no response
+/// in time, or an error response that leaves the client without a reply,
+/// when no call has succeeded since. A client that has failed over then sees Status-Server
+/// answered again after this time, tries its logins here again, and fails
+/// over again if they still fail.
+pub const FAILING_FOR: Duration = Duration::from_secs(30);
+
 /// A pool of pipelined agent connections.
 pub struct AgentLink {
     senders: Vec<mpsc::Sender<Call>>,
@@ -50,6 +58,11 @@ pub struct AgentLink {
     next: AtomicUsize,
     in_flight: Arc<Semaphore>,
     timeout: Duration,
+    /// Times below are milliseconds since this instant, plus one, so that
+    /// 0 means never.
+    start: Instant,
+    last_success_ms: AtomicU64,
+    last_failure_ms: AtomicU64,
 }
 
 impl AgentLink {
@@ -73,12 +86,47 @@ impl AgentLink {
             next: AtomicUsize::new(0),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
             timeout: settings.timeout,
+            start: Instant::now(),
+            last_success_ms: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
         }
     }
 
-    /// Whether at least one connection to the agent is up.
+    /// Whether logins can work: at least one connection to the agent is up,
+    /// and the link is not failing. It fails from a call that got no
+    /// response in time, or an error for which the bridge sends no reply, until a
+    /// call succeeds or [`FAILING_FOR`] passes. An agent that accepts connections but cannot
+    /// answer, because it hangs or its database is locked, counts as down.
     pub fn is_up(&self) -> bool {
-        self.connected.load(Ordering::Relaxed) > 0
+        if self.connected.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let failure = self.last_failure_ms.load(Ordering::Relaxed);
+        let success = self.last_success_ms.load(Ordering::Relaxed);
+        !failing(success, failure, self.now_ms())
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    /// Notes how a call ended, for [`AgentLink::is_up`].
+    fn note(&self, response: Option<&Response>) {
+        let failed = match response {
+            None => true,
+            // The bridge sends no reply for these, as for no response. An
+            // invalid user name is the user's fault and gets a rejection.
+            Some(Response::Error { kind, .. }) => *kind != ErrorKind::Invalid,
+            Some(_) => false,
+        };
+        let stamp = if failed {
+            &self.last_failure_ms
+        } else {
+            &self.last_success_ms
+        };
+        stamp.fetch_max(self.now_ms(), Ordering::Relaxed);
     }
 
     /// Sends `request` and waits for the response; `None` if the agent is
@@ -100,8 +148,17 @@ impl AgentLink {
         // NOTE: a verification that times out here may still be accepted by
         // the agent; the client's resend then gets a reject for a used code.
         // The default timeout (10 s) exceeds the agent's longest reply delay.
-        tokio::time::timeout(self.timeout, exchange).await.ok()?
+        let response = tokio::time::timeout(self.timeout, exchange).await.ok().flatten();
+        self.note(response.as_ref());
+        response
     }
+}
+
+/// Returns whether the link is failing at `now`, given the times of the
+/// last call that succeeded and of the last that failed (0 for never).
+fn failing(success_ms: u64, failure_ms: u64, now_ms: u64) -> bool {
+    let failing_for = u64::try_from(FAILING_FOR.as_millis()).unwrap_or(u64::MAX);
+    failure_ms > success_ms && now_ms.saturating_sub(failure_ms) < failing_for
 }
 
 async fn connection_task(
@@ -395,6 +452,17 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use freeauth_proto::VerifyResult;
+
+    #[test]
+    fn failing_until_success_or_timeout() {
+        let hold = u64::try_from(FAILING_FOR.as_millis()).unwrap();
+        assert!(!failing(0, 0, 10), "no call yet");
+        assert!(!failing(5, 0, 10), "only successes");
+        assert!(failing(5, 8, 10), "failure after the last success");
+        assert!(!failing(9, 8, 10), "a success since");
+        assert!(failing(0, 8, 8 + hold - 1), "still within the hold");
+        assert!(!failing(0, 8, 8 + hold), "the hold has passed");
+    }
 
     fn verdict(result: VerifyResult) -> Response {
         Response::Verdict { result, reason: None }

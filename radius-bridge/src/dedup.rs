@@ -3,10 +3,21 @@
 //! Authenticator, gets the reply already sent, and the agent is not asked
 //! again. So a retransmitted accepted code is not turned into a reject by
 //! the one-use rule.
+//!
+//! The cache keeps the code and message of each reply, not its bytes: a reply is a
+//! function of the request and the decision, so a retransmission, which
+//! repeats the request, gets the same bytes built again. An entry is then a
+//! few dozen bytes whatever the size of the request's Proxy-State.
+//!
+//! When the cache is full, the client with the most entries loses its
+//! oldest one. One client, whether misconfigured or hostile, can then only
+//! push out its own requests, never those of the other clients.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+
+use crate::codec::Code;
 
 /// Identifies one request of one client, as the caller sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +28,14 @@ pub struct RequestKey<'a> {
     pub authenticator: [u8; 16],
 }
 
+/// The code and Reply-Message of a reply sent, enough to build the reply
+/// again for a retransmission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachedReply {
+    pub code: Code,
+    pub message: Option<&'static str>,
+}
+
 /// State of a request in the cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Seen {
@@ -24,8 +43,8 @@ pub enum Seen {
     New,
     /// Still being answered: drop the retransmission.
     InFlight,
-    /// Answered: send these bytes again.
-    Answered(Vec<u8>),
+    /// Replied to: build this reply again and send it.
+    Replied(CachedReply),
 }
 
 /// A [`RequestKey`] as stored: the client by number, 40 bytes in all, so
@@ -40,18 +59,30 @@ struct Key {
 }
 
 struct Entry {
-    /// Tells this entry from an older one of the same key in `order`.
+    /// Tells this entry from an older one of the same key in a queue.
     serial: u64,
+    /// Arrival in milliseconds since [`Cache::start`].
+    at_ms: u64,
     /// `None` while the request is in flight.
-    reply: Option<Box<[u8]>>,
+    reply: Option<CachedReply>,
+}
+
+/// The queue of one client's entries, oldest first.
+#[derive(Default)]
+struct ClientQueue {
+    /// Arrival in milliseconds, serial and key. A place whose entry was
+    /// forgotten or replaced stays until it reaches the front.
+    order: VecDeque<(u64, u64, Key)>,
+    /// Entries of this client in the map.
+    live: usize,
 }
 
 /// Default of `duplicate_max_requests`: the maximum number of requests
-/// remembered at once, the oldest forgotten first. The cap bounds memory,
-/// at about 0.33 KiB per entry with its reply (`docs/benchmarks-radius.md`,
-/// "Memory"). Above `max_entries / window` requests a second (3,333 with
-/// the defaults), entries leave before their window ends, and
-/// [`Cache::take_early_evictions`] reports it.
+/// remembered at once. The cap bounds memory: 100,000 distinct requests
+/// raised a release bridge's VmRSS by 16 MiB, and by 28 MiB once the full
+/// cache had replaced them all, about 0.3 KiB per entry. Above `max_entries / window`
+/// requests a second (3,333 with the defaults), entries leave before their
+/// window ends, and [`Cache::take_early_evictions`] reports it.
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 
 /// Recent requests and their replies.
@@ -64,9 +95,14 @@ pub struct Cache {
     /// Number of each client name seen. A name keeps its number until the
     /// process ends, so a reload cannot give two clients the same number.
     clients: HashMap<String, u32>,
+    /// Client names by number.
+    names: Vec<String>,
     entries: HashMap<Key, Entry>,
-    /// Insertion time in milliseconds, serial and key, oldest first.
-    order: VecDeque<(u64, u64, Key)>,
+    /// One queue per client number.
+    queues: Vec<ClientQueue>,
+    /// The next queue whose expired entries a lookup removes, so that the
+    /// entries of a client that went quiet leave too.
+    sweep: usize,
     /// Entries that the cap removed before their window ended, since the
     /// last report of [`Cache::take_early_evictions`].
     early: EarlyEvictions,
@@ -79,11 +115,17 @@ pub struct Cache {
 const EARLY_REPORT_INTERVAL_MS: u64 = 10_000;
 
 /// Entries that a full cache forgot before their window ended.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EarlyEvictions {
     pub count: u64,
     /// Age of the youngest of them, in milliseconds.
     pub youngest_ms: u64,
+    /// The client that lost the most of them.
+    pub client: String,
+    /// How many that client lost.
+    pub client_count: u64,
+    /// Early evictions per client number since the last report.
+    per_client: HashMap<u32, u64>,
 }
 
 impl Cache {
@@ -96,8 +138,10 @@ impl Cache {
             start: Instant::now(),
             next_serial: 0,
             clients: HashMap::new(),
+            names: Vec::new(),
             entries: HashMap::new(),
-            order: VecDeque::new(),
+            queues: Vec::new(),
+            sweep: 0,
             early: EarlyEvictions::default(),
             reported_ms: None,
         }
@@ -127,66 +171,96 @@ impl Cache {
             return None;
         }
         self.reported_ms = Some(now);
-        Some(std::mem::take(&mut self.early))
+        let mut early = std::mem::take(&mut self.early);
+        if let Some((&client, &count)) = early.per_client.iter().max_by_key(|(_, count)| **count) {
+            early.client = self.names.get(client as usize).cloned().unwrap_or_default();
+            early.client_count = count;
+        }
+        early.per_client.clear();
+        Some(early)
     }
 
     /// Looks `key` up and marks a new request as in flight.
     pub fn check(&mut self, key: &RequestKey<'_>, now: Instant) -> Seen {
         let now = self.millis(now);
-        self.expire(now);
         let key = self.stored_key(key);
-        match self.entries.get(&key) {
-            Some(Entry { reply: None, .. }) => Seen::InFlight,
-            Some(Entry { reply: Some(reply), .. }) => Seen::Answered(reply.to_vec()),
-            None => {
-                // A queue place of a forgotten entry frees nothing, so
-                // evict until one entry is gone.
-                while self.entries.len() >= self.max_entries && !self.order.is_empty() {
-                    if let Some(age) = self.evict_oldest(now) {
-                        self.early.count += 1;
-                        self.early.youngest_ms = if self.early.count == 1 {
-                            age
-                        } else {
-                            self.early.youngest_ms.min(age)
-                        };
-                    }
-                }
-                let serial = self.next_serial;
-                self.next_serial += 1;
-                self.entries.insert(key, Entry { serial, reply: None });
-                self.order.push_back((now, serial, key));
-                Seen::New
+        self.expire(key.client as usize, now);
+        self.expire_next(now);
+        if let Some(entry) = self.entries.get(&key) {
+            if self.expired(entry.at_ms, now) {
+                // Its queue place has not reached the front yet.
+                self.remove(&key);
+            } else {
+                return match entry.reply {
+                    None => Seen::InFlight,
+                    Some(reply) => Seen::Replied(reply),
+                };
             }
         }
+        while self.entries.len() >= self.max_entries {
+            let Some(largest) = self.largest_client() else {
+                break;
+            };
+            if let Some(age) = self.evict_oldest(largest, now) {
+                if age < self.window_ms() {
+                    self.count_early(largest, age);
+                }
+            }
+        }
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        self.entries.insert(
+            key,
+            Entry {
+                serial,
+                at_ms: now,
+                reply: None,
+            },
+        );
+        let queue = &mut self.queues[key.client as usize];
+        queue.order.push_back((now, serial, key));
+        queue.live += 1;
+        Seen::New
     }
 
     /// Stores the reply sent for `key`.
-    pub fn finish(&mut self, key: &RequestKey<'_>, reply: &[u8]) {
+    pub fn finish(&mut self, key: &RequestKey<'_>, reply: CachedReply) {
         let Some(key) = self.known_key(key) else {
             return;
         };
         if let Some(entry) = self.entries.get_mut(&key) {
-            entry.reply = Some(reply.into());
+            entry.reply = Some(reply);
         }
     }
 
     /// Forgets `key`, so a retransmission is answered afresh (used when no
     /// reply was sent because the agent was unreachable).
     pub fn forget(&mut self, key: &RequestKey<'_>) {
-        if let Some(key) = self.known_key(key) {
-            self.entries.remove(&key);
-        }
+        let Some(key) = self.known_key(key) else {
+            return;
+        };
+        self.remove(&key);
         // A forgotten entry leaves its place in the queue. Drop such places
         // once they could double the queue, so that it stays bounded too.
-        if self.order.len() >= 2 * self.max_entries.max(1) {
-            let entries = &self.entries;
-            self.order
+        let entries = &self.entries;
+        let queue = &mut self.queues[key.client as usize];
+        if queue.order.len() >= 2 * queue.live.max(16) {
+            queue
+                .order
                 .retain(|(_, serial, key)| entries.get(key).is_some_and(|entry| entry.serial == *serial));
         }
     }
 
     fn millis(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn window_ms(&self) -> u64 {
+        u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn expired(&self, at_ms: u64, now: u64) -> bool {
+        now.saturating_sub(at_ms) >= self.window_ms()
     }
 
     /// Returns the stored form of `key`, and numbers its client if new.
@@ -196,6 +270,8 @@ impl Cache {
             None => {
                 let number = u32::try_from(self.clients.len()).unwrap_or(u32::MAX);
                 self.clients.insert(key.client.to_owned(), number);
+                self.names.push(key.client.to_owned());
+                self.queues.push(ClientQueue::default());
                 number
             }
         };
@@ -218,33 +294,80 @@ impl Cache {
         }
     }
 
-    fn expire(&mut self, now: u64) {
-        let window = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
-        while let Some(&(time, _, _)) = self.order.front() {
-            if now.saturating_sub(time) < window {
-                break;
-            }
-            self.evict_oldest(now);
+    /// Removes the entry of `key`, if any; its queue place stays.
+    fn remove(&mut self, key: &Key) {
+        if self.entries.remove(key).is_some() {
+            let queue = &mut self.queues[key.client as usize];
+            queue.live = queue.live.saturating_sub(1);
         }
     }
 
-    /// Removes the oldest queue place and its entry. Returns the entry's
-    /// age in milliseconds when an entry was removed.
-    fn evict_oldest(&mut self, now: u64) -> Option<u64> {
-        let (time, serial, key) = self.order.pop_front()?;
+    /// Removes the expired entries at the front of client `client`'s queue.
+    fn expire(&mut self, client: usize, now: u64) {
+        while let Some(&(time, _, _)) = self.queues.get(client).and_then(|queue| queue.order.front()) {
+            if !self.expired(time, now) {
+                break;
+            }
+            self.evict_oldest(client, now);
+        }
+    }
+
+    /// Expires the queue of the next client in turn.
+    fn expire_next(&mut self, now: u64) {
+        if self.queues.is_empty() {
+            return;
+        }
+        self.sweep = (self.sweep + 1) % self.queues.len();
+        self.expire(self.sweep, now);
+    }
+
+    /// Returns the number of the client with the most entries.
+    fn largest_client(&self) -> Option<usize> {
+        self.queues
+            .iter()
+            .enumerate()
+            .filter(|(_, queue)| queue.live > 0)
+            .max_by_key(|(_, queue)| queue.live)
+            .map(|(client, _)| client)
+    }
+
+    /// Removes the oldest queue place of `client` and its entry. Returns
+    /// the entry's age in milliseconds when an entry was removed.
+    fn evict_oldest(&mut self, client: usize, now: u64) -> Option<u64> {
+        let (time, serial, key) = self.queues.get_mut(client)?.order.pop_front()?;
         // A key forgotten and then seen again has a newer entry, which its
         // own place in the queue removes later.
         if self.entries.get(&key).is_some_and(|entry| entry.serial == serial) {
-            self.entries.remove(&key);
+            self.remove(&key);
             return Some(now.saturating_sub(time));
         }
         None
+    }
+
+    fn count_early(&mut self, client: usize, age: u64) {
+        let early = &mut self.early;
+        early.count += 1;
+        early.youngest_ms = if early.count == 1 {
+            age
+        } else {
+            early.youngest_ms.min(age)
+        };
+        let client = u32::try_from(client).unwrap_or(u32::MAX);
+        *early.per_client.entry(client).or_insert(0) += 1;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn cached(code: u8) -> CachedReply {
+        CachedReply {
+            code: Code::Other(code),
+            message: None,
+        }
+    }
 
     fn key(identifier: u8) -> RequestKey<'static> {
         RequestKey {
@@ -263,8 +386,8 @@ mod tests {
         let now = Instant::now();
         assert_eq!(cache.check(&key(1), now), Seen::New);
         assert_eq!(cache.check(&key(1), now), Seen::InFlight);
-        cache.finish(&key(1), &[2, 1]);
-        assert_eq!(cache.check(&key(1), now), Seen::Answered(vec![2, 1]));
+        cache.finish(&key(1), cached(2));
+        assert_eq!(cache.check(&key(1), now), Seen::Replied(cached(2)));
         assert_eq!(cache.check(&key(2), now), Seen::New, "other identifier");
     }
 
@@ -273,7 +396,7 @@ mod tests {
         let mut cache = Cache::new(Duration::from_secs(30), DEFAULT_MAX_ENTRIES);
         let now = Instant::now();
         cache.check(&key(1), now);
-        cache.finish(&key(1), &[2]);
+        cache.finish(&key(1), cached(2));
         assert_eq!(cache.check(&key(1), now + Duration::from_secs(31)), Seen::New);
     }
 
@@ -291,7 +414,7 @@ mod tests {
         let mut cache = Cache::new(Duration::from_secs(30), DEFAULT_MAX_ENTRIES);
         let now = Instant::now();
         assert_eq!(cache.check(&key(1), now), Seen::New);
-        cache.finish(&key(1), &[2]);
+        cache.finish(&key(1), cached(2));
         let other = RequestKey {
             client: "web",
             ..key(1)
@@ -307,7 +430,7 @@ mod tests {
             ..key(1)
         };
         assert_eq!(cache.check(&other_authenticator, now), Seen::New);
-        assert_eq!(cache.check(&key(1), now), Seen::Answered(vec![2]));
+        assert_eq!(cache.check(&key(1), now), Seen::Replied(cached(2)));
     }
 
     #[test]
@@ -316,11 +439,11 @@ mod tests {
         let now = Instant::now();
         for identifier in 1..=4 {
             assert_eq!(cache.check(&key(identifier), now), Seen::New);
-            cache.finish(&key(identifier), &[identifier]);
+            cache.finish(&key(identifier), cached(identifier));
         }
         assert_eq!(cache.entries.len(), 3);
-        assert_eq!(cache.check(&key(4), now), Seen::Answered(vec![4]));
-        assert_eq!(cache.check(&key(2), now), Seen::Answered(vec![2]));
+        assert_eq!(cache.check(&key(4), now), Seen::Replied(cached(4)));
+        assert_eq!(cache.check(&key(2), now), Seen::Replied(cached(2)));
         assert_eq!(cache.check(&key(1), now), Seen::New, "the oldest left");
     }
 
@@ -334,7 +457,7 @@ mod tests {
         cache.check(&key(3), start + Duration::from_secs(5));
         cache.check(&key(4), start + Duration::from_secs(8));
         let early = cache.take_early_evictions(start + Duration::from_secs(8));
-        assert_eq!(early.map(|early| early.count), Some(2));
+        assert_eq!(early.as_ref().map(|early| early.count), Some(2));
         assert_eq!(
             early.map(|early| early.youngest_ms),
             Some(5_000),
@@ -399,11 +522,11 @@ mod tests {
         cache.forget(&key(1));
         let later = start + Duration::from_secs(20);
         assert_eq!(cache.check(&key(1), later), Seen::New);
-        cache.finish(&key(1), &[7]);
+        cache.finish(&key(1), cached(7));
         // The first insertion's queue place expires at 30 s. It must not
         // remove the second entry.
         let after_first_window = start + Duration::from_secs(31);
-        assert_eq!(cache.check(&key(1), after_first_window), Seen::Answered(vec![7]));
+        assert_eq!(cache.check(&key(1), after_first_window), Seen::Replied(cached(7)));
         assert_eq!(cache.check(&key(1), later + Duration::from_secs(31)), Seen::New);
     }
 
@@ -414,10 +537,98 @@ mod tests {
             client: "never-seen",
             ..key(1)
         };
-        cache.finish(&stranger, &[1]);
+        cache.finish(&stranger, cached(1));
         cache.forget(&stranger);
         assert!(cache.entries.is_empty());
         assert!(cache.clients.is_empty());
+    }
+
+    fn key_of(client: &'static str, identifier: u8, authenticator: u8) -> RequestKey<'static> {
+        RequestKey {
+            client,
+            authenticator: [authenticator; 16],
+            ..key(identifier)
+        }
+    }
+
+    #[test]
+    fn flooding_client_evicts_only_itself() {
+        let mut cache = Cache::new(Duration::from_secs(30), 10);
+        let now = Instant::now();
+        for identifier in 0..3 {
+            assert_eq!(cache.check(&key_of("vpn", identifier, 0), now), Seen::New);
+            cache.finish(&key_of("vpn", identifier, 0), cached(2));
+        }
+        for round in 0..1_000u32 {
+            let flood = key_of(
+                "web",
+                u8::try_from(round % 256).unwrap_or(0),
+                u8::try_from(round / 256).unwrap_or(0),
+            );
+            assert_eq!(cache.check(&flood, now), Seen::New);
+            cache.finish(&flood, cached(3));
+        }
+        for identifier in 0..3 {
+            assert_eq!(
+                cache.check(&key_of("vpn", identifier, 0), now),
+                Seen::Replied(cached(2)),
+                "the other client's request {identifier} was forgotten"
+            );
+        }
+        assert_eq!(cache.entries.len(), 10);
+        let early = cache.take_early_evictions(now).unwrap();
+        assert_eq!(early.count, 993);
+        assert_eq!(early.client, "web");
+        assert_eq!(early.client_count, 993);
+    }
+
+    #[test]
+    fn largest_client_loses_its_oldest() {
+        let mut cache = Cache::new(Duration::from_secs(30), 4);
+        let now = Instant::now();
+        cache.check(&key_of("vpn", 1, 0), now);
+        cache.check(&key_of("web", 1, 0), now);
+        cache.check(&key_of("web", 2, 0), now);
+        cache.check(&key_of("vpn", 2, 0), now);
+        // Full, and the two clients hold two each: the first one found goes.
+        cache.check(&key_of("web", 3, 0), now);
+        // Now web has three, so web loses its oldest.
+        cache.check(&key_of("vpn", 3, 0), now);
+        assert_eq!(cache.check(&key_of("web", 1, 0), now), Seen::New, "web's oldest left");
+        assert_eq!(cache.entries.len(), 4);
+    }
+
+    #[test]
+    fn quiet_client_entries_expire() {
+        let mut cache = Cache::new(Duration::from_secs(30), DEFAULT_MAX_ENTRIES);
+        let start = Instant::now();
+        cache.check(&key_of("vpn", 1, 0), start);
+        cache.finish(&key_of("vpn", 1, 0), cached(2));
+        for identifier in 0..4 {
+            cache.check(&key_of("web", identifier, 0), start + Duration::from_secs(40));
+        }
+        assert!(
+            !cache
+                .entries
+                .contains_key(&cache.known_key(&key_of("vpn", 1, 0)).unwrap()),
+            "requests of other clients sweep a quiet client's queue"
+        );
+        assert_eq!(cache.queues[0].live, 0);
+    }
+
+    #[test]
+    fn expired_entry_is_not_answered() {
+        // Expired entries still in their queue (not swept yet) count as gone.
+        let mut cache = Cache::new(Duration::from_secs(30), DEFAULT_MAX_ENTRIES);
+        let start = Instant::now();
+        cache.check(&key(1), start);
+        cache.finish(&key(1), cached(2));
+        let stored = cache.known_key(&key(1)).unwrap();
+        // Put the entry behind a fresher place so that the front of the
+        // queue has not expired yet.
+        let fresh = cache.millis(start) + 31_000;
+        cache.queues[0].order.push_front((fresh, u64::MAX, stored));
+        assert_eq!(cache.check(&key(1), start + Duration::from_secs(31)), Seen::New);
     }
 
     #[test]
@@ -435,6 +646,7 @@ mod tests {
             cache.forget(&key(identifier));
         }
         assert!(cache.entries.is_empty());
-        assert!(cache.order.len() <= 6, "{} queue places", cache.order.len());
+        let places = cache.queues[0].order.len();
+        assert!(places <= 32, "{places} queue places");
     }
 }

@@ -1,6 +1,9 @@
 //! Log lines caused by the network, rate-limited per key so a flood of bad
 //! packets cannot flood the journal: a key logs at most 10 lines a minute,
-//! and the next line it logs says how many were suppressed.
+//! and the next line it logs gives the number suppressed. Rejections
+//! for which no code is verified (another method than PAP, a realm, an
+//! invalid name) are limited the same way per client and kind, through
+//! [`RateLog::allow`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,6 +33,13 @@ impl RateLog {
             Some(suppressed) => tracing::info!(suppressed, "{message}"),
             None => {}
         }
+    }
+
+    /// Counts a line of `key` that the caller logs itself, with its own
+    /// target and fields. Returns `None` when the line must be left out,
+    /// else the number of lines of `key` left out before it.
+    pub fn allow(&self, key: &str) -> Option<u64> {
+        self.admit(key, Instant::now())
     }
 
     fn admit(&self, key: &str, now: Instant) -> Option<u64> {

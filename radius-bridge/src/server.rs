@@ -18,7 +18,7 @@ use tokio::net::UdpSocket;
 use crate::agent_link::AgentLink;
 use crate::codec::{attr, unhide_password, verify_message_authenticator, Code, Packet, ReplyBuilder, VENDOR_MICROSOFT};
 use crate::config::{Client, MessageAuthenticatorPolicy};
-use crate::dedup::{Cache, RequestKey, Seen};
+use crate::dedup::{Cache, CachedReply, RequestKey, Seen};
 use crate::ratelog::RateLog;
 use crate::seen::FileWrite;
 use crate::seen::SeenClients;
@@ -56,6 +56,7 @@ pub enum Drop {
     AgentUnavailable,
     Retransmission,
     TooManyDelayed,
+    ProxyStateTooLong,
 }
 
 impl Drop {
@@ -70,6 +71,7 @@ impl Drop {
             Drop::AgentUnavailable => "agent unavailable; no reply so the client fails over",
             Drop::Retransmission => "retransmission of a request still in progress",
             Drop::TooManyDelayed => "rejection dropped: every place for rejections that wait out their delay is taken",
+            Drop::ProxyStateTooLong => "Proxy-State attributes too long to copy into a reply",
         }
     }
 }
@@ -253,7 +255,19 @@ async fn access_request(
     source: SocketAddr,
     nas_identifier: Option<String>,
 ) -> Result<Vec<u8>, Drop> {
+    // RFC 3579, section 3.2: a request that carries EAP-Message but no
+    // Message-Authenticator is discarded silently, whatever the policy.
+    if packet.find(attr::EAP_MESSAGE).is_some() && packet.find(attr::MESSAGE_AUTHENTICATOR).is_none() {
+        return Err(Drop::MissingMessageAuthenticator);
+    }
     let write = check_message_authenticator(bridge, client, packet)?;
+    // Proxy-State must come back unchanged (RFC 2865, section 5.33). Only a
+    // request without a Message-Authenticator can carry more than a reply
+    // with one has room for.
+    let proxy_states: usize = packet.all(attr::PROXY_STATE).map(|a| a.value.len() + 2).sum();
+    if proxy_states > ReplyBuilder::new(Code::AccessReject, packet.identifier).room() {
+        return Err(Drop::ProxyStateTooLong);
+    }
     let key = RequestKey {
         client: &client.name,
         source,
@@ -267,17 +281,17 @@ async fn access_request(
         write_client_list(bridge, write).await;
     }
     match seen {
-        Seen::Answered(reply) => {
+        Seen::Replied(cached) => {
             tracing::debug!(client = %client.name, %source, id = packet.identifier, "retransmission answered from the cache");
-            return Ok(reply);
+            return Ok(reply(client, packet, cached.code, cached.message));
         }
         Seen::InFlight => return Err(Drop::Retransmission),
         Seen::New => {}
     }
     match decide(bridge, client, packet, nas_identifier).await {
-        Ok(reply) => {
-            lock(&bridge.dedup).finish(&key, &reply);
-            Ok(reply)
+        Ok(decided) => {
+            lock(&bridge.dedup).finish(&key, decided);
+            Ok(reply(client, packet, decided.code, decided.message))
         }
         // The agent counted this rejection already. Its entry stays in
         // flight until it expires, so that resends are dropped and do not
@@ -305,32 +319,34 @@ fn check_duplicate(bridge: &Bridge, key: &RequestKey<'_>) -> Seen {
         "duplicate-cache-full",
         &format!(
             "duplicate cache full: requests forgotten before duplicate_seconds ({} s) ended since the last warning: {}, \
-             the earliest {} ms after it arrived. A resend of such a request reaches the agent again, which rejects a \
-             code it has accepted as reused. Raise [server] duplicate_max_requests ({max_entries}) above requests per \
-             second times duplicate_seconds",
+             the earliest {} ms after it arrived, {} of them from client {}, which held the most. A resend of such a \
+             request reaches the agent again, which rejects a code it has accepted as reused. Raise [server] \
+             duplicate_max_requests ({max_entries}) above requests per second times duplicate_seconds",
             window.as_secs(),
             early.count,
-            early.youngest_ms
+            early.youngest_ms,
+            early.client_count,
+            early.client
         ),
     );
     seen
 }
 
-/// Decides an Access-Request and builds the reply.
+/// Decides an Access-Request.
 async fn decide(
     bridge: &Bridge,
     client: &Client,
     packet: &Packet<'_>,
     nas_identifier: Option<String>,
-) -> Result<Vec<u8>, Drop> {
+) -> Result<CachedReply, Drop> {
     if uses_other_method(packet) {
-        tracing::info!(target: "freeauth::auth", client = %client.name, "rejected: CHAP, MS-CHAP or EAP request; only PAP is supported");
-        return Ok(reply(
-            client,
-            packet,
-            Code::AccessReject,
-            Some("Only PAP is supported by this server."),
-        ));
+        if let Some(suppressed) = bridge.log.allow(&format!("auth/{}/method", client.name)) {
+            tracing::info!(target: "freeauth::auth", client = %client.name, suppressed, "rejected: CHAP, MS-CHAP or EAP request; only PAP is supported");
+        }
+        return Ok(CachedReply {
+            code: Code::AccessReject,
+            message: Some("Only PAP is supported by this server."),
+        });
     }
     if packet.count(attr::USER_NAME) != 1 || packet.count(attr::USER_PASSWORD) != 1 {
         return Err(Drop::MissingAttribute);
@@ -348,9 +364,11 @@ async fn decide(
         Err(reason) => {
             // Debug formatting escapes control characters, so a crafted
             // name cannot forge log lines.
-            tracing::warn!(target: "freeauth::auth", client = %client.name, user = ?name, reason, "rejected by realm policy");
+            if let Some(suppressed) = bridge.log.allow(&format!("auth/{}/realm", client.name)) {
+                tracing::warn!(target: "freeauth::auth", client = %client.name, user = ?name, reason, suppressed, "rejected by realm policy");
+            }
             hold_back(bridge, bridge.realm_reject_delay).await?;
-            return Ok(reply(client, packet, Code::AccessReject, None));
+            return Ok(plain(Code::AccessReject));
         }
     };
     let origin = Origin::Radius {
@@ -372,16 +390,16 @@ async fn decide(
         Some(Response::Verdict {
             result: VerifyResult::Accepted,
             ..
-        }) => Ok(reply(client, packet, Code::AccessAccept, None)),
-        Some(Response::Verdict { .. }) => Ok(reply(client, packet, Code::AccessReject, None)),
+        }) => Ok(plain(Code::AccessAccept)),
+        Some(Response::Verdict { .. }) => Ok(plain(Code::AccessReject)),
         Some(Response::DelayedVerdict {
             result: VerifyResult::Accepted,
             ..
-        }) => Ok(reply(client, packet, Code::AccessAccept, None)),
+        }) => Ok(plain(Code::AccessAccept)),
         Some(Response::DelayedVerdict { delay_ms, .. }) => {
             let delay_ms = delay_ms.min(MAX_HOLD_BACK_MS);
             hold_back(bridge, std::time::Duration::from_millis(delay_ms)).await?;
-            Ok(reply(client, packet, Code::AccessReject, None))
+            Ok(plain(Code::AccessReject))
         }
         // A name no account can have (empty, white space at an end, control
         // characters): the user's fault, so a reject, not a failover. It
@@ -390,9 +408,11 @@ async fn decide(
             kind: ErrorKind::Invalid,
             message,
         }) => {
-            tracing::info!(target: "freeauth::auth", client = %client.name, user = ?name, reason = ?message, "rejected: invalid user name");
+            if let Some(suppressed) = bridge.log.allow(&format!("auth/{}/name", client.name)) {
+                tracing::info!(target: "freeauth::auth", client = %client.name, user = ?name, reason = ?message, suppressed, "rejected: invalid user name");
+            }
             hold_back(bridge, bridge.realm_reject_delay).await?;
-            Ok(reply(client, packet, Code::AccessReject, None))
+            Ok(plain(Code::AccessReject))
         }
         Some(Response::Error { message, .. }) => {
             // Forbidden (this bridge's user is missing from the agent's
@@ -468,6 +488,11 @@ fn ipv4_text(value: &[u8]) -> Option<String> {
 }
 
 /// Builds a reply with Message-Authenticator first and Proxy-State copied in order.
+/// A reply without a Reply-Message.
+fn plain(code: Code) -> CachedReply {
+    CachedReply { code, message: None }
+}
+
 fn reply(client: &Client, packet: &Packet<'_>, code: Code, message: Option<&str>) -> Vec<u8> {
     let mut builder = ReplyBuilder::new(code, packet.identifier);
     // Proxy-State must come back unchanged (RFC 2865, section 5.33), so the
