@@ -45,6 +45,11 @@ impl fmt::Display for FrameError {
                 write!(f, "invalid frame length {length} (must be 1 to {MAX_FRAME_LEN} bytes)")
             }
             FrameError::Malformed { reason } => write!(f, "malformed message: {reason}"),
+            // A socket timeout (SO_RCVTIMEO, SO_SNDTIMEO) ends the call
+            // with EAGAIN, which reads as "Resource temporarily unavailable".
+            FrameError::Io(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                write!(f, "timed out waiting for the peer")
+            }
             FrameError::Io(err) => write!(f, "socket error: {err}"),
         }
     }
@@ -199,6 +204,14 @@ fn read_exact_or_eof<R: Read>(stream: &mut R, buf: &mut [u8], at_boundary: bool)
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn socket_timeout_reads_as_timeout() {
+        let timeout = FrameError::Io(io::Error::from(io::ErrorKind::WouldBlock));
+        assert_eq!(timeout.to_string(), "timed out waiting for the peer");
+        let other = FrameError::Io(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert!(other.to_string().starts_with("socket error: "), "{other}");
+    }
 
     #[test]
     fn rejects_zero_length() {
