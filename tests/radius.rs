@@ -548,6 +548,39 @@ fn realm_rejections_log_rate_limited() {
     assert_eq!(log.matches("rejected by realm policy").count(), 10, "{log}");
 }
 
+/// One client may take at most half of the places for held rejections, so
+/// its flood of wrong codes leaves the other clients a reply to theirs.
+#[test]
+fn held_rejections_shared_between_clients() {
+    let agent = Agent::start_with(Options {
+        failure_delay_ms: 1500,
+        max_failure_delay_ms: 1500,
+        ..Options::default()
+    });
+    for user in ["alice", "bob", "carol"] {
+        agent.ctl_ok(&["enroll", user, "--type", "hotp", "--secret-hex", SEED, "--no-qr"]);
+    }
+    let bridge = Bridge::start(&agent, &format!("max_in_flight = 2\n{}", loopback_clients("")));
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    flood.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for (identifier, user) in [(1, "alice"), (2, "bob")] {
+        flood
+            .send_to(&request(identifier, user, "000000"), ("127.0.0.1", bridge.port))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let other = bridge.auth_with(&format!("[::1]:{}", bridge.port), SECRET, "carol", "000000", "");
+    assert_eq!(other, "reject", "the other client's rejection was dropped");
+
+    let mut buffer = [0u8; 4096];
+    let (length, _) = flood.recv_from(&mut buffer).unwrap();
+    assert_eq!(Packet::parse(&buffer[..length]).unwrap().identifier, 1);
+    assert!(
+        flood.recv_from(&mut buffer).is_err(),
+        "the flooding client's second rejection got a reply"
+    );
+}
+
 #[test]
 fn malformed_datagrams_are_dropped_and_counted() {
     let agent = agent_with(&["alice"]);
@@ -762,7 +795,7 @@ fn stalled_agent(socket: &std::path::Path) {
 
 /// Status-Server must fail over when logins would. An agent that keeps
 /// its connections but sends no response makes logins time out, so the
-/// bridge stops answering Status-Server too.
+/// bridge sends no reply to Status-Server either.
 #[test]
 fn status_server_silent_while_agent_stalls() {
     let mut agent = agent_with(&["alice"]);

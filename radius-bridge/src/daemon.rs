@@ -86,7 +86,7 @@ async fn serve(mut config: Config, listen: Vec<SocketAddr>) -> Result<(), Daemon
         log,
         drops: Mutex::new(Default::default()),
         realm_reject_delay: config.realm_reject_delay,
-        delayed: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+        delayed: crate::server::HeldRejections::new(config.max_in_flight),
     });
     let addresses = if listen.is_empty() {
         config.listen.clone()

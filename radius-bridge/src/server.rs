@@ -41,7 +41,63 @@ pub struct Bridge {
     /// Places for rejections that wait out the agent's failure delay here,
     /// as many as `max_in_flight`. The agent replies to them at once, so they
     /// take no place among the verifications sent to it.
-    pub delayed: Arc<tokio::sync::Semaphore>,
+    pub delayed: HeldRejections,
+}
+
+/// Places for rejections held back in the bridge. One client may take at
+/// most half of them (all of them when there is one place), so a client
+/// that floods wrong codes cannot leave the others' rejections unanswered.
+pub struct HeldRejections {
+    places: usize,
+    /// Places taken in all, and by each client.
+    taken: Mutex<(usize, HashMap<String, usize>)>,
+}
+
+/// One taken place; dropping it gives the place back.
+struct HeldPlace<'a> {
+    held: &'a HeldRejections,
+    client: String,
+}
+
+impl HeldRejections {
+    pub fn new(places: usize) -> HeldRejections {
+        HeldRejections {
+            places,
+            taken: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    /// Takes a place for `client`, or returns `None` when every place or
+    /// the client's share is taken.
+    fn take(&self, client: &str) -> Option<HeldPlace<'_>> {
+        let share = (self.places / 2).max(1);
+        let mut taken = lock(&self.taken);
+        let (total, per_client) = &mut *taken;
+        let mine = per_client.get(client).copied().unwrap_or(0);
+        if *total >= self.places || mine >= share {
+            return None;
+        }
+        *total += 1;
+        per_client.insert(client.to_owned(), mine + 1);
+        Some(HeldPlace {
+            held: self,
+            client: client.to_owned(),
+        })
+    }
+}
+
+impl std::ops::Drop for HeldPlace<'_> {
+    fn drop(&mut self) {
+        let mut taken = lock(&self.held.taken);
+        let (total, per_client) = &mut *taken;
+        *total = total.saturating_sub(1);
+        if let Some(mine) = per_client.get_mut(&self.client) {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                per_client.remove(&self.client);
+            }
+        }
+    }
 }
 
 /// Reason a datagram got no reply.
@@ -70,7 +126,9 @@ impl Drop {
             Drop::MissingAttribute => "Access-Request without exactly one User-Name and User-Password",
             Drop::AgentUnavailable => "agent unavailable; no reply so the client fails over",
             Drop::Retransmission => "retransmission of a request still in progress",
-            Drop::TooManyDelayed => "rejection dropped: every place for rejections that wait out their delay is taken",
+            Drop::TooManyDelayed => {
+                "rejection dropped: every place for rejections that wait out their delay is taken, or this client's half of them"
+            }
             Drop::ProxyStateTooLong => "Proxy-State attributes too long to copy into a reply",
         }
     }
@@ -367,7 +425,7 @@ async fn decide(
             if let Some(suppressed) = bridge.log.allow(&format!("auth/{}/realm", client.name)) {
                 tracing::warn!(target: "freeauth::auth", client = %client.name, user = ?name, reason, suppressed, "rejected by realm policy");
             }
-            hold_back(bridge, bridge.realm_reject_delay).await?;
+            hold_back(bridge, client, bridge.realm_reject_delay).await?;
             return Ok(plain(Code::AccessReject));
         }
     };
@@ -398,7 +456,7 @@ async fn decide(
         }) => Ok(plain(Code::AccessAccept)),
         Some(Response::DelayedVerdict { delay_ms, .. }) => {
             let delay_ms = delay_ms.min(MAX_HOLD_BACK_MS);
-            hold_back(bridge, std::time::Duration::from_millis(delay_ms)).await?;
+            hold_back(bridge, client, std::time::Duration::from_millis(delay_ms)).await?;
             Ok(plain(Code::AccessReject))
         }
         // A name no account can have (empty, white space at an end, control
@@ -411,7 +469,7 @@ async fn decide(
             if let Some(suppressed) = bridge.log.allow(&format!("auth/{}/name", client.name)) {
                 tracing::info!(target: "freeauth::auth", client = %client.name, user = ?name, reason = ?message, suppressed, "rejected: invalid user name");
             }
-            hold_back(bridge, bridge.realm_reject_delay).await?;
+            hold_back(bridge, client, bridge.realm_reject_delay).await?;
             Ok(plain(Code::AccessReject))
         }
         Some(Response::Error { message, .. }) => {
@@ -437,11 +495,11 @@ async fn decide(
 const MAX_HOLD_BACK_MS: u64 = 600_000;
 
 /// Waits `delay` before a rejection goes out, in one of the bridge's places
-/// for delayed rejections. A flood of wrong codes can take every place, and
-/// its further rejections then get no reply, while accepted codes still get
-/// theirs at once.
-async fn hold_back(bridge: &Bridge, delay: std::time::Duration) -> Result<(), Drop> {
-    let Ok(_place) = Arc::clone(&bridge.delayed).try_acquire_owned() else {
+/// for delayed rejections. A client's flood of wrong codes can take its
+/// share of the places, and its further rejections then get no reply, while
+/// accepted codes still get theirs at once.
+async fn hold_back(bridge: &Bridge, client: &Client, delay: std::time::Duration) -> Result<(), Drop> {
+    let Some(_place) = bridge.delayed.take(&client.name) else {
         return Err(Drop::TooManyDelayed);
     };
     tokio::time::sleep(delay).await;
@@ -488,7 +546,7 @@ fn ipv4_text(value: &[u8]) -> Option<String> {
 }
 
 /// Builds a reply with Message-Authenticator first and Proxy-State copied in order.
-/// A reply without a Reply-Message.
+/// Returns a reply to cache and send without a Reply-Message.
 fn plain(code: Code) -> CachedReply {
     CachedReply { code, message: None }
 }
@@ -530,6 +588,23 @@ mod tests {
             default_realm: default.map(str::to_owned),
             message_authenticator: MessageAuthenticatorPolicy::Require,
         }
+    }
+
+    #[test]
+    fn held_rejections_keep_half_for_others() {
+        let held = HeldRejections::new(4);
+        let first = held.take("vpn").unwrap();
+        let _second = held.take("vpn").unwrap();
+        assert!(held.take("vpn").is_none(), "vpn's half is taken");
+        let _web = [held.take("web").unwrap(), held.take("web").unwrap()];
+        assert!(held.take("lab").is_none(), "every place is taken");
+        drop(first);
+        assert!(held.take("vpn").is_some(), "a place came back");
+
+        let one = HeldRejections::new(1);
+        let only = one.take("vpn");
+        assert!(only.is_some(), "one place is the whole share");
+        assert!(one.take("web").is_none());
     }
 
     #[test]
