@@ -731,7 +731,7 @@ fn user_name_escaped_in_log() {
         !run.stderr.lines().any(|line| line.starts_with("FAKE")),
         "a forged line reached the log\n{run}"
     );
-    assert!(run.logged("carol\\nFAKE: code accepted for root"), "{run}");
+    assert!(run.logged("carol\\u{a}FAKE: code accepted for root"), "{run}");
 }
 
 /// With backup codes the account has two code lengths, 6 and 8. A password

@@ -140,8 +140,7 @@ CREATE TABLE IF NOT EXISTS token_uses (
 );
 
 /// Rebuilds a `tokens` table made without AUTOINCREMENT, as the first
-/// schema of version 1 did, keeping its rows. SQLite then counts new ids
-/// from the highest id copied.
+/// schema of version 1 did, keeping the rows of existing users.
 const REBUILD_TOKENS: &str = concat!(
     "CREATE TABLE tokens_rebuilt ",
     tokens_columns!(),
@@ -149,7 +148,8 @@ const REBUILD_TOKENS: &str = concat!(
 INSERT INTO tokens_rebuilt (id, user_id, kind, algorithm, digits, period, counter, last_step,
         drift, enabled, label, created, last_used, sealed_seed, sealed_pin)
     SELECT id, user_id, kind, algorithm, digits, period, counter, last_step,
-        drift, enabled, label, created, last_used, sealed_seed, sealed_pin FROM tokens;
+        drift, enabled, label, created, last_used, sealed_seed, sealed_pin FROM tokens
+    WHERE user_id IN (SELECT id FROM users);
 DROP TABLE tokens;
 ALTER TABLE tokens_rebuilt RENAME TO tokens;
 CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens(user_id);
@@ -440,8 +440,29 @@ fn check_schema_version(conn: &Connection) -> Result<(), StoreError> {
         |row| row.get(0),
     )?;
     if !tokens_sql.to_ascii_uppercase().contains("AUTOINCREMENT") {
+        // Rows of users deleted outside the agent (the sqlite3 shell does
+        // not enforce foreign keys) would fail the copy; they are dropped.
+        let orphans: i64 = tx.query_row(
+            "SELECT count(*) FROM tokens WHERE user_id NOT IN (SELECT id FROM users)",
+            [],
+            |row| row.get(0),
+        )?;
+        let highest: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM tokens", [], |row| row.get(0))?;
         tx.execute_batch(REBUILD_TOKENS)?;
-        tracing::info!("table tokens rebuilt with AUTOINCREMENT, so that no token id is given twice");
+        // New ids start above every old one, dropped rows included.
+        tx.execute(
+            "UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'tokens'",
+            [highest],
+        )?;
+        tx.execute(
+            "INSERT INTO sqlite_sequence (name, seq) SELECT 'tokens', ?1
+             WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'tokens')",
+            [highest],
+        )?;
+        tracing::info!(
+            dropped_without_user = orphans,
+            "table tokens rebuilt with AUTOINCREMENT, so that no token id is given twice"
+        );
     }
     let has_token_ids: i64 = tx.query_row(
         "SELECT count(*) FROM pragma_table_info('users') WHERE name = 'token_ids'",
@@ -2488,6 +2509,37 @@ mod tests {
         });
         let (_, next_id) = enroll(&mut store, "carol", 0);
         assert_eq!(next_id, 5, "the id of a removed token was given again");
+    }
+
+    /// A token row whose user was deleted outside the agent, with foreign
+    /// keys off, is dropped by the rebuild instead of stopping every start.
+    #[test]
+    fn rebuild_drops_token_without_user() {
+        let rest = "
+             PRAGMA foreign_keys = OFF;
+             CREATE TABLE tokens (id INTEGER PRIMARY KEY,
+                 user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                 kind TEXT NOT NULL, algorithm TEXT NOT NULL, digits INTEGER NOT NULL,
+                 period INTEGER NOT NULL, counter INTEGER NOT NULL, last_step INTEGER,
+                 drift INTEGER NOT NULL DEFAULT 0, enabled INTEGER NOT NULL DEFAULT 1, label TEXT,
+                 created INTEGER NOT NULL, last_used INTEGER, sealed_seed BLOB NOT NULL, sealed_pin BLOB);
+             CREATE INDEX tokens_by_user ON tokens(user_id);
+             CREATE TABLE backup_codes (id INTEGER PRIMARY KEY,
+                 user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                 hash BLOB NOT NULL, used_at INTEGER);
+             CREATE INDEX backup_codes_by_user ON backup_codes(user_id);
+             INSERT INTO meta VALUES ('schema_version', CAST('1' AS BLOB));
+             INSERT INTO users (id, name) VALUES (7, 'alice');
+             INSERT INTO tokens (id, user_id, kind, algorithm, digits, period, counter, created, sealed_seed)
+                 VALUES (3, 7, 'hotp', 'sha1', 6, 30, 4, 1, x'00'),
+                        (5, 8, 'hotp', 'sha1', 6, 30, 0, 1, x'00');";
+        let (_dir, state) = old_database(&format!("{V1_FIRST_TABLES}{rest}"));
+
+        let mut store = Store::open(&state).unwrap();
+        let alice = store.db().account("alice").unwrap().unwrap();
+        assert_eq!(store.db().tokens_of(&alice).unwrap()[0].state, hotp_state(4));
+        let (_, token_id) = enroll(&mut store, "bob", 0);
+        assert_eq!(token_id, 6, "the dropped row's id is not given again");
     }
 
     /// A database of a newer schema is refused before anything in it changes.

@@ -123,21 +123,39 @@ impl Host for PamHost<'_> {
     }
 }
 
-/// Returns `message` with every control character escaped (`\n`,
-/// `\u{1b}`, …). Messages name users, and sshd passes on the name that a
+/// Returns `message` with every character that [`needs_escape`] names
+/// written as `\u{…}`. Messages name users, and sshd passes on the name that a
 /// remote user typed before logging in: a newline in it must not start a
 /// forged line in the system log, nor an escape sequence reach an
 /// administrator's terminal.
 fn printable(message: &str) -> String {
     let mut text = String::with_capacity(message.len());
     for character in message.chars() {
-        if character.is_control() {
-            text.extend(character.escape_debug());
+        if needs_escape(character) {
+            text.extend(character.escape_unicode());
         } else {
             text.push(character);
         }
     }
     text
+}
+
+/// Tells whether `character` could break or disguise a log line: a control
+/// character, a line or paragraph separator, or an invisible format
+/// character such as a right-to-left override or a zero-width space.
+fn needs_escape(character: char) -> bool {
+    character.is_control()
+        || matches!(
+            character,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
 }
 
 #[cfg(test)]
@@ -146,8 +164,10 @@ mod tests {
 
     #[test]
     fn printable_escapes_control_characters() {
-        assert_eq!(printable("user carol\nFAKE: root"), "user carol\\nFAKE: root");
-        assert_eq!(printable("a\u{1b}[2Jb\0c\td"), "a\\u{1b}[2Jb\\0c\\td");
+        assert_eq!(printable("user carol\nFAKE: root"), "user carol\\u{a}FAKE: root");
+        assert_eq!(printable("a\u{1b}[2Jb\0c\td"), "a\\u{1b}[2Jb\\u{0}c\\u{9}d");
+        assert_eq!(printable("carol\u{2028}FAKE"), "carol\\u{2028}FAKE");
+        assert_eq!(printable("gnp.exe\u{202e}"), "gnp.exe\\u{202e}");
         assert_eq!(printable("user jos\u{e9} \u{2014} ok"), "user jos\u{e9} \u{2014} ok");
     }
 }

@@ -46,9 +46,9 @@ struct Call {
 
 /// How long the link counts as failing after a call that got no response
 /// in time, or an error response that leaves the client without a reply,
-/// when no call has succeeded since. A client that has failed over then sees Status-Server
-/// answered again after this time, tries its logins here again, and fails
-/// over again if they still fail.
+/// when no call has succeeded since. After this time Status-Server gets a
+/// reply again, so a client that has failed over tries its logins here
+/// again, and fails over again if they still fail.
 pub const FAILING_FOR: Duration = Duration::from_secs(30);
 
 /// A pool of pipelined agent connections.
@@ -92,11 +92,12 @@ impl AgentLink {
         }
     }
 
-    /// Whether logins can work: at least one connection to the agent is up,
-    /// and the link is not failing. It fails from a call that got no
-    /// response in time, or an error for which the bridge sends no reply, until a
-    /// call succeeds or [`FAILING_FOR`] passes. An agent that accepts connections but cannot
-    /// answer, because it hangs or its database is locked, counts as down.
+    /// Tells whether logins can work: at least one connection to the agent
+    /// is up, and the link is not failing. It fails from a call that got no
+    /// response in time, or an error for which the bridge sends no reply,
+    /// until a call succeeds or [`FAILING_FOR`] passes. An agent that accepts
+    /// connections but sends no response, because it hangs or its database
+    /// is locked, counts as down.
     pub fn is_up(&self) -> bool {
         if self.connected.load(Ordering::Relaxed) == 0 {
             return false;
@@ -115,11 +116,14 @@ impl AgentLink {
     /// Notes how a call ended, for [`AgentLink::is_up`].
     fn note(&self, response: Option<&Response>) {
         let failed = match response {
-            None => true,
-            // The bridge sends no reply for these, as for no response. An
-            // invalid user name is the user's fault and gets a rejection.
-            Some(Response::Error { kind, .. }) => *kind != ErrorKind::Invalid,
-            Some(_) => false,
+            Some(Response::Verdict { .. } | Response::DelayedVerdict { .. }) => false,
+            // An invalid user name is the user's fault and gets a rejection.
+            Some(Response::Error {
+                kind: ErrorKind::Invalid,
+                ..
+            }) => false,
+            // The bridge sends no reply for the rest, as for no response.
+            Some(_) | None => true,
         };
         let stamp = if failed {
             &self.last_failure_ms

@@ -9,9 +9,14 @@
 //! repeats the request, gets the same bytes built again. An entry is then a
 //! few dozen bytes whatever the size of the request's Proxy-State.
 //!
-//! When the cache is full, the client with the most entries loses its
-//! oldest one. One client, whether misconfigured or hostile, can then only
-//! push out its own requests, never those of the other clients.
+//! When the cache is full, expired entries go first. Then a client whose
+//! requests come without a Message-Authenticator, which anyone can send in
+//! its name, loses its oldest entry: the one of them with the most entries.
+//! Only when no such client has entries does the client with the most
+//! entries lose its oldest. So a sender without a secret cannot push out
+//! the requests of clients that sign theirs, and a client that floods with
+//! its secret can bring the others down to an equal share of the cache,
+//! not below.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +31,9 @@ pub struct RequestKey<'a> {
     pub source: SocketAddr,
     pub identifier: u8,
     pub authenticator: [u8; 16],
+    /// The request carried a valid Message-Authenticator. Not part of the
+    /// identity; it decides whose entries a full cache evicts first.
+    pub signed: bool,
 }
 
 /// The code and Reply-Message of a reply sent, enough to build the reply
@@ -75,6 +83,8 @@ struct ClientQueue {
     order: VecDeque<(u64, u64, Key)>,
     /// Entries of this client in the map.
     live: usize,
+    /// The client has sent a request without a Message-Authenticator.
+    unsigned: bool,
 }
 
 /// Default of `duplicate_max_requests`: the maximum number of requests
@@ -183,6 +193,7 @@ impl Cache {
     /// Looks `key` up and marks a new request as in flight.
     pub fn check(&mut self, key: &RequestKey<'_>, now: Instant) -> Seen {
         let now = self.millis(now);
+        let signed = key.signed;
         let key = self.stored_key(key);
         self.expire(key.client as usize, now);
         self.expire_next(now);
@@ -197,13 +208,18 @@ impl Cache {
                 };
             }
         }
+        if self.entries.len() >= self.max_entries {
+            for client in 0..self.queues.len() {
+                self.expire(client, now);
+            }
+        }
         while self.entries.len() >= self.max_entries {
-            let Some(largest) = self.largest_client() else {
+            let Some(victim) = self.eviction_victim() else {
                 break;
             };
-            if let Some(age) = self.evict_oldest(largest, now) {
+            if let Some(age) = self.evict_oldest(victim, now) {
                 if age < self.window_ms() {
-                    self.count_early(largest, age);
+                    self.count_early(victim, age);
                 }
             }
         }
@@ -220,6 +236,7 @@ impl Cache {
         let queue = &mut self.queues[key.client as usize];
         queue.order.push_back((now, serial, key));
         queue.live += 1;
+        queue.unsigned |= !signed;
         Seen::New
     }
 
@@ -321,20 +338,32 @@ impl Cache {
         self.expire(self.sweep, now);
     }
 
-    /// Returns the number of the client with the most entries.
-    fn largest_client(&self) -> Option<usize> {
-        self.queues
-            .iter()
-            .enumerate()
-            .filter(|(_, queue)| queue.live > 0)
-            .max_by_key(|(_, queue)| queue.live)
-            .map(|(client, _)| client)
+    /// Returns the number of the client that loses an entry when the cache
+    /// is full. That is the client with the most entries among those that
+    /// send unsigned requests, or among all clients when none does.
+    fn eviction_victim(&self) -> Option<usize> {
+        let largest = |unsigned_only: bool| {
+            self.queues
+                .iter()
+                .enumerate()
+                .filter(|(_, queue)| queue.live > 0 && (queue.unsigned || !unsigned_only))
+                .max_by_key(|(_, queue)| queue.live)
+                .map(|(client, _)| client)
+        };
+        largest(true).or_else(|| largest(false))
     }
 
     /// Removes the oldest queue place of `client` and its entry. Returns
     /// the entry's age in milliseconds when an entry was removed.
     fn evict_oldest(&mut self, client: usize, now: u64) -> Option<u64> {
-        let (time, serial, key) = self.queues.get_mut(client)?.order.pop_front()?;
+        let queue = self.queues.get_mut(client)?;
+        let (time, serial, key) = queue.order.pop_front()?;
+        // A burst leaves a queue with room it no longer needs. Most of it
+        // goes back, so that memory follows the entries, not the largest
+        // burst of each client.
+        if queue.order.capacity() > 64 && queue.order.len() < queue.order.capacity() / 4 {
+            queue.order.shrink_to(queue.order.len() * 2);
+        }
         // A key forgotten and then seen again has a newer entry, which its
         // own place in the queue removes later.
         if self.entries.get(&key).is_some_and(|entry| entry.serial == serial) {
@@ -377,6 +406,7 @@ mod tests {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 4000))),
             identifier,
             authenticator: [1; 16],
+            signed: true,
         }
     }
 
@@ -589,13 +619,109 @@ mod tests {
         cache.check(&key_of("vpn", 1, 0), now);
         cache.check(&key_of("web", 1, 0), now);
         cache.check(&key_of("web", 2, 0), now);
-        cache.check(&key_of("vpn", 2, 0), now);
-        // Full, and the two clients hold two each: the first one found goes.
         cache.check(&key_of("web", 3, 0), now);
-        // Now web has three, so web loses its oldest.
-        cache.check(&key_of("vpn", 3, 0), now);
-        assert_eq!(cache.check(&key_of("web", 1, 0), now), Seen::New, "web's oldest left");
+        // Full, and web has three of the four: web loses its oldest.
+        cache.check(&key_of("vpn", 2, 0), now);
+        let vpn_first = cache.known_key(&key_of("vpn", 1, 0)).unwrap();
+        let web_first = cache.known_key(&key_of("web", 1, 0)).unwrap();
+        assert!(cache.entries.contains_key(&vpn_first), "vpn's oldest stayed");
+        assert!(!cache.entries.contains_key(&web_first), "web's oldest left");
         assert_eq!(cache.entries.len(), 4);
+    }
+
+    /// Numbers `n` as a distinct request of `client`.
+    fn request_of(client: &'static str, n: u32, signed: bool) -> RequestKey<'static> {
+        let bytes = n.to_be_bytes();
+        RequestKey {
+            client,
+            identifier: bytes[3],
+            authenticator: [
+                bytes[0], bytes[1], bytes[2], bytes[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+            signed,
+            ..key(0)
+        }
+    }
+
+    #[test]
+    fn expired_entries_leave_before_fresh_ones() {
+        let mut cache = Cache::new(Duration::from_secs(30), 1000);
+        let start = Instant::now();
+        for n in 0..500 {
+            cache.check(&request_of("old", n, true), start);
+            cache.finish(&request_of("old", n, true), cached(2));
+        }
+        let later = start + Duration::from_secs(20);
+        for n in 0..500 {
+            cache.check(&request_of("vpn", n, true), later);
+            cache.finish(&request_of("vpn", n, true), cached(2));
+        }
+        // At 31 s the cache counts 1,000 entries, but "old"'s 500 expired.
+        let expired = start + Duration::from_secs(31);
+        assert_eq!(cache.check(&request_of("vpn", 10_000, true), expired), Seen::New);
+        for n in 0..500 {
+            assert_eq!(
+                cache.check(&request_of("vpn", n, true), expired),
+                Seen::Replied(cached(2)),
+                "vpn's request {n}, 11 s old, was evicted"
+            );
+        }
+        assert_eq!(cache.take_early_evictions(expired), None);
+    }
+
+    #[test]
+    fn unsigned_flood_keeps_signed_entries() {
+        let mut cache = Cache::new(Duration::from_secs(30), 1000);
+        let now = Instant::now();
+        for n in 0..600 {
+            cache.check(&request_of("vpn", n, true), now);
+            cache.finish(&request_of("vpn", n, true), cached(2));
+        }
+        for n in 0..5_000 {
+            cache.check(&request_of("open", n, false), now);
+        }
+        for n in 0..600 {
+            assert_eq!(
+                cache.check(&request_of("vpn", n, true), now),
+                Seen::Replied(cached(2)),
+                "the unsigned flood evicted vpn's request {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn signed_flood_leaves_an_equal_share() {
+        let mut cache = Cache::new(Duration::from_secs(30), 1000);
+        let now = Instant::now();
+        for n in 0..400 {
+            cache.check(&request_of("vpn", n, true), now);
+        }
+        for n in 0..5_000 {
+            cache.check(&request_of("web", n, true), now);
+        }
+        // vpn held less than half, so it lost nothing.
+        assert_eq!(cache.queues[0].live, 400);
+        assert_eq!(cache.queues[1].live, 600);
+    }
+
+    #[test]
+    fn queue_room_follows_entries() {
+        let max = 10_000;
+        let mut cache = Cache::new(Duration::from_secs(30), max);
+        let start = Instant::now();
+        let names: Vec<&'static str> = (0..20).map(|i| &*Box::leak(format!("c{i}").into_boxed_str())).collect();
+        // One burst per client, each after the previous one expired.
+        for (i, name) in names.iter().enumerate() {
+            let at = start + Duration::from_secs(31 * i as u64);
+            for n in 0..max as u32 {
+                cache.check(&request_of(name, n, true), at);
+            }
+        }
+        let places: usize = cache.queues.iter().map(|queue| queue.order.capacity()).sum();
+        assert!(
+            places <= 4 * max,
+            "room for {places} queue places at a cap of {max} entries"
+        );
     }
 
     #[test]

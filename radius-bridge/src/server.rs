@@ -331,6 +331,8 @@ async fn access_request(
         source,
         identifier: packet.identifier,
         authenticator: packet.authenticator,
+        // check_message_authenticator dropped the request if it was wrong.
+        signed: packet.find(attr::MESSAGE_AUTHENTICATOR).is_some(),
     };
     let seen = check_duplicate(bridge, &key);
     // After the duplicate check, so that a resend that arrives during the
@@ -377,7 +379,7 @@ fn check_duplicate(bridge: &Bridge, key: &RequestKey<'_>) -> Seen {
         "duplicate-cache-full",
         &format!(
             "duplicate cache full: requests forgotten before duplicate_seconds ({} s) ended since the last warning: {}, \
-             the earliest {} ms after it arrived, {} of them from client {}, which held the most. A resend of such a \
+             the earliest {} ms after it arrived, the most of them, {}, from client {}. A resend of such a \
              request reaches the agent again, which rejects a code it has accepted as reused. Raise [server] \
              duplicate_max_requests ({max_entries}) above requests per second times duplicate_seconds",
             window.as_secs(),
