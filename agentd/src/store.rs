@@ -2473,13 +2473,9 @@ mod tests {
         );
     }
 
-    /// The first schema of version 1 made `tokens.id` a plain INTEGER
-    /// PRIMARY KEY. Opening such a database rebuilds the table with
-    /// AUTOINCREMENT and keeps its rows, so that enrolment works and a new
-    /// token never gets the id of an old one.
-    #[test]
-    fn tokens_without_autoincrement_rebuilt() {
-        let rest = "
+    /// The other tables of the first schema of version 1, whose `tokens.id`
+    /// had no AUTOINCREMENT, with one user, alice (id 7).
+    const V1_EARLY_TOKENS: &str = "
              CREATE TABLE tokens (id INTEGER PRIMARY KEY,
                  user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
                  kind TEXT NOT NULL, algorithm TEXT NOT NULL, digits INTEGER NOT NULL,
@@ -2493,9 +2489,17 @@ mod tests {
              CREATE INDEX backup_codes_by_user ON backup_codes(user_id);
              INSERT INTO meta VALUES ('schema_version', CAST('1' AS BLOB));
              INSERT INTO users (id, name) VALUES (7, 'alice');
-             INSERT INTO tokens (id, user_id, kind, algorithm, digits, period, counter, created, sealed_seed)
+";
+
+    /// The first schema of version 1 made `tokens.id` a plain INTEGER
+    /// PRIMARY KEY. Opening such a database rebuilds the table with
+    /// AUTOINCREMENT and keeps its rows, so that enrolment works and a new
+    /// token never gets the id of an old one.
+    #[test]
+    fn tokens_without_autoincrement_rebuilt() {
+        let rows = "INSERT INTO tokens (id, user_id, kind, algorithm, digits, period, counter, created, sealed_seed)
                  VALUES (3, 7, 'hotp', 'sha1', 6, 30, 4, 1, x'00');";
-        let (_dir, state) = old_database(&format!("{V1_FIRST_TABLES}{rest}"));
+        let (_dir, state) = old_database(&format!("{V1_FIRST_TABLES}{V1_EARLY_TOKENS}{rows}"));
 
         let mut store = Store::open(&state).unwrap();
         let alice = store.db().account("alice").unwrap().unwrap();
@@ -2515,25 +2519,12 @@ mod tests {
     /// keys off, is dropped by the rebuild instead of stopping every start.
     #[test]
     fn rebuild_drops_token_without_user() {
-        let rest = "
-             PRAGMA foreign_keys = OFF;
-             CREATE TABLE tokens (id INTEGER PRIMARY KEY,
-                 user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-                 kind TEXT NOT NULL, algorithm TEXT NOT NULL, digits INTEGER NOT NULL,
-                 period INTEGER NOT NULL, counter INTEGER NOT NULL, last_step INTEGER,
-                 drift INTEGER NOT NULL DEFAULT 0, enabled INTEGER NOT NULL DEFAULT 1, label TEXT,
-                 created INTEGER NOT NULL, last_used INTEGER, sealed_seed BLOB NOT NULL, sealed_pin BLOB);
-             CREATE INDEX tokens_by_user ON tokens(user_id);
-             CREATE TABLE backup_codes (id INTEGER PRIMARY KEY,
-                 user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-                 hash BLOB NOT NULL, used_at INTEGER);
-             CREATE INDEX backup_codes_by_user ON backup_codes(user_id);
-             INSERT INTO meta VALUES ('schema_version', CAST('1' AS BLOB));
-             INSERT INTO users (id, name) VALUES (7, 'alice');
-             INSERT INTO tokens (id, user_id, kind, algorithm, digits, period, counter, created, sealed_seed)
+        let rows = "INSERT INTO tokens (id, user_id, kind, algorithm, digits, period, counter, created, sealed_seed)
                  VALUES (3, 7, 'hotp', 'sha1', 6, 30, 4, 1, x'00'),
                         (5, 8, 'hotp', 'sha1', 6, 30, 0, 1, x'00');";
-        let (_dir, state) = old_database(&format!("{V1_FIRST_TABLES}{rest}"));
+        let (_dir, state) = old_database(&format!(
+            "PRAGMA foreign_keys = OFF;{V1_FIRST_TABLES}{V1_EARLY_TOKENS}{rows}"
+        ));
 
         let mut store = Store::open(&state).unwrap();
         let alice = store.db().account("alice").unwrap().unwrap();
