@@ -117,11 +117,12 @@ impl AgentLink {
     fn note(&self, response: Option<&Response>) {
         let failed = match response {
             Some(Response::Verdict { .. } | Response::DelayedVerdict { .. }) => false,
-            // An invalid user name is the user's fault and gets a rejection.
+            // The agent checks a name before anything that a login needs,
+            // so this error tells nothing about the agent's health.
             Some(Response::Error {
                 kind: ErrorKind::Invalid,
                 ..
-            }) => false,
+            }) => return,
             // The bridge sends no reply for the rest, as for no response.
             Some(_) | None => true,
         };
@@ -466,6 +467,34 @@ mod tests {
         assert!(!failing(9, 8, 10), "a success since");
         assert!(failing(0, 8, 8 + hold - 1), "still within the hold");
         assert!(!failing(0, 8, 8 + hold), "the hold has passed");
+    }
+
+    #[tokio::test]
+    async fn invalid_name_changes_no_health() {
+        let settings = LinkSettings {
+            socket: PathBuf::from("/nonexistent/agent.sock"),
+            agent_uid: 0,
+            connections: 1,
+            max_in_flight: 1,
+            timeout: Duration::from_millis(100),
+        };
+        let link = AgentLink::start(settings, Arc::new(RateLog::default()));
+        link.note(None);
+        let failed_at = link.last_failure_ms.load(Ordering::Relaxed);
+        assert!(failed_at > 0);
+        let invalid = Response::Error {
+            kind: ErrorKind::Invalid,
+            message: "user name has white space at an end".into(),
+        };
+        link.note(Some(&invalid));
+        assert_eq!(
+            link.last_success_ms.load(Ordering::Relaxed),
+            0,
+            "an invalid name counted as a success"
+        );
+        assert_eq!(link.last_failure_ms.load(Ordering::Relaxed), failed_at);
+        link.note(Some(&verdict(VerifyResult::Rejected)));
+        assert!(link.last_success_ms.load(Ordering::Relaxed) >= failed_at);
     }
 
     fn verdict(result: VerifyResult) -> Response {

@@ -9,14 +9,14 @@
 //! repeats the request, gets the same bytes built again. An entry is then a
 //! few dozen bytes whatever the size of the request's Proxy-State.
 //!
-//! When the cache is full, expired entries go first. Then a client whose
-//! requests come without a Message-Authenticator, which anyone can send in
-//! its name, loses its oldest entry: the one of them with the most entries.
-//! Only when no such client has entries does the client with the most
-//! entries lose its oldest. So a sender without a secret cannot push out
-//! the requests of clients that sign theirs, and a client that floods with
-//! its secret can bring the others down to an equal share of the cache,
-//! not below.
+//! When the cache is full, expired entries go first. Then a client that
+//! accepts requests without a Message-Authenticator at the time, which
+//! anyone can send in its name, loses its oldest entry: the one of them
+//! with the most entries. Only when no such client has entries does the
+//! client with the most entries lose its oldest. So a sender without a
+//! secret cannot push out the requests of clients that require signed
+//! ones, and a client that floods with its secret can bring the others
+//! down to an equal share of the cache, not below.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -31,9 +31,11 @@ pub struct RequestKey<'a> {
     pub source: SocketAddr,
     pub identifier: u8,
     pub authenticator: [u8; 16],
-    /// The request carried a valid Message-Authenticator. Not part of the
+    /// The client accepts requests without a Message-Authenticator now
+    /// (policy `danger_not_required`, or `auto` before its first signed
+    /// request), so anyone can send requests in its name. Not part of the
     /// identity; it decides whose entries a full cache evicts first.
-    pub signed: bool,
+    pub spoofable: bool,
 }
 
 /// The code and Reply-Message of a reply sent, enough to build the reply
@@ -83,8 +85,8 @@ struct ClientQueue {
     order: VecDeque<(u64, u64, Key)>,
     /// Entries of this client in the map.
     live: usize,
-    /// The client has sent a request without a Message-Authenticator.
-    unsigned: bool,
+    /// [`RequestKey::spoofable`] of the client's latest request.
+    spoofable: bool,
 }
 
 /// Default of `duplicate_max_requests`: the maximum number of requests
@@ -113,12 +115,19 @@ pub struct Cache {
     /// The next queue whose expired entries a lookup removes, so that the
     /// entries of a client that went quiet leave too.
     sweep: usize,
+    /// When a full cache last removed the expired entries of every queue.
+    full_sweep_ms: u64,
     /// Entries that the cap removed before their window ended, since the
     /// last report of [`Cache::take_early_evictions`].
     early: EarlyEvictions,
     /// Time of that report in milliseconds, if there was one.
     reported_ms: Option<u64>,
 }
+
+/// Shortest time between two passes of a full cache over the expired
+/// entries of every client. A pass costs time in proportion to the number
+/// of clients, and a full cache runs one for each new request otherwise.
+const FULL_SWEEP_INTERVAL_MS: u64 = 100;
 
 /// Shortest time between two reports of early evictions, so that a cache
 /// that stays full gives one log line per interval with the totals.
@@ -152,6 +161,7 @@ impl Cache {
             entries: HashMap::new(),
             queues: Vec::new(),
             sweep: 0,
+            full_sweep_ms: 0,
             early: EarlyEvictions::default(),
             reported_ms: None,
         }
@@ -193,8 +203,10 @@ impl Cache {
     /// Looks `key` up and marks a new request as in flight.
     pub fn check(&mut self, key: &RequestKey<'_>, now: Instant) -> Seen {
         let now = self.millis(now);
-        let signed = key.signed;
+        let spoofable = key.spoofable;
         let key = self.stored_key(key);
+        let client = key.client as usize;
+        self.queues[client].spoofable = spoofable;
         self.expire(key.client as usize, now);
         self.expire_next(now);
         if let Some(entry) = self.entries.get(&key) {
@@ -208,13 +220,14 @@ impl Cache {
                 };
             }
         }
-        if self.entries.len() >= self.max_entries {
-            for client in 0..self.queues.len() {
-                self.expire(client, now);
+        if self.entries.len() >= self.max_entries && now.saturating_sub(self.full_sweep_ms) >= FULL_SWEEP_INTERVAL_MS {
+            self.full_sweep_ms = now;
+            for queue in 0..self.queues.len() {
+                self.expire(queue, now);
             }
         }
         while self.entries.len() >= self.max_entries {
-            let Some(victim) = self.eviction_victim() else {
+            let Some(victim) = self.eviction_victim(client) else {
                 break;
             };
             if let Some(age) = self.evict_oldest(victim, now) {
@@ -236,7 +249,6 @@ impl Cache {
         let queue = &mut self.queues[key.client as usize];
         queue.order.push_back((now, serial, key));
         queue.live += 1;
-        queue.unsigned |= !signed;
         Seen::New
     }
 
@@ -339,18 +351,27 @@ impl Cache {
     }
 
     /// Returns the number of the client that loses an entry when the cache
-    /// is full. That is the client with the most entries among those that
-    /// send unsigned requests, or among all clients when none does.
-    fn eviction_victim(&self) -> Option<usize> {
-        let largest = |unsigned_only: bool| {
+    /// is full, for a new request of client `incoming`. That is the client
+    /// with the most entries among the spoofable ones, or among all clients
+    /// when no spoofable client has entries. `None` when `incoming` is
+    /// spoofable and none of those has entries: the new entry then goes in
+    /// without an eviction, one over the cap, and is the first to go later.
+    fn eviction_victim(&self, incoming: usize) -> Option<usize> {
+        let largest = |spoofable_only: bool| {
             self.queues
                 .iter()
                 .enumerate()
-                .filter(|(_, queue)| queue.live > 0 && (queue.unsigned || !unsigned_only))
+                .filter(|(_, queue)| queue.live > 0 && (queue.spoofable || !spoofable_only))
                 .max_by_key(|(_, queue)| queue.live)
                 .map(|(client, _)| client)
         };
-        largest(true).or_else(|| largest(false))
+        if let Some(victim) = largest(true) {
+            return Some(victim);
+        }
+        if self.queues.get(incoming).is_some_and(|queue| queue.spoofable) {
+            return None;
+        }
+        largest(false)
     }
 
     /// Removes the oldest queue place of `client` and its entry. Returns
@@ -406,7 +427,7 @@ mod tests {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 4000))),
             identifier,
             authenticator: [1; 16],
-            signed: true,
+            spoofable: false,
         }
     }
 
@@ -631,6 +652,7 @@ mod tests {
 
     /// Numbers `n` as a distinct request of `client`.
     fn request_of(client: &'static str, n: u32, signed: bool) -> RequestKey<'static> {
+        let spoofable = !signed;
         let bytes = n.to_be_bytes();
         RequestKey {
             client,
@@ -638,7 +660,7 @@ mod tests {
             authenticator: [
                 bytes[0], bytes[1], bytes[2], bytes[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
             ],
-            signed,
+            spoofable,
             ..key(0)
         }
     }
@@ -687,6 +709,45 @@ mod tests {
                 "the unsigned flood evicted vpn's request {n}"
             );
         }
+    }
+
+    #[test]
+    fn spoofable_mark_follows_latest_request() {
+        let mut cache = Cache::new(Duration::from_secs(30), 1000);
+        let start = Instant::now();
+        // One request while vpn accepted unsigned ones, then it signs.
+        cache.check(&request_of("vpn", 100_000, false), start);
+        let later = start + Duration::from_secs(60);
+        for n in 0..400 {
+            cache.check(&request_of("vpn", n, true), later);
+        }
+        for n in 0..5_000 {
+            cache.check(&request_of("web", n, true), later);
+        }
+        assert_eq!(cache.queues[0].live, 400, "vpn was treated as spoofable");
+    }
+
+    #[test]
+    fn first_spoofable_request_evicts_no_signed_entry() {
+        let mut cache = Cache::new(Duration::from_secs(30), 1000);
+        let now = Instant::now();
+        for n in 0..1000 {
+            cache.check(&request_of("vpn", n, true), now);
+        }
+        cache.check(&request_of("open", 0, false), now);
+        assert_eq!(
+            cache.queues[0].live, 1000,
+            "the first spoofable request evicted a signed entry"
+        );
+        assert_eq!(cache.entries.len(), 1001, "one over the cap");
+        for n in 1..50 {
+            cache.check(&request_of("open", n, false), now);
+        }
+        assert_eq!(
+            cache.queues[0].live, 1000,
+            "later spoofable requests evicted a signed entry"
+        );
+        assert_eq!(cache.entries.len(), 1001);
     }
 
     #[test]

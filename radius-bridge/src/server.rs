@@ -291,6 +291,16 @@ fn check_message_authenticator(
     }
 }
 
+/// Tells whether `client` accepts requests without a Message-Authenticator
+/// now, so that anyone who can send from its address can send in its name.
+fn accepts_unsigned(bridge: &Bridge, client: &Client) -> bool {
+    match client.message_authenticator {
+        MessageAuthenticatorPolicy::Require => false,
+        MessageAuthenticatorPolicy::Auto => !lock(&bridge.seen).contains(&client.name),
+        MessageAuthenticatorPolicy::DangerNotRequired => true,
+    }
+}
+
 /// Writes the `auto` client list on a blocking thread and waits for it.
 /// The write syncs the file to disk, which the thread that serves every
 /// socket must not wait for.
@@ -331,8 +341,7 @@ async fn access_request(
         source,
         identifier: packet.identifier,
         authenticator: packet.authenticator,
-        // check_message_authenticator dropped the request if it was wrong.
-        signed: packet.find(attr::MESSAGE_AUTHENTICATOR).is_some(),
+        spoofable: accepts_unsigned(bridge, client),
     };
     let seen = check_duplicate(bridge, &key);
     // After the duplicate check, so that a resend that arrives during the
