@@ -145,6 +145,7 @@ fn fork_lane(target: &Target<'_>, limit: Limit, lane: Lane, started: Instant) ->
     // SAFETY: pipe2 succeeded, so both descriptors are open and owned by
     // nothing else.
     let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+
     // SAFETY: the caller guarantees that this process runs no other thread
     // (see `forked`), so the child's copy of the heap and of libc's locks is
     // consistent. The child never returns from this function: it leaves
@@ -156,27 +157,34 @@ fn fork_lane(target: &Target<'_>, limit: Limit, lane: Lane, started: Instant) ->
     }
     if pid == 0 {
         drop(reader);
-        // A panic must not unwind into the parent's frames, whose
-        // destructors would stop the agent and remove the folder.
-        let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let result = lane_loop(target, limit, lane, started);
-            let elapsed = started.elapsed();
-            let counters = (0..lane.size(target.population.len()))
-                .map(|k| target.counters.get(lane.index + lane.count * k))
-                .collect();
-            let report = Report {
-                result,
-                elapsed,
-                counters,
-            };
-            i32::from(File::from(writer).write_all(&report.encode()).is_err())
-        }))
-        .unwrap_or(2);
-        // SAFETY: _exit(2) ends the child at once, as described above.
-        unsafe { libc::_exit(status) };
+        run_child(target, limit, lane, started, File::from(writer));
     }
+
     drop(writer);
     Ok((pid, File::from(reader)))
+}
+
+/// Runs in the forked child: the lane's loop, then its [`Report`] to
+/// `pipe`, then `_exit`. A panic must not unwind into the parent's frames,
+/// whose destructors would stop the agent and remove the folder.
+fn run_child(target: &Target<'_>, limit: Limit, lane: Lane, started: Instant, mut pipe: File) -> ! {
+    let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let result = lane_loop(target, limit, lane, started);
+        let elapsed = started.elapsed();
+        let counters = (0..lane.size(target.population.len()))
+            .map(|k| target.counters.get(lane.index + lane.count * k))
+            .collect();
+        let report = Report {
+            result,
+            elapsed,
+            counters,
+        };
+        i32::from(pipe.write_all(&report.encode()).is_err())
+    }))
+    .unwrap_or(2);
+    // SAFETY: _exit(2) ends the child at once, without running destructors
+    // of data that the parent owns.
+    unsafe { libc::_exit(status) }
 }
 
 /// Reads a child's pipe to its end.

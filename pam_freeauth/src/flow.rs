@@ -341,9 +341,9 @@ fn verify_answer(
         }
         return ask_agent(host, options, agent, user, answer, origin);
     }
-    // Try each code length the account uses on the end of the answer, in
-    // the agent's order (the tokens' lengths, then the backup code length);
-    // the rest is the password for the next module.
+    // Each code length of the account is tried on the end of the answer,
+    // in the agent's order: the tokens' lengths, then the backup code
+    // length. The rest of the answer is the password for the next module.
     let mut outcome = Outcome::Rejected;
     for &length in &account.code_lengths {
         let Some(split) = answer.len().checked_sub(usize::from(length)) else {
