@@ -273,7 +273,7 @@ impl Store {
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Before SCHEMA changes anything in a database of a newer version.
-        refuse_newer_schema(&conn)?;
+        reject_newer_schema(&conn)?;
         conn.execute_batch(SCHEMA)?;
         let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
         check_schema_version(&conn)?;
@@ -412,7 +412,7 @@ fn read_schema_version(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError>
 }
 
 /// Refuses a database that a newer FreeAuth version wrote.
-fn refuse_newer_schema(conn: &Connection) -> Result<(), StoreError> {
+fn reject_newer_schema(conn: &Connection) -> Result<(), StoreError> {
     let current = SCHEMA_VERSION.to_string();
     match read_schema_version(conn)?.as_deref() {
         None | Some(b"1") => Ok(()),
@@ -430,7 +430,7 @@ fn refuse_newer_schema(conn: &Connection) -> Result<(), StoreError> {
 /// version 1 tables without a version.
 fn check_schema_version(conn: &Connection) -> Result<(), StoreError> {
     let current = SCHEMA_VERSION.to_string();
-    refuse_newer_schema(conn)?;
+    reject_newer_schema(conn)?;
     let version = read_schema_version(conn)?;
 
     let tx = conn.unchecked_transaction()?;

@@ -130,9 +130,9 @@ pub struct Failure {
     pub reason: String,
     /// Messages the module sent through the conversation.
     pub messages: Vec<String>,
-    /// `pam_authenticate` returned `PAM_AUTH_ERR`: the module refused the
+    /// `pam_authenticate` returned `PAM_AUTH_ERR`: the module rejected the
     /// code, as it must refuse a code it accepted before.
-    pub refused: bool,
+    pub rejected: bool,
 }
 
 /// State the conversation function reads and writes, reached through
@@ -190,7 +190,7 @@ pub fn authenticate(service: &Service, user: &CStr, code: &str) -> Result<Durati
     if let Some(text) = text {
         let reason = format!("pam_authenticate returned {status} ({text})");
         return Err(Failure {
-            refused: status == PAM_AUTH_ERR,
+            rejected: status == PAM_AUTH_ERR,
             ..failure(reason, conversation.messages)
         });
     }
@@ -212,7 +212,7 @@ fn failure(reason: String, messages: Vec<String>) -> Failure {
     Failure {
         reason,
         messages,
-        refused: false,
+        rejected: false,
     }
 }
 

@@ -314,7 +314,7 @@ pub fn replay_check(target: &Target<'_>, max_users: usize) -> Replays {
         let code = target.population.code(user, counter);
         match authenticate(target.service, target.population.name(user), &code) {
             Ok(_) => replays.accepted += 1,
-            Err(failure) if failure.refused => {}
+            Err(failure) if failure.rejected => {}
             Err(_) => replays.errors += 1,
         }
     }

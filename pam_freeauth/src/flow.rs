@@ -341,9 +341,9 @@ fn verify_answer(
         }
         return ask_agent(host, options, agent, user, answer, origin);
     }
-    // Each code length of the account is tried on the end of the answer,
+    // Each code length of the account is tried on the end of the response,
     // in the agent's order: the tokens' lengths, then the backup code
-    // length. The rest of the answer is the password for the next module.
+    // length. The rest of the response is the password for the next module.
     let mut outcome = Outcome::Rejected;
     for &length in &account.code_lengths {
         let Some(split) = answer.len().checked_sub(usize::from(length)) else {

@@ -118,7 +118,7 @@ impl AgentLink {
         let failed = match response {
             Some(Response::Verdict { .. } | Response::DelayedVerdict { .. }) => false,
             // The agent checks a name before anything that a login needs,
-            // so this error tells nothing about the agent's health.
+            // so this error shows nothing about the agent's health.
             Some(Response::Error {
                 kind: ErrorKind::Invalid,
                 ..

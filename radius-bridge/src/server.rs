@@ -49,8 +49,8 @@ pub struct Bridge {
 /// that floods wrong codes cannot leave the others' rejections unanswered.
 pub struct HeldRejections {
     places: usize,
-    /// Places taken in all, and by each client.
-    taken: Mutex<(usize, HashMap<String, usize>)>,
+    /// Places in use in all, and by each client.
+    in_use: Mutex<(usize, HashMap<String, usize>)>,
 }
 
 /// One taken place; dropping it gives the place back.
@@ -63,7 +63,7 @@ impl HeldRejections {
     pub fn new(places: usize) -> HeldRejections {
         HeldRejections {
             places,
-            taken: Mutex::new((0, HashMap::new())),
+            in_use: Mutex::new((0, HashMap::new())),
         }
     }
 
@@ -71,8 +71,8 @@ impl HeldRejections {
     /// the client's share is taken.
     fn take(&self, client: &str) -> Option<HeldPlace<'_>> {
         let share = (self.places / 2).max(1);
-        let mut taken = lock(&self.taken);
-        let (total, per_client) = &mut *taken;
+        let mut in_use = lock(&self.in_use);
+        let (total, per_client) = &mut *in_use;
         let mine = per_client.get(client).copied().unwrap_or(0);
         if *total >= self.places || mine >= share {
             return None;
@@ -88,8 +88,8 @@ impl HeldRejections {
 
 impl std::ops::Drop for HeldPlace<'_> {
     fn drop(&mut self) {
-        let mut taken = lock(&self.held.taken);
-        let (total, per_client) = &mut *taken;
+        let mut in_use = lock(&self.held.in_use);
+        let (total, per_client) = &mut *in_use;
         *total = total.saturating_sub(1);
         if let Some(mine) = per_client.get_mut(&self.client) {
             *mine = mine.saturating_sub(1);
