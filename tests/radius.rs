@@ -291,9 +291,9 @@ fn delayed_rejection_leaves_agent_place() {
     });
 }
 
-/// A rejection dropped because every place for held rejections is taken
-/// was still counted by the agent, so its resends are dropped as in
-/// progress and do not count again.
+/// A rejection dropped for want of a free place to wait out its delay was
+/// still counted by the agent, so its resends are dropped as in progress
+/// and do not count again.
 #[test]
 fn dropped_rejection_resend_not_counted() {
     let (agent, bridge) = one_place_bridge();
@@ -316,7 +316,9 @@ fn dropped_rejection_resend_not_counted() {
     assert_eq!(reply.identifier, 1, "only alice's rejection is answered");
     assert_eq!(reply.code, Code::AccessReject);
     assert!(
-        bridge.log_text().contains("every place for rejections"),
+        bridge
+            .log_text()
+            .contains("as many places for rejections that wait out their delay as are free"),
         "{}",
         bridge.log_text()
     );

@@ -44,9 +44,11 @@ pub struct Bridge {
     pub delayed: HeldRejections,
 }
 
-/// Places for rejections held back in the bridge. One client may take at
-/// most half of them (all of them when there is one place), so a client
-/// that floods wrong codes cannot leave the others' rejections unanswered.
+/// Places for rejections held back in the bridge. A client may take one
+/// more place only while more places are free than it has taken. A
+/// flooding client then ends with half of them, a second with a quarter,
+/// and so on. However many clients flood wrong codes, a client without a
+/// place still finds one free (unless there is only one place).
 pub struct HeldRejections {
     places: usize,
     /// Places in use in all, and by each client.
@@ -67,14 +69,13 @@ impl HeldRejections {
         }
     }
 
-    /// Takes a place for `client`, or returns `None` when every place or
-    /// the client's share is taken.
+    /// Takes a place for `client`, or returns `None` when the client
+    /// has taken as many places as are free.
     fn take(&self, client: &str) -> Option<HeldPlace<'_>> {
-        let share = (self.places / 2).max(1);
         let mut in_use = lock(&self.in_use);
         let (total, per_client) = &mut *in_use;
         let mine = per_client.get(client).copied().unwrap_or(0);
-        if *total >= self.places || mine >= share {
+        if mine >= self.places.saturating_sub(*total) {
             return None;
         }
         *total += 1;
@@ -127,7 +128,7 @@ impl Drop {
             Drop::AgentUnavailable => "agent unavailable; no reply so the client fails over",
             Drop::Retransmission => "retransmission of a request still in progress",
             Drop::TooManyDelayed => {
-                "rejection dropped: every place for rejections that wait out their delay is taken, or this client's half of them"
+                "rejection dropped: this client has taken as many places for rejections that wait out their delay as are free"
             }
             Drop::ProxyStateTooLong => "Proxy-State attributes too long to copy into a reply",
         }
@@ -607,10 +608,25 @@ mod tests {
         let first = held.take("vpn").unwrap();
         let _second = held.take("vpn").unwrap();
         assert!(held.take("vpn").is_none(), "vpn's half is taken");
-        let _web = [held.take("web").unwrap(), held.take("web").unwrap()];
-        assert!(held.take("lab").is_none(), "every place is taken");
+        let _web = held.take("web").unwrap();
+        assert!(held.take("web").is_none(), "web has taken as many as are free");
+        let lab = held.take("lab");
+        assert!(lab.is_some(), "a third client still finds a place");
+        assert!(held.take("dev").is_none(), "every place is taken");
+        drop(lab);
         drop(first);
         assert!(held.take("vpn").is_some(), "a place came back");
+
+        // However many clients flood, one without a place finds one.
+        let many = HeldRejections::new(8192);
+        let mut places = Vec::new();
+        for flooder in 0..12 {
+            let name = format!("flood{flooder}");
+            while let Some(place) = many.take(&name) {
+                places.push(place);
+            }
+        }
+        assert!(many.take("quiet").is_some(), "{} places held", places.len());
 
         let one = HeldRejections::new(1);
         let only = one.take("vpn");
