@@ -5,6 +5,8 @@
 
 use std::fs;
 use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use freeauth_e2e::radius::{loopback_clients, verdict_of, Bridge, SECRET};
@@ -817,6 +819,87 @@ fn status_server_silent_while_agent_stalls() {
         "the stalled agent answers no login"
     );
     assert_eq!(status(), "none", "Status-Server answered while logins time out");
+}
+
+/// Serves `socket` as a relay to the agent at `agent`. While `slow` is set,
+/// it holds back each piece of the agent's output for 1.5 s.
+fn slow_relay(socket: &std::path::Path, agent: std::path::PathBuf, slow: Arc<AtomicBool>) {
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let listener = UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        for bridge in listener.incoming() {
+            let Ok(mut bridge) = bridge else {
+                return;
+            };
+            let Ok(mut to_agent) = UnixStream::connect(&agent) else {
+                return;
+            };
+            let (Ok(mut from_agent), Ok(mut to_bridge)) = (to_agent.try_clone(), bridge.try_clone()) else {
+                return;
+            };
+            std::thread::spawn(move || std::io::copy(&mut bridge, &mut to_agent));
+            let slow = Arc::clone(&slow);
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 65536];
+                while let Ok(length @ 1..) = from_agent.read(&mut buffer) {
+                    if slow.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1500));
+                    }
+                    if to_bridge.write_all(&buffer[..length]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A verification that outlives `agent_timeout_ms` gets no reply, but the
+/// agent still decides it and uses the code. The bridge keeps that late
+/// verdict, so the client's resend gets the Access-Accept, not a rejection
+/// of a reused code.
+#[test]
+fn late_verdict_answers_the_resend() {
+    let agent = agent_with(&["alice"]);
+    let real = agent.agent_socket().with_file_name("agent-real.sock");
+    fs::rename(agent.agent_socket(), &real).unwrap();
+    let slow = Arc::new(AtomicBool::new(false));
+    slow_relay(&agent.agent_socket(), real, Arc::clone(&slow));
+    let bridge = Bridge::start(&agent, &format!("agent_timeout_ms = 1000\n{}", loopback_clients("")));
+
+    slow.store(true, Ordering::SeqCst);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(1700))).unwrap();
+    let datagram = request(7, "alice", &code(0));
+    socket.send_to(&datagram, ("127.0.0.1", bridge.port)).unwrap();
+    let mut buffer = [0u8; 4096];
+    // The verdict reaches the bridge 1.5 s after the request, after the
+    // timeout and before the connection counts as stalled (twice that).
+    assert!(socket.recv_from(&mut buffer).is_err(), "a reply after the timeout");
+    slow.store(false, Ordering::SeqCst);
+
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    socket.send_to(&datagram, ("127.0.0.1", bridge.port)).unwrap();
+    let (length, _) = socket.recv_from(&mut buffer).unwrap();
+    let reply = Packet::parse(&buffer[..length]).unwrap();
+    assert_eq!(
+        (reply.identifier, reply.code),
+        (7, Code::AccessAccept),
+        "{}",
+        bridge.log_text()
+    );
+    assert!(
+        bridge.log_text().contains("after agent_timeout_ms"),
+        "{}",
+        bridge.log_text()
+    );
+    assert_eq!(
+        agent.log().matches("verification user=\"alice\"").count(),
+        1,
+        "the resend reached the agent:\n{}",
+        agent.log()
+    );
 }
 
 /// Runs `freeauthctl [--json] clients` on `config`.

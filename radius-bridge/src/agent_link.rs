@@ -4,8 +4,9 @@
 //! request it is given at once, with its own id, so many verifications are
 //! in flight together and the agent can commit them in one batch. Replies
 //! are matched by id. When the agent is unreachable, pending and new calls
-//! return `None` (the bridge then sends no reply, so the RADIUS client fails
-//! over to its secondary server) and the task reconnects by itself.
+//! return [`Called::Unanswered`] (the bridge then sends no reply, so the
+//! RADIUS client fails over to its secondary server) and the task
+//! reconnects by itself.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -134,12 +135,13 @@ impl AgentLink {
         stamp.fetch_max(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// Sends `request` and waits for the response; `None` if the agent is
-    /// unreachable or does not answer within the timeout, which also bounds
-    /// the wait for a free in-flight slot. The slot stays taken until the
-    /// agent replies, so requests that outlive their caller still count.
-    pub async fn call(&self, request: Request) -> Option<Response> {
-        let exchange = async {
+    /// Sends `request` and waits for the response, at most the link's
+    /// timeout, which also bounds the wait for a free in-flight slot. The
+    /// slot stays taken until the agent replies, so requests that outlive
+    /// their caller still count.
+    pub async fn call(&self, request: Request) -> Called {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let send = async {
             let slot = Arc::clone(&self.in_flight).acquire_owned().await.ok()?;
             let index = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
             let (reply, answer) = oneshot::channel();
@@ -148,15 +150,40 @@ impl AgentLink {
                 .send(Call { request, reply, slot })
                 .await
                 .ok()?;
-            answer.await.ok()
+            Some(answer)
         };
-        // NOTE: a verification that times out here may still be accepted by
-        // the agent; the client's resend then gets a reject for a used code.
-        // The default timeout (10 s) exceeds the agent's longest reply delay.
-        let response = tokio::time::timeout(self.timeout, exchange).await.ok().flatten();
-        self.note(response.as_ref());
-        response
+        let Some(mut answer) = tokio::time::timeout_at(deadline, send).await.ok().flatten() else {
+            self.note(None);
+            return Called::Unanswered;
+        };
+        match tokio::time::timeout_at(deadline, &mut answer).await {
+            Ok(Ok(response)) => {
+                self.note(Some(&response));
+                Called::Answered(response)
+            }
+            // The connection ended before the agent replied.
+            Ok(Err(_)) => {
+                self.note(None);
+                Called::Unanswered
+            }
+            Err(_) => {
+                self.note(None);
+                Called::Late(answer)
+            }
+        }
     }
+}
+
+/// The end of a call to the agent.
+#[derive(Debug)]
+pub enum Called {
+    Answered(Response),
+    /// The agent is unreachable, or the call never reached it within the
+    /// timeout, or its connection ended before the response.
+    Unanswered,
+    /// The agent has the request but did not respond within the timeout. It
+    /// may still decide it, and use the code, so its response arrives here.
+    Late(oneshot::Receiver<Response>),
 }
 
 /// Returns whether the link is failing at `now`, given the times of the
@@ -192,7 +219,12 @@ async fn connection_task(
                 backoff = Duration::from_millis(100);
                 connected.fetch_add(1, Ordering::Relaxed);
                 let caller_delays = version >= CALLER_DELAYS_VERSION;
-                let error = serve(stream, &mut calls, settings.timeout, caller_delays).await;
+                // A caller stops waiting after one timeout, but a response
+                // up to one more timeout later still reaches its duplicate
+                // cache entry (`Called::Late`). Only then is the connection
+                // taken for stalled.
+                let stall = settings.timeout.saturating_mul(2);
+                let error = serve(stream, &mut calls, stall, caller_delays).await;
                 connected.fetch_sub(1, Ordering::Relaxed);
                 let Some(error) = error else {
                     return;
@@ -696,10 +728,10 @@ mod tests {
         assert!(ended.is_some_and(|reason| reason.contains("no reply")));
         assert_eq!(slots.available_permits(), 1, "the dropped call freed its slot");
     }
-    /// An agent of protocol version 1 refuses version 2: the link connects
-    /// again with version 1 and leaves `caller_delays` out of requests.
-    #[tokio::test]
-    async fn link_falls_back_to_version_one() {
+
+    /// Starts a link of one connection to a listener that stands for the
+    /// agent, in a temporary folder that lives as long as the first value.
+    fn link_to_listener(timeout: Duration) -> (tempfile::TempDir, tokio::net::UnixListener, AgentLink) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
@@ -708,9 +740,18 @@ mod tests {
             agent_uid: nix::unistd::geteuid().as_raw(),
             connections: 1,
             max_in_flight: 4,
-            timeout: Duration::from_secs(5),
+            timeout,
         };
-        let link = Arc::new(AgentLink::start(settings, Arc::new(RateLog::default())));
+        let link = AgentLink::start(settings, Arc::new(RateLog::default()));
+        (dir, listener, link)
+    }
+
+    /// An agent of protocol version 1 refuses version 2: the link connects
+    /// again with version 1 and leaves `caller_delays` out of requests.
+    #[tokio::test]
+    async fn link_falls_back_to_version_one() {
+        let (_dir, listener, link) = link_to_listener(Duration::from_secs(5));
+        let link = Arc::new(link);
 
         let (mut refused, _) = listener.accept().await.unwrap();
         let hello: Hello = read_frame(&mut refused).await.unwrap();
@@ -756,6 +797,48 @@ mod tests {
         })
         .unwrap();
         agent.write_all(&reply).await.unwrap();
-        assert_eq!(answer.await.unwrap(), Some(verdict(VerifyResult::Rejected)));
+        let called = answer.await.unwrap();
+        assert!(
+            matches!(&called, Called::Answered(response) if *response == verdict(VerifyResult::Rejected)),
+            "{called:?}"
+        );
+    }
+
+    /// A response that comes after the timeout still reaches the caller,
+    /// through the receiver of `Called::Late`.
+    #[tokio::test]
+    async fn late_response_reaches_the_caller() {
+        let (_dir, listener, link) = link_to_listener(Duration::from_millis(200));
+        let (mut agent, _) = listener.accept().await.unwrap();
+        let hello: Hello = read_frame(&mut agent).await.unwrap();
+        let welcome = HelloReply::Welcome {
+            version: hello.version,
+            agent: "freeauth-agentd 0.0.1".into(),
+        };
+        agent.write_all(&frame::encode(&welcome).unwrap()).await.unwrap();
+
+        let request = Request::Verify {
+            user: "alice".into(),
+            code: freeauth_proto::SecretString::new("123456"),
+            origin: Origin::Pam {
+                service: "test".into(),
+                rhost: None,
+                tty: None,
+                ruser: None,
+            },
+        };
+        let (called, sent) = tokio::join!(link.call(request), read_request(&mut agent));
+        assert!(matches!(called, Called::Late(_)), "{called:?}");
+        let Called::Late(answer) = called else {
+            return;
+        };
+        let reply = frame::encode(&ResponseFrame {
+            id: sent.id,
+            response: verdict(VerifyResult::Accepted),
+        })
+        .unwrap();
+        agent.write_all(&reply).await.unwrap();
+        let late = tokio::time::timeout(Duration::from_secs(5), answer).await;
+        assert_eq!(late.unwrap().unwrap(), verdict(VerifyResult::Accepted));
     }
 }

@@ -14,8 +14,9 @@ use std::time::Instant;
 
 use freeauth_proto::{ErrorKind, Origin, Request, Response, SecretString, VerifyResult};
 use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
 
-use crate::agent_link::AgentLink;
+use crate::agent_link::{AgentLink, Called};
 use crate::codec::{attr, unhide_password, verify_message_authenticator, Code, Packet, ReplyBuilder, VENDOR_MICROSOFT};
 use crate::config::{Client, MessageAuthenticatorPolicy};
 use crate::dedup::{Cache, CachedReply, RequestKey, Seen};
@@ -205,7 +206,7 @@ pub async fn receive_loop(socket: Arc<UdpSocket>, bridge: Arc<Bridge>) {
 }
 
 /// Checks one datagram and returns the reply to send, if any.
-pub async fn handle(bridge: &Bridge, datagram: &[u8], source: SocketAddr) -> Option<Vec<u8>> {
+pub async fn handle(bridge: &Arc<Bridge>, datagram: &[u8], source: SocketAddr) -> Option<Vec<u8>> {
     let Ok(packet) = Packet::parse(datagram) else {
         bridge.dropped(UNKNOWN_SOURCE, source, Drop::Malformed);
         return None;
@@ -318,7 +319,7 @@ async fn write_client_list(bridge: &Bridge, write: FileWrite) {
 }
 
 async fn access_request(
-    bridge: &Bridge,
+    bridge: &Arc<Bridge>,
     client: &Client,
     packet: &Packet<'_>,
     source: SocketAddr,
@@ -358,7 +359,8 @@ async fn access_request(
         Seen::InFlight => return Err(Drop::Retransmission),
         Seen::New => {}
     }
-    match decide(bridge, client, packet, nas_identifier).await {
+    let mut late = None;
+    match decide(bridge, client, packet, nas_identifier, &mut late).await {
         Ok(decided) => {
             lock(&bridge.dedup).finish(&key, decided);
             Ok(reply(client, packet, decided.code, decided.message))
@@ -368,9 +370,78 @@ async fn access_request(
         // count again.
         Err(Drop::TooManyDelayed) => Err(Drop::TooManyDelayed),
         Err(reason) => {
-            lock(&bridge.dedup).forget(&key);
+            match late {
+                Some(answer) => cache_late_verdict(bridge, &key, answer),
+                None => lock(&bridge.dedup).forget(&key),
+            }
             Err(reason)
         }
+    }
+}
+
+/// Waits, in the background, for the response to a verification that
+/// outlived `agent_timeout_ms`, and keeps its verdict as the request's
+/// reply. Until then the request stays in flight, so resends are dropped.
+/// A resend after the verdict gets it from the cache: the agent may have
+/// accepted the code, and would reject it as reused if asked again.
+fn cache_late_verdict(bridge: &Arc<Bridge>, key: &RequestKey<'_>, answer: oneshot::Receiver<Response>) {
+    let bridge = Arc::clone(bridge);
+    let (client, source, identifier, authenticator, spoofable) = (
+        key.client.to_owned(),
+        key.source,
+        key.identifier,
+        key.authenticator,
+        key.spoofable,
+    );
+    let window = lock(&bridge.dedup).window();
+    tokio::spawn(async move {
+        let key = RequestKey {
+            client: &client,
+            source,
+            identifier,
+            authenticator,
+            spoofable,
+        };
+        // After the window the entry has expired, and a later request with
+        // the same key is another one.
+        let Ok(response) = tokio::time::timeout(window, answer).await else {
+            return;
+        };
+        match response.ok().as_ref().and_then(late_reply) {
+            Some(decided) => {
+                lock(&bridge.dedup).finish(&key, decided);
+                if let Some(suppressed) = bridge.log.allow(&format!("late/{client}")) {
+                    tracing::info!(
+                        client = %client, %source, id = identifier, verdict = ?decided.code, suppressed,
+                        "the agent decided a verification after agent_timeout_ms; a resend gets this verdict from the duplicate cache"
+                    );
+                }
+            }
+            None => lock(&bridge.dedup).forget(&key),
+        }
+    });
+}
+
+/// Returns the reply that a late response from the agent stands for, if
+/// any. The client waited longer than a failure delay already, so a
+/// rejection is not held back.
+fn late_reply(response: &Response) -> Option<CachedReply> {
+    match response {
+        Response::Verdict {
+            result: VerifyResult::Accepted,
+            ..
+        }
+        | Response::DelayedVerdict {
+            result: VerifyResult::Accepted,
+            ..
+        } => Some(plain(Code::AccessAccept)),
+        Response::Verdict { .. }
+        | Response::DelayedVerdict { .. }
+        | Response::Error {
+            kind: ErrorKind::Invalid,
+            ..
+        } => Some(plain(Code::AccessReject)),
+        _ => None,
     }
 }
 
@@ -402,12 +473,14 @@ fn check_duplicate(bridge: &Bridge, key: &RequestKey<'_>) -> Seen {
     seen
 }
 
-/// Decides an Access-Request.
+/// Decides an Access-Request. When the agent has the verification but
+/// did not respond in time, `late` receives its response to come.
 async fn decide(
     bridge: &Bridge,
     client: &Client,
     packet: &Packet<'_>,
     nas_identifier: Option<String>,
+    late: &mut Option<oneshot::Receiver<Response>>,
 ) -> Result<CachedReply, Drop> {
     if uses_other_method(packet) {
         if let Some(suppressed) = bridge.log.allow(&format!("auth/{}/method", client.name)) {
@@ -456,17 +529,25 @@ async fn decide(
         code,
         origin,
     };
-    match bridge.link.call(request).await {
-        Some(Response::Verdict {
+    let response = match bridge.link.call(request).await {
+        Called::Answered(response) => response,
+        Called::Unanswered => return Err(Drop::AgentUnavailable),
+        Called::Late(answer) => {
+            *late = Some(answer);
+            return Err(Drop::AgentUnavailable);
+        }
+    };
+    match response {
+        Response::Verdict {
             result: VerifyResult::Accepted,
             ..
-        }) => Ok(plain(Code::AccessAccept)),
-        Some(Response::Verdict { .. }) => Ok(plain(Code::AccessReject)),
-        Some(Response::DelayedVerdict {
+        } => Ok(plain(Code::AccessAccept)),
+        Response::Verdict { .. } => Ok(plain(Code::AccessReject)),
+        Response::DelayedVerdict {
             result: VerifyResult::Accepted,
             ..
-        }) => Ok(plain(Code::AccessAccept)),
-        Some(Response::DelayedVerdict { delay_ms, .. }) => {
+        } => Ok(plain(Code::AccessAccept)),
+        Response::DelayedVerdict { delay_ms, .. } => {
             let delay_ms = delay_ms.min(MAX_HOLD_BACK_MS);
             hold_back(bridge, client, std::time::Duration::from_millis(delay_ms)).await?;
             Ok(plain(Code::AccessReject))
@@ -474,17 +555,17 @@ async fn decide(
         // A name no account can have (empty, white space at an end, control
         // characters): the user's fault, so a reject, not a failover. It
         // waits as long as a realm rejection, which looks like a wrong code.
-        Some(Response::Error {
+        Response::Error {
             kind: ErrorKind::Invalid,
             message,
-        }) => {
+        } => {
             if let Some(suppressed) = bridge.log.allow(&format!("auth/{}/name", client.name)) {
                 tracing::info!(target: "freeauth::auth", client = %client.name, user = ?name, reason = ?message, suppressed, "rejected: invalid user name");
             }
             hold_back(bridge, client, bridge.realm_reject_delay).await?;
             Ok(plain(Code::AccessReject))
         }
-        Some(Response::Error { message, .. }) => {
+        Response::Error { message, .. } => {
             // Forbidden (this bridge's user is missing from the agent's
             // bridge_users) or an agent failure: not the user's fault, so no
             // reply, and the client fails over instead of rejecting everyone.
@@ -497,7 +578,7 @@ async fn decide(
             );
             Err(Drop::AgentUnavailable)
         }
-        Some(_) | None => Err(Drop::AgentUnavailable),
+        _ => Err(Drop::AgentUnavailable),
     }
 }
 
