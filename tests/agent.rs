@@ -1279,6 +1279,80 @@ for i, line in enumerate(sys.argv[2:]):
         .collect()
 }
 
+/// A full disk under the state folder. A change that cannot be stored
+/// fails with an error and accepts nothing. The agent keeps running and
+/// logs a failing WAL checkpoint once, not ten times a second. It works
+/// again as soon as there is room, without a restart.
+#[test]
+fn full_disk_fails_closed_and_recovers() {
+    if !running_as_root() {
+        eprintln!("SKIPPED: needs root to mount a small tmpfs in a private mount namespace (CI runs as root)");
+        return;
+    }
+    let mut agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    agent.stop();
+    // The state moves to a 512 KiB tmpfs, mounted only in the agent's
+    // private mount namespace; unshare and sh exec into the agent.
+    let state = agent.dir.path().join("state");
+    let script = format!(
+        "set -e; cp -a {state} {state}.disk; mount -t tmpfs -o size=512k,mode=0700 freeauth-test {state}; \
+         cp -a {state}.disk/. {state}/; exec {agentd} --config {config}",
+        state = state.display(),
+        agentd = binary("freeauth-agentd").display(),
+        config = agent.config().display()
+    );
+    let mut command = Command::new("unshare");
+    command.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    agent.spawn_with(command);
+    let pid = agent.child.as_ref().unwrap().id().to_string();
+    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
+
+    let oath = agent.dir.path().join("users.oath");
+    let import_part = |part: u32| {
+        let lines: String = (0..500)
+            .map(|n| format!("HOTP p{part:02}u{n:03} - {:040x}\n", part * 1000 + n))
+            .collect();
+        fs::write(&oath, lines).unwrap();
+        agent.ctl(&["import", "--format", "oath", oath.to_str().unwrap()])
+    };
+    let refused = (0..40)
+        .map(import_part)
+        .find(|output| !output.status.success())
+        .expect("512 KiB never filled up");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("could not store the change"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // Accepted if the WAL had room for it, else an error; never a crash.
+    let during = agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 1, 6));
+    assert!(during == 0 || during == 2, "verify exited with {during}");
+    std::thread::sleep(Duration::from_secs(2));
+    agent.ctl_ok(&["status"]);
+    let failed_lines = agent.log().matches("WAL checkpoint failed").count();
+    assert!(failed_lines <= 1, "{failed_lines} lines about failed checkpoints");
+
+    let room = Command::new("nsenter")
+        .args(["-t", &pid, "-m", "mount", "-o", "remount,size=64m"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(room.success());
+    // Code 1 was used, or kept as used because its commit failed.
+    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 1, 6)), 1);
+    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 2, 6)), 0);
+    assert!(import_part(99).status.success(), "{}", agent.log());
+    if failed_lines == 1 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !agent.log().contains("WAL checkpoint works again") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(agent.log().contains("WAL checkpoint works again"), "{}", agent.log());
+    }
+}
+
 fn running_as_root() -> bool {
     Command::new("id")
         .arg("-u")

@@ -1047,18 +1047,77 @@ fn delete_log(conn: &Connection, up_to: i64) -> Result<(), StoreError> {
 pub fn start_checkpointer(database: std::path::PathBuf, interval: std::time::Duration) -> Result<(), StoreError> {
     let conn = Connection::open(&database)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    let spawned = std::thread::Builder::new()
-        .name("checkpoint".into())
-        .spawn(move || loop {
+    let spawned = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
+        let mut failures = CheckpointFailures::default();
+        loop {
             std::thread::sleep(interval);
-            if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %err, "WAL checkpoint failed; will retry");
+            let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            match failures.note(result.err().map(|err| err.to_string()), std::time::Instant::now()) {
+                CheckpointLine::None => {}
+                CheckpointLine::Failed(error) => {
+                    tracing::warn!(%error, "WAL checkpoint failed; will retry, with a line a minute while it fails");
+                }
+                CheckpointLine::StillFailing { error, attempts } => {
+                    tracing::warn!(%error, attempts, "WAL checkpoint still failing");
+                }
+                CheckpointLine::Recovered { attempts } => {
+                    tracing::info!(failed_attempts = attempts, "WAL checkpoint works again");
+                }
             }
-        });
+        }
+    });
     spawned.map(drop).map_err(|err| StoreError::Folder {
         path: database.display().to_string(),
         reason: format!("cannot start the checkpoint thread: {err}"),
     })
+}
+
+/// Failed checkpoints in a row. A full disk fails every attempt, ten a
+/// second, so the log gets the first failure, a line a minute while they
+/// go on, and the recovery.
+#[derive(Default)]
+struct CheckpointFailures {
+    /// Failed attempts in a row, and when the last line about them was logged.
+    failing: Option<(u64, std::time::Instant)>,
+}
+
+/// The line the checkpoint thread logs after an attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum CheckpointLine {
+    None,
+    Failed(String),
+    StillFailing { error: String, attempts: u64 },
+    Recovered { attempts: u64 },
+}
+
+impl CheckpointFailures {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Counts an attempt that ended with `error` (`None` for success) at
+    /// `now`, and returns the line to log.
+    fn note(&mut self, error: Option<String>, now: std::time::Instant) -> CheckpointLine {
+        match (error, &mut self.failing) {
+            (None, failing) => match failing.take() {
+                Some((attempts, _)) => CheckpointLine::Recovered { attempts },
+                None => CheckpointLine::None,
+            },
+            (Some(error), None) => {
+                self.failing = Some((1, now));
+                CheckpointLine::Failed(error)
+            }
+            (Some(error), Some((attempts, logged))) => {
+                *attempts += 1;
+                if now.saturating_duration_since(*logged) < Self::EVERY {
+                    return CheckpointLine::None;
+                }
+                *logged = now;
+                CheckpointLine::StillFailing {
+                    error,
+                    attempts: *attempts,
+                }
+            }
+        }
+    }
 }
 
 fn prepare_state_dir(dir: &Path) -> Result<(), StoreError> {
@@ -1769,6 +1828,30 @@ mod tests {
         uses.fold(&tx, at).unwrap();
         tx.commit().unwrap();
         uses.committed();
+    }
+
+    #[test]
+    fn checkpoint_failures_logged_once_a_minute() {
+        let start = std::time::Instant::now();
+        let at = |seconds| start + std::time::Duration::from_secs(seconds);
+        let full = || Some("database or disk is full".to_owned());
+        let mut failures = CheckpointFailures::default();
+        assert_eq!(failures.note(None, at(0)), CheckpointLine::None);
+        assert_eq!(failures.note(full(), at(1)), CheckpointLine::Failed(full().unwrap()));
+        for second in 2..61 {
+            assert_eq!(failures.note(full(), at(second)), CheckpointLine::None);
+        }
+        assert_eq!(
+            failures.note(full(), at(61)),
+            CheckpointLine::StillFailing {
+                error: full().unwrap(),
+                attempts: 61
+            }
+        );
+        assert_eq!(failures.note(full(), at(62)), CheckpointLine::None);
+        assert_eq!(failures.note(None, at(63)), CheckpointLine::Recovered { attempts: 62 });
+        assert_eq!(failures.note(None, at(64)), CheckpointLine::None);
+        assert_eq!(failures.note(full(), at(65)), CheckpointLine::Failed(full().unwrap()));
     }
 
     #[test]

@@ -103,14 +103,20 @@ impl Agent {
 
     /// Starts the agent process and waits until the admin socket answers.
     pub fn spawn(&mut self) {
+        let mut command = Command::new(binary("freeauth-agentd"));
+        command.arg("--config").arg(self.config());
+        self.spawn_with(command);
+    }
+
+    /// Starts the agent with `command`, which must end in the agent's own
+    /// process (by `exec`), and waits until the admin socket replies.
+    pub fn spawn_with(&mut self, mut command: Command) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(binary("freeauth-agentd"))
-            .arg("--config")
-            .arg(self.config())
+        let child = command
             .env("FREEAUTH_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(log)
