@@ -20,7 +20,12 @@ radius_config=$root/conf/dev/radius.toml
 radius_pidfile=$root/conf/dev/run/radius.pid
 radius_log=$root/conf/dev/radius.log
 
-cargo build --quiet -p freeauth-agentd -p freeauthctl -p freeauth-radius
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found on PATH. Install stable Rust for $(id -un) with rustup, or add its cargo to PATH." >&2
+  exit 1
+fi
+# Also builds pam_freeauth, for the pamtester example in pam_freeauth(8).
+cargo build --quiet -p freeauth-agentd -p freeauthctl -p freeauth-radius -p pam_freeauth
 
 if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   echo "agent already running (pid $(cat "$pidfile"))"
@@ -51,6 +56,7 @@ else
   if ! kill -0 "$(cat "$radius_pidfile")" 2>/dev/null; then
     echo "the RADIUS bridge did not start; its log ($radius_log) ends with:" >&2
     tail -n 5 "$radius_log" >&2
+    echo "The agent is still running. Stop it with: kill \$(cat $pidfile)" >&2
     exit 1
   fi
   echo "RADIUS bridge started (pid $(cat "$radius_pidfile")) on 127.0.0.1:18120 and [::1]:18120, log in $radius_log"
