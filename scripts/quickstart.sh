@@ -70,9 +70,14 @@ else
   secret=$(sed -n 's/.*secret=\([A-Z2-7]*\).*/\1/p' <<<"$enrolled" | head -n 1)
 fi
 
+if [[ -n ${secret:-} ]]; then
+  hint="Scan the QR code with an authenticator app (or use the URI), then try a code:"
+else
+  hint="Try a code from the authenticator app where demo was enrolled before:"
+fi
 cat <<TEXT
 
-Scan the QR code with an authenticator app (or use the URI), then try a code:
+$hint
 
   ${ctl[*]} verify demo CODE
 TEXT

@@ -37,7 +37,9 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        println!("{}: valid ({} clients)", args.config.display(), config.clients.len());
+        let count = config.clients.len();
+        let noun = if count == 1 { "client" } else { "clients" };
+        println!("{}: valid ({count} {noun})", args.config.display());
         return ExitCode::SUCCESS;
     }
     let filter = EnvFilter::try_from_env("FREEAUTH_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log_level));
