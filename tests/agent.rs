@@ -1832,6 +1832,60 @@ fn init_for_user_creates_owned_files() {
     assert!(stderr.contains("belongs to uid 0, not to nobody"), "{stderr}");
 }
 
+/// The state folder belongs to the agent's user, who can replace the new
+/// key file with a symbolic link while `init --user` runs as root. The key
+/// must be given to that user through the open file, so that the link's
+/// target keeps its owner.
+#[test]
+fn init_for_user_ignores_swapped_key() {
+    if !freeauth_e2e::pam::running_as_root() {
+        eprintln!("skipped: init --user needs root");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let state = dir.path().join("state");
+    fs::create_dir(&state).unwrap();
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    let target = dir.path().join("root-file");
+    fs::write(&target, "root's\n").unwrap();
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.path().join("agentd.toml");
+    fs::write(
+        &config,
+        "[paths]\nstate_dir = \"state\"\nseed_key = \"state/seed.key\"\n",
+    )
+    .unwrap();
+
+    // Stands in for the folder's owner: moves the key away as soon as it
+    // exists and puts a link to the root-owned file in its place.
+    let key = state.join("seed.key");
+    let link_target = target.clone();
+    let swapper = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if fs::rename(&key, key.with_file_name("moved")).is_ok() {
+                std::os::unix::fs::symlink(&link_target, &key).unwrap();
+                return true;
+            }
+        }
+        false
+    });
+    let output = Command::new(binary("freeauthctl"))
+        .args(["--config", config.to_str().unwrap(), "init", "--user", "nobody"])
+        .output()
+        .unwrap();
+    assert!(swapper.join().unwrap(), "the key file never appeared: {output:?}");
+
+    let meta = fs::symlink_metadata(&target).unwrap();
+    assert_eq!(meta.uid(), 0, "init --user gave the link's target to nobody");
+    assert_eq!(meta.gid(), 0, "init --user gave the link's target to nogroup");
+    let moved = fs::metadata(state.join("moved")).unwrap();
+    assert_eq!(moved.uid(), 65534, "the key itself belongs to nobody");
+}
+
 #[test]
 fn ctl_verify_prints_reason() {
     let agent = Agent::start();

@@ -114,6 +114,15 @@ impl SeedCipher {
 
     /// Writes a new random key to `path` with mode 0600; fails if it exists.
     pub fn create(path: &Path) -> Result<(), KeyError> {
+        Self::create_owned(path, None)
+    }
+
+    /// Writes a new random key to `path` with mode 0600, owned by `owner`
+    /// (uid, gid) when given; fails if `path` exists. The owner is set on
+    /// the open file, not through the path. The owner of the key's folder
+    /// could otherwise swap the new file for a symbolic link before the
+    /// `chown`, and root would give the link's target to that user.
+    pub fn create_owned(path: &Path, owner: Option<(u32, u32)>) -> Result<(), KeyError> {
         let io_error = |source| KeyError::Io {
             path: path.display().to_string(),
             source,
@@ -131,6 +140,9 @@ impl SeedCipher {
             .mode(0o600)
             .open(path)
             .map_err(io_error)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(io_error)?;
+        }
         file.write_all(text.as_bytes()).map_err(io_error)?;
         file.sync_all().map_err(io_error)?;
         Ok(())

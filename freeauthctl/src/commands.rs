@@ -328,8 +328,8 @@ fn init_for(config: &Config, user: &str) -> Result<ExitCode, CommandError> {
             state_dir.display()
         ));
     } else {
-        freeauth_agentd::keys::SeedCipher::create(key).map_err(|err| err.to_string())?;
-        owner(key)?;
+        let key_owner = Some((account.uid.as_raw(), account.gid.as_raw()));
+        freeauth_agentd::keys::SeedCipher::create_owned(key, key_owner).map_err(|err| err.to_string())?;
         say!("created seed key {} (mode 0600, owner {user})", key.display());
     }
 
