@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -870,6 +871,42 @@ fn import_rejects_future_reuse_record() {
     );
     assert!(stderr.contains("Nothing was imported."), "{stderr}");
     assert_eq!(agent.ctl(&["show", "kim"]).status.code(), Some(2), "no account");
+}
+
+/// A FIFO with no writer would block `open` forever, and a device such as
+/// /dev/zero never ends, so import takes regular files only.
+#[test]
+fn import_rejects_fifo_and_device() {
+    let agent = Agent::start();
+    let fifo = agent.dir.path().join("users.fifo");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success(), "mkfifo failed");
+
+    for path in [fifo.as_path(), Path::new("/dev/zero")] {
+        let mut child = Command::new(binary("freeauthctl"))
+            .arg("--config")
+            .arg(agent.config())
+            .args(["import", "--format", "oath"])
+            .arg(path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if child.try_wait().unwrap().is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("import of {} still runs after 10 s", path.display());
+        }
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{}: {stderr}", path.display());
+        assert!(stderr.contains("not a regular file"), "{}: {stderr}", path.display());
+    }
 }
 
 #[test]

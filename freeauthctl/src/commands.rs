@@ -578,9 +578,47 @@ pub fn hash_algorithm(algorithm: Algorithm) -> HashAlgorithm {
     }
 }
 
+/// Largest file that import reads. A larger file must be split anyway,
+/// because one import request carries at most 1 MiB. The extra room is for
+/// comments and blank lines.
+const MAX_IMPORT_FILE_LEN: u64 = 64 * 1024 * 1024;
+
 /// Reads a file given on the command line, with a message naming it.
+///
+/// Only regular files are read. The file is opened with O_NONBLOCK, so a
+/// FIFO without a writer is rejected instead of blocking `open` forever,
+/// and a device such as /dev/zero is rejected instead of filling memory.
 pub fn read_file(path: &Path) -> Result<Zeroizing<String>, CommandError> {
-    std::fs::read_to_string(path)
-        .map(Zeroizing::new)
-        .map_err(|err| format!("cannot read {}: {err}", path.display()))
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let failed = |err: std::io::Error| format!("cannot read {}: {err}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(failed)?;
+    let meta = file.metadata().map_err(failed)?;
+    if !meta.file_type().is_file() {
+        return Err(format!("cannot read {}: not a regular file", path.display()));
+    }
+    if meta.len() > MAX_IMPORT_FILE_LEN {
+        return Err(format!(
+            "cannot read {}: the file has {} bytes, more than the maximum of {MAX_IMPORT_FILE_LEN}; split it into parts",
+            path.display(),
+            meta.len()
+        ));
+    }
+    let capacity = usize::try_from(meta.len()).unwrap_or(0);
+    let mut text = Zeroizing::new(String::with_capacity(capacity));
+    // The file may grow after the check, so the read stops at the maximum too.
+    file.take(MAX_IMPORT_FILE_LEN + 1)
+        .read_to_string(&mut text)
+        .map_err(failed)?;
+    if text.len() as u64 > MAX_IMPORT_FILE_LEN {
+        return Err(format!(
+            "cannot read {}: the file grew beyond the maximum of {MAX_IMPORT_FILE_LEN} bytes while it was read",
+            path.display()
+        ));
+    }
+    Ok(text)
 }
