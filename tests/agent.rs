@@ -1923,6 +1923,54 @@ fn init_for_user_ignores_swapped_key() {
     assert_eq!(moved.uid(), 65534, "the key itself belongs to nobody");
 }
 
+/// The exit status of verify and enroll must not depend on whether their
+/// output could be written: a rejected code stays 1 when the reader of
+/// standard output has gone away, and lost output is an error.
+#[test]
+fn ctl_exit_status_without_stdout() {
+    let agent = Agent::start_with(Options {
+        failure_delay_ms: 300,
+        max_failure_delay_ms: 300,
+        ..Options::default()
+    });
+    enroll_totp(&agent, "alice", RFC_SEED_HEX, &["--type", "hotp"]);
+    let command = |args: &[&str]| {
+        let mut command = Command::new(binary("freeauthctl"));
+        command.arg("--config").arg(agent.config()).args(args);
+        command.stdin(std::process::Stdio::null());
+        command.stderr(std::process::Stdio::piped());
+        command
+    };
+    let dev_full = || fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+
+    let rejected = command(&["verify", "alice", "000000"])
+        .stdout(dev_full())
+        .output()
+        .unwrap();
+    assert_eq!(rejected.status.code(), Some(1), "verify with a full disk");
+
+    // The failure delay lets the reader go away before the verdict is printed.
+    let mut child = command(&["verify", "alice", "000000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "verify into a closed pipe");
+
+    let enrolled = command(&["enroll", "bob", "--no-qr"])
+        .stdout(dev_full())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&enrolled.stderr);
+    assert_eq!(
+        enrolled.status.code(),
+        Some(2),
+        "enroll whose secret was not written: {stderr}"
+    );
+    assert!(stderr.contains("cannot write to standard output"), "{stderr}");
+}
+
 #[test]
 fn ctl_verify_prints_reason() {
     let agent = Agent::start();

@@ -372,14 +372,16 @@ fn verify(config: &Config, user: String, code: &str, json: bool) -> Result<ExitC
         origin: Origin::Admin {},
     };
     let response = call(config, request)?;
-    output::print_response(&response, json)?;
-    match response {
+    let status = match response {
         Response::Verdict {
             result: VerifyResult::Accepted,
             ..
-        } => Ok(ExitCode::SUCCESS),
-        _ => Ok(ExitCode::from(1)),
-    }
+        } => 0u8,
+        _ => 1,
+    };
+    crate::VERDICT_STATUS.store(i32::from(status), std::sync::atomic::Ordering::Relaxed);
+    output::print_response(&response, json)?;
+    Ok(ExitCode::from(status))
 }
 
 /// Reads one line from standard input, for values that must not appear in
