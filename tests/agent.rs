@@ -1655,6 +1655,42 @@ fn supplied_secret_is_read_from_stdin_and_not_printed() {
     assert_eq!(agent.ctl_verify("sam", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
 }
 
+/// A value read from standard input that is longer than the 1024 bytes
+/// that freeauthctl reads is an error. Cut short, this URI would lose the
+/// end of its counter and enrol the token at counter 1 instead of 1000,
+/// so that codes used before the move would be accepted again.
+#[test]
+fn uri_from_stdin_longer_than_limit() {
+    use std::io::Write;
+    let agent = Agent::start();
+    let prefix = "otpauth://hotp/Example:long?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&image=";
+    let counter = "&counter=1000";
+    let padding = "a".repeat(1024 - prefix.len() - counter.len() + 3);
+    let uri = format!("{prefix}{padding}{counter}");
+    assert_eq!(uri.len(), 1027, "the limit falls inside the counter");
+
+    let mut child = Command::new(binary("freeauthctl"))
+        .arg("--config")
+        .arg(agent.config())
+        .args(["enroll", "long", "--uri", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{uri}\n").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("longer than 1024 bytes"), "{stderr}");
+    assert_eq!(agent.ctl(&["show", "long"]).status.code(), Some(2), "no account");
+}
+
 #[test]
 fn socket_option_works_with_broken_config() {
     let agent = Agent::start();

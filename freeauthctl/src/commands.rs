@@ -392,14 +392,29 @@ fn read_stdin_line(what: &str) -> Result<Zeroizing<String>, CommandError> {
         let typed = rpassword::prompt_password(format!("{what}: ")).map_err(failed)?;
         return Ok(Zeroizing::new(typed.trim().to_owned()));
     }
+    // Reading one byte more than the limit distinguishes a line at the limit
+    // from a longer one. A longer line is an error, because a URI cut short
+    // could lose the end of its counter, digits or period and enrol a
+    // different token.
     let mut line = Zeroizing::new(String::new());
     std::io::stdin()
         .lock()
-        .take(1024)
+        .take(MAX_STDIN_LINE_LEN + 1)
         .read_line(&mut line)
         .map_err(failed)?;
-    Ok(Zeroizing::new(line.trim().to_owned()))
+    let content = line.strip_suffix('\n').unwrap_or(line.as_str());
+    let content = content.strip_suffix('\r').unwrap_or(content);
+    if content.len() as u64 > MAX_STDIN_LINE_LEN {
+        return Err(format!(
+            "the {what} on standard input is longer than {MAX_STDIN_LINE_LEN} bytes"
+        ));
+    }
+    Ok(Zeroizing::new(content.trim().to_owned()))
 }
+
+/// Maximum length in bytes of a line that [`read_stdin_line`] accepts,
+/// without its line break.
+const MAX_STDIN_LINE_LEN: u64 = 1024;
 
 fn enroll(config: &Config, args: EnrollArgs, json: bool) -> Result<ExitCode, CommandError> {
     let (description, generated) = describe_token(config, &args)?;
@@ -580,7 +595,7 @@ pub fn hash_algorithm(algorithm: Algorithm) -> HashAlgorithm {
     }
 }
 
-/// Largest file that import reads. A larger file must be split anyway,
+/// Maximum size in bytes of a file that import reads. A larger file must be split anyway,
 /// because one import request carries at most 1 MiB. The extra room is for
 /// comments and blank lines.
 const MAX_IMPORT_FILE_LEN: u64 = 64 * 1024 * 1024;
