@@ -873,26 +873,34 @@ fn import_rejects_future_reuse_record() {
     assert_eq!(agent.ctl(&["show", "kim"]).status.code(), Some(2), "no account");
 }
 
-/// A FIFO with no writer would block `open` forever, and a device such as
-/// /dev/zero never ends, so import takes regular files only.
+/// A named pipe with no writer would block `open` forever, and a device
+/// such as /dev/zero never ends. The pipe reads as empty, which imports
+/// nothing, and the device is refused. A pipe with a writer, as
+/// `<(ssh host cat users.oath)` gives, is read like a file.
 #[test]
-fn import_rejects_fifo_and_device() {
+fn import_reads_pipes_and_refuses_devices() {
+    use std::io::Write;
     let agent = Agent::start();
     let fifo = agent.dir.path().join("users.fifo");
     let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(status.success(), "mkfifo failed");
 
-    for path in [fifo.as_path(), Path::new("/dev/zero")] {
+    let import = |path: &Path, stdin: std::process::Stdio| {
         let mut child = Command::new(binary("freeauthctl"))
             .arg("--config")
             .arg(agent.config())
             .args(["import", "--format", "oath"])
             .arg(path)
-            .stdin(std::process::Stdio::null())
+            .stdin(stdin)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        if let Some(mut input) = child.stdin.take() {
+            input
+                .write_all(format!("HOTP piped - {RFC_SEED_HEX}\n").as_bytes())
+                .unwrap();
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -903,10 +911,27 @@ fn import_rejects_fifo_and_device() {
             panic!("import of {} still runs after 10 s", path.display());
         }
         let output = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{}: {stderr}", path.display());
-        assert!(stderr.contains("not a regular file"), "{}: {stderr}", path.display());
-    }
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    let (status, stderr) = import(&fifo, std::process::Stdio::null());
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("no token lines"), "{stderr}");
+    let (status, stderr) = import(Path::new("/dev/zero"), std::process::Stdio::null());
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("not a regular file or a pipe"), "{stderr}");
+    let (status, stderr) = import(Path::new("/dev/stdin"), std::process::Stdio::piped());
+    assert_eq!(status, Some(0), "{stderr}");
+    assert_eq!(agent.ctl_verify("piped", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
+
+    let latin1 = agent.dir.path().join("latin1.oath");
+    fs::write(&latin1, b"# users\nHOTP j\xf6rg - 00\n").unwrap();
+    let (status, stderr) = import(&latin1, std::process::Stdio::null());
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("latin1.oath: line 2: not valid UTF-8"), "{stderr}");
 }
 
 #[test]

@@ -595,47 +595,84 @@ pub fn hash_algorithm(algorithm: Algorithm) -> HashAlgorithm {
     }
 }
 
-/// Maximum size in bytes of a file that import reads. A larger file must be split anyway,
-/// because one import request carries at most 1 MiB. The extra room is for
-/// comments and blank lines.
-const MAX_IMPORT_FILE_LEN: u64 = 64 * 1024 * 1024;
+/// Maximum size in bytes of a file that import reads. One import request
+/// carries at most 1 MiB, so a larger file must be split anyway; the extra
+/// room is for comments and blank lines.
+const MAX_IMPORT_FILE_LEN: usize = 64 * 1024 * 1024;
 
 /// Reads a file given on the command line, with a message naming it.
 ///
-/// Only regular files are read. The file is opened with O_NONBLOCK, so a
-/// FIFO without a writer is rejected instead of blocking `open` forever,
-/// and a device such as /dev/zero is rejected instead of filling memory.
+/// Regular files and pipes are read (`<(ssh host cat users.oath)` gives a
+/// pipe), at most [`MAX_IMPORT_FILE_LEN`] bytes. The file is opened with
+/// `O_NONBLOCK`, so that a named pipe without a writer does not block
+/// `open` forever: it reads as empty. A device such as /dev/zero is
+/// refused, as it would never end.
 pub fn read_file(path: &Path) -> Result<Zeroizing<String>, CommandError> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 
     let failed = |err: std::io::Error| format!("cannot read {}: {err}", path.display());
-    let file = std::fs::OpenOptions::new()
+    let mut file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
         .open(path)
         .map_err(failed)?;
     let meta = file.metadata().map_err(failed)?;
-    if !meta.file_type().is_file() {
-        return Err(format!("cannot read {}: not a regular file", path.display()));
+    let kind = meta.file_type();
+    if !kind.is_file() && !kind.is_fifo() {
+        return Err(format!("cannot read {}: not a regular file or a pipe", path.display()));
     }
-    if meta.len() > MAX_IMPORT_FILE_LEN {
-        return Err(format!(
-            "cannot read {}: the file has {} bytes, more than the maximum of {MAX_IMPORT_FILE_LEN}; split it into parts",
-            path.display(),
-            meta.len()
-        ));
+    if meta.len() > MAX_IMPORT_FILE_LEN as u64 {
+        return Err(too_large(path));
     }
-    let capacity = usize::try_from(meta.len()).unwrap_or(0);
-    let mut text = Zeroizing::new(String::with_capacity(capacity));
-    // The file may grow after the check, so the read stops at the maximum too.
-    file.take(MAX_IMPORT_FILE_LEN + 1)
-        .read_to_string(&mut text)
-        .map_err(failed)?;
-    if text.len() as u64 > MAX_IMPORT_FILE_LEN {
-        return Err(format!(
-            "cannot read {}: the file grew beyond the maximum of {MAX_IMPORT_FILE_LEN} bytes while it was read",
-            path.display()
-        ));
+    // Reads wait for a pipe's writer from here on.
+    nix::fcntl::fcntl(
+        file.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .map_err(|errno| failed(errno.into()))?;
+    // The buffer grows by copies into new zeroized buffers, so that no
+    // copy of the file's secrets stays behind in freed memory.
+    let initial = usize::try_from(meta.len()).unwrap_or(0).max(64 * 1024);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(initial));
+    loop {
+        if bytes.len() == bytes.capacity() {
+            let mut larger = Zeroizing::new(Vec::with_capacity(bytes.capacity() * 2));
+            larger.extend_from_slice(&bytes);
+            bytes = larger;
+        }
+        let (start, capacity) = (bytes.len(), bytes.capacity());
+        bytes.resize(capacity, 0);
+        let read = loop {
+            match file.read(&mut bytes[start..]) {
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        let read = read.map_err(failed)?;
+        bytes.truncate(start + read);
+        if read == 0 {
+            break;
+        }
+        if bytes.len() > MAX_IMPORT_FILE_LEN {
+            return Err(too_large(path));
+        }
     }
-    Ok(text)
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => Ok(Zeroizing::new(text.to_owned())),
+        Err(err) => {
+            let line = bytes[..err.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+            Err(format!(
+                "{}: line {line}: not valid UTF-8\nNothing was imported.",
+                path.display()
+            ))
+        }
+    }
+}
+
+fn too_large(path: &Path) -> CommandError {
+    format!(
+        "cannot read {}: it is larger than the maximum of {MAX_IMPORT_FILE_LEN} bytes; split it into parts",
+        path.display()
+    )
 }

@@ -162,6 +162,10 @@ fn oath(path: &Path) -> Result<Vec<ImportEntry>, CommandError> {
         errors.sort_by_key(|err| err.line);
         return Err(describe(path, &errors));
     }
+    if entries.is_empty() {
+        // An empty file, or a named pipe that nothing writes to.
+        return Err(format!("{}: no token lines\nNothing was imported.", path.display()));
+    }
     Ok(entries
         .iter()
         .map(|entry| ImportEntry {
