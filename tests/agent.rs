@@ -885,51 +885,41 @@ fn import_reads_pipes_and_refuses_devices() {
     let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(status.success(), "mkfifo failed");
 
-    let import = |path: &Path, stdin: std::process::Stdio| {
-        let mut child = Command::new(binary("freeauthctl"))
+    let import = |path: &Path, input: Option<String>| {
+        let mut command = Command::new(binary("freeauthctl"));
+        command
             .arg("--config")
             .arg(agent.config())
             .args(["import", "--format", "oath"])
-            .arg(path)
-            .stdin(stdin)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Some(mut input) = child.stdin.take() {
-            input
-                .write_all(format!("HOTP piped - {RFC_SEED_HEX}\n").as_bytes())
-                .unwrap();
+            .arg(path);
+        if let Some(text) = input {
+            // A pipe on standard input, as a shell gives; the text fits in
+            // its buffer.
+            let (reader, mut writer) = std::io::pipe().unwrap();
+            writer.write_all(text.as_bytes()).unwrap();
+            command.stdin(reader);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if child.try_wait().unwrap().is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("import of {} still runs after 10 s", path.display());
-        }
-        let output = child.wait_with_output().unwrap();
+        let output = output_within(&mut command, Duration::from_secs(10));
         (
             output.status.code(),
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     };
 
-    let (status, stderr) = import(&fifo, std::process::Stdio::null());
+    let (status, stderr) = import(&fifo, None);
     assert_eq!(status, Some(2), "{stderr}");
     assert!(stderr.contains("no token lines"), "{stderr}");
-    let (status, stderr) = import(Path::new("/dev/zero"), std::process::Stdio::null());
+    let (status, stderr) = import(Path::new("/dev/zero"), None);
     assert_eq!(status, Some(2), "{stderr}");
     assert!(stderr.contains("not a regular file or a pipe"), "{stderr}");
-    let (status, stderr) = import(Path::new("/dev/stdin"), std::process::Stdio::piped());
+    let piped = format!("HOTP piped - {RFC_SEED_HEX}\n");
+    let (status, stderr) = import(Path::new("/dev/stdin"), Some(piped));
     assert_eq!(status, Some(0), "{stderr}");
     assert_eq!(agent.ctl_verify("piped", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
 
     let latin1 = agent.dir.path().join("latin1.oath");
     fs::write(&latin1, b"# users\nHOTP j\xf6rg - 00\n").unwrap();
-    let (status, stderr) = import(&latin1, std::process::Stdio::null());
+    let (status, stderr) = import(&latin1, None);
     assert_eq!(status, Some(2), "{stderr}");
     assert!(stderr.contains("latin1.oath: line 2: not valid UTF-8"), "{stderr}");
 }
@@ -1097,6 +1087,34 @@ fn refuses_to_start_with_wrong_key() {
         String::from_utf8_lossy(&output.stderr).contains("restore the key"),
         "missing key with tokens"
     );
+}
+
+/// A configuration that is a named pipe, a device or not UTF-8 is an error
+/// at once: reading a pipe would wait for a writer forever, and /dev/zero
+/// would never end.
+#[test]
+fn check_config_refuses_pipes_devices_and_bad_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("agentd.toml");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let latin1 = dir.path().join("latin1.toml");
+    fs::write(&latin1, b"[enroll]\nissuer = \"M\xfcller\"\n").unwrap();
+    for (config, expected) in [
+        (fifo.as_path(), "not a regular file"),
+        (Path::new("/dev/zero"), "not a regular file"),
+        (latin1.as_path(), "line 2 is not valid UTF-8"),
+    ] {
+        let output = output_within(
+            Command::new(binary("freeauthctl"))
+                .arg("--config")
+                .arg(config)
+                .arg("check-config"),
+            Duration::from_secs(10),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{}: {stderr}", config.display());
+        assert!(stderr.contains(expected), "{}: {stderr}", config.display());
+    }
 }
 
 #[test]

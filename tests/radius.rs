@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::net::UdpSocket;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -914,6 +915,41 @@ fn ctl_clients(config: &std::path::Path, json: bool) -> std::process::Output {
         .arg(config)
         .output()
         .unwrap()
+}
+
+/// Reading a secret file that is a named pipe would wait for a writer
+/// forever. So such a file, even with safe permissions, is an error at once
+/// for both freeauthctl and the bridge.
+#[test]
+fn secret_file_pipe_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("gw.secret");
+    assert!(Command::new("mkfifo")
+        .args(["-m", "600"])
+        .arg(&secret_file)
+        .status()
+        .unwrap()
+        .success());
+    let config = dir.path().join("radius.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = [\"127.0.0.1:18120\"]\nstate_dir = \"state\"\n\n\
+         [[client]]\nname = \"gw\"\naddress = \"192.0.2.10\"\nsecret_file = \"gw.secret\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let limit = Duration::from_secs(10);
+    let mut clients = Command::new(binary("freeauthctl"));
+    clients.arg("clients").arg("--radius-config").arg(&config);
+    let mut check = Command::new(binary("freeauth-radius"));
+    check.arg("--config").arg(&config).arg("--check");
+    for command in [&mut clients, &mut check] {
+        let output = output_within(command, limit);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("gw.secret: not a regular file"), "{stderr}");
+    }
 }
 
 #[test]

@@ -110,9 +110,11 @@ pub struct Enroll {
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
+        let text = freeauth_toml::read_regular_file(path, freeauth_toml::MAX_CONFIG_LEN).map_err(|source| {
+            LoadError::Read {
+                path: path.to_owned(),
+                source,
+            }
         })?;
         Config::parse(path, &text).map_err(LoadError::Invalid)
     }

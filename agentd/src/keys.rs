@@ -101,10 +101,13 @@ impl SeedCipher {
     /// user, can read it.
     pub fn load(path: &Path) -> Result<SeedCipher, KeyError> {
         check_private_file(path)?;
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        })?);
+        // The key is 64 hex digits; the rest is room for a line break.
+        let text = Zeroizing::new(
+            freeauth_toml::read_regular_file(path, 4096).map_err(|source| KeyError::Io {
+                path: path.display().to_string(),
+                source,
+            })?,
+        );
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         decode_hex_key(text.trim(), &mut key).ok_or_else(|| KeyError::Malformed {
             path: path.display().to_string(),

@@ -154,9 +154,11 @@ impl std::error::Error for LoadError {}
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
+        let text = freeauth_toml::read_regular_file(path, freeauth_toml::MAX_CONFIG_LEN).map_err(|source| {
+            LoadError::Read {
+                path: path.to_owned(),
+                source,
+            }
         })?;
         let readable_by_others = std::fs::metadata(path)
             .map(|m| m.permissions().mode() & 0o007 != 0)
@@ -375,7 +377,8 @@ fn read_secret_file(path: &Path) -> Result<String, String> {
             path.display()
         ));
     }
-    std::fs::read_to_string(path).map_err(|err| format!("cannot read {}: {err}", path.display()))
+    // A secret has at most 128 bytes; the rest is room for line breaks.
+    freeauth_toml::read_regular_file(path, 4096).map_err(|err| format!("cannot read {}: {err}", path.display()))
 }
 
 fn read_policy(section: &Section) -> Option<MessageAuthenticatorPolicy> {

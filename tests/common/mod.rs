@@ -36,6 +36,26 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs `command` with its output captured, and fails the test if it is
+/// still running after `limit`: for commands that must not hang.
+pub fn output_within(command: &mut Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("wait for the command").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still runs after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("read the command's output")
+}
+
 /// Settings of a test agent beyond the defaults. A threshold of 0 turns the
 /// lock off (with the danger switch the agent requires for that).
 pub struct Options {

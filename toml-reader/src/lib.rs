@@ -22,6 +22,41 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+/// Largest configuration file read, far above any real one.
+pub const MAX_CONFIG_LEN: u64 = 1024 * 1024;
+
+/// Reads a configuration, key or secret file of at most `max` bytes as
+/// UTF-8 text. Only a regular file is read: a named pipe would wait for a
+/// writer forever, and a device such as /dev/zero would never end. The file
+/// is opened without waiting, so a named pipe fails at once as well.
+pub fn read_regular_file(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let too_large = || Error::new(ErrorKind::InvalidData, format!("larger than {max} bytes"));
+    if meta.len() > max {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|err| {
+        let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        Error::new(ErrorKind::InvalidData, format!("line {line} is not valid UTF-8"))
+    })
+}
+
 /// One thing wrong in a configuration file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
