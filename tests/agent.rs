@@ -1089,20 +1089,25 @@ fn refuses_to_start_with_wrong_key() {
     );
 }
 
-/// A configuration that is a named pipe, a device or not UTF-8 is an error
-/// at once: reading a pipe would wait for a writer forever, and /dev/zero
-/// would never end.
+/// A configuration that is a named pipe, a device, not UTF-8 or writable by
+/// every user is an error at once. Reading a pipe would wait for a writer
+/// forever, /dev/zero would never end, and anyone could change an open
+/// file.
 #[test]
-fn check_config_refuses_pipes_devices_and_bad_text() {
+fn check_config_refuses_unsafe_and_unreadable_files() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("agentd.toml");
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let latin1 = dir.path().join("latin1.toml");
     fs::write(&latin1, b"[enroll]\nissuer = \"M\xfcller\"\n").unwrap();
+    let open = dir.path().join("open.toml");
+    fs::write(&open, "[enroll]\nissuer = \"Example\"\n").unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o666)).unwrap();
     for (config, expected) in [
         (fifo.as_path(), "not a regular file"),
         (Path::new("/dev/zero"), "not a regular file"),
         (latin1.as_path(), "line 2 is not valid UTF-8"),
+        (open.as_path(), "open.toml is writable by every user (mode 0666)"),
     ] {
         let output = output_within(
             Command::new(binary("freeauthctl"))

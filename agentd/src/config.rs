@@ -116,6 +116,9 @@ impl Config {
                 source,
             }
         })?;
+        if let Some(problem) = freeauth_toml::world_writable(path) {
+            return Err(LoadError::Unsafe(problem));
+        }
         Config::parse(path, &text).map_err(LoadError::Invalid)
     }
 
@@ -286,7 +289,12 @@ fn to_usize(value: i64) -> usize {
 /// Failure to load a configuration file.
 #[derive(Debug)]
 pub enum LoadError {
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file's permissions let others change it.
+    Unsafe(String),
     Invalid(ConfigError),
 }
 
@@ -296,6 +304,7 @@ impl std::fmt::Display for LoadError {
             LoadError::Read { path, source } => {
                 write!(f, "cannot read configuration {}: {source}", path.display())
             }
+            LoadError::Unsafe(problem) => f.write_str(problem),
             LoadError::Invalid(err) => err.fmt(f),
         }
     }

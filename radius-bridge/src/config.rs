@@ -136,7 +136,12 @@ fn prefix_match(network: &[u8], address: &[u8], prefix: u8) -> bool {
 /// Failure to load a configuration file.
 #[derive(Debug)]
 pub enum LoadError {
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file's permissions let others change it.
+    Unsafe(String),
     Invalid(ConfigError),
 }
 
@@ -144,6 +149,7 @@ impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LoadError::Read { path, source } => write!(f, "cannot read configuration {}: {source}", path.display()),
+            LoadError::Unsafe(problem) => f.write_str(problem),
             LoadError::Invalid(err) => err.fmt(f),
         }
     }
@@ -160,6 +166,9 @@ impl Config {
                 source,
             }
         })?;
+        if let Some(problem) = freeauth_toml::world_writable(path) {
+            return Err(LoadError::Unsafe(problem));
+        }
         let readable_by_others = std::fs::metadata(path)
             .map(|m| m.permissions().mode() & 0o007 != 0)
             .unwrap_or(false);

@@ -57,6 +57,21 @@ pub fn read_regular_file(path: &Path, max: u64) -> std::io::Result<String> {
     })
 }
 
+/// Returns a problem when the file at `path` is writable by every user, as
+/// a user who can write a configuration controls the program that reads
+/// it. Group write is left alone, as a user's private group may have it.
+pub fn world_writable(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o002 != 0).then(|| {
+        format!(
+            "{} is writable by every user (mode {mode:04o}), so anyone could change this configuration; \
+             run chmod o-w on it",
+            path.display()
+        )
+    })
+}
+
 /// One thing wrong in a configuration file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
