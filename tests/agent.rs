@@ -1800,6 +1800,63 @@ fn same_secret_twice_for_one_user_is_refused() {
     assert!(stderr.contains("already has token 1 with this secret"), "{stderr}");
 }
 
+/// One account has at most 16 tokens. freeauthctl refuses a file with more
+/// lines of one user, and the agent an import or enrolment beyond them. A
+/// file of 4,800 tokens of one user once held the engine for seconds,
+/// while it compared each new secret with all the others.
+#[test]
+fn tokens_per_account_are_capped() {
+    let agent = Agent::start();
+    let secret = |n: u32| format!("{:040x}", 0x1000 + n);
+    let oath = agent.dir.path().join("many.oath");
+    let lines: String = (0..17).map(|n| format!("HOTP many - {}\n", secret(n))).collect();
+    fs::write(&oath, lines).unwrap();
+    let refused = agent.ctl(&["import", "--format", "oath", oath.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("many.oath: line 17: user many has more than 16 tokens"),
+        "{stderr}"
+    );
+
+    let entry = |n: u32| ImportEntry {
+        user: "many".into(),
+        token: NewToken {
+            kind: TokenKind::Hotp,
+            algorithm: HashAlgorithm::Sha1,
+            digits: 6,
+            period: 30,
+            counter: 0,
+            last_step: None,
+            secret_hex: SecretString::new(secret(n)),
+            pin: None,
+            label: None,
+        },
+        backup_codes: Vec::new(),
+    };
+    let mut client = Client::connect(&agent.admin_socket(), "test", Duration::from_secs(60)).unwrap();
+    let response = client
+        .call(Request::Import {
+            entries: (0..17).map(entry).collect(),
+        })
+        .unwrap();
+    assert!(
+        matches!(&response, Response::Error { message, .. } if message.contains("already has 16 tokens, the most one account may have")),
+        "{response:?}"
+    );
+    assert_eq!(agent.ctl(&["show", "many"]).status.code(), Some(2), "half imported");
+
+    let response = client
+        .call(Request::Import {
+            entries: (0..16).map(entry).collect(),
+        })
+        .unwrap();
+    assert!(matches!(response, Response::Imported { .. }), "{response:?}");
+    let more = agent.ctl(&["enroll", "many", "--no-qr"]);
+    assert_eq!(more.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&more.stderr).contains("already has 16 tokens"));
+}
+
 #[test]
 fn overlong_user_names_are_refused() {
     let agent = Agent::start();

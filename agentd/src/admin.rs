@@ -16,6 +16,12 @@ use crate::store::{Account, Db, TokenRow, TokenSettings};
 /// Longest accepted user name, in bytes (the RADIUS User-Name limit).
 pub const MAX_USER_LEN: usize = 253;
 
+/// Most tokens one account may have, enabled or not. Each token adds codes
+/// that a guess can hit, and a verification tries every token, so the
+/// number stays small. It also bounds the comparison of a new secret with
+/// the account's others, which runs on the engine thread.
+pub const MAX_TOKENS_PER_USER: usize = 16;
+
 /// Backup codes hashed off the engine thread, ready to store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupSet {
@@ -242,7 +248,14 @@ fn store_token(
         &checked.seed,
         checked.pin.as_ref(),
     );
-    for row in db.tokens(user_id)? {
+    let rows = db.tokens(user_id)?;
+    if rows.len() >= MAX_TOKENS_PER_USER {
+        return Ok(Err(format!(
+            "user {user} already has {} tokens, the most one account may have; remove one first",
+            rows.len()
+        )));
+    }
+    for row in rows {
         let existing = row.id;
         let open = context.open(row)?;
         let same_secret = bool::from(open.seed.as_bytes().ct_eq(checked.seed.as_bytes()));

@@ -158,6 +158,21 @@ fn oath(path: &Path) -> Result<Vec<ImportEntry>, CommandError> {
             ),
         )
     }));
+    let mut per_user: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for entry in &entries {
+        let count = per_user.entry(entry.user.as_str()).or_default();
+        *count += 1;
+        if *count == freeauth_agentd::admin::MAX_TOKENS_PER_USER + 1 {
+            errors.push(ImportError::new(
+                entry.line,
+                format!(
+                    "user {} has more than {} tokens, the most one account may have",
+                    entry.user,
+                    freeauth_agentd::admin::MAX_TOKENS_PER_USER
+                ),
+            ));
+        }
+    }
     if !errors.is_empty() {
         errors.sort_by_key(|err| err.line);
         return Err(describe(path, &errors));
