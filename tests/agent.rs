@@ -1857,6 +1857,49 @@ fn tokens_per_account_are_capped() {
     assert!(String::from_utf8_lossy(&more.stderr).contains("already has 16 tokens"));
 }
 
+/// `show` prints labels and names to an administrator's terminal, and a
+/// member of the admin group may set them. Escape sequences, invisible
+/// format characters and huge labels are refused, and an error message
+/// that quotes a name prints it escaped.
+#[test]
+fn labels_and_names_cannot_reach_the_terminal() {
+    let agent = Agent::start();
+    for (user, label, expected) in [
+        (
+            "gm",
+            "\u{1b}]0;owned\u{7}\u{1b}[2J",
+            "label must not contain control characters",
+        ),
+        ("gm", "phone\u{202e}", "label must not contain control characters"),
+        ("gm", &"x".repeat(129), "label must be 1 to 128 bytes long"),
+        ("us\u{202e}er", "phone", "user name must not contain control characters"),
+        (
+            "zero\u{200b}width",
+            "phone",
+            "user name must not contain control characters",
+        ),
+    ] {
+        let output = agent.ctl(&["enroll", user, "--label", label, "--no-qr"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+    agent.ctl_ok(&["enroll", "gm", "--label", "Jos\u{e9}'s phone \u{2014} spare", "--no-qr"]);
+    assert!(agent
+        .ctl_ok(&["show", "gm"])
+        .contains("label Jos\u{e9}'s phone \u{2014} spare"));
+
+    let oath = agent.dir.path().join("bidi.oath");
+    fs::write(&oath, format!("HOTP us\u{202e}er 1234 {RFC_SEED_HEX}\n")).unwrap();
+    let quoted = agent.ctl(&["import", "--format", "oath", oath.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&quoted.stderr);
+    assert_eq!(quoted.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("user us\\u{202e}er has a static password"), "{stderr}");
+    let empty = agent.ctl(&["show", ""]);
+    let stderr = String::from_utf8_lossy(&empty.stderr);
+    assert!(stderr.contains("user name must be 1 to 253 bytes long"), "{stderr}");
+}
+
 #[test]
 fn overlong_user_names_are_refused() {
     let agent = Agent::start();

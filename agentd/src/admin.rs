@@ -132,14 +132,15 @@ fn error(kind: ErrorKind, message: impl Into<String>) -> AdminResult {
     })
 }
 
-/// Checks a user name: 1 to 253 bytes, no control characters, no
-/// surrounding white space.
+/// Checks a user name: 1 to 253 bytes, no control characters or invisible
+/// format characters (which could disguise a name in a log or a
+/// terminal), no surrounding white space.
 pub fn check_user_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_USER_LEN {
         return Err(format!("user name must be 1 to {MAX_USER_LEN} bytes long"));
     }
-    if name.chars().any(char::is_control) {
-        return Err("user name must not contain control characters".into());
+    if name.chars().any(freeauth_proto::text::needs_escape) {
+        return Err("user name must not contain control characters or invisible format characters".into());
     }
     if name.trim() != name {
         return Err("user name must not start or end with white space".into());
@@ -187,6 +188,9 @@ fn check_token(token: &NewToken) -> Result<CheckedToken, String> {
         ));
     }
     let pin = check_pin(kind, token.pin.as_ref())?;
+    if let Some(label) = &token.label {
+        check_label(label)?;
+    }
     let state = State {
         counter: token.counter,
         last_step: if kind == Kind::Hotp { None } else { token.last_step },
@@ -201,6 +205,22 @@ fn check_token(token: &NewToken) -> Result<CheckedToken, String> {
         label: token.label.clone(),
     };
     Ok(CheckedToken { settings, seed, pin })
+}
+
+/// Maximum length of a token label, in bytes.
+pub const MAX_LABEL_LEN: usize = 128;
+
+/// Checks a token label: 1 to 128 bytes of printable text. `show` prints
+/// it to an administrator's terminal, and a member of the admin group may
+/// set it.
+fn check_label(label: &str) -> Result<(), String> {
+    if label.is_empty() || label.len() > MAX_LABEL_LEN {
+        return Err(format!("label must be 1 to {MAX_LABEL_LEN} bytes long"));
+    }
+    if label.chars().any(freeauth_proto::text::needs_escape) {
+        return Err("label must not contain control characters or invisible format characters".into());
+    }
+    Ok(())
 }
 
 fn check_pin(kind: Kind, pin: Option<&SecretString>) -> Result<Option<Secret>, String> {
@@ -447,6 +467,13 @@ fn import(
 }
 
 fn find_account(db: Db<'_, '_>, user: &str) -> Result<Result<Account, Response>, EngineError> {
+    // No account can have such a name: the reason beats "has no tokens".
+    if let Err(problem) = check_user_name(user) {
+        return Ok(Err(Response::Error {
+            kind: ErrorKind::Invalid,
+            message: problem,
+        }));
+    }
     match db.account(user)? {
         Some(account) => Ok(Ok(account)),
         None => Ok(Err(Response::Error {

@@ -130,7 +130,7 @@ fn google_authenticator(user: &str, path: &Path) -> Result<Vec<ImportEntry>, Com
         }
     }
     for note in &file.notes {
-        eprintln!("freeauthctl: note: {note}");
+        eprintln!("freeauthctl: note: {}", freeauth_proto::text::printable(note));
     }
     Ok(vec![ImportEntry {
         user: user.to_owned(),

@@ -50,7 +50,10 @@ fn main() -> ExitCode {
     match commands::run(args) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("freeauthctl: {err}");
+            // Messages may quote user names and file contents; each line is
+            // escaped so that none can send escape sequences to the terminal.
+            let lines: Vec<_> = err.split('\n').map(freeauth_proto::text::printable).collect();
+            eprintln!("freeauthctl: {}", lines.join("\n"));
             ExitCode::from(2)
         }
     }

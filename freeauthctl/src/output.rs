@@ -1,6 +1,7 @@
 //! Text and JSON output of `freeauthctl`.
 
 use freeauth_otp::Kind;
+use freeauth_proto::text::printable;
 use freeauth_proto::{
     AgentStatus, ErrorKind, Response, SecretString, TokenInfo, UserDetail, UserSummary, VerifyResult,
 };
@@ -108,7 +109,7 @@ fn print_user_rows(users: &[UserSummary]) {
         let locked = if user.locked { "yes" } else { "no" };
         say!(
             "{:<24} {:>6} {:>8} {:>8} {:>7} {:>7}",
-            user.user,
+            printable(&user.user),
             user.tokens,
             user.enabled_tokens,
             user.failures,
@@ -119,7 +120,7 @@ fn print_user_rows(users: &[UserSummary]) {
 }
 
 fn print_user(user: &UserDetail) {
-    say!("user:              {}", user.user);
+    say!("user:              {}", printable(&user.user));
     say!("failures:          {}", user.failures);
     match user.locked_until {
         Some(until) => say!("locked until:      {}", format_time(until)),
@@ -158,7 +159,7 @@ fn print_token(token: &TokenInfo) {
         }
     }
     if let Some(label) = &token.label {
-        say!("  label {label}");
+        say!("  label {}", printable(label));
     }
     say!("  enrolled {}", format_time(token.created));
     match token.last_used {
@@ -214,7 +215,7 @@ pub fn print_enrolled(enrolled: &Enrolled<'_>) -> Result<(), String> {
             backup_codes: codes,
         });
     }
-    say!("enrolled token {} for {}", enrolled.token, enrolled.user);
+    say!("enrolled token {} for {}", enrolled.token, printable(enrolled.user));
     if let Some(qr) = &enrolled.qr {
         say!("{qr}");
     }

@@ -3,6 +3,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CString};
 
+use freeauth_proto::text::printable;
 use freeauth_proto::Origin;
 use pam::constants::{PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_TEXT_INFO};
 use pam::conv::Conv;
@@ -113,61 +114,12 @@ impl Host for PamHost<'_> {
             Priority::Debug if self.debug => libc::LOG_DEBUG,
             Priority::Debug => return,
         };
-        let Ok(text) = CString::new(printable(message)) else {
+        let Ok(text) = CString::new(printable(message).as_ref()) else {
             return;
         };
         let pamh: *const PamHandle = &*self.pamh;
         // SAFETY: pamh is the live handle of this call; the format is a
         // constant "%s" with one NUL-terminated string argument.
         unsafe { pam_syslog(pamh, level, c"%s".as_ptr(), text.as_ptr()) };
-    }
-}
-
-/// Returns `message` with every character that [`needs_escape`] names
-/// written as `\u{…}`. Messages name users, and sshd passes on the name that a
-/// remote user typed before logging in: a newline in it must not start a
-/// forged line in the system log, nor an escape sequence reach an
-/// administrator's terminal.
-fn printable(message: &str) -> String {
-    let mut text = String::with_capacity(message.len());
-    for character in message.chars() {
-        if needs_escape(character) {
-            text.extend(character.escape_unicode());
-        } else {
-            text.push(character);
-        }
-    }
-    text
-}
-
-/// Tells whether `character` could break or disguise a log line: a control
-/// character, a line or paragraph separator, or an invisible format
-/// character such as a right-to-left override or a zero-width space.
-fn needs_escape(character: char) -> bool {
-    character.is_control()
-        || matches!(
-            character,
-            '\u{00AD}'
-                | '\u{061C}'
-                | '\u{180E}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{2028}'..='\u{202E}'
-                | '\u{2060}'..='\u{206F}'
-                | '\u{FEFF}'
-                | '\u{FFF9}'..='\u{FFFB}'
-        )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::printable;
-
-    #[test]
-    fn printable_escapes_control_characters() {
-        assert_eq!(printable("user carol\nFAKE: root"), "user carol\\u{a}FAKE: root");
-        assert_eq!(printable("a\u{1b}[2Jb\0c\td"), "a\\u{1b}[2Jb\\u{0}c\\u{9}d");
-        assert_eq!(printable("carol\u{2028}FAKE"), "carol\\u{2028}FAKE");
-        assert_eq!(printable("gnp.exe\u{202e}"), "gnp.exe\\u{202e}");
-        assert_eq!(printable("user jos\u{e9} \u{2014} ok"), "user jos\u{e9} \u{2014} ok");
     }
 }

@@ -23,6 +23,7 @@ pub mod client;
 pub mod frame;
 pub mod message;
 pub mod secret;
+pub mod text;
 
 pub use client::{Client, ClientError};
 pub use frame::{FrameError, MAX_FRAME_LEN};
