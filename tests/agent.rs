@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use freeauth_e2e::*;
 use freeauth_proto::{
-    Client, HashAlgorithm, ImportEntry, NewToken, Origin, Request, Response, SecretString, TokenKind, VerifyResult,
+    Client, ErrorKind, HashAlgorithm, ImportEntry, NewToken, Origin, Request, Response, SecretString, TokenKind,
+    VerifyResult,
 };
 
 const RFC_SEED_HEX: &str = "3132333435363738393031323334353637383930";
@@ -1898,6 +1899,60 @@ fn labels_and_names_cannot_reach_the_terminal() {
     let empty = agent.ctl(&["show", ""]);
     let stderr = String::from_utf8_lossy(&empty.stderr);
     assert!(stderr.contains("user name must be 1 to 253 bytes long"), "{stderr}");
+}
+
+/// Values longer than any real one get a message that names the problem,
+/// from freeauthctl before it sends them, and from the agent for a client
+/// that sends them anyway (not "request 0 while request 1 was pending").
+#[test]
+fn overlong_values_get_clear_errors() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let long = "1".repeat(600);
+    for (args, expected) in [
+        (
+            vec!["verify", "alice", &long],
+            "a code has at most 64 characters, and this one has 600",
+        ),
+        (
+            vec!["resync", "alice", "123456", &long],
+            "a code has at most 64 characters",
+        ),
+        (
+            vec!["enroll", "zed", "--secret-hex", &"ab".repeat(300), "--no-qr"],
+            "a secret has at most 128 bytes, and this one has 300",
+        ),
+        (
+            vec![
+                "enroll",
+                "zed",
+                "--type",
+                "motp",
+                "--secret-hex",
+                "0123456789abcdef",
+                "--pin",
+                &long,
+            ],
+            "Mobile-OTP PIN must be 4 to 16 digits",
+        ),
+    ] {
+        let output = agent.ctl(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let mut client = Client::connect(&agent.admin_socket(), "test", Duration::from_secs(10)).unwrap();
+    let response = client.call(verify_request("alice", &long, Origin::Admin {}));
+    assert!(
+        matches!(
+            &response,
+            Ok(Response::Error {
+                kind: ErrorKind::Malformed,
+                ..
+            })
+        ),
+        "{response:?}"
+    );
 }
 
 #[test]

@@ -51,6 +51,8 @@ pub fn run(args: Args) -> Result<ExitCode, CommandError> {
             second,
             token,
         } => {
+            check_code_length(&first)?;
+            check_code_length(&second)?;
             let request = Request::Resync {
                 user,
                 token,
@@ -366,6 +368,7 @@ fn verify(config: &Config, user: String, code: &str, json: bool) -> Result<ExitC
     } else {
         Zeroizing::new(code.to_owned())
     };
+    check_code_length(&code)?;
     let request = Request::Verify {
         user,
         code: SecretString::new(code.as_str()),
@@ -423,6 +426,10 @@ fn enroll(config: &Config, args: EnrollArgs, json: bool) -> Result<ExitCode, Com
         Some(pin) => Some(SecretString::new(pin)),
         None => None,
     };
+    // The agent checks the PIN too; a long one would not even reach it.
+    if pin.as_ref().is_some_and(|pin| pin.expose().len() > 16) {
+        return Err("Mobile-OTP PIN must be 4 to 16 digits".into());
+    }
     if description.kind == Kind::Motp && pin.is_none() {
         return Err("Mobile-OTP tokens need --pin".into());
     }
@@ -480,6 +487,7 @@ fn describe_token(config: &Config, args: &EnrollArgs) -> Result<(TokenDescriptio
     if let Some(uri) = &args.uri {
         let uri = read_value(uri, "URI")?;
         let mut description = parse_uri(&uri).map_err(|err| format!("invalid --uri: {err}"))?;
+        check_secret_length(&description.secret)?;
         description.account = Some(args.user.clone());
         description.issuer = description.issuer.or(issuer);
         return Ok((description, false));
@@ -512,6 +520,7 @@ fn describe_token(config: &Config, args: &EnrollArgs) -> Result<(TokenDescriptio
         }
         (None, None) => (generate_secret(kind, algorithm)?, true),
     };
+    check_secret_length(&secret)?;
     let description = TokenDescription {
         kind,
         algorithm,
@@ -554,6 +563,33 @@ fn check_options_fit(kind: Kind, args: &EnrollArgs) -> Result<(), CommandError> 
     }
     if kind != Kind::Motp && args.pin.is_some() {
         return Err("--pin applies only to Mobile-OTP tokens (--type motp)".into());
+    }
+    Ok(())
+}
+
+/// Longest text accepted as a code, far above any real one (8 digits, or
+/// a code typed with spaces), and below what one protocol message carries.
+const MAX_CODE_LEN: usize = 64;
+
+/// Refuses a code that cannot be one, with a message, before it is sent.
+fn check_code_length(code: &str) -> Result<(), CommandError> {
+    if code.len() > MAX_CODE_LEN {
+        return Err(format!(
+            "a code has at most {MAX_CODE_LEN} characters, and this one has {}",
+            code.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a secret that the agent would refuse, before it is sent: a long
+/// one would not even reach the agent.
+fn check_secret_length(secret: &Secret) -> Result<(), CommandError> {
+    if secret.len() > 128 {
+        return Err(format!(
+            "a secret has at most 128 bytes, and this one has {}",
+            secret.len()
+        ));
     }
     Ok(())
 }

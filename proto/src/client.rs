@@ -213,6 +213,12 @@ impl Client {
 
     fn receive(&mut self, id: u64, deadline: Instant) -> Result<Response, ClientError> {
         let frame: ResponseFrame = read_frame(&mut self.incoming.reader(&mut self.stream, deadline))?;
+        // Id 0 carries the agent's error for a request it could not read,
+        // such as a code longer than any code can be. That request is the
+        // pending one, as this client sends one at a time.
+        if frame.id == 0 && matches!(frame.response, Response::Error { .. }) {
+            return Ok(frame.response);
+        }
         if frame.id != id {
             return Err(ClientError::UnexpectedId {
                 expected: id,
