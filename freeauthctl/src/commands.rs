@@ -567,7 +567,7 @@ fn check_options_fit(kind: Kind, args: &EnrollArgs) -> Result<(), CommandError> 
     Ok(())
 }
 
-/// Longest text accepted as a code, far above any real one (8 digits, or
+/// Maximum length of a code, far above any real one (8 digits, or
 /// a code typed with spaces), and below what one protocol message carries.
 const MAX_CODE_LEN: usize = 64;
 
