@@ -117,6 +117,8 @@ fn truncated_frame_is_logged_once() {
         "{}",
         agent.log()
     );
+    let sent = format!("(16 of {} bytes)", full.len() - 4);
+    assert!(agent.log().contains(&sent), "{}", agent.log());
 }
 
 #[test]
@@ -209,7 +211,11 @@ fn large_frames_are_refused_on_the_agent_socket() {
     raw_send(&mut stream, &hello_frame());
     raw_send(&mut stream, &(64 * 1024u32).to_be_bytes());
     let reply = raw_read_all(&mut stream, Duration::from_secs(5));
-    assert!(String::from_utf8_lossy(&reply).contains("invalid frame length 65536"));
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.contains("invalid frame length 65536 (must be 1 to 16384 bytes)"),
+        "{reply}"
+    );
     assert_serving(&agent, 0);
 }
 

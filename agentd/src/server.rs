@@ -530,19 +530,16 @@ async fn read_frame<T: serde::de::DeserializeOwned + Send + 'static>(
         return Err(FrameError::Closed);
     }
     let rest = async {
-        reader
-            .read_exact(&mut header[1..])
-            .await
-            .map_err(|err| truncated(err, 1, HEADER_LEN))?;
+        read_full(reader, &mut header[1..], 1).await?;
         let length = frame::body_len(header)?;
         if length > max_len {
-            return Err(FrameError::BadLength { length: length as u64 });
+            return Err(FrameError::BadLength {
+                length: length as u64,
+                max: max_len as u64,
+            });
         }
         let mut body = zeroize::Zeroizing::new(vec![0u8; length]);
-        reader
-            .read_exact(&mut body)
-            .await
-            .map_err(|err| truncated(err, 0, length))?;
+        read_full(reader, &mut body, 0).await?;
         Ok(body)
     };
     let body = tokio::time::timeout(timeout, rest)
@@ -574,12 +571,27 @@ fn timed_out(what: &str) -> FrameError {
     ))
 }
 
-fn truncated(err: std::io::Error, received: usize, expected: usize) -> FrameError {
-    if err.kind() == std::io::ErrorKind::UnexpectedEof {
-        FrameError::Truncated { received, expected }
-    } else {
-        FrameError::Io(err)
+/// Fills `buffer`, of which `before` bytes of the same part (the length
+/// prefix) were read already. A peer that closes first gets an error with
+/// the bytes it did send.
+async fn read_full(
+    reader: &mut WipingReader<OwnedReadHalf>,
+    buffer: &mut [u8],
+    before: usize,
+) -> Result<(), FrameError> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..]).await? {
+            0 => {
+                return Err(FrameError::Truncated {
+                    received: before + filled,
+                    expected: before + buffer.len(),
+                })
+            }
+            read => filled += read,
+        }
     }
+    Ok(())
 }
 
 /// One request being served.

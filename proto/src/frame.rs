@@ -25,8 +25,9 @@ pub enum FrameError {
     Closed,
     /// The peer closed the connection in the middle of a frame.
     Truncated { received: usize, expected: usize },
-    /// The length prefix is zero or above [`MAX_FRAME_LEN`].
-    BadLength { length: u64 },
+    /// The length prefix is zero or above `max`: [`MAX_FRAME_LEN`], or the
+    /// smaller limit of the socket.
+    BadLength { length: u64, max: u64 },
     /// The body is not a valid message of the expected type.
     Malformed { reason: String },
     /// The socket failed or timed out.
@@ -41,8 +42,8 @@ impl fmt::Display for FrameError {
                 f,
                 "connection closed in the middle of a frame ({received} of {expected} bytes)"
             ),
-            FrameError::BadLength { length } => {
-                write!(f, "invalid frame length {length} (must be 1 to {MAX_FRAME_LEN} bytes)")
+            FrameError::BadLength { length, max } => {
+                write!(f, "invalid frame length {length} (must be 1 to {max} bytes)")
             }
             FrameError::Malformed { reason } => write!(f, "malformed message: {reason}"),
             // A socket timeout (SO_RCVTIMEO, SO_SNDTIMEO) ends the call
@@ -66,11 +67,13 @@ impl From<io::Error> for FrameError {
 /// Checks a length prefix and returns the body length it announces.
 pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
     let length = u32::from_be_bytes(header);
-    let length = usize::try_from(length).map_err(|_| FrameError::BadLength {
-        length: u64::from(length),
-    })?;
+    let bad = |length: u64| FrameError::BadLength {
+        length,
+        max: MAX_FRAME_LEN as u64,
+    };
+    let length = usize::try_from(length).map_err(|_| bad(u64::from(length)))?;
     if length == 0 || length > MAX_FRAME_LEN {
-        return Err(FrameError::BadLength { length: length as u64 });
+        return Err(bad(length as u64));
     }
     Ok(length)
 }
@@ -92,7 +95,10 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
         Ok(prefix) if length <= MAX_FRAME_LEN => prefix.to_be_bytes(),
         _ => {
             frame.zeroize();
-            return Err(FrameError::BadLength { length: length as u64 });
+            return Err(FrameError::BadLength {
+                length: length as u64,
+                max: MAX_FRAME_LEN as u64,
+            });
         }
     };
     frame[..HEADER_LEN].copy_from_slice(&prefix);
@@ -217,7 +223,7 @@ mod tests {
     fn rejects_zero_length() {
         assert!(matches!(
             body_len([0, 0, 0, 0]),
-            Err(FrameError::BadLength { length: 0 })
+            Err(FrameError::BadLength { length: 0, .. })
         ));
     }
 
