@@ -2032,7 +2032,7 @@ fn ctl_refuses_a_fake_admin_socket() {
     let fake_dir = tempfile::tempdir().unwrap();
     fs::set_permissions(fake_dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let fake = fake_dir.path().join("admin.sock");
-    let script = "import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(1)\nc, _ = s.accept()\ntime.sleep(3)\n";
+    let script = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(4)\nheld = []\nwhile True:\n    held.append(s.accept())\n";
     let mut listener = Command::new("setpriv")
         .args([
             "--reuid=65534",
@@ -2052,11 +2052,22 @@ fn ctl_refuses_a_fake_admin_socket() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let output = agent.ctl(&["--socket", fake.to_str().unwrap(), "enroll", "eve", "--no-qr"]);
+    // Without a configuration there is no state folder to compare with:
+    // only root or the caller's own uid is trusted then.
+    let missing = fake_dir.path().join("missing.toml");
+    let without_config = Command::new(binary("freeauthctl"))
+        .arg("--config")
+        .arg(&missing)
+        .args(["--socket", fake.to_str().unwrap(), "enroll", "eve", "--no-qr"])
+        .output()
+        .unwrap();
     let _ = listener.kill();
     let _ = listener.wait();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("refusing to talk to it"), "{stderr}");
+    for output in [output, without_config] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("refusing to talk to it"), "{stderr}");
+    }
 }
 
 #[test]

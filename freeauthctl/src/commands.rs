@@ -129,16 +129,27 @@ pub fn connect(config: &Config) -> Result<Client, CommandError> {
 }
 
 /// Refuses to send secrets to a process that is not the agent: the peer
-/// must run as the owner of the state folder. When this user cannot read
-/// the folder's owner, the check is skipped (the socket's permissions
-/// still apply).
+/// must run as the owner of the state folder. When the folder's owner
+/// cannot be read (the folder is missing, or the configuration could not
+/// be loaded and `--socket` names the socket), only a peer that runs as
+/// root or as this user is trusted.
 fn check_peer(config: &Config, stream: &std::os::unix::net::UnixStream) -> Result<(), CommandError> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(&config.paths.state_dir) else {
-        return Ok(());
-    };
     let peer = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
         .map_err(|err| format!("cannot read the credentials of the admin socket's peer: {err}"))?;
+    let meta = match std::fs::metadata(&config.paths.state_dir) {
+        Ok(meta) => meta,
+        Err(_) if peer.uid() == 0 || peer.uid() == nix::unistd::geteuid().as_raw() => return Ok(()),
+        Err(err) => {
+            return Err(format!(
+                "the process behind {} runs as uid {}, and the owner of the agent's state folder {} cannot be \
+                 read ({err}) to check it; refusing to talk to it. Pass --config with the agent's configuration",
+                config.paths.admin_socket.display(),
+                peer.uid(),
+                config.paths.state_dir.display()
+            ))
+        }
+    };
     let expected = meta.uid();
     if peer.uid() != expected {
         return Err(format!(
