@@ -132,15 +132,16 @@ fn error(kind: ErrorKind, message: impl Into<String>) -> AdminResult {
     })
 }
 
-/// Checks a user name: 1 to 253 bytes, no control characters or invisible
-/// format characters (which could disguise a name in a log or a
-/// terminal), no surrounding white space.
+/// Checks a user name: 1 to 253 bytes, no control characters, no
+/// surrounding white space. Invisible format characters pass: names in
+/// Persian and Indic scripts need the zero-width non-joiner and joiner.
+/// Logs and freeauthctl print them escaped.
 pub fn check_user_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_USER_LEN {
         return Err(format!("user name must be 1 to {MAX_USER_LEN} bytes long"));
     }
-    if name.chars().any(freeauth_proto::text::needs_escape) {
-        return Err("user name must not contain control characters or invisible format characters".into());
+    if name.chars().any(char::is_control) {
+        return Err("user name must not contain control characters".into());
     }
     if name.trim() != name {
         return Err("user name must not start or end with white space".into());
@@ -210,15 +211,16 @@ fn check_token(token: &NewToken) -> Result<CheckedToken, String> {
 /// Maximum length of a token label, in bytes.
 pub const MAX_LABEL_LEN: usize = 128;
 
-/// Checks a token label: 1 to 128 bytes of printable text. `show` prints
-/// it to an administrator's terminal, and a member of the admin group may
-/// set it.
+/// Checks a token label: 1 to 128 bytes without control characters, which
+/// start terminal escape sequences. `show` prints the label to an
+/// administrator's terminal (escaping invisible format characters), and a
+/// member of the admin group may set it.
 fn check_label(label: &str) -> Result<(), String> {
     if label.is_empty() || label.len() > MAX_LABEL_LEN {
         return Err(format!("label must be 1 to {MAX_LABEL_LEN} bytes long"));
     }
-    if label.chars().any(freeauth_proto::text::needs_escape) {
-        return Err("label must not contain control characters or invisible format characters".into());
+    if label.chars().any(char::is_control) {
+        return Err("label must not contain control characters".into());
     }
     Ok(())
 }

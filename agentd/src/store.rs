@@ -38,7 +38,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -180,6 +180,11 @@ pub enum StoreError {
     },
     /// SQLite ended a batch's transaction by itself after an error.
     TransactionLost,
+    /// A file outside the state folder, such as a backup copy.
+    File {
+        path: String,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for StoreError {
@@ -189,6 +194,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Folder { path, reason } => write!(f, "state folder {path}: {reason}"),
             StoreError::Corrupt { what } => write!(f, "database holds an invalid value: {what}"),
             StoreError::TransactionLost => write!(f, "the database ended the transaction after an error"),
+            StoreError::File { path, reason } => write!(f, "{path}: {reason}"),
         }
     }
 }
@@ -1173,6 +1179,113 @@ fn lock_state_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
         )),
         Err((_, errno)) => Err(folder_error(format!("cannot lock it: {errno}"))),
     }
+}
+
+/// What [`backup`] copied.
+#[derive(Debug)]
+pub struct BackupSummary {
+    pub users: u64,
+    pub tokens: u64,
+    pub bytes: u64,
+}
+
+/// Copies the database in `state_dir` into the new file `dest` (mode 0600),
+/// consistent as of one moment, while an agent runs or not, and checks the
+/// copy. The seed key is not part of it.
+///
+/// The database is opened read-only and creates no file in the state
+/// folder: a file made there by root would keep the agent's user out of
+/// it. So when no agent runs, this takes the folder's lock for the copy,
+/// and a WAL without its index (the `-shm` file) is refused.
+pub fn backup(state_dir: &Path, dest: &Path) -> Result<BackupSummary, StoreError> {
+    let folder_error = |path: &Path, reason: String| StoreError::Folder {
+        path: path.display().to_string(),
+        reason,
+    };
+    let file_error = |reason: String| StoreError::File {
+        path: dest.display().to_string(),
+        reason,
+    };
+    let path = state_dir.join(DB_FILE);
+    if !path.is_file() {
+        return Err(folder_error(state_dir, format!("has no database {DB_FILE}")));
+    }
+    // Held until the copy is done, so that an agent cannot start meanwhile.
+    let _lock = match lock_state_dir(state_dir) {
+        Ok(lock) => Some(lock),
+        Err(_) if in_use_by_agent(state_dir) => None,
+        Err(err) => return Err(err),
+    };
+    let wal = state_dir.join(format!("{DB_FILE}-wal"));
+    let shm = state_dir.join(format!("{DB_FILE}-shm"));
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+    let uri = match (wal.exists(), shm.exists()) {
+        (true, true) => format!("file:{}?mode=ro", uri_path(&path)),
+        // Nothing to read but the database file, which no agent changes now.
+        (false, false) => format!("file:{}?mode=ro&immutable=1", uri_path(&path)),
+        _ => {
+            return Err(folder_error(
+                state_dir,
+                format!(
+                    "{DB_FILE} has a WAL file without its index, or the reverse; start the agent once and try again"
+                ),
+            ))
+        }
+    };
+    let conn = Connection::open_with_flags(uri, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    check_schema_version(&conn)?;
+    let count = |sql: &str| conn.query_row(sql, [], |row| row.get::<_, i64>(0));
+    let users = u64::try_from(count("SELECT count(*) FROM users")?).unwrap_or(0);
+    let tokens = u64::try_from(count("SELECT count(*) FROM tokens")?).unwrap_or(0);
+    // The copy holds encrypted seeds and hashed backup codes: mode 0600 from
+    // the start. `create_new` refuses a file that exists.
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .map_err(|err| file_error(format!("cannot create it: {err}")))?;
+    drop(file);
+    let copied = conn
+        .execute("VACUUM INTO ?1", [dest.to_string_lossy()])
+        .map(drop)
+        .and_then(|()| {
+            let copy = Connection::open_with_flags(dest, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            copy.query_row("PRAGMA integrity_check", [], |row| row.get::<_, String>(0))
+        });
+    match copied {
+        Ok(verdict) if verdict == "ok" => {}
+        Ok(verdict) => {
+            let _ = fs::remove_file(dest);
+            return Err(StoreError::Corrupt {
+                what: format!("the copy failed its integrity check: {verdict}"),
+            });
+        }
+        Err(err) => {
+            let _ = fs::remove_file(dest);
+            return Err(err.into());
+        }
+    }
+    File::open(dest)
+        .and_then(|file| file.sync_all())
+        .map_err(|err| file_error(format!("cannot sync it: {err}")))?;
+    let bytes = fs::metadata(dest).map(|meta| meta.len()).unwrap_or(0);
+    Ok(BackupSummary { users, tokens, bytes })
+}
+
+/// Writes `path` for a `file:` URI: every byte but letters, digits and
+/// `/._-~` is percent-encoded.
+fn uri_path(path: &Path) -> String {
+    let mut text = String::new();
+    for &byte in path.as_os_str().as_encoded_bytes() {
+        if byte.is_ascii_alphanumeric() || b"/._-~".contains(&byte) {
+            text.push(char::from(byte));
+        } else {
+            text.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    text
 }
 
 /// Returns whether a running agent holds the lock on the state folder `dir`

@@ -73,6 +73,9 @@ pub enum Command {
     Import(ImportArgs),
     /// Show the agent's counters.
     Status,
+    /// Copy the database into the new file FILE (mode 0600), while the
+    /// agent runs or not. Run as root. The seed key is not in the copy.
+    Backup { file: PathBuf },
     /// Check the configuration file and the key and state permissions.
     CheckConfig,
     /// Check the RADIUS bridge's configuration and list its clients (never

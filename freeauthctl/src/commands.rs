@@ -32,7 +32,10 @@ pub fn run(args: Args) -> Result<ExitCode, CommandError> {
     if let Command::Clients { radius_config } = &args.command {
         return crate::clients_command::run(radius_config, args.json);
     }
-    let strict = matches!(args.command, Command::Init { .. } | Command::CheckConfig);
+    let strict = matches!(
+        args.command,
+        Command::Init { .. } | Command::CheckConfig | Command::Backup { .. }
+    );
     let config = load_config(&args, strict)?;
     let json = args.json;
     match args.command {
@@ -66,6 +69,7 @@ pub fn run(args: Args) -> Result<ExitCode, CommandError> {
         Command::Verify { user, code } => verify(&config, user, &code, json),
         Command::Import(import_args) => crate::import_command::run(&config, import_args, json),
         Command::Status => simple(&config, Request::Status {}, json),
+        Command::Backup { file } => backup(&config, &file, json),
         Command::Clients { radius_config } => crate::clients_command::run(&radius_config, json),
     }
 }
@@ -371,6 +375,34 @@ fn check_config(config: &Config) -> Result<ExitCode, CommandError> {
         config.source.display(),
         problems.join("\n  ")
     ))
+}
+
+/// Copies the database into `file` through the store, which reads it
+/// without the agent and without changing anything in the state folder.
+fn backup(config: &Config, file: &Path, json: bool) -> Result<ExitCode, CommandError> {
+    let summary = freeauth_agentd::store::backup(&config.paths.state_dir, file).map_err(|err| err.to_string())?;
+    if json {
+        let value = serde_json::json!({
+            "file": file,
+            "users": summary.users,
+            "tokens": summary.tokens,
+            "bytes": summary.bytes,
+        });
+        say!("{value}");
+    } else {
+        say!(
+            "copied {} users and {} tokens ({} bytes) to {} (mode 0600)",
+            summary.users,
+            summary.tokens,
+            summary.bytes,
+            file.display()
+        );
+        say!(
+            "The seed key {} is not in the copy; keep a copy of it apart from this file.",
+            config.paths.seed_key.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn verify(config: &Config, user: String, code: &str, json: bool) -> Result<ExitCode, CommandError> {
