@@ -1717,26 +1717,30 @@ fn uri_from_stdin_longer_than_limit() {
     let padding = "a".repeat(1024 - prefix.len() - counter.len() + 3);
     let uri = format!("{prefix}{padding}{counter}");
     assert_eq!(uri.len(), 1027, "the limit falls inside the counter");
+    // Two-byte characters, cut in the middle by the limit.
+    let accented = format!("{prefix}{}{counter}", "\u{e9}".repeat(500));
 
-    let mut child = Command::new(binary("freeauthctl"))
-        .arg("--config")
-        .arg(agent.config())
-        .args(["enroll", "long", "--uri", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{uri}\n").as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("longer than 1024 bytes"), "{stderr}");
+    for line in [uri, accented] {
+        let mut child = Command::new(binary("freeauthctl"))
+            .arg("--config")
+            .arg(agent.config())
+            .args(["enroll", "long", "--uri", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("longer than 1024 bytes"), "{stderr}");
+    }
     assert_eq!(agent.ctl(&["show", "long"]).status.code(), Some(2), "no account");
 }
 

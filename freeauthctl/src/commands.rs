@@ -442,20 +442,23 @@ fn read_stdin_line(what: &str) -> Result<Zeroizing<String>, CommandError> {
     // from a longer one. A longer line is an error, because a URI cut short
     // could lose the end of its counter, digits or period and enrol a
     // different token.
-    let mut line = Zeroizing::new(String::new());
+    // The length is checked on bytes, before the text is decoded: a cut in
+    // the middle of a character would read as invalid UTF-8.
+    let mut line = Zeroizing::new(Vec::new());
     std::io::stdin()
         .lock()
-        .take(MAX_STDIN_LINE_LEN + 1)
-        .read_line(&mut line)
+        .take(MAX_STDIN_LINE_LEN + 2)
+        .read_until(b'\n', &mut line)
         .map_err(failed)?;
-    let content = line.strip_suffix('\n').unwrap_or(line.as_str());
-    let content = content.strip_suffix('\r').unwrap_or(content);
+    let content = line.strip_suffix(b"\n").unwrap_or(line.as_slice());
+    let content = content.strip_suffix(b"\r").unwrap_or(content);
     if content.len() as u64 > MAX_STDIN_LINE_LEN {
         return Err(format!(
             "the {what} on standard input is longer than {MAX_STDIN_LINE_LEN} bytes"
         ));
     }
-    Ok(Zeroizing::new(content.trim().to_owned()))
+    let text = std::str::from_utf8(content).map_err(|_| format!("the {what} on standard input is not valid UTF-8"))?;
+    Ok(Zeroizing::new(text.trim().to_owned()))
 }
 
 /// Maximum length in bytes of a line that [`read_stdin_line`] accepts,
@@ -711,31 +714,31 @@ pub fn read_file(path: &Path) -> Result<Zeroizing<String>, CommandError> {
     )
     .map_err(|errno| failed(errno.into()))?;
     // The buffer grows by copies into new zeroized buffers, so that no
-    // copy of the file's secrets stays behind in freed memory.
+    // copy of the file's secrets stays behind in freed memory. Reads go
+    // through a zeroized chunk, so each byte is written once.
     let initial = usize::try_from(meta.len()).unwrap_or(0).max(64 * 1024);
     let mut bytes = Zeroizing::new(Vec::with_capacity(initial));
+    let mut chunk = Zeroizing::new(vec![0u8; 64 * 1024]);
     loop {
-        if bytes.len() == bytes.capacity() {
-            let mut larger = Zeroizing::new(Vec::with_capacity(bytes.capacity() * 2));
-            larger.extend_from_slice(&bytes);
-            bytes = larger;
-        }
-        let (start, capacity) = (bytes.len(), bytes.capacity());
-        bytes.resize(capacity, 0);
         let read = loop {
-            match file.read(&mut bytes[start..]) {
+            match file.read(&mut chunk) {
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
                 other => break other,
             }
         };
         let read = read.map_err(failed)?;
-        bytes.truncate(start + read);
         if read == 0 {
             break;
         }
-        if bytes.len() > MAX_IMPORT_FILE_LEN {
+        if bytes.len() + read > MAX_IMPORT_FILE_LEN {
             return Err(too_large(path));
         }
+        if bytes.len() + read > bytes.capacity() {
+            let mut larger = Zeroizing::new(Vec::with_capacity((bytes.capacity() * 2).max(bytes.len() + read)));
+            larger.extend_from_slice(&bytes);
+            bytes = larger;
+        }
+        bytes.extend_from_slice(&chunk[..read]);
     }
     match std::str::from_utf8(&bytes) {
         Ok(text) => Ok(Zeroizing::new(text.to_owned())),

@@ -236,15 +236,17 @@ fn read_server(section: &Section, config: &mut Config) {
     config.max_in_flight = to_usize(section.integer_or("max_in_flight", 1..=65_536, 8192));
     config.agent_timeout = millis(section.integer_or("agent_timeout_ms", 100..=600_000, 10_000));
     config.duplicate_window = Duration::from_secs(to_u64(section.integer_or("duplicate_seconds", 1..=300, 30)));
-    if config.duplicate_window <= config.agent_timeout {
+    if config.duplicate_window <= config.agent_timeout.saturating_mul(2) {
         // A request still waiting for the agent would leave the cache, and
-        // a resend would reach the agent a second time.
+        // a resend would reach the agent a second time. A verdict may come
+        // up to a second timeout late, and the cache keeps it for resends.
         section.problem(
             section.span_of("duplicate_seconds"),
             "duplicate_seconds",
             format_args!(
-                "is {} s; it must be longer than agent_timeout_ms ({} ms), or a resend of a request still waiting \
-                 for the agent is verified a second time, and an accepted code comes back rejected as reused",
+                "is {} s; it must be longer than twice agent_timeout_ms ({} ms), or a resend of a request still \
+                 waiting for the agent, or answered late, is verified a second time, and an accepted code comes \
+                 back rejected as reused",
                 config.duplicate_window.as_secs(),
                 config.agent_timeout.as_millis()
             ),
@@ -485,15 +487,17 @@ mod tests {
 
     #[test]
     fn duplicate_window_must_exceed_agent_timeout() {
-        let short = parse(&format!("[server]\nduplicate_seconds = 10\n{CLIENT}"))
+        let short = parse(&format!("[server]\nduplicate_seconds = 20\n{CLIENT}"))
             .err()
             .unwrap();
         assert!(
-            short.to_string().contains("longer than agent_timeout_ms (10000 ms)"),
+            short
+                .to_string()
+                .contains("longer than twice agent_timeout_ms (10000 ms)"),
             "{short}"
         );
         let shorter_timeout = parse(&format!(
-            "[server]\nduplicate_seconds = 10\nagent_timeout_ms = 9000\n{CLIENT}"
+            "[server]\nduplicate_seconds = 20\nagent_timeout_ms = 9000\n{CLIENT}"
         ));
         assert!(shorter_timeout.is_ok());
     }

@@ -252,13 +252,18 @@ impl Cache {
         Seen::New
     }
 
-    /// Stores the reply sent for `key`.
-    pub fn finish(&mut self, key: &RequestKey<'_>, reply: CachedReply) {
+    /// Stores the reply sent for `key`; returns whether the cache still had
+    /// the request.
+    pub fn finish(&mut self, key: &RequestKey<'_>, reply: CachedReply) -> bool {
         let Some(key) = self.known_key(key) else {
-            return;
+            return false;
         };
-        if let Some(entry) = self.entries.get_mut(&key) {
-            entry.reply = Some(reply);
+        match self.entries.get_mut(&key) {
+            Some(entry) => {
+                entry.reply = Some(reply);
+                true
+            }
+            None => false,
         }
     }
 

@@ -48,8 +48,8 @@ pub struct Bridge {
 /// Places for rejections held back in the bridge. A client may take one
 /// more place only while more places are free than it has taken. A
 /// flooding client then ends with half of them, a second with a quarter,
-/// and so on. However many clients flood wrong codes, a client without a
-/// place still finds one free (unless there is only one place).
+/// and so on, so a client without a place still finds one free unless
+/// about log2(places) clients flood at once (13 of the default 8192).
 pub struct HeldRejections {
     places: usize,
     /// Places in use in all, and by each client.
@@ -345,6 +345,7 @@ async fn access_request(
         authenticator: packet.authenticator,
         spoofable: accepts_unsigned(bridge, client),
     };
+    let arrived = tokio::time::Instant::now();
     let seen = check_duplicate(bridge, &key);
     // After the duplicate check, so that a resend that arrives during the
     // write is seen as in flight. The reply still waits for the write.
@@ -371,7 +372,7 @@ async fn access_request(
         Err(Drop::TooManyDelayed) => Err(Drop::TooManyDelayed),
         Err(reason) => {
             match late {
-                Some(answer) => cache_late_verdict(bridge, &key, answer),
+                Some(answer) => cache_late_verdict(bridge, &key, arrived, answer),
                 None => lock(&bridge.dedup).forget(&key),
             }
             Err(reason)
@@ -384,7 +385,12 @@ async fn access_request(
 /// reply. Until then the request stays in flight, so resends are dropped.
 /// A resend after the verdict gets it from the cache: the agent may have
 /// accepted the code, and would reject it as reused if asked again.
-fn cache_late_verdict(bridge: &Arc<Bridge>, key: &RequestKey<'_>, answer: oneshot::Receiver<Response>) {
+fn cache_late_verdict(
+    bridge: &Arc<Bridge>,
+    key: &RequestKey<'_>,
+    arrived: tokio::time::Instant,
+    answer: oneshot::Receiver<Response>,
+) {
     let bridge = Arc::clone(bridge);
     let (client, source, identifier, authenticator, spoofable) = (
         key.client.to_owned(),
@@ -393,7 +399,7 @@ fn cache_late_verdict(bridge: &Arc<Bridge>, key: &RequestKey<'_>, answer: onesho
         key.authenticator,
         key.spoofable,
     );
-    let window = lock(&bridge.dedup).window();
+    let expires = arrived + lock(&bridge.dedup).window();
     tokio::spawn(async move {
         let key = RequestKey {
             client: &client,
@@ -402,14 +408,16 @@ fn cache_late_verdict(bridge: &Arc<Bridge>, key: &RequestKey<'_>, answer: onesho
             authenticator,
             spoofable,
         };
-        // After the window the entry has expired, and a later request with
-        // the same key is another one.
-        let Ok(response) = tokio::time::timeout(window, answer).await else {
+        // The entry expires `duplicate_seconds` after the request arrived,
+        // and a later request with the same key is another one.
+        let Ok(response) = tokio::time::timeout_at(expires, answer).await else {
             return;
         };
         match response.ok().as_ref().and_then(late_reply) {
             Some(decided) => {
-                lock(&bridge.dedup).finish(&key, decided);
+                if !lock(&bridge.dedup).finish(&key, decided) {
+                    return;
+                }
                 if let Some(suppressed) = bridge.log.allow(&format!("late/{client}")) {
                     tracing::info!(
                         client = %client, %source, id = identifier, verdict = ?decided.code, suppressed,
@@ -698,7 +706,7 @@ mod tests {
         drop(first);
         assert!(held.take("vpn").is_some(), "a place came back");
 
-        // However many clients flood, one without a place finds one.
+        // While 12 clients flood, one without a place finds one.
         let many = HeldRejections::new(8192);
         let mut places = Vec::new();
         for flooder in 0..12 {
