@@ -1181,7 +1181,7 @@ fn lock_state_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
     }
 }
 
-/// What [`backup`] copied.
+/// The numbers of what [`backup`] copied.
 #[derive(Debug)]
 pub struct BackupSummary {
     pub users: u64,
@@ -1198,80 +1198,82 @@ pub struct BackupSummary {
 /// it. So when no agent runs, this takes the folder's lock for the copy,
 /// and a WAL without its index (the `-shm` file) is refused.
 pub fn backup(state_dir: &Path, dest: &Path) -> Result<BackupSummary, StoreError> {
-    let folder_error = |path: &Path, reason: String| StoreError::Folder {
-        path: path.display().to_string(),
-        reason,
-    };
-    let file_error = |reason: String| StoreError::File {
-        path: dest.display().to_string(),
-        reason,
-    };
-    let path = state_dir.join(DB_FILE);
-    if !path.is_file() {
-        return Err(folder_error(state_dir, format!("has no database {DB_FILE}")));
-    }
     // Held until the copy is done, so that an agent cannot start meanwhile.
     let _lock = match lock_state_dir(state_dir) {
         Ok(lock) => Some(lock),
         Err(_) if in_use_by_agent(state_dir) => None,
         Err(err) => return Err(err),
     };
-    let wal = state_dir.join(format!("{DB_FILE}-wal"));
-    let shm = state_dir.join(format!("{DB_FILE}-shm"));
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI;
-    let uri = match (wal.exists(), shm.exists()) {
-        (true, true) => format!("file:{}?mode=ro", uri_path(&path)),
-        // Nothing to read but the database file, which no agent changes now.
-        (false, false) => format!("file:{}?mode=ro&immutable=1", uri_path(&path)),
-        _ => {
-            return Err(folder_error(
-                state_dir,
-                format!(
-                    "{DB_FILE} has a WAL file without its index, or the reverse; start the agent once and try again"
-                ),
-            ))
-        }
-    };
-    let conn = Connection::open_with_flags(uri, flags)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let conn = open_read_only(state_dir)?;
     check_schema_version(&conn)?;
     let count = |sql: &str| conn.query_row(sql, [], |row| row.get::<_, i64>(0));
     let users = u64::try_from(count("SELECT count(*) FROM users")?).unwrap_or(0);
     let tokens = u64::try_from(count("SELECT count(*) FROM tokens")?).unwrap_or(0);
-    // The copy holds encrypted seeds and hashed backup codes: mode 0600 from
-    // the start. `create_new` refuses a file that exists.
-    let file = fs::OpenOptions::new()
+
+    let file_error = |reason: String| StoreError::File {
+        path: dest.display().to_string(),
+        reason,
+    };
+    // The copy has encrypted seeds and hashed backup codes, so it is made
+    // with mode 0600. `create_new` refuses a file that exists.
+    fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(dest)
         .map_err(|err| file_error(format!("cannot create it: {err}")))?;
-    drop(file);
-    let copied = conn
-        .execute("VACUUM INTO ?1", [dest.to_string_lossy()])
-        .map(drop)
-        .and_then(|()| {
-            let copy = Connection::open_with_flags(dest, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            copy.query_row("PRAGMA integrity_check", [], |row| row.get::<_, String>(0))
-        });
-    match copied {
-        Ok(verdict) if verdict == "ok" => {}
-        Ok(verdict) => {
-            let _ = fs::remove_file(dest);
-            return Err(StoreError::Corrupt {
-                what: format!("the copy failed its integrity check: {verdict}"),
-            });
-        }
-        Err(err) => {
-            let _ = fs::remove_file(dest);
-            return Err(err.into());
-        }
+    if let Err(err) = vacuum_into(&conn, dest) {
+        let _ = fs::remove_file(dest);
+        return Err(err);
     }
     File::open(dest)
         .and_then(|file| file.sync_all())
         .map_err(|err| file_error(format!("cannot sync it: {err}")))?;
     let bytes = fs::metadata(dest).map(|meta| meta.len()).unwrap_or(0);
     Ok(BackupSummary { users, tokens, bytes })
+}
+
+/// Opens the database in `state_dir` read-only, in a way that creates no
+/// file: with the WAL and its index when both exist (an agent runs, or
+/// stopped without cleaning up), else as a file nothing changes now.
+fn open_read_only(state_dir: &Path) -> Result<Connection, StoreError> {
+    let path = state_dir.join(DB_FILE);
+    let folder_error = |reason: String| StoreError::Folder {
+        path: state_dir.display().to_string(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(folder_error(format!("has no database {DB_FILE}")));
+    }
+    let wal = state_dir.join(format!("{DB_FILE}-wal"));
+    let shm = state_dir.join(format!("{DB_FILE}-shm"));
+    let uri = match (wal.exists(), shm.exists()) {
+        (true, true) => format!("file:{}?mode=ro", uri_path(&path)),
+        (false, false) => format!("file:{}?mode=ro&immutable=1", uri_path(&path)),
+        _ => {
+            return Err(folder_error(format!(
+                "{DB_FILE} has a WAL file without its index, or the reverse; start the agent once and try again"
+            )))
+        }
+    };
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(uri, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// Writes the database of `conn` into the empty file `dest` and runs
+/// SQLite's integrity check on the copy.
+fn vacuum_into(conn: &Connection, dest: &Path) -> Result<(), StoreError> {
+    conn.execute("VACUUM INTO ?1", [dest.to_string_lossy()])?;
+    let copy = Connection::open_with_flags(dest, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let verdict: String = copy.query_row("PRAGMA integrity_check", [], |row| row.get(0))?;
+    if verdict != "ok" {
+        return Err(StoreError::Corrupt {
+            what: format!("the copy failed its integrity check: {verdict}"),
+        });
+    }
+    Ok(())
 }
 
 /// Writes `path` for a `file:` URI: every byte but letters, digits and
@@ -1941,6 +1943,14 @@ mod tests {
         uses.fold(&tx, at).unwrap();
         tx.commit().unwrap();
         uses.committed();
+    }
+
+    #[test]
+    fn uri_path_encodes_what_uris_give_a_meaning() {
+        assert_eq!(
+            uri_path(Path::new("/var/lib/free auth?#%\u{e9}/freeauth.db")),
+            "/var/lib/free%20auth%3F%23%25%C3%A9/freeauth.db"
+        );
     }
 
     #[test]

@@ -234,6 +234,13 @@ grep -q '^alice' <<<"$(setpriv --reuid ops --regid ops --init-groups freeauthctl
 ! setpriv --reuid visitor --regid visitor --init-groups freeauthctl list >/dev/null 2>&1 ||
   fail "a user outside freeauth-admin can list tokens"
 
+step "freeauthctl backup copies the database of the running agent and leaves its files alone"
+freeauthctl backup /root/freeauth-copy.db | grep -q 'copied 2 users and 2 tokens' || fail "freeauthctl backup"
+expect_eq "$(mode_of /root/freeauth-copy.db)" "600 root root" "backup copy"
+for file in /var/lib/freeauth/freeauth.db*; do
+  expect_eq "$(stat -c '%U' "$file")" "freeauth" "owner of $file after the backup"
+done
+
 # --- PAM through the installed stack -----------------------------------------
 step "pam-auth-update --enable freeauth: a code after the password; no token, no code"
 useradd --create-home alice
