@@ -365,6 +365,14 @@ impl<'d, 'a> Section<'d, 'a> {
             self.problem(located.span, key, "must not be empty");
             return None;
         }
+        if located.value.contains('\0') {
+            self.problem(
+                located.span,
+                key,
+                "must not contain a NUL character, which no path can have",
+            );
+            return None;
+        }
         Some(Located {
             value: self.document.base_dir().join(&located.value),
             span: located.span,
@@ -546,6 +554,17 @@ mod tests {
         assert_eq!(root.path("state").unwrap().value, Path::new("/srv/conf/state"));
         assert_eq!(root.path("abs").unwrap().value, Path::new("/var/x"));
         assert_eq!(root.path_or("other", "run/a.sock"), Path::new("/srv/conf/run/a.sock"));
+    }
+
+    #[test]
+    fn path_with_nul_is_a_problem() {
+        let document = Document::parse(Path::new("/x/a.toml"), "state = \"a\\u0000b\"\n").unwrap();
+        assert!(document.root().path("state").is_none());
+        let err = document.finish().err().unwrap().to_string();
+        assert!(
+            err.contains("a.toml:1:9: `state` must not contain a NUL character"),
+            "{err}"
+        );
     }
 
     #[test]
