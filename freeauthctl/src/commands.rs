@@ -300,11 +300,6 @@ fn init_for(config: &Config, user: &str) -> Result<ExitCode, CommandError> {
     let account = nix::unistd::User::from_name(user)
         .map_err(|err| format!("cannot look up user {user}: {err}"))?
         .ok_or_else(|| format!("user {user} does not exist"))?;
-    let owner = |path: &std::path::Path| {
-        std::os::unix::fs::chown(path, Some(account.uid.as_raw()), Some(account.gid.as_raw()))
-            .map_err(|err| format!("cannot give {} to {user}: {err}", path.display()))
-    };
-
     let state_dir = &config.paths.state_dir;
     let owned_by_user = |path: &std::path::Path| -> Result<(), CommandError> {
         use std::os::unix::fs::MetadataExt;
@@ -328,9 +323,20 @@ fn init_for(config: &Config, user: &str) -> Result<ExitCode, CommandError> {
             .create(state_dir)
             .map_err(|err| format!("cannot create state folder {}: {err}", state_dir.display()))?;
         // The mode given to mkdir is reduced by the umask; set it exactly.
-        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+        // Mode and owner are set on the open folder, not through its path,
+        // which a user who can write the parent folder could swap for a
+        // link to something else.
+        use std::os::unix::fs::OpenOptionsExt;
+        let folder = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_DIRECTORY.bits() | nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(state_dir)
+            .map_err(|err| format!("cannot open the new state folder {}: {err}", state_dir.display()))?;
+        folder
+            .set_permissions(std::fs::Permissions::from_mode(0o700))
             .map_err(|err| format!("cannot set the mode of {}: {err}", state_dir.display()))?;
-        owner(state_dir)?;
+        std::os::unix::fs::fchown(&folder, Some(account.uid.as_raw()), Some(account.gid.as_raw()))
+            .map_err(|err| format!("cannot give {} to {user}: {err}", state_dir.display()))?;
         say!("created state folder {} (mode 0700, owner {user})", state_dir.display());
     }
 
