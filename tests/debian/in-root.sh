@@ -240,6 +240,7 @@ expect_eq "$(mode_of /root/freeauth-copy.db)" "600 root root" "backup copy"
 for file in /var/lib/freeauth/freeauth.db*; do
   expect_eq "$(stat -c '%U' "$file")" "freeauth" "owner of $file after the backup"
 done
+rm /root/freeauth-copy.db
 
 # --- PAM through the installed stack -----------------------------------------
 step "pam-auth-update --enable freeauth: a code after the password; no token, no code"
