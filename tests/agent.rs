@@ -880,27 +880,24 @@ fn import_rejects_future_reuse_record() {
 /// `<(ssh host cat users.oath)` gives, is read like a file.
 #[test]
 fn import_reads_pipes_and_refuses_devices() {
-    use std::io::Write;
     let agent = Agent::start();
     let fifo = agent.dir.path().join("users.fifo");
     let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(status.success(), "mkfifo failed");
 
     let import = |path: &Path, input: Option<String>| {
-        let mut command = Command::new(binary("freeauthctl"));
-        command
-            .arg("--config")
-            .arg(agent.config())
-            .args(["import", "--format", "oath"])
-            .arg(path);
-        if let Some(text) = input {
-            // A pipe on standard input, as a shell gives; the text fits in
-            // its buffer.
-            let (reader, mut writer) = std::io::pipe().unwrap();
-            writer.write_all(text.as_bytes()).unwrap();
-            command.stdin(reader);
-        }
-        let output = output_within(&mut command, Duration::from_secs(10));
+        let path = path.to_str().unwrap();
+        let output = match input {
+            // A pipe on standard input, as a shell gives.
+            Some(text) => agent.ctl_input(&["import", "--format", "oath", path], &text),
+            None => output_within(
+                Command::new(binary("freeauthctl"))
+                    .arg("--config")
+                    .arg(agent.config())
+                    .args(["import", "--format", "oath", path]),
+                Duration::from_secs(10),
+            ),
+        };
         (
             output.status.code(),
             String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -1678,23 +1675,11 @@ fn enroll_rejects_options_the_type_ignores() {
 
 #[test]
 fn supplied_secret_is_read_from_stdin_and_not_printed() {
-    use std::io::Write;
     let agent = Agent::start();
-    let mut child = Command::new(binary("freeauthctl"))
-        .arg("--config")
-        .arg(agent.config())
-        .args(["enroll", "sam", "--type", "hotp", "--secret-hex", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{RFC_SEED_HEX}\n").as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = agent.ctl_input(
+        &["enroll", "sam", "--type", "hotp", "--secret-hex", "-"],
+        &format!("{RFC_SEED_HEX}\n"),
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert!(
@@ -1710,7 +1695,6 @@ fn supplied_secret_is_read_from_stdin_and_not_printed() {
 /// so that codes used before the move would be accepted again.
 #[test]
 fn uri_from_stdin_longer_than_limit() {
-    use std::io::Write;
     let agent = Agent::start();
     let prefix = "otpauth://hotp/Example:long?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&image=";
     let counter = "&counter=1000";
@@ -1721,22 +1705,7 @@ fn uri_from_stdin_longer_than_limit() {
     let accented = format!("{prefix}{}{counter}", "\u{e9}".repeat(500));
 
     for line in [uri, accented] {
-        let mut child = Command::new(binary("freeauthctl"))
-            .arg("--config")
-            .arg(agent.config())
-            .args(["enroll", "long", "--uri", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{line}\n").as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
+        let output = agent.ctl_input(&["enroll", "long", "--uri", "-"], &format!("{line}\n"));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains("longer than 1024 bytes"), "{stderr}");

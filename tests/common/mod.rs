@@ -201,6 +201,25 @@ impl Agent {
             .unwrap()
     }
 
+    /// Runs `freeauthctl --config CONFIG ARGS` with `input` on its standard
+    /// input, through a pipe.
+    pub fn ctl_input(&self, args: &[&str], input: &str) -> Output {
+        let mut child = Command::new(binary("freeauthctl"))
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Small inputs fit in the pipe's buffer, so nothing waits here.
+        let mut stdin = child.stdin.take().expect("stdin of freeauthctl");
+        stdin.write_all(input.as_bytes()).expect("write to freeauthctl");
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs freeauthctl and asserts success; returns standard output.
     pub fn ctl_ok(&self, args: &[&str]) -> String {
         let output = self.ctl(args);
