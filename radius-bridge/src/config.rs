@@ -486,6 +486,15 @@ mod tests {
     }
 
     #[test]
+    fn secret_of_wrong_type_is_one_problem() {
+        let text = "[[client]]\nname = \"a\"\naddress = \"192.0.2.1\"\nsecret = 12345\n";
+        let err = Config::parse(Path::new("/x/radius.toml"), text, false).err().unwrap();
+        let err = err.to_string();
+        assert!(err.contains("(1 problem)"), "{err}");
+        assert!(err.contains("must be a string"), "{err}");
+    }
+
+    #[test]
     fn duplicate_window_must_exceed_agent_timeout() {
         let short = parse(&format!("[server]\nduplicate_seconds = 20\n{CLIENT}"))
             .err()

@@ -280,8 +280,12 @@ impl<'d, 'a> Section<'d, 'a> {
             .map_or_else(|| self.span.clone(), |value| value.span())
     }
 
-    /// Records that `key` is required but missing.
+    /// Records that `key` is required but missing. A key that is there
+    /// with a value of the wrong type has had its own problem recorded.
     pub fn missing(&self, key: &str) {
+        if self.table.get(key).is_some() {
+            return;
+        }
         self.document.problems.add(
             self.span.clone(),
             format!("missing required setting `{}`", self.full_key(key)),
