@@ -413,7 +413,7 @@ fn cache_late_verdict(
         let Ok(response) = tokio::time::timeout_at(expires, answer).await else {
             return;
         };
-        match response.ok().as_ref().and_then(late_reply) {
+        match response.ok().as_ref().and_then(verdict_reply) {
             Some(decided) => {
                 if !lock(&bridge.dedup).finish(&key, decided) {
                     return;
@@ -430,10 +430,10 @@ fn cache_late_verdict(
     });
 }
 
-/// Returns the reply that a late response from the agent stands for, if
-/// any. The client waited longer than a failure delay already, so a
-/// rejection is not held back.
-fn late_reply(response: &Response) -> Option<CachedReply> {
+/// Returns the reply that a response from the agent stands for, if any,
+/// with no wait: a verdict that needs no delay, or a late response, whose
+/// client waited longer than a failure delay already.
+fn verdict_reply(response: &Response) -> Option<CachedReply> {
     match response {
         Response::Verdict {
             result: VerifyResult::Accepted,
@@ -546,16 +546,7 @@ async fn decide(
         }
     };
     match response {
-        Response::Verdict {
-            result: VerifyResult::Accepted,
-            ..
-        } => Ok(plain(Code::AccessAccept)),
-        Response::Verdict { .. } => Ok(plain(Code::AccessReject)),
-        Response::DelayedVerdict {
-            result: VerifyResult::Accepted,
-            ..
-        } => Ok(plain(Code::AccessAccept)),
-        Response::DelayedVerdict { delay_ms, .. } => {
+        Response::DelayedVerdict { result, delay_ms } if result != VerifyResult::Accepted => {
             let delay_ms = delay_ms.min(MAX_HOLD_BACK_MS);
             hold_back(bridge, client, std::time::Duration::from_millis(delay_ms)).await?;
             Ok(plain(Code::AccessReject))
@@ -586,7 +577,7 @@ async fn decide(
             );
             Err(Drop::AgentUnavailable)
         }
-        _ => Err(Drop::AgentUnavailable),
+        other => verdict_reply(&other).ok_or(Drop::AgentUnavailable),
     }
 }
 
