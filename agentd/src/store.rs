@@ -1205,7 +1205,10 @@ pub fn backup(state_dir: &Path, dest: &Path) -> Result<BackupSummary, StoreError
         Err(err) => return Err(err),
     };
     let conn = open_read_only(state_dir)?;
-    check_schema_version(&conn)?;
+    // Only the check that reads: the upgrade of a version 1 database writes
+    // to it, which this read-only connection cannot. The agent upgrades a
+    // restored version 1 copy when it starts.
+    reject_newer_schema(&conn)?;
     let count = |sql: &str| conn.query_row(sql, [], |row| row.get::<_, i64>(0));
     let users = u64::try_from(count("SELECT count(*) FROM users")?).unwrap_or(0);
     let tokens = u64::try_from(count("SELECT count(*) FROM tokens")?).unwrap_or(0);
@@ -2414,6 +2417,28 @@ mod tests {
         let account = store.db().account("alice").unwrap().unwrap();
         assert_eq!(account.token_ids, vec![second]);
         assert_eq!(store.db().tokens_of(&account).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn backup_copies_version_1_database() {
+        let sql = "
+             CREATE TABLE tokens (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL,
+                 kind TEXT NOT NULL, counter INTEGER NOT NULL, sealed_seed BLOB NOT NULL);
+             INSERT INTO meta VALUES ('schema_version', CAST('1' AS BLOB));
+             INSERT INTO users (id, name) VALUES (7, 'alice');
+             INSERT INTO tokens (id, user_id, kind, counter, sealed_seed) VALUES (3, 7, 'hotp', 4, x'00');";
+        let (dir, state) = old_database(&format!("{V1_FIRST_TABLES}{sql}"));
+        let dest = dir.path().join("copy.db");
+
+        let summary = backup(&state, &dest).unwrap();
+        assert_eq!((summary.users, summary.tokens), (1, 1));
+        let copy = Connection::open(&dest).unwrap();
+        let version: Vec<u8> = copy
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(version, b"1", "the copy is the database as it was, not upgraded");
     }
 
     #[test]
