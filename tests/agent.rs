@@ -1974,6 +1974,43 @@ fn backup_copies_and_restores() {
     assert_eq!(agent.ctl_verify("alice", &code(1)), 1);
 }
 
+/// SQLite reads a name starting with `file:` as a URI, and `:memory:` as an
+/// in-memory database. A backup given such a relative path must still land
+/// in the file of that name.
+#[test]
+fn backup_to_sqlite_special_names() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let folder = agent.dir.path().join("copies");
+    fs::create_dir(&folder).unwrap();
+
+    for name in ["file:copy.db", ":memory:"] {
+        let output = Command::new(binary("freeauthctl"))
+            .arg("--config")
+            .arg(agent.config())
+            .args(["backup", name])
+            .current_dir(&folder)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let copy = fs::read(folder.join(name)).unwrap();
+        assert!(
+            copy.starts_with(b"SQLite format 3\0"),
+            "{name}: the named file holds the copy"
+        );
+    }
+    let mut files: Vec<_> = fs::read_dir(&folder)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, [":memory:", "file:copy.db"], "no other file was written");
+}
+
 #[test]
 fn overlong_user_names_are_refused() {
     let agent = Agent::start();

@@ -1217,6 +1217,9 @@ pub fn backup(state_dir: &Path, dest: &Path) -> Result<BackupSummary, StoreError
         path: dest.display().to_string(),
         reason,
     };
+    // SQLite reads a name that starts with `file:` as a URI and `:memory:`
+    // as no file at all. An absolute path is never either of those.
+    let dest = &std::path::absolute(dest).map_err(|err| file_error(format!("cannot resolve it: {err}")))?;
     // The copy has encrypted seeds and hashed backup codes, so it is made
     // with mode 0600. `create_new` refuses a file that exists.
     fs::OpenOptions::new()
