@@ -1175,7 +1175,9 @@ fn lock_state_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
     match Flock::lock(folder, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(lock),
         Err((_, Errno::EWOULDBLOCK)) => Err(folder_error(
-            "a running agent is using it (it holds the lock on this folder); stop that agent first".into(),
+            "a running agent is using it, or `freeauthctl backup` is copying its database (either holds the lock \
+             on this folder); stop that agent first, or try again when the copy is done"
+                .into(),
         )),
         Err((_, errno)) => Err(folder_error(format!("cannot lock it: {errno}"))),
     }
@@ -1994,6 +1996,19 @@ mod tests {
         assert!(err.to_string().contains("a running agent is using it"), "{err}");
         drop(first);
         assert!(Store::open(&state).is_ok(), "the lock ends with the first store");
+    }
+
+    #[test]
+    fn store_locked_by_backup_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        drop(Store::open(&state).unwrap());
+        // `backup` holds this lock while no agent runs.
+        let _backup_lock = lock_state_dir(&state).unwrap();
+        let Err(err) = Store::open(&state) else {
+            panic!("a store opened the folder during a backup");
+        };
+        assert!(err.to_string().contains("freeauthctl backup"), "{err}");
     }
 
     #[test]
