@@ -1974,6 +1974,54 @@ fn backup_copies_and_restores() {
     assert_eq!(agent.ctl_verify("alice", &code(1)), 1);
 }
 
+/// A backup killed while it copies (Ctrl-C, a timeout in a cron job) must
+/// not leave a file under the name asked for, which would pass for a copy.
+#[test]
+fn killed_backup_leaves_no_copy() {
+    let mut agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    agent.stop();
+    // About 200 MB, so that the copy takes long enough to be killed.
+    let state = agent.dir.path().join("state");
+    let status = Command::new("sqlite3")
+        .arg(state.join("freeauth.db"))
+        .arg("CREATE TABLE ballast (b); INSERT INTO ballast SELECT randomblob(1000000) FROM generate_series(1, 200);")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let folder = agent.dir.path().join("copies");
+    fs::create_dir(&folder).unwrap();
+    let dest = folder.join("copy.db");
+
+    let mut child = Command::new(binary("freeauthctl"))
+        .arg("--config")
+        .arg(agent.config())
+        .arg("backup")
+        .arg(&dest)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let writing = || {
+        fs::read_dir(&folder)
+            .unwrap()
+            .any(|entry| entry.unwrap().metadata().map(|meta| meta.len() > 0).unwrap_or(false))
+    };
+    while !writing() {
+        assert!(Instant::now() < deadline, "the backup wrote nothing");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the copy ended before the kill");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert!(
+        !dest.exists(),
+        "a killed backup left a partial copy at {}",
+        dest.display()
+    );
+}
+
 /// SQLite reads a name starting with `file:` as a URI, and `:memory:` as an
 /// in-memory database. A backup given such a relative path must still land
 /// in the file of that name.

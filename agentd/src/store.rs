@@ -1222,23 +1222,65 @@ pub fn backup(state_dir: &Path, dest: &Path) -> Result<BackupSummary, StoreError
     // SQLite reads a name that starts with `file:` as a URI and `:memory:`
     // as no file at all. An absolute path is never either of those.
     let dest = &std::path::absolute(dest).map_err(|err| file_error(format!("cannot resolve it: {err}")))?;
+    let exists = || std::io::Error::from_raw_os_error(Errno::EEXIST as i32);
+    if dest.symlink_metadata().is_ok() {
+        return Err(file_error(format!("cannot create it: {}", exists())));
+    }
+    let Some(name) = dest.file_name() else {
+        return Err(file_error("is not a file name".into()));
+    };
+    // The copy is written under a temporary name and linked to `dest` once
+    // checked, so a copy killed half way leaves no file that passes for a
+    // backup.
+    let mut partial_name = std::ffi::OsString::from(".");
+    partial_name.push(name);
+    partial_name.push(".partial");
+    let partial = &dest.with_file_name(partial_name);
+    let partial_error = |reason: String| StoreError::File {
+        path: partial.display().to_string(),
+        reason,
+    };
     // The copy has encrypted seeds and hashed backup codes, so it is made
     // with mode 0600. `create_new` refuses a file that exists.
     fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(dest)
-        .map_err(|err| file_error(format!("cannot create it: {err}")))?;
-    if let Err(err) = vacuum_into(&conn, dest) {
-        let _ = fs::remove_file(dest);
-        return Err(err);
+        .open(partial)
+        .map_err(|err| partial_error(format!("cannot create it: {err}")))?;
+    // A full disk, say, would otherwise read as a problem of the database.
+    let written = vacuum_into(&conn, partial).map_err(|err| match err {
+        StoreError::Corrupt { .. } => err,
+        other => file_error(format!("cannot write the copy: {other}")),
+    });
+    let copied = written.and_then(|()| {
+        File::open(partial)
+            .and_then(|file| file.sync_all())
+            .map_err(|err| partial_error(format!("cannot sync it: {err}")))
+    });
+    let linked =
+        copied.and_then(|()| publish_copy(partial, dest).map_err(|err| file_error(format!("cannot create it: {err}"))));
+    let _ = fs::remove_file(partial);
+    linked?;
+    if let Some(folder) = dest.parent() {
+        sync_folder(folder)?;
     }
-    File::open(dest)
-        .and_then(|file| file.sync_all())
-        .map_err(|err| file_error(format!("cannot sync it: {err}")))?;
     let bytes = fs::metadata(dest).map(|meta| meta.len()).unwrap_or(0);
     Ok(BackupSummary { users, tokens, bytes })
+}
+
+/// Gives the finished copy `partial` the name `dest`, unless `dest` exists.
+/// A hard link refuses a `dest` made meanwhile, which `rename` would replace.
+/// On file systems without hard links (FAT, some network file systems) it
+/// falls back to `rename` after checking that `dest` is still free.
+fn publish_copy(partial: &Path, dest: &Path) -> std::io::Result<()> {
+    match fs::hard_link(partial, dest) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Err(err),
+        Err(_) if dest.symlink_metadata().is_ok() => Err(std::io::Error::from_raw_os_error(Errno::EEXIST as i32)),
+        // NOTE: a `dest` made between the check above and the rename is replaced.
+        Err(_) => fs::rename(partial, dest),
+    }
 }
 
 /// Opens the database in `state_dir` read-only, in a way that creates no
