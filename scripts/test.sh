@@ -14,6 +14,7 @@ needed=(
   "unshare util-linux"
   "mount mount"
   "md5sum coreutils"
+  "sqlite3 sqlite3"
   "cc gcc"
   "/usr/lib/*/libpam.so libpam0g-dev"
   "pamtester pamtester"

@@ -1200,13 +1200,8 @@ pub struct BackupSummary {
 /// it. So when no agent runs, this takes the folder's lock for the copy,
 /// and a WAL without its index (the `-shm` file) is refused.
 pub fn backup(state_dir: &Path, dest: &Path) -> Result<BackupSummary, StoreError> {
-    // Held until the copy is done, so that an agent cannot start meanwhile.
-    let _lock = match lock_state_dir(state_dir) {
-        Ok(lock) => Some(lock),
-        Err(_) if in_use_by_agent(state_dir) => None,
-        Err(err) => return Err(err),
-    };
-    let conn = open_read_only(state_dir)?;
+    // The lock, when taken, is held until the copy is done.
+    let (conn, _lock) = open_read_only(state_dir)?;
     // Only the check that reads: the upgrade of a version 1 database writes
     // to it, which this read-only connection cannot. The agent upgrades a
     // restored version 1 copy when it starts.
@@ -1284,9 +1279,13 @@ fn publish_copy(partial: &Path, dest: &Path) -> std::io::Result<()> {
 }
 
 /// Opens the database in `state_dir` read-only, in a way that creates no
-/// file: with the WAL and its index when both exist (an agent runs, or
-/// stopped without cleaning up), else as a file nothing changes now.
-fn open_read_only(state_dir: &Path) -> Result<Connection, StoreError> {
+/// file. When the WAL and its index exist (an agent runs, or has run), the
+/// copy reads through them, and SQLite's own locks keep it consistent while
+/// an agent starts, writes or stops. A database that no agent has opened
+/// yet has neither; it is read as a plain file, under the folder's lock,
+/// which keeps an agent from starting and writing to it meanwhile. That
+/// lock is returned with the connection.
+fn open_read_only(state_dir: &Path) -> Result<(Connection, Option<Flock<File>>), StoreError> {
     let path = state_dir.join(DB_FILE);
     let folder_error = |reason: String| StoreError::Folder {
         path: state_dir.display().to_string(),
@@ -1297,19 +1296,29 @@ fn open_read_only(state_dir: &Path) -> Result<Connection, StoreError> {
     }
     let wal = state_dir.join(format!("{DB_FILE}-wal"));
     let shm = state_dir.join(format!("{DB_FILE}-shm"));
-    let uri = match (wal.exists(), shm.exists()) {
-        (true, true) => format!("file:{}?mode=ro", uri_path(&path)),
-        (false, false) => format!("file:{}?mode=ro&immutable=1", uri_path(&path)),
-        _ => {
-            return Err(folder_error(format!(
-                "{DB_FILE} has a WAL file without its index, or the reverse; start the agent once and try again"
-            )))
+    let with_wal = || match (wal.exists(), shm.exists()) {
+        (true, true) => Ok(true),
+        (false, false) => Ok(false),
+        _ => Err(folder_error(format!(
+            "{DB_FILE} has a WAL file without its index, or the reverse; start the agent once and try again"
+        ))),
+    };
+    let (uri, lock) = if with_wal()? {
+        (format!("file:{}?mode=ro", uri_path(&path)), None)
+    } else {
+        let lock = lock_state_dir(state_dir)?;
+        // An agent may have opened the database before the lock was taken,
+        // and stopped since.
+        if with_wal()? {
+            (format!("file:{}?mode=ro", uri_path(&path)), None)
+        } else {
+            (format!("file:{}?mode=ro&immutable=1", uri_path(&path)), Some(lock))
         }
     };
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(uri, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    Ok(conn)
+    Ok((conn, lock))
 }
 
 /// Writes the database of `conn` into the empty file `dest` and runs
