@@ -1282,9 +1282,9 @@ fn publish_copy(partial: &Path, dest: &Path) -> std::io::Result<()> {
 /// file. When the WAL and its index exist (an agent runs, or has run), the
 /// copy reads through them, and SQLite's own locks keep it consistent while
 /// an agent starts, writes or stops. A database that no agent has opened
-/// yet has neither; it is read as a plain file, under the folder's lock,
-/// which keeps an agent from starting and writing to it meanwhile. That
-/// lock is returned with the connection.
+/// yet has neither, so it is read as a plain file under the folder's lock.
+/// The lock keeps an agent from starting and writing to it meanwhile, and
+/// is returned with the connection.
 fn open_read_only(state_dir: &Path) -> Result<(Connection, Option<Flock<File>>), StoreError> {
     let path = state_dir.join(DB_FILE);
     let folder_error = |reason: String| StoreError::Folder {
