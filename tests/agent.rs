@@ -1364,8 +1364,9 @@ for i, line in enumerate(sys.argv[2:]):
 
 /// A full disk under the state folder. A change that cannot be stored
 /// fails with an error and accepts nothing. The agent keeps running and
-/// logs a failing WAL checkpoint once, not ten times a second. It works
-/// again as soon as there is room, without a restart.
+/// logs failing commits and WAL checkpoints once, not for every batch or
+/// ten times a second. It works again as soon as there is room, without a
+/// restart.
 #[test]
 fn full_disk_fails_closed_and_recovers() {
     if !running_as_root() {
@@ -1392,13 +1393,14 @@ fn full_disk_fails_closed_and_recovers() {
     assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
 
     let oath = agent.dir.path().join("users.oath");
-    let import_part = |part: u32| {
-        let lines: String = (0..500)
-            .map(|n| format!("HOTP p{part:02}u{n:03} - {:040x}\n", part * 1000 + n))
+    let import_tokens = |part: u32, count: u32| {
+        let lines: String = (0..count)
+            .map(|n| format!("HOTP p{part:02}u{n:04} - {:040x}\n", part * 10_000 + n))
             .collect();
         fs::write(&oath, lines).unwrap();
         agent.ctl(&["import", "--format", "oath", oath.to_str().unwrap()])
     };
+    let import_part = |part: u32| import_tokens(part, 500);
     let refused = (0..40)
         .map(import_part)
         .find(|output| !output.status.success())
@@ -1412,10 +1414,27 @@ fn full_disk_fails_closed_and_recovers() {
     // Accepted if the WAL had room for it, else an error; never a crash.
     let during = agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 1, 6));
     assert!(during == 0 || during == 2, "verify exited with {during}");
+    // What room is left goes to a file, and these imports need more WAL
+    // than the file has had, so each of them fails.
+    let fill = format!("cat /dev/zero > {}/filler 2>/dev/null; true", state.display());
+    let filled = Command::new("nsenter")
+        .args(["-t", &pid, "-m", "sh", "-c", &fill])
+        .status()
+        .unwrap();
+    assert!(filled.success());
+    for part in 50..53 {
+        assert_eq!(
+            import_tokens(part, 2000).status.code(),
+            Some(2),
+            "an import with no room"
+        );
+    }
     std::thread::sleep(Duration::from_secs(2));
     agent.ctl_ok(&["status"]);
     let failed_lines = agent.log().matches("WAL checkpoint failed").count();
     assert!(failed_lines <= 1, "{failed_lines} lines about failed checkpoints");
+    let commit_lines = agent.log().matches("database commit failed").count();
+    assert_eq!(commit_lines, 1, "lines about failed commits:\n{}", agent.log());
 
     let room = Command::new("nsenter")
         .args(["-t", &pid, "-m", "mount", "-o", "remount,size=64m"])
@@ -1427,6 +1446,7 @@ fn full_disk_fails_closed_and_recovers() {
     assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 1, 6)), 1);
     assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 2, 6)), 0);
     assert!(import_part(99).status.success(), "{}", agent.log());
+    assert!(agent.log().contains("database commits work again"), "{}", agent.log());
     if failed_lines == 1 {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !agent.log().contains("WAL checkpoint works again") && Instant::now() < deadline {

@@ -20,7 +20,9 @@ use crate::admin::AdminOp;
 use crate::config::{Lockout, Windows};
 use crate::keys::{Field, SeedCipher};
 use crate::policy::{FailureTable, Failures, Policy, SourceFailures};
-use crate::store::{Account, BatchStatements, Db, Store, StoreError, TokenRow, UseLog, WalSync};
+use crate::store::{
+    Account, BatchStatements, Db, FailureLine, RepeatedFailure, Store, StoreError, TokenRow, UseLog, WalSync,
+};
 
 /// Settings the engine reads; replaced on reload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -229,6 +231,8 @@ pub struct Engine {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: Settings,
     pub(crate) counts: MemoryCounts,
+    /// Failed commits in a row, for the log.
+    commit_failures: RepeatedFailure,
 }
 
 /// Failure counts the engine keeps in memory only.
@@ -272,6 +276,7 @@ impl Engine {
             clock,
             settings,
             counts,
+            commit_failures: RepeatedFailure::default(),
         }
     }
 
@@ -355,6 +360,23 @@ impl Engine {
             tx.commit()?;
             Ok(())
         })();
+        let line = self.commit_failures.note(
+            result.as_ref().err().map(ToString::to_string),
+            std::time::Instant::now(),
+        );
+        match line {
+            FailureLine::None => {}
+            FailureLine::Failed { error, unlogged } => tracing::error!(
+                %error,
+                requests = pending.len(),
+                suppressed = unlogged,
+                "database commit failed; replying with an error to every request of the batch \
+                 (this line at most once a minute)"
+            ),
+            FailureLine::Recovered { failures } => {
+                tracing::info!(failed_batches = failures, "database commits work again");
+            }
+        }
         match result {
             Ok(()) => {
                 uses.inspect(|log| log.committed());
@@ -363,7 +385,6 @@ impl Engine {
                 // Whether or not the staged uses reached the disk, keeping
                 // them can only reject a code that the disk would accept.
                 uses.inspect(|log| log.keep_staged());
-                tracing::error!(error = %err, requests = pending.len(), "database commit failed; replying with an error to every request of the batch");
                 // The batch changed counts of names without an account in
                 // memory; the disk has the truth.
                 self.counts.unknown = load_unknown(self.store.db());

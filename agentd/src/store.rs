@@ -1054,20 +1054,19 @@ pub fn start_checkpointer(database: std::path::PathBuf, interval: std::time::Dur
     let conn = Connection::open(&database)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let spawned = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
-        let mut failures = CheckpointFailures::default();
+        let mut failures = RepeatedFailure::default();
         loop {
             std::thread::sleep(interval);
             let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
             match failures.note(result.err().map(|err| err.to_string()), std::time::Instant::now()) {
-                CheckpointLine::None => {}
-                CheckpointLine::Failed(error) => {
-                    tracing::warn!(%error, "WAL checkpoint failed; will retry, with a line a minute while it fails");
-                }
-                CheckpointLine::StillFailing { error, attempts } => {
-                    tracing::warn!(%error, attempts, "WAL checkpoint still failing");
-                }
-                CheckpointLine::Recovered { attempts } => {
-                    tracing::info!(failed_attempts = attempts, "WAL checkpoint works again");
+                FailureLine::None => {}
+                FailureLine::Failed { error, unlogged } => tracing::warn!(
+                    %error,
+                    suppressed = unlogged,
+                    "WAL checkpoint failed; will retry (this line at most once a minute)"
+                ),
+                FailureLine::Recovered { failures } => {
+                    tracing::info!(failed_attempts = failures, "WAL checkpoint works again");
                 }
             }
         }
@@ -1078,50 +1077,67 @@ pub fn start_checkpointer(database: std::path::PathBuf, interval: std::time::Dur
     })
 }
 
-/// Failed checkpoints in a row. A full disk fails every attempt, ten a
-/// second, so the log gets the first failure, a line a minute while they
-/// go on, and the recovery.
-#[derive(Default)]
-struct CheckpointFailures {
-    /// Failed attempts in a row, and when the last line about them was logged.
-    failing: Option<(u64, std::time::Instant)>,
+/// Failures of one kind, such as WAL checkpoints or commits on a full disk,
+/// which can fail many times a second, or fail and succeed by turns. The
+/// log gets at most one line about a failure a minute, with the number of
+/// failures left out before it, and one line when an attempt succeeds
+/// after a logged failure.
+#[derive(Debug, Default)]
+pub(crate) struct RepeatedFailure {
+    /// When the last line about a failure was logged.
+    logged_at: Option<std::time::Instant>,
+    /// Failures since that line, left out of the log.
+    unlogged: u64,
+    /// Failures since the last line about a success.
+    failures: u64,
+    /// Whether a failure was logged after the last line about a success.
+    reported: bool,
 }
 
-/// The line the checkpoint thread logs after an attempt.
+/// The line to log after an attempt.
 #[derive(Debug, PartialEq, Eq)]
-enum CheckpointLine {
+pub(crate) enum FailureLine {
     None,
-    Failed(String),
-    StillFailing { error: String, attempts: u64 },
-    Recovered { attempts: u64 },
+    /// A failure, after `unlogged` failures that were left out.
+    Failed {
+        error: String,
+        unlogged: u64,
+    },
+    /// A success after a logged failure, and the failures since the last
+    /// such line.
+    Recovered {
+        failures: u64,
+    },
 }
 
-impl CheckpointFailures {
+impl RepeatedFailure {
     const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
     /// Counts an attempt that ended with `error` (`None` for success) at
     /// `now`, and returns the line to log.
-    fn note(&mut self, error: Option<String>, now: std::time::Instant) -> CheckpointLine {
-        match (error, &mut self.failing) {
-            (None, failing) => match failing.take() {
-                Some((attempts, _)) => CheckpointLine::Recovered { attempts },
-                None => CheckpointLine::None,
-            },
-            (Some(error), None) => {
-                self.failing = Some((1, now));
-                CheckpointLine::Failed(error)
+    pub(crate) fn note(&mut self, error: Option<String>, now: std::time::Instant) -> FailureLine {
+        let Some(error) = error else {
+            if !self.reported {
+                return FailureLine::None;
             }
-            (Some(error), Some((attempts, logged))) => {
-                *attempts += 1;
-                if now.saturating_duration_since(*logged) < Self::EVERY {
-                    return CheckpointLine::None;
-                }
-                *logged = now;
-                CheckpointLine::StillFailing {
-                    error,
-                    attempts: *attempts,
-                }
-            }
+            self.reported = false;
+            return FailureLine::Recovered {
+                failures: std::mem::take(&mut self.failures),
+            };
+        };
+        self.failures += 1;
+        if self
+            .logged_at
+            .is_some_and(|logged| now.saturating_duration_since(logged) < Self::EVERY)
+        {
+            self.unlogged += 1;
+            return FailureLine::None;
+        }
+        self.logged_at = Some(now);
+        self.reported = true;
+        FailureLine::Failed {
+            error,
+            unlogged: std::mem::take(&mut self.unlogged),
         }
     }
 }
@@ -2013,27 +2029,31 @@ mod tests {
     }
 
     #[test]
-    fn checkpoint_failures_logged_once_a_minute() {
+    fn repeated_failures_logged_once_a_minute() {
         let start = std::time::Instant::now();
         let at = |seconds| start + std::time::Duration::from_secs(seconds);
         let full = || Some("database or disk is full".to_owned());
-        let mut failures = CheckpointFailures::default();
-        assert_eq!(failures.note(None, at(0)), CheckpointLine::None);
-        assert_eq!(failures.note(full(), at(1)), CheckpointLine::Failed(full().unwrap()));
+        let failed = |unlogged| FailureLine::Failed {
+            error: full().unwrap(),
+            unlogged,
+        };
+        let mut failures = RepeatedFailure::default();
+        assert_eq!(failures.note(None, at(0)), FailureLine::None);
+        assert_eq!(failures.note(full(), at(1)), failed(0));
         for second in 2..61 {
-            assert_eq!(failures.note(full(), at(second)), CheckpointLine::None);
+            assert_eq!(failures.note(full(), at(second)), FailureLine::None);
         }
-        assert_eq!(
-            failures.note(full(), at(61)),
-            CheckpointLine::StillFailing {
-                error: full().unwrap(),
-                attempts: 61
-            }
-        );
-        assert_eq!(failures.note(full(), at(62)), CheckpointLine::None);
-        assert_eq!(failures.note(None, at(63)), CheckpointLine::Recovered { attempts: 62 });
-        assert_eq!(failures.note(None, at(64)), CheckpointLine::None);
-        assert_eq!(failures.note(full(), at(65)), CheckpointLine::Failed(full().unwrap()));
+        assert_eq!(failures.note(full(), at(61)), failed(59));
+        assert_eq!(failures.note(full(), at(62)), FailureLine::None);
+        assert_eq!(failures.note(None, at(63)), FailureLine::Recovered { failures: 62 });
+        assert_eq!(failures.note(None, at(64)), FailureLine::None);
+        // Failing and succeeding by turns: still one line of each a minute.
+        for second in 65..120 {
+            failures.note(full(), at(second));
+            failures.note(None, at(second));
+        }
+        assert_eq!(failures.note(full(), at(121)), failed(56));
+        assert_eq!(failures.note(None, at(121)), FailureLine::Recovered { failures: 56 });
     }
 
     #[test]
