@@ -2079,6 +2079,34 @@ fn backup_to_sqlite_special_names() {
     assert_eq!(files, [":memory:", "file:copy.db"], "no other file was written");
 }
 
+/// A socket folder deleted while the agent runs would leave it unreachable
+/// for new connections, and every login failing closed without a word.
+/// The agent notices within seconds, logs why, and stops with status 1, so
+/// that systemd starts it again with new sockets.
+#[test]
+fn removed_socket_stops_the_agent() {
+    let mut agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    fs::remove_dir_all(agent.dir.path().join("run")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the agent runs on without its sockets");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    agent.child = None;
+    assert_eq!(status.code(), Some(1), "{}", agent.log());
+    assert!(
+        agent.log().contains("a socket file was removed or replaced"),
+        "{}",
+        agent.log()
+    );
+    agent.spawn();
+    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
+}
+
 #[test]
 fn overlong_user_names_are_refused() {
     let agent = Agent::start();

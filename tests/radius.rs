@@ -863,11 +863,11 @@ fn slow_relay(socket: &std::path::Path, agent: std::path::PathBuf, slow: Arc<Ato
 #[test]
 fn late_verdict_answers_the_resend() {
     let agent = agent_with(&["alice"]);
-    let real = agent.agent_socket().with_file_name("agent-real.sock");
-    fs::rename(agent.agent_socket(), &real).unwrap();
+    let relay = agent.agent_socket().with_file_name("relay.sock");
     let slow = Arc::new(AtomicBool::new(false));
-    slow_relay(&agent.agent_socket(), real, Arc::clone(&slow));
-    let bridge = Bridge::start(&agent, &format!("agent_timeout_ms = 1000\n{}", loopback_clients("")));
+    slow_relay(&relay, agent.agent_socket(), Arc::clone(&slow));
+    let clients = format!("agent_timeout_ms = 1000\n{}", loopback_clients(""));
+    let bridge = Bridge::start_at(&agent, "run/relay.sock", &clients);
 
     slow.store(true, Ordering::SeqCst);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -194,6 +194,9 @@ async fn serve_until_stopped(mut config: Config, shared: Arc<Shared>) -> Result<
     let agent = bind(&config.paths.agent_socket, 0o666)?;
     let admin = bind(&config.paths.admin_socket, 0o600)?;
     set_admin_socket_access(&config.paths.admin_socket, shared.rules().admin_gid)?;
+    // The socket files as bound; a reload does not move them.
+    let sockets = [&config.paths.agent_socket, &config.paths.admin_socket].map(|path| (path.clone(), file_id(path)));
+    let mut lost = None;
     let mut hangup = signal(SignalKind::hangup()).map_err(fail)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(fail)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(fail)?;
@@ -217,6 +220,14 @@ async fn serve_until_stopped(mut config: Config, shared: Arc<Shared>) -> Result<
             _ = maintain.tick() => {
                 // A full queue means the engine is busy and folds anyway.
                 let _ = shared.jobs.try_send(Job::Maintain);
+                // A socket file removed (a socket folder deleted by hand, say)
+                // leaves the agent running and unreachable for new
+                // connections, and logins fail closed without a word. Stopping
+                // lets systemd start the agent again with new sockets.
+                if let Some((path, _)) = sockets.iter().find(|(path, id)| file_id(path) != *id) {
+                    lost = Some(path.clone());
+                    break;
+                }
             }
             _ = hangup.recv() => {
                 // A reload may wait for a directory server; a request to
@@ -237,11 +248,36 @@ async fn serve_until_stopped(mut config: Config, shared: Arc<Shared>) -> Result<
         listener.abort();
         let _ = listener.await;
     }
-    let _ = fs::remove_file(&config.paths.agent_socket);
-    let _ = fs::remove_file(&config.paths.admin_socket);
+    // A path that now names another file, such as the socket of an agent
+    // started since, is left alone.
+    for (path, id) in &sockets {
+        if file_id(path) == *id {
+            let _ = fs::remove_file(path);
+        }
+    }
+    if let Some(path) = &lost {
+        tracing::error!(
+            socket = %path.display(),
+            "a socket file was removed or replaced while the agent ran, so new connections cannot reach it; \
+             stopping (systemd starts the agent again)"
+        );
+    }
     tracing::info!("agent stopping: no new connections; finishing requests in flight");
     drain(&shared).await;
-    Ok(())
+    match lost {
+        Some(path) => Err(fail(format!(
+            "socket {} was removed or replaced while the agent ran; start the agent again",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Returns the device and inode of the file at `path`, or `None` when
+/// there is none.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).ok().map(|meta| (meta.dev(), meta.ino()))
 }
 
 /// Waits until no request is in flight, at most `DRAIN_LIMIT`, so that

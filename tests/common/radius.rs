@@ -35,11 +35,17 @@ pub fn free_udp_port() -> u16 {
 impl Bridge {
     /// Starts a bridge for `agent` with `clients` (TOML `[[client]]` tables).
     pub fn start(agent: &Agent, clients: &str) -> Bridge {
+        Bridge::start_at(agent, "run/agent.sock", clients)
+    }
+
+    /// Starts a bridge that reaches the agent through `agent_socket`,
+    /// relative to the agent's folder.
+    pub fn start_at(agent: &Agent, agent_socket: &str, clients: &str) -> Bridge {
         let port = free_udp_port();
         let dir = agent.dir.path();
         let config = dir.join("radius.toml");
         let text = format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\nagent_socket = \"run/agent.sock\"\n\
+            "[server]\nlisten = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\nagent_socket = \"{agent_socket}\"\n\
              state_dir = \"state-radius\"\nrealm_reject_delay_ms = 10\nduplicate_seconds = 30\n{clients}\n"
         );
         fs::write(&config, text).expect("write radius.toml");
