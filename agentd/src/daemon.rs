@@ -23,7 +23,7 @@ use crate::engine::{Engine, EngineCore, Job, Settings, Stats};
 use crate::keys::{Field, SeedCipher};
 use crate::loglimit::LogLimiter;
 use crate::server::{serve, Shared, SocketKind};
-use crate::store::{Db, Store};
+use crate::store::{Db, Store, StoreError};
 
 /// Error that kept the agent from starting or stopped it.
 #[derive(Debug)]
@@ -54,7 +54,12 @@ pub fn settings_of(config: &Config) -> Settings {
 /// Opens the key and the database, creating the key on a first start, and
 /// checks that the two belong together.
 pub fn open_state(config: &Config) -> Result<(Store, SeedCipher), DaemonError> {
-    let store = Store::open(&config.paths.state_dir).map_err(fail)?;
+    // An SQLite error alone ("attempt to write a readonly database", say)
+    // names no file.
+    let store = Store::open(&config.paths.state_dir).map_err(|err| match err {
+        StoreError::Sqlite(err) => fail(format!("database {}: {err}", config.paths.database().display())),
+        other => fail(other),
+    })?;
     let key_path = &config.paths.seed_key;
     if !key_path.exists() {
         let (_, tokens) = store.db().counts().map_err(fail)?;
