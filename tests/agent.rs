@@ -1857,7 +1857,7 @@ fn tokens_per_account_are_capped() {
 /// and Indic scripts need, are accepted and printed escaped, also in error
 /// messages.
 #[test]
-fn labels_and_names_cannot_reach_the_terminal() {
+fn names_and_labels_stay_printable() {
     let agent = Agent::start();
     for (user, label, expected) in [
         (
@@ -1995,7 +1995,7 @@ fn backup_copies_and_restores() {
 }
 
 /// A backup killed while it copies (Ctrl-C, a timeout in a cron job) must
-/// not leave a file under the name asked for, which would pass for a copy.
+/// not leave a file under the requested name, which would pass for a copy.
 #[test]
 fn killed_backup_leaves_no_copy() {
     let mut agent = Agent::start();
@@ -2298,7 +2298,7 @@ fn init_for_user_ignores_swapped_key() {
     )
     .unwrap();
 
-    // Stands in for the folder's owner: moves the key away as soon as it
+    // Acts as the folder's owner: moves the key away as soon as it
     // exists and puts a link to the root-owned file in its place.
     let key = state.join("seed.key");
     let link_target = target.clone();

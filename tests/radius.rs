@@ -823,7 +823,7 @@ fn status_server_silent_while_agent_stalls() {
 }
 
 /// Serves `socket` as a relay to the agent at `agent`. While `slow` is set,
-/// it holds back each piece of the agent's output for 1.5 s.
+/// it delays each piece of the agent's output by 1.5 s.
 fn slow_relay(socket: &std::path::Path, agent: std::path::PathBuf, slow: Arc<AtomicBool>) {
     use std::io::{Read, Write};
     use std::os::unix::net::{UnixListener, UnixStream};

@@ -2021,7 +2021,7 @@ mod tests {
     }
 
     #[test]
-    fn uri_path_encodes_what_uris_give_a_meaning() {
+    fn uri_path_percent_encodes_specials() {
         assert_eq!(
             uri_path(Path::new("/var/lib/free auth?#%\u{e9}/freeauth.db")),
             "/var/lib/free%20auth%3F%23%25%C3%A9/freeauth.db"
@@ -2074,7 +2074,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         drop(Store::open(&state).unwrap());
-        // `backup` holds this lock while no agent runs.
+        // `backup` takes this lock to copy a database no agent has opened yet.
         let _backup_lock = lock_state_dir(&state).unwrap();
         let Err(err) = Store::open(&state) else {
             panic!("a store opened the folder during a backup");

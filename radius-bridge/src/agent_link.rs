@@ -221,8 +221,8 @@ async fn connection_task(
                 let caller_delays = version >= CALLER_DELAYS_VERSION;
                 // A caller stops waiting after one timeout, but a response
                 // up to one more timeout later still reaches its duplicate
-                // cache entry (`Called::Late`). Only then is the connection
-                // taken for stalled.
+                // cache entry (`Called::Late`). Only then does the connection
+                // count as stalled.
                 let stall = settings.timeout.saturating_mul(2);
                 let error = serve(stream, &mut calls, stall, caller_delays).await;
                 connected.fetch_sub(1, Ordering::Relaxed);
@@ -729,8 +729,8 @@ mod tests {
         assert_eq!(slots.available_permits(), 1, "the dropped call freed its slot");
     }
 
-    /// Starts a link of one connection to a listener that stands for the
-    /// agent, in a temporary folder that lives as long as the first value.
+    /// Starts a link of one connection to a listener in place of the agent,
+    /// in a temporary folder that lives as long as the first value.
     fn link_to_listener(timeout: Duration) -> (tempfile::TempDir, tokio::net::UnixListener, AgentLink) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.sock");

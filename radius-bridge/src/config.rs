@@ -486,7 +486,7 @@ mod tests {
     }
 
     #[test]
-    fn secret_of_wrong_type_is_one_problem() {
+    fn wrong_type_secret_is_one_problem() {
         let text = "[[client]]\nname = \"a\"\naddress = \"192.0.2.1\"\nsecret = 12345\n";
         let err = Config::parse(Path::new("/x/radius.toml"), text, false).err().unwrap();
         let err = err.to_string();

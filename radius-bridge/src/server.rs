@@ -372,7 +372,7 @@ async fn access_request(
         Err(Drop::TooManyDelayed) => Err(Drop::TooManyDelayed),
         Err(reason) => {
             match late {
-                Some(answer) => cache_late_verdict(bridge, &key, arrived, answer),
+                Some(receiver) => cache_late_verdict(bridge, &key, arrived, receiver),
                 None => lock(&bridge.dedup).forget(&key),
             }
             Err(reason)
@@ -389,7 +389,7 @@ fn cache_late_verdict(
     bridge: &Arc<Bridge>,
     key: &RequestKey<'_>,
     arrived: tokio::time::Instant,
-    answer: oneshot::Receiver<Response>,
+    receiver: oneshot::Receiver<Response>,
 ) {
     let bridge = Arc::clone(bridge);
     let (client, source, identifier, authenticator, spoofable) = (
@@ -410,7 +410,7 @@ fn cache_late_verdict(
         };
         // The entry expires `duplicate_seconds` after the request arrived,
         // and a later request with the same key is another one.
-        let Ok(response) = tokio::time::timeout_at(expires, answer).await else {
+        let Ok(response) = tokio::time::timeout_at(expires, receiver).await else {
             return;
         };
         match response.ok().as_ref().and_then(verdict_reply) {
@@ -430,8 +430,8 @@ fn cache_late_verdict(
     });
 }
 
-/// Returns the reply that a response from the agent stands for, if any,
-/// with no wait: a verdict that needs no delay, or a late response, whose
+/// Returns the reply to send at once for a response from the agent, if
+/// any: for a verdict that needs no delay, or for a late response, whose
 /// client waited longer than a failure delay already.
 fn verdict_reply(response: &Response) -> Option<CachedReply> {
     match response {
@@ -540,8 +540,8 @@ async fn decide(
     let response = match bridge.link.call(request).await {
         Called::Answered(response) => response,
         Called::Unanswered => return Err(Drop::AgentUnavailable),
-        Called::Late(answer) => {
-            *late = Some(answer);
+        Called::Late(receiver) => {
+            *late = Some(receiver);
             return Err(Drop::AgentUnavailable);
         }
     };
