@@ -1401,15 +1401,15 @@ fn full_disk_fails_closed_and_recovers() {
         agent.ctl(&["import", "--format", "oath", oath.to_str().unwrap()])
     };
     let import_part = |part: u32| import_tokens(part, 500);
-    let refused = (0..40)
+    let rejected = (0..40)
         .map(import_part)
         .find(|output| !output.status.success())
         .expect("512 KiB never filled up");
-    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(rejected.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("could not store the change"),
+        String::from_utf8_lossy(&rejected.stderr).contains("could not store the change"),
         "{}",
-        String::from_utf8_lossy(&refused.stderr)
+        String::from_utf8_lossy(&rejected.stderr)
     );
     // Accepted if the WAL had room for it, else an error; never a crash.
     let during = agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 1, 6));
@@ -1805,9 +1805,9 @@ fn tokens_per_account_are_capped() {
     let oath = agent.dir.path().join("many.oath");
     let lines: String = (0..17).map(|n| format!("HOTP many - {}\n", secret(n))).collect();
     fs::write(&oath, lines).unwrap();
-    let refused = agent.ctl(&["import", "--format", "oath", oath.to_str().unwrap()]);
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    let rejected = agent.ctl(&["import", "--format", "oath", oath.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&rejected.stderr);
+    assert_eq!(rejected.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("many.oath: line 17: user many has more than 16 tokens"),
         "{stderr}"
@@ -1879,17 +1879,17 @@ fn names_and_labels_stay_printable() {
         assert!(stderr.contains(expected), "{stderr}");
     }
     agent.ctl_ok(&["enroll", "gm", "--label", "Jos\u{e9}'s phone \u{2014} spare", "--no-qr"]);
-    let shown = agent.ctl_ok(&["show", "gm"]);
-    assert!(shown.contains("label Jos\u{e9}'s phone \u{2014} spare"), "{shown}");
+    let details = agent.ctl_ok(&["show", "gm"]);
+    assert!(details.contains("label Jos\u{e9}'s phone \u{2014} spare"), "{details}");
     // A Persian name with a zero-width non-joiner, and a label with a
     // right-to-left override: stored as given, printed escaped.
     let persian = "\u{639}\u{644}\u{6cc}\u{200c}\u{632}\u{627}\u{62f}\u{647}";
     let hotp = ["--type", "hotp", "--secret-hex", RFC_SEED_HEX, "--no-qr"];
     agent.ctl_ok(&[&["enroll", persian, "--label", "gnp.exe\u{202e}"][..], &hotp[..]].concat());
     assert_eq!(agent.ctl_verify(persian, &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
-    let shown = agent.ctl_ok(&["show", persian]);
-    assert!(shown.contains("\u{639}\u{644}\u{6cc}\\u{200c}\u{632}"), "{shown}");
-    assert!(shown.contains("label gnp.exe\\u{202e}"), "{shown}");
+    let details = agent.ctl_ok(&["show", persian]);
+    assert!(details.contains("\u{639}\u{644}\u{6cc}\\u{200c}\u{632}"), "{details}");
+    assert!(details.contains("label gnp.exe\\u{202e}"), "{details}");
     assert!(agent.ctl_ok(&["list"]).contains("\\u{200c}"));
 
     let oath = agent.dir.path().join("bidi.oath");
@@ -1914,11 +1914,11 @@ fn overlong_values_get_clear_errors() {
     for (args, expected) in [
         (
             vec!["verify", "alice", &long],
-            "a code has at most 64 characters, and this one has 600",
+            "a code is at most 64 bytes long, and this one has 600",
         ),
         (
             vec!["resync", "alice", "123456", &long],
-            "a code has at most 64 characters",
+            "a code is at most 64 bytes long",
         ),
         (
             vec!["enroll", "zed", "--secret-hex", &"ab".repeat(300), "--no-qr"],

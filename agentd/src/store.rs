@@ -1199,7 +1199,7 @@ fn lock_state_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
     }
 }
 
-/// The numbers of what [`backup`] copied.
+/// Counts of the users, tokens and bytes that [`backup`] copied.
 #[derive(Debug)]
 pub struct BackupSummary {
     pub users: u64,
@@ -1211,10 +1211,9 @@ pub struct BackupSummary {
 /// consistent as of one moment, while an agent runs or not, and checks the
 /// copy. The seed key is not part of it.
 ///
-/// The database is opened read-only and creates no file in the state
-/// folder: a file made there by root would keep the agent's user out of
-/// it. So when no agent runs, this takes the folder's lock for the copy,
-/// and a WAL without its index (the `-shm` file) is refused.
+/// The database is opened read-only and no file is created in the state
+/// folder, because a file made there by root would keep the agent's user
+/// out of it. See [`open_read_only`] for when the folder's lock is taken.
 pub fn backup(state_dir: &Path, dest: &Path) -> Result<BackupSummary, StoreError> {
     // The lock, when taken, is held until the copy is done.
     let (conn, _lock) = open_read_only(state_dir)?;
@@ -1252,7 +1251,7 @@ pub fn backup(state_dir: &Path, dest: &Path) -> Result<BackupSummary, StoreError
         reason,
     };
     // The copy has encrypted seeds and hashed backup codes, so it is made
-    // with mode 0600. `create_new` refuses a file that exists.
+    // with mode 0600. `create_new` fails on a file that exists.
     fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -1281,7 +1280,7 @@ pub fn backup(state_dir: &Path, dest: &Path) -> Result<BackupSummary, StoreError
 }
 
 /// Gives the finished copy `partial` the name `dest`, unless `dest` exists.
-/// A hard link refuses a `dest` made meanwhile, which `rename` would replace.
+/// A hard link fails on a `dest` made meanwhile, which `rename` would replace.
 /// On file systems without hard links (FAT, some network file systems) it
 /// falls back to `rename` after checking that `dest` is still free.
 fn publish_copy(partial: &Path, dest: &Path) -> std::io::Result<()> {

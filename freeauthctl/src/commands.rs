@@ -444,12 +444,11 @@ fn read_stdin_line(what: &str) -> Result<Zeroizing<String>, CommandError> {
         let typed = rpassword::prompt_password(format!("{what}: ")).map_err(failed)?;
         return Ok(Zeroizing::new(typed.trim().to_owned()));
     }
-    // Reading one byte more than the limit distinguishes a line at the limit
-    // from a longer one. A longer line is an error, because a URI cut short
-    // could lose the end of its counter, digits or period and enrol a
-    // different token.
-    // The length is checked on bytes, before the text is decoded: a cut in
-    // the middle of a character would read as invalid UTF-8.
+    // Reading two bytes more than the limit (room for a CR LF ending) tells a
+    // line at the limit from a longer one. A longer line is an error, because
+    // a URI cut short could lose the end of its counter, digits or period and
+    // enrol a different token. The length is checked on bytes, before the
+    // text is decoded, since a cut inside a character reads as invalid UTF-8.
     let mut line = Zeroizing::new(Vec::new());
     std::io::stdin()
         .lock()
@@ -623,19 +622,19 @@ fn check_options_fit(kind: Kind, args: &EnrollArgs) -> Result<(), CommandError> 
 /// a code typed with spaces), and below what one protocol message carries.
 const MAX_CODE_LEN: usize = 64;
 
-/// Refuses a code that cannot be one, with a message, before it is sent.
+/// Rejects a code that cannot be one, with a message, before it is sent.
 fn check_code_length(code: &str) -> Result<(), CommandError> {
     if code.len() > MAX_CODE_LEN {
         return Err(format!(
-            "a code has at most {MAX_CODE_LEN} characters, and this one has {}",
+            "a code is at most {MAX_CODE_LEN} bytes long, and this one has {}",
             code.len()
         ));
     }
     Ok(())
 }
 
-/// Refuses a secret that the agent would refuse, before it is sent: a long
-/// one would not even reach the agent.
+/// Rejects a secret that the agent would reject, before it is sent, because
+/// a long one would not even reach the agent.
 fn check_secret_length(secret: &Secret) -> Result<(), CommandError> {
     if secret.len() > 128 {
         return Err(format!(

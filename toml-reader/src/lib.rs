@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-/// Largest configuration file read, far above any real one.
+/// Maximum size in bytes of a configuration file, far above any real one.
 pub const MAX_CONFIG_LEN: u64 = 1024 * 1024;
 
 /// Reads a configuration, key or secret file of at most `max` bytes as
