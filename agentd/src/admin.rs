@@ -503,7 +503,7 @@ fn list(context: &Context<'_>, db: Db<'_, '_>, after: Option<&str>, limit: Optio
             continue;
         };
         let tokens = db.tokens(account.id)?;
-        let failures = failures_of(&account).current(context.now);
+        let failures = context.policy().current(failures_of(&account), context.now);
         users.push(UserSummary {
             user: name,
             tokens: count_u32(tokens.len()),
@@ -521,7 +521,7 @@ fn show(context: &Context<'_>, db: Db<'_, '_>, user: &str) -> AdminResult {
         Ok(account) => account,
         Err(response) => return Ok(response),
     };
-    let failures = failures_of(&account).current(context.now);
+    let failures = context.policy().current(failures_of(&account), context.now);
     let tokens = db.tokens(account.id)?.iter().map(token_info).collect();
     Ok(Response::User {
         user: UserDetail {

@@ -761,7 +761,7 @@ pub(crate) struct OpenToken {
 }
 
 impl Context<'_> {
-    fn policy(&self) -> Policy {
+    pub(crate) fn policy(&self) -> Policy {
         Policy {
             lockout: self.settings.lockout,
         }
@@ -770,9 +770,9 @@ impl Context<'_> {
     fn lookup(&self, db: Db<'_, '_>, unknown: &FailureTable, user: &str) -> Result<Lookup, EngineError> {
         let prompt = self.settings.prompt.clone();
         let Some(account) = db.account(user)? else {
-            let locked = unknown
-                .get(&self.unknown_key_of(user))
-                .current(self.now)
+            let locked = self
+                .policy()
+                .current(unknown.get(&self.unknown_key_of(user)), self.now)
                 .is_locked(self.now);
             return Ok(Lookup {
                 enrolled: false,
@@ -804,7 +804,10 @@ impl Context<'_> {
         let hex_codes = tokens.iter().any(|token| token.enabled && token.kind == Kind::Motp);
         Ok(Lookup {
             enrolled: !code_lengths.is_empty(),
-            locked: failures_of(&account).current(self.now).is_locked(self.now),
+            locked: self
+                .policy()
+                .current(failures_of(&account), self.now)
+                .is_locked(self.now),
             prompt,
             code_lengths,
             disabled,
@@ -880,7 +883,7 @@ impl Context<'_> {
         let Some(account) = db.account(user)? else {
             return self.reject_unknown(db, unknown, user);
         };
-        let failures = failures_of(&account).current(self.now);
+        let failures = self.policy().current(failures_of(&account), self.now);
         if failures.is_locked(self.now) {
             return Ok(self.verdict(Outcome::Locked, Reason::Locked, failures.count));
         }
@@ -950,7 +953,7 @@ impl Context<'_> {
         };
         // The failure of this attempt was counted when the check began; a
         // lock it caused does not stop a right code of this same attempt.
-        let failures = failures_of(&account).current(self.now);
+        let failures = self.policy().current(failures_of(&account), self.now);
         // The account may have changed while the code was hashed: asked
         // again, as the first half did, a `disable USER` meanwhile stops
         // the code.
@@ -1093,7 +1096,7 @@ impl Context<'_> {
     fn reject_unknown(&self, db: Db<'_, '_>, unknown: &mut FailureTable, user: &str) -> Result<Verdict, EngineError> {
         let digest = self.cipher.digest(user.as_bytes());
         let key = unknown_key(&digest);
-        let before = unknown.get(&key).current(self.now);
+        let before = self.policy().current(unknown.get(&key), self.now);
         if before.is_locked(self.now) {
             return Ok(self.verdict(Outcome::NoToken, Reason::UnknownUser, before.count));
         }

@@ -23,8 +23,8 @@ impl Failures {
         self.locked_until.is_some_and(|until| until > now)
     }
 
-    /// The state to use at `now`: an expired lock starts a fresh count.
-    pub fn current(self, now: u64) -> Failures {
+    /// Returns the state at `now`: an expired lock starts a fresh count.
+    fn expired_cleared(self, now: u64) -> Failures {
         match self.locked_until {
             Some(until) if until <= now => Failures::default(),
             _ => self,
@@ -39,6 +39,24 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Returns the state to use at `now`. An expired lock starts a fresh
+    /// count. A lock runs from `lock_seconds` before its end to its end.
+    /// When `now` is before that start, because the clock was set back or
+    /// `lock_seconds` lowered by a reload, the lock is over but the count
+    /// stays: the next failure locks again, for `lock_seconds` from `now`.
+    /// Otherwise a clock set back by a day would lock an account for a day.
+    pub fn current(&self, failures: Failures, now: u64) -> Failures {
+        let failures = failures.expired_cleared(now);
+        let lock_seconds = self.lockout.lock_duration.as_secs();
+        match failures.locked_until {
+            Some(until) if now < until.saturating_sub(lock_seconds) => Failures {
+                count: failures.count,
+                locked_until: None,
+            },
+            _ => failures,
+        }
+    }
+
     /// The count and lock after one more failure at `now`.
     pub fn after_failure(&self, before: Failures, now: u64) -> Failures {
         let count = before.count.saturating_add(1);
@@ -80,19 +98,21 @@ impl Policy {
     /// of a period that has passed still counts towards the next one. With
     /// no failure left, the next period starts at `now`.
     fn source_decayed(&self, source: SourceFailures, now: u64) -> SourceFailures {
-        let failures = source.failures.current(now);
+        let failures = self.current(source.failures, now);
         if failures.is_locked(now) {
             return SourceFailures { failures, updated: now };
         }
         let decay = self.source_decay();
-        let forgiven = now.saturating_sub(source.updated) / decay;
+        // After the clock was set back, decay starts again from `now`.
+        let updated = source.updated.min(now);
+        let forgiven = now.saturating_sub(updated) / decay;
         let count = failures
             .count
             .saturating_sub(u32::try_from(forgiven).unwrap_or(u32::MAX));
         let updated = if count == 0 {
             now
         } else {
-            source.updated.saturating_add(forgiven.saturating_mul(decay))
+            updated.saturating_add(forgiven.saturating_mul(decay))
         };
         SourceFailures {
             failures: Failures {
@@ -346,8 +366,56 @@ mod tests {
         assert_eq!(failures.locked_until, Some(1900));
         assert!(failures.is_locked(1899));
         assert!(!failures.is_locked(1900));
-        assert_eq!(failures.current(1900), Failures::default());
-        assert_eq!(failures.current(1899), failures);
+        assert_eq!(policy().current(failures, 1900), Failures::default());
+        assert_eq!(policy().current(failures, 1899), failures);
+    }
+
+    #[test]
+    fn lock_ends_after_clock_set_back() {
+        let mut failures = Failures::default();
+        for _ in 0..3 {
+            failures = policy().after_failure(failures, 100_000);
+        }
+        assert_eq!(failures.locked_until, Some(100_900));
+        // A clock set back to a time after the lock began keeps the lock.
+        // A clock set back to before that ends it.
+        assert_eq!(policy().current(failures, 100_000), failures);
+        assert_eq!(policy().current(failures, 100_000 - 1).locked_until, None);
+        // Set back by a day: the lock is over, the count stays, and the
+        // next failure locks for 900 s from the new time.
+        let back = 100_000 - 86_400;
+        let current = policy().current(failures, back);
+        assert_eq!(
+            current,
+            Failures {
+                count: 3,
+                locked_until: None
+            }
+        );
+        let again = policy().after_failure(current, back);
+        assert_eq!(again.locked_until, Some(back + 900));
+        // A lower lock_seconds after a reload shortens the lock too.
+        let mut shorter = policy();
+        shorter.lockout.lock_duration = Duration::from_secs(60);
+        assert!(!shorter.current(failures, 100_010).is_locked(100_010));
+        assert!(shorter.current(failures, 100_840).is_locked(100_840));
+        assert!(policy().current(failures, 100_010).is_locked(100_010));
+    }
+
+    #[test]
+    fn source_decays_after_clock_set_back() {
+        let mut source = SourceFailures::default();
+        source = policy().after_source_failure(source, 100_000);
+        source = policy().after_source_failure(source, 100_000);
+        assert_eq!(policy().source_current(source, 100_000).count, 2);
+        // After a clock set back by an hour, the next failure starts a decay
+        // period at the new time, not an hour later.
+        let back = 100_000 - 3_600;
+        let decay = policy().source_decay();
+        let later = policy().after_source_failure(source, back);
+        assert_eq!(later.updated, back);
+        assert_eq!(policy().source_current(later, back + decay).count, 2);
+        assert_eq!(policy().source_current(later, back + 3 * decay).count, 0);
     }
 
     #[test]

@@ -320,6 +320,30 @@ fn lock_starts_at_threshold_and_ends_on_the_second() {
 }
 
 #[test]
+fn clock_set_back_ends_locks() {
+    let mut h = harness(3);
+    for _ in 0..3 {
+        h.verify("alice", "000000".into());
+        h.verify("mallory", "000000".into());
+    }
+    // An NTP correction or an admin sets the clock back by a day. The locks
+    // are over, but the counts stay: one more failure locks again, for
+    // 900 s from the new time.
+    let back = STEP_START - 86_400;
+    h.clock.set(back);
+    let again = h.verify("alice", "000000".into());
+    assert_eq!((again.outcome, again.failures), (Outcome::Rejected, 4));
+    let unknown = h.verify("mallory", "000000".into());
+    assert_eq!((unknown.reason, unknown.failures), (Reason::UnknownUser, 4));
+    h.clock.set(back + 899);
+    assert_eq!(h.verify("alice", code_at(back + 899)).outcome, Outcome::Locked);
+    assert_eq!(h.verify("mallory", "000000".into()).failures, 4);
+    h.clock.set(back + 900);
+    assert_eq!(h.verify("alice", code_at(back + 900)).outcome, Outcome::Accepted);
+    assert_eq!(h.verify("mallory", "000000".into()).failures, 1);
+}
+
+#[test]
 fn unknown_user_gets_same_delays_and_lock() {
     let mut h = harness(3);
     let known: Vec<Verdict> = (0..4).map(|_| h.verify("alice", "000000".into())).collect();
