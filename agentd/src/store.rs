@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 use freeauth_otp::{Algorithm, Kind, State};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
+use rusqlite::types::ValueRef;
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Statement, Transaction};
 
 /// Name of the database file inside the state folder.
@@ -414,7 +415,26 @@ fn read_schema_version(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError>
         return Ok(None);
     }
     let mut statement = conn.prepare("SELECT value FROM meta WHERE key = 'schema_version'")?;
-    Ok(statement.query_row([], |row| row.get(0)).optional()?)
+    match statement.query_row([], meta_value).optional() {
+        Err(rusqlite::Error::FromSqlConversionFailure(..)) => Err(StoreError::Corrupt {
+            what: format!("schema_version in table meta is not text or an integer, expected {SCHEMA_VERSION}"),
+        }),
+        other => Ok(other?),
+    }
+}
+
+/// Reads a `meta` value as bytes. The agent writes blobs, but a value
+/// edited in the sqlite3 shell may come back as text or as an integer.
+fn meta_value(row: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<u8>> {
+    match row.get_ref(0)? {
+        ValueRef::Blob(bytes) | ValueRef::Text(bytes) => Ok(bytes.to_vec()),
+        ValueRef::Integer(number) => Ok(number.to_string().into_bytes()),
+        other => Err(rusqlite::Error::FromSqlConversionFailure(
+            0,
+            other.data_type(),
+            "a meta value must be a blob, text or an integer".into(),
+        )),
+    }
 }
 
 /// Refuses a database that a newer FreeAuth version wrote.
@@ -423,9 +443,20 @@ fn reject_newer_schema(conn: &Connection) -> Result<(), StoreError> {
     match read_schema_version(conn)?.as_deref() {
         None | Some(b"1") => Ok(()),
         Some(value) if value == current.as_bytes() => Ok(()),
-        Some(_) => Err(StoreError::Corrupt {
-            what: format!("schema_version is not {current}; this database was written by a newer FreeAuth version"),
-        }),
+        Some(value) => {
+            let newer = std::str::from_utf8(value)
+                .ok()
+                .and_then(|text| text.trim().parse::<i64>().ok())
+                .is_some_and(|version| version > SCHEMA_VERSION);
+            let what = if newer {
+                format!("schema_version is not {current}; this database was written by a newer FreeAuth version")
+            } else {
+                let text = String::from_utf8_lossy(&value[..value.len().min(40)]);
+                let shown = freeauth_proto::text::printable(&text);
+                format!("schema_version in table meta is \"{shown}\", expected {current}")
+            };
+            Err(StoreError::Corrupt { what })
+        }
     }
 }
 
@@ -1441,7 +1472,7 @@ fn with_statement<'c, 's, T>(
 impl Db<'_, '_> {
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut statement = self.conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?;
-        Ok(statement.query_row([key], |row| row.get(0)).optional()?)
+        Ok(statement.query_row([key], meta_value).optional()?)
     }
 
     pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
@@ -2850,6 +2881,31 @@ mod tests {
         assert_eq!(store.db().tokens_of(&alice).unwrap()[0].state, hotp_state(4));
         let (_, token_id) = enroll(&mut store, "bob", 0);
         assert_eq!(token_id, 6, "the dropped row's id is not given again");
+    }
+
+    /// A version edited in the sqlite3 shell is read as text or an integer,
+    /// and one of another type is a clear error.
+    #[test]
+    fn schema_version_of_any_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        drop(Store::open(&state).unwrap());
+        let conn = Connection::open(state.join(DB_FILE)).unwrap();
+        for value in ["'2'", "2"] {
+            conn.execute_batch(&format!("UPDATE meta SET value = {value} WHERE key = 'schema_version'"))
+                .unwrap();
+            assert!(Store::open(&state).is_ok(), "version {value} was not read");
+        }
+        for value in ["2.5", "'two'", "'0'"] {
+            conn.execute_batch(&format!("UPDATE meta SET value = {value} WHERE key = 'schema_version'"))
+                .unwrap();
+            let Err(err) = Store::open(&state) else {
+                panic!("version {value} was accepted");
+            };
+            let message = err.to_string();
+            assert!(message.contains("schema_version in table meta is "), "{message}");
+            assert!(message.contains(", expected 2"), "{message}");
+        }
     }
 
     /// A database of a newer schema is refused before anything in it changes.
