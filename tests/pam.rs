@@ -735,9 +735,8 @@ fn user_name_escaped_in_log() {
 }
 
 /// With backup codes the account has two code lengths, 6 and 8. A password
-/// that ends in digits must not make `forward_pass` send an 8-digit guess
-/// first: that guess fails, counts against the account and its source, and
-/// hands two characters of the password to the agent.
+/// that ends in digits must not make a login with either kind of code count
+/// a failed try against the account and its source.
 #[test]
 fn forward_pass_tries_token_length_first() {
     let agent = Agent::start();
@@ -776,4 +775,69 @@ fn forward_pass_tries_token_length_first() {
         .response(&format!("hunter12{backup}"))
         .run();
     run.assert_success("password ending in digits, then a backup code");
+    assert!(
+        !agent.log().contains("wrong code"),
+        "a login with a backup code counted a failure:\n{}",
+        agent.log()
+    );
+}
+
+/// A second seed, for an 8-digit HOTP token.
+const SEED8: &str = "0102030405060708090a0b0c0d0e0f1011121314";
+
+/// An account with tokens of 6 and of 8 digits: after a password that ends
+/// in two digits, the end of the typed text fits both lengths. Each login
+/// is one attempt. It passes the password on when either code is right, and
+/// counts one failure when neither is.
+#[test]
+fn forward_pass_mixed_code_lengths() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "erin");
+    agent.ctl_ok(&[
+        "enroll",
+        "erin",
+        "--type",
+        "hotp",
+        "--digits",
+        "8",
+        "--secret-hex",
+        SEED8,
+        "--no-qr",
+    ]);
+    let services = Services::new();
+    let script = services.write_script("check-authtok", CHECK_AUTHTOK);
+    let args = format!("{} forward_pass", agent_args(&agent));
+    services.write(
+        "login",
+        &[
+            freeauth_line("required", &args),
+            format!(
+                "auth required pam_exec.so expose_authtok quiet {} hunter12",
+                script.display()
+            ),
+        ],
+    );
+
+    for counter in 0..2 {
+        let six = services
+            .pamtester("login", "erin")
+            .response(&format!("hunter12{}", hotp(counter)))
+            .run();
+        six.assert_success("password ending in digits, then a 6-digit code");
+        let eight = services
+            .pamtester("login", "erin")
+            .response(&format!("hunter12{}", oath_hotp(SEED8, counter, 8)))
+            .run();
+        eight.assert_success("password ending in digits, then an 8-digit code");
+    }
+    assert!(
+        !agent.log().contains("wrong code"),
+        "a login with a right code counted a failure:\n{}",
+        agent.log()
+    );
+
+    let wrong = services.pamtester("login", "erin").response("hunter12000000").run();
+    wrong.assert_failure(AUTH_ERR, "a wrong code");
+    let failures = agent.log().matches("wrong code").count();
+    assert_eq!(failures, 1, "one wrong answer, {failures} failures:\n{}", agent.log());
 }

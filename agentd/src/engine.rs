@@ -52,6 +52,9 @@ pub enum Job {
     Verify {
         user: String,
         code: SecretString,
+        /// Whether `code` is a text whose end is the code (`forward_pass`),
+        /// as [`code_part`] describes.
+        tail: bool,
         /// The source of the attempt, set only for trusted front ends.
         /// Failures are counted for it too.
         source: Option<String>,
@@ -101,6 +104,9 @@ pub struct Verdict {
     /// name. An attempt rejected because of a lock did not, because no code
     /// was checked.
     pub counted: bool,
+    /// Length of the accepted code, so a caller that sent a text ending in
+    /// the code can tell where the code begins.
+    pub code_length: Option<u8>,
 }
 
 /// The decision.
@@ -667,10 +673,11 @@ fn run_job(
         Job::Verify {
             user,
             code,
+            tail,
             source,
             reply,
         } => {
-            let result = context.verify_from(db, counts, &user, &code, source.as_deref());
+            let result = context.verify_from(db, counts, &user, &code, tail, source.as_deref());
             Some(Pending::Verdict(reply, result))
         }
         Job::BackupResult {
@@ -786,10 +793,7 @@ impl Context<'_> {
         let tokens = db.tokens_of(&account)?;
         let disabled = !tokens.is_empty() && tokens.iter().all(|token| !token.enabled);
         // The tokens' lengths come first, longest first, and the backup
-        // code length last: `forward_pass` tries them in this order, and
-        // each wrong split counts as a failure. Backup codes are the rare
-        // case, so a password ending in digits must not make every login
-        // with a token code fail once on the backup code length first.
+        // code length last, if no token has it.
         let mut code_lengths: Vec<u8> = tokens
             .iter()
             .filter(|token| token.enabled)
@@ -826,10 +830,11 @@ impl Context<'_> {
         counts: &mut MemoryCounts,
         user: &str,
         code: &SecretString,
+        tail: bool,
         source: Option<&str>,
     ) -> Result<Verdict, EngineError> {
         let Some(source) = source.filter(|_| self.settings.lockout.source_threshold > 0) else {
-            return self.verify(db, &mut counts.unknown, user, code);
+            return self.verify(db, &mut counts.unknown, user, code, tail);
         };
         let policy = self.policy();
         let stored = counts.sources.get(source);
@@ -837,7 +842,7 @@ impl Context<'_> {
         if before.is_locked(self.now) {
             return Ok(self.verdict(Outcome::Locked, Reason::SourceLocked, before.count));
         }
-        let mut verdict = self.verify(db, &mut counts.unknown, user, code)?;
+        let mut verdict = self.verify(db, &mut counts.unknown, user, code, tail)?;
         // Only attempts that count for their account or name count for the
         // source: retries at a locked account check no code. A backup-code
         // guess counts here, before its slow hash, like the account's count.
@@ -879,6 +884,7 @@ impl Context<'_> {
         unknown: &mut FailureTable,
         user: &str,
         code: &SecretString,
+        tail: bool,
     ) -> Result<Verdict, EngineError> {
         let Some(account) = db.account(user)? else {
             return self.reject_unknown(db, unknown, user);
@@ -905,7 +911,10 @@ impl Context<'_> {
                     continue;
                 }
             };
-            let Ok(typed) = Code::parse(code.expose(), token.params.charset()) else {
+            let Some(part) = code_part(code.expose(), tail, token.params.code_len()) else {
+                continue;
+            };
+            let Ok(typed) = Code::parse(part, token.params.charset()) else {
                 continue;
             };
             if typed.len() != token.params.code_len() {
@@ -920,7 +929,8 @@ impl Context<'_> {
             }
         }
         // Asked only after no token matched, off the path of accepted codes.
-        if is_backup_code_shape(code.expose()) && db.backup_codes_left(account.id)? > 0 {
+        let backup_part = code_part(code.expose(), tail, usize::from(BACKUP_CODE_LEN));
+        if backup_part.is_some_and(is_backup_code_shape) && db.backup_codes_left(account.id)? > 0 {
             // The attempt counts as a failure now, before the slow hash runs
             // off this thread, so pipelined guesses meet the lock like any
             // others. A match clears the count again.
@@ -936,6 +946,7 @@ impl Context<'_> {
                 failures: after.count,
                 delay: Duration::ZERO,
                 counted: true,
+                code_length: None,
             });
         }
         self.reject(db, &account, failures, Outcome::Rejected, reason)
@@ -964,7 +975,10 @@ impl Context<'_> {
             BackupCheck::Matched(matched) => {
                 if db.consume_backup_code(matched.id, account.id, &matched.hash, self.now)? {
                     db.set_failures(account.id, 0, None)?;
-                    return Ok(self.verdict(Outcome::Accepted, Reason::AcceptedBackupCode, 0));
+                    return Ok(Verdict {
+                        code_length: Some(BACKUP_CODE_LEN),
+                        ..self.verdict(Outcome::Accepted, Reason::AcceptedBackupCode, 0)
+                    });
                 }
                 Reason::ReusedCode
             }
@@ -1071,7 +1085,10 @@ impl Context<'_> {
             token: token.row.id,
             offset: matched.offset,
         };
-        Ok(self.verdict(Outcome::Accepted, reason, 0))
+        Ok(Verdict {
+            code_length: u8::try_from(token.params.code_len()).ok(),
+            ..self.verdict(Outcome::Accepted, reason, 0)
+        })
     }
 
     fn reject(
@@ -1127,6 +1144,7 @@ impl Context<'_> {
             failures,
             delay,
             counted: false,
+            code_length: None,
         }
     }
 }
@@ -1196,9 +1214,19 @@ pub(crate) fn failures_of(account: &Account) -> Failures {
 }
 
 /// Number of digits of a backup code.
-const BACKUP_CODE_LEN: u8 = 8;
+pub(crate) const BACKUP_CODE_LEN: u8 = 8;
 
 /// Backup codes are 8 decimal digits, typed with or without a space.
+/// Returns the part of `text` to check as a code of `length` characters:
+/// all of it, or with `tail` its last `length` bytes. `None` when the text
+/// is shorter or the cut falls inside a character.
+pub fn code_part(text: &str, tail: bool, length: usize) -> Option<&str> {
+    if !tail {
+        return Some(text);
+    }
+    text.get(text.len().checked_sub(length)?..)
+}
+
 fn is_backup_code_shape(text: &str) -> bool {
     Code::parse(text, freeauth_otp::Charset::Decimal).is_ok_and(|code| code.len() == usize::from(BACKUP_CODE_LEN))
 }

@@ -66,7 +66,9 @@ pub async fn lookup(task: &Task, user: String) -> Response {
     }
 }
 
-pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origin) -> Response {
+/// Verifies `code`, or with `tail` the end of a text that ends in the code.
+/// With `tail` the response is a [`Response::TailVerdict`].
+pub async fn verify(task: &Task, user: String, code: SecretString, tail: bool, origin: Origin) -> Response {
     if let Err(response) = check_name(&user) {
         return response;
     }
@@ -75,7 +77,7 @@ pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origi
         return response;
     }
     let source = task.source_of(&origin);
-    let verdict = match decide(task, &user, code, source.clone()).await {
+    let verdict = match decide(task, &user, code, tail, source.clone()).await {
         Ok(verdict) => verdict,
         Err(response) => return response,
     };
@@ -99,7 +101,9 @@ pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origi
             ..
         }
     );
-    if caller_delays && !task.is_admin() {
+    // A tail verdict carries the code length, which a delayed one cannot,
+    // so its delay is waited out here.
+    if caller_delays && !task.is_admin() && !tail {
         let remaining = deadline.saturating_duration_since(now);
         return Response::DelayedVerdict {
             result,
@@ -112,16 +116,27 @@ pub async fn verify(task: &Task, user: String, code: SecretString, origin: Origi
         task.wait_outside_in_flight();
         tokio::time::sleep_until(deadline.into()).await;
     }
+    if tail {
+        let code_length = verdict.code_length.filter(|_| result == VerifyResult::Accepted);
+        return Response::TailVerdict { result, code_length };
+    }
     let reason = task.is_admin().then(|| verdict.reason.describe());
     Response::Verdict { result, reason }
 }
 
 /// Runs the engine's decision, including the backup-code round trip.
-async fn decide(task: &Task, user: &str, code: SecretString, source: Option<String>) -> Result<Verdict, Response> {
+async fn decide(
+    task: &Task,
+    user: &str,
+    code: SecretString,
+    tail: bool,
+    source: Option<String>,
+) -> Result<Verdict, Response> {
     let first = task
         .ask(|reply| Job::Verify {
             user: user.to_owned(),
             code: code.clone(),
+            tail,
             source: source.clone(),
             reply,
         })
@@ -131,9 +146,13 @@ async fn decide(task: &Task, user: &str, code: SecretString, source: Option<Stri
     let Outcome::CheckBackup { salt, hashes } = first.outcome else {
         return Ok(first);
     };
+    // The engine requests a backup check only when this part exists.
+    let backup = engine::code_part(code.expose(), tail, usize::from(engine::BACKUP_CODE_LEN))
+        .map(SecretString::new)
+        .ok_or_else(internal_error)?;
     let matched = match hash_slot(&task.shared.backup_hashing, BACKUP_HASH_WAIT).await {
         Ok(Some(_permit)) => {
-            match tokio::task::spawn_blocking(move || match_backup_code(&code, &salt, &hashes)).await {
+            match tokio::task::spawn_blocking(move || match_backup_code(&backup, &salt, &hashes)).await {
                 Ok(Some(matched)) => BackupCheck::Matched(matched),
                 Ok(None) => BackupCheck::NoMatch,
                 Err(_) => return Err(internal_error()),
@@ -337,7 +356,7 @@ async fn into_op(request: Request) -> Result<Prepared, Response> {
         Request::Unlock { user } => AdminOp::Unlock { user },
         Request::UnlockSource { source } => AdminOp::UnlockSource { source },
         Request::Status {} => AdminOp::Counts,
-        Request::Lookup { .. } | Request::Verify { .. } => return Err(internal_error()),
+        Request::Lookup { .. } | Request::Verify { .. } | Request::VerifyTail { .. } => return Err(internal_error()),
     };
     Ok((op, Vec::new()))
 }

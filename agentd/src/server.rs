@@ -634,7 +634,8 @@ impl Task {
     async fn handle(self, request: Request) -> Response {
         match (self.kind, request) {
             (_, Request::Lookup { user }) => handlers::lookup(&self, user).await,
-            (_, Request::Verify { user, code, origin }) => handlers::verify(&self, user, code, origin).await,
+            (_, Request::Verify { user, code, origin }) => handlers::verify(&self, user, code, false, origin).await,
+            (_, Request::VerifyTail { user, text, origin }) => handlers::verify(&self, user, text, true, origin).await,
             (SocketKind::Admin, request) => handlers::admin(&self, request).await,
             (SocketKind::Agent, _) => forbidden("management requests are served on the admin socket only"),
         }

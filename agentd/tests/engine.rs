@@ -94,6 +94,16 @@ impl Harness {
 
     /// Runs verifications with their sources in one batch.
     fn verify_sourced(&mut self, codes: &[(&str, String, Option<&str>)]) -> Vec<Verdict> {
+        self.verify_jobs(codes, false)
+    }
+
+    /// Verifies the end of `text` as `forward_pass` sends it, from `source`.
+    fn verify_tail(&mut self, user: &str, text: &str, source: &str) -> Verdict {
+        self.verify_jobs(&[(user, text.to_owned(), Some(source))], true)
+            .remove(0)
+    }
+
+    fn verify_jobs(&mut self, codes: &[(&str, String, Option<&str>)], tail: bool) -> Vec<Verdict> {
         let mut answers = Vec::new();
         let jobs = codes
             .iter()
@@ -103,6 +113,7 @@ impl Harness {
                 Job::Verify {
                     user: (*user).into(),
                     code: SecretString::new(code.as_str()),
+                    tail,
                     source: source.map(str::to_owned),
                     reply,
                 }
@@ -945,6 +956,7 @@ fn rolled_back_admin_between_reuses() {
         Job::Verify {
             user: "alice".into(),
             code: SecretString::new(code.as_str()),
+            tail: false,
             source: None,
             reply,
         }
@@ -963,4 +975,78 @@ fn rolled_back_admin_between_reuses() {
         .collect();
     assert_eq!(outcomes, vec![Outcome::Accepted, Outcome::Rejected]);
     assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Rejected);
+}
+
+/// Seed of the 8-digit HOTP token that [`enroll_hotp8`] adds.
+const HOTP8_SEED_HEX: &str = "0102030405060708090a0b0c0d0e0f1011121314";
+
+/// Gives `user` an 8-digit HOTP token besides the 6-digit TOTP one.
+fn enroll_hotp8(h: &mut Harness, user: &str) {
+    let mut token = totp_token(HOTP8_SEED_HEX);
+    token.kind = TokenKind::Hotp;
+    token.digits = 8;
+    let op = AdminOp::Enroll {
+        user: user.into(),
+        token,
+        backup: None,
+    };
+    assert!(matches!(h.admin(op), Response::Enrolled { .. }));
+}
+
+fn hotp8_code(counter: u64) -> String {
+    let secret = Secret::from_hex(HOTP8_SEED_HEX).unwrap();
+    freeauth_otp::hotp(&secret, counter, 8, Algorithm::Sha1).to_string()
+}
+
+#[test]
+fn tail_checks_each_token_length() {
+    let mut h = harness(10);
+    enroll_hotp8(&mut h, "alice");
+    let source = "pam:192.0.2.7";
+    // Four logins with a 6-digit code after a password that ends in
+    // digits: its last 8 characters are digits too, but each login costs
+    // no failure, so the source (threshold 4) stays open.
+    for n in 0..4 {
+        let now = STEP_START + n * PERIOD;
+        h.clock.set(now);
+        let verdict = h.verify_tail("alice", &format!("secret12{}", code_at(now)), source);
+        assert_eq!(verdict.outcome, Outcome::Accepted, "login {n}");
+        assert_eq!(verdict.code_length, Some(6), "login {n}");
+    }
+    let hotp = h.verify_tail("alice", &format!("secret{}", hotp8_code(0)), source);
+    assert_eq!(hotp.outcome, Outcome::Accepted);
+    assert_eq!(hotp.code_length, Some(8));
+    // A wrong end counts one failure, though two lengths were tried.
+    let wrong = h.verify_tail("alice", "secret12000000", source);
+    assert_eq!((wrong.outcome, wrong.failures), (Outcome::Rejected, 1));
+    let after = h.verify_from("alice", code_at(STEP_START + 4 * PERIOD), source);
+    assert_eq!(after.outcome, Outcome::Accepted, "the source was locked");
+}
+
+#[test]
+fn tail_too_short_or_cut_is_rejected() {
+    let mut h = harness(10);
+    let source = "pam:192.0.2.8";
+    let short = h.verify_tail("alice", &code_at(STEP_START)[1..], source);
+    assert_eq!(short.outcome, Outcome::Rejected);
+    // A multi-byte character across the cut does not panic.
+    let cut = h.verify_tail("alice", "x\u{e9}12345", source);
+    assert_eq!(cut.outcome, Outcome::Rejected);
+    let code = h.verify_tail("alice", &format!("\u{e9}{}", code_at(STEP_START)), source);
+    assert_eq!(code.outcome, Outcome::Accepted);
+}
+
+#[test]
+fn tail_checks_backup_codes() {
+    let mut h = harness(10);
+    h.enroll_with_backup("bea");
+    let first = h.verify_tail("bea", "pass12345678", "pam:192.0.2.9");
+    let Outcome::CheckBackup { salt, hashes } = first.outcome else {
+        panic!("no backup check: {first:?}");
+    };
+    let hash = freeauth_agentd::keys::hash_backup_code("12345678", &salt).unwrap();
+    let (id, stored) = hashes.into_iter().find(|(_, stored)| stored[..] == hash[..]).unwrap();
+    let verdict = h.finish_backup("bea", BackupCheck::Matched(BackupMatch { id, hash: stored }));
+    assert_eq!(verdict.outcome, Outcome::Accepted);
+    assert_eq!(verdict.code_length, Some(8));
 }

@@ -136,6 +136,17 @@ impl Agent {
         self.call(request)
     }
 
+    /// Verifies the end of `text`, a password followed by a code, for
+    /// `user`.
+    pub fn verify_tail(&mut self, user: &str, text: SecretString, origin: Origin) -> Result<Response, AgentError> {
+        let request = Request::VerifyTail {
+            user: user.to_owned(),
+            text,
+            origin,
+        };
+        self.call(request)
+    }
+
     fn call(&mut self, request: Request) -> Result<Response, AgentError> {
         self.client
             .call(request)

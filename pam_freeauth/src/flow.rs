@@ -341,36 +341,50 @@ fn verify_answer(
         }
         return ask_agent(host, options, agent, user, answer, origin);
     }
-    // Each code length of the account is tried on the end of the response,
-    // in the agent's order: the tokens' lengths, then the backup code
-    // length. The rest of the response is the password for the next module.
-    let mut outcome = Outcome::Rejected;
-    for &length in &account.code_lengths {
-        let Some(split) = answer.len().checked_sub(usize::from(length)) else {
-            continue;
-        };
-        if !answer.is_char_boundary(split) {
-            continue;
-        }
-        let (password, code) = answer.split_at(split);
-        // A tail that cannot be a code is not sent: it would count as a
-        // failure and hand part of the password to the agent.
-        if !looks_like_code(code, &[length], account.hex_codes) {
-            continue;
-        }
-        outcome = ask_agent(host, options, agent, user, code, origin.clone());
-        if outcome == Outcome::Accepted {
-            if let Err(err) = host.set_authtok(password) {
-                host.log(Priority::Error, &format!("cannot pass the password on: {err}"));
-                return Outcome::PamFailed;
-            }
-            return outcome;
-        }
-        if outcome != Outcome::Rejected {
-            return outcome;
-        }
+    // The agent checks the end of the response against each code length of
+    // the account, as one attempt. The module sends the longest end shaped
+    // like a code, so the rest of the password does not reach the agent.
+    let Some(tail) = code_shaped_tail(answer, &account.code_lengths, account.hex_codes) else {
+        host.log(
+            Priority::Notice,
+            &format!("answer for {user} does not end in a code; rejected without asking the agent"),
+        );
+        return Outcome::Rejected;
+    };
+    let response = agent.verify_tail(user, SecretString::new(tail), origin);
+    let (outcome, code_length) = read_verdict(host, options, user, response);
+    if outcome != Outcome::Accepted {
+        return outcome;
     }
-    outcome
+    let password = code_length
+        .filter(|length| usize::from(*length) <= tail.len())
+        .and_then(|length| answer.get(..answer.len() - usize::from(length)));
+    let Some(password) = password else {
+        host.log(
+            Priority::Error,
+            &format!("the agent accepted the code of {user} without a valid code length; failing closed"),
+        );
+        return Outcome::Unavailable;
+    };
+    if let Err(err) = host.set_authtok(password) {
+        host.log(Priority::Error, &format!("cannot pass the password on: {err}"));
+        return Outcome::PamFailed;
+    }
+    Outcome::Accepted
+}
+
+/// Returns the longest end of `answer` that has one of `lengths` and only
+/// code characters, or `None`. A shorter end of it is then shaped like a
+/// code too, so the agent can try every length on it.
+fn code_shaped_tail<'a>(answer: &'a str, lengths: &[u8], hex: bool) -> Option<&'a str> {
+    lengths
+        .iter()
+        .filter_map(|length| answer.get(answer.len().checked_sub(usize::from(*length))?..))
+        .filter(|tail| {
+            tail.chars()
+                .all(|c| c.is_ascii_digit() || (hex && c.is_ascii_hexdigit()))
+        })
+        .max_by_key(|tail| tail.len())
 }
 
 fn ask_agent(
@@ -381,27 +395,36 @@ fn ask_agent(
     code: &str,
     origin: Origin,
 ) -> Outcome {
-    match agent.verify(user, SecretString::new(code), origin) {
-        Ok(Response::Verdict { result, .. }) => match result {
-            VerifyResult::Accepted => Outcome::Accepted,
-            VerifyResult::Rejected => Outcome::Rejected,
-            VerifyResult::Locked => Outcome::Locked,
-            // The lookup found a token; losing it since then is no reason
-            // to let the user in, nullok or not.
-            VerifyResult::NoToken => Outcome::Rejected,
-        },
+    let response = agent.verify(user, SecretString::new(code), origin);
+    read_verdict(host, options, user, response).0
+}
+
+/// Maps the agent's response to a code, with the accepted code's length
+/// when the agent gives one.
+fn read_verdict(
+    host: &mut dyn Host,
+    options: &Options,
+    user: &str,
+    response: Result<Response, AgentError>,
+) -> (Outcome, Option<u8>) {
+    let (result, code_length) = match response {
+        Ok(Response::Verdict { result, .. }) => (result, None),
+        Ok(Response::TailVerdict { result, code_length }) => (result, code_length),
         // Once the code is sent, nothing may turn into PAM_IGNORE: the agent
         // was up for the lookup, so any failure now fails closed.
-        Ok(Response::Error { kind, message }) => match refused(host, options, "verification", user, kind, &message) {
-            Outcome::UnavailableIgnored => Outcome::Unavailable,
-            outcome => outcome,
-        },
+        Ok(Response::Error { kind, message }) => {
+            let outcome = match refused(host, options, "verification", user, kind, &message) {
+                Outcome::UnavailableIgnored => Outcome::Unavailable,
+                outcome => outcome,
+            };
+            return (outcome, None);
+        }
         Ok(_) => {
             host.log(
                 Priority::Error,
                 &format!("unexpected answer from the agent on the code of {user}; failing closed"),
             );
-            Outcome::Unavailable
+            return (Outcome::Unavailable, None);
         }
         // A failure after the code was sent, such as a rejection held back by
         // the failure delay for longer than `timeout`, fails closed too.
@@ -410,9 +433,18 @@ fn ask_agent(
                 Priority::Error,
                 &format!("no answer from the agent on the code of {user}: {err}; failing closed"),
             );
-            Outcome::Unavailable
+            return (Outcome::Unavailable, None);
         }
-    }
+    };
+    let outcome = match result {
+        VerifyResult::Accepted => Outcome::Accepted,
+        VerifyResult::Rejected => Outcome::Rejected,
+        VerifyResult::Locked => Outcome::Locked,
+        // The lookup found a token; losing it since then is no reason
+        // to let the user in, nullok or not.
+        VerifyResult::NoToken => Outcome::Rejected,
+    };
+    (outcome, code_length)
 }
 
 /// Maps an error response of the agent. A refusal of this caller or request
@@ -607,6 +639,20 @@ mod tests {
         assert_eq!(failed.err(), Some(Outcome::PamFailed), "a failed lookup fails closed");
         drop(agent);
         assert!(thread.join().unwrap().is_empty(), "the agent was not asked again");
+    }
+
+    #[test]
+    fn code_shaped_tail_takes_longest_end() {
+        let lengths = [8, 6];
+        assert_eq!(code_shaped_tail("hunter12123456", &lengths, false), Some("12123456"));
+        assert_eq!(code_shaped_tail("hunter.123456", &lengths, false), Some("123456"));
+        assert_eq!(code_shaped_tail("123456", &lengths, false), Some("123456"));
+        assert_eq!(code_shaped_tail("12345", &lengths, false), None);
+        assert_eq!(code_shaped_tail("pw12 3456", &lengths, false), None);
+        assert_eq!(code_shaped_tail("pw\u{e9}abc123", &[6], true), Some("abc123"));
+        assert_eq!(code_shaped_tail("pw\u{e9}abc123", &[6], false), None);
+        // A cut inside a character is no end.
+        assert_eq!(code_shaped_tail("\u{e9}12345", &[6], false), None);
     }
 
     #[test]

@@ -50,8 +50,8 @@ pub struct ResponseFrame {
     pub response: Response,
 }
 
-/// Everything a client may ask. The first two are served on the agent socket,
-/// all others on the admin socket.
+/// Everything a client may ask. The first three are served on the agent
+/// socket, all others on the admin socket.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
@@ -62,6 +62,16 @@ pub enum Request {
     Verify {
         user: String,
         code: SecretString,
+        origin: Origin,
+    },
+    /// Checks the end of `text` as a code, for a password and a code typed
+    /// in one field: for each enabled token, the last characters of its
+    /// code length, and for backup codes the last 8. One attempt counts one
+    /// failure at most, whatever the lengths. The response is a
+    /// [`Response::TailVerdict`].
+    VerifyTail {
+        user: String,
+        text: SecretString,
         origin: Origin,
     },
     /// Adds a token to `user`, and `backup_codes` fresh backup codes.
@@ -204,9 +214,9 @@ pub enum Response {
         locked: bool,
         prompt: String,
         /// Lengths of the codes the account's enabled tokens and backup
-        /// codes take, so `forward_pass` can split password and code: the
+        /// codes take, so that a caller can tell what may be a code: the
         /// tokens' lengths longest first, then the backup code length if
-        /// no token has it. A caller that splits tries them in this order.
+        /// no token has it.
         code_lengths: Vec<u8>,
         /// The account exists but an administrator disabled all its
         /// tokens; `nullok` must not let such a user in.
@@ -232,6 +242,14 @@ pub enum Response {
         /// out of the JSON.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+    },
+    /// The verdict on a [`Request::VerifyTail`]. `code_length` is the
+    /// length of the accepted end, so the caller can tell the password
+    /// from the code. It is absent unless the result is accepted.
+    TailVerdict {
+        result: VerifyResult,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code_length: Option<u8>,
     },
     Enrolled {
         user: String,
@@ -458,6 +476,11 @@ mod tests {
                 first: "918273".into(),
                 second: "645546".into(),
             },
+            Request::VerifyTail {
+                user: "u".into(),
+                text: "hunter2%918273".into(),
+                origin: Origin::Admin {},
+            },
         ];
         let responses = vec![Response::Enrolled {
             user: "u".into(),
@@ -465,7 +488,7 @@ mod tests {
             backup_codes: vec!["55501234".into()],
         }];
         let printed = format!("{requests:?} {responses:?}");
-        for secret in ["918273", "645546", "5ec4e7de", "9731", "55501234"] {
+        for secret in ["918273", "645546", "5ec4e7de", "9731", "55501234", "hunter2"] {
             assert!(!printed.contains(secret), "{secret} appears in {printed}");
         }
     }
