@@ -2451,3 +2451,35 @@ fn init_beside_running_agent_keeps_its_files() {
     assert!(output.contains("the agent is running on state folder"), "{output}");
     agent.ctl_ok(&["status"]);
 }
+
+#[test]
+fn start_failure_shown_when_log_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    // The socket folder's path names a regular file, so the agent
+    // passes its check, then fails to listen and stops with status 1.
+    fs::write(dir.path().join("blocker"), "").unwrap();
+    let config = dir.path().join("agentd.toml");
+    fs::write(
+        &config,
+        "[paths]\nstate_dir = \"state\"\nseed_key = \"state/seed.key\"\n\
+         agent_socket = \"blocker/agent.sock\"\nadmin_socket = \"blocker/admin.sock\"\n",
+    )
+    .unwrap();
+
+    for filter in ["off", "error"] {
+        let output = output_within(
+            Command::new(binary("freeauth-agentd"))
+                .arg("--config")
+                .arg(&config)
+                .env("FREEAUTH_LOG", filter),
+            Duration::from_secs(10),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "FREEAUTH_LOG={filter}: {stderr}");
+        assert_eq!(
+            stderr.matches("cannot run: cannot listen on").count(),
+            1,
+            "FREEAUTH_LOG={filter}: {stderr}"
+        );
+    }
+}

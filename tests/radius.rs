@@ -1042,3 +1042,35 @@ fn second_bridge_on_one_state_folder_is_refused() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("a running bridge is using it"), "{stderr}");
 }
+
+#[test]
+fn start_failure_shown_with_empty_log_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("radius.toml");
+    // No such user exists, so the bridge stops with status 1 at start.
+    fs::write(
+        &config,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nagent_socket = \"agent.sock\"\nstate_dir = \"state\"\n\
+         agent_user = \"freeauth-test-no-such-user\"\n",
+    )
+    .unwrap();
+
+    for filter in ["", "error"] {
+        let output = output_within(
+            Command::new(binary("freeauth-radius"))
+                .arg("--config")
+                .arg(&config)
+                .env("FREEAUTH_LOG", filter),
+            Duration::from_secs(10),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "FREEAUTH_LOG={filter:?}: {stderr}");
+        assert_eq!(
+            stderr
+                .matches("cannot run: agent_user freeauth-test-no-such-user does not exist")
+                .count(),
+            1,
+            "FREEAUTH_LOG={filter:?}: {stderr}"
+        );
+    }
+}

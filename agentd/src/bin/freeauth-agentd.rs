@@ -57,9 +57,20 @@ fn main() -> ExitCode {
     match freeauth_agentd::daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("cannot run: {err}");
+            report_failure(&err);
             ExitCode::from(1)
         }
+    }
+}
+
+/// Logs why the agent could not run. When the log filter hides errors
+/// (FREEAUTH_LOG=off, say), the message goes to standard error directly, so
+/// that a failed start always shows its reason.
+fn report_failure(err: &freeauth_agentd::daemon::DaemonError) {
+    if tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!("cannot run: {err}");
+    } else {
+        eprintln!("freeauth-agentd: cannot run: {err}");
     }
 }
 

@@ -51,9 +51,20 @@ fn main() -> ExitCode {
     match freeauth_radius::daemon::run(config, args.listen) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // The log goes to standard error, so one line is enough.
-            tracing::error!("cannot run: {err}");
+            report_failure(&err);
             ExitCode::from(1)
         }
+    }
+}
+
+/// Logs why the bridge could not run. The log goes to standard error, so one
+/// line is enough. When the log filter hides errors (an empty FREEAUTH_LOG
+/// turns every line off), the message goes to standard error directly, so
+/// that a failed start always shows its reason.
+fn report_failure(err: &freeauth_radius::daemon::DaemonError) {
+    if tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!("cannot run: {err}");
+    } else {
+        eprintln!("freeauth-radius: cannot run: {err}");
     }
 }
