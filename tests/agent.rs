@@ -2483,3 +2483,35 @@ fn start_failure_shown_when_log_is_off() {
         );
     }
 }
+
+/// A reload warns about settings that wait for a restart only while the
+/// file differs from what runs, so going back to the running values is
+/// quiet.
+#[test]
+fn reload_warns_only_about_pending_changes() {
+    let agent = Agent::start();
+    let config = agent.config();
+    let original = fs::read_to_string(&config).unwrap();
+    let reload = |text: &str, reloads: usize| {
+        fs::write(&config, text).unwrap();
+        agent.signal(1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while agent.log().matches("configuration reloaded").count() < reloads {
+            assert!(Instant::now() < deadline, "no reload logged:\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    reload(
+        &format!("log_level = \"debug\"\n{original}[server]\nmax_connections = 10\n"),
+        1,
+    );
+    let log = agent.log();
+    assert_eq!(log.matches("log_level changes take effect").count(), 1, "{log}");
+    assert_eq!(log.matches("changes to [paths]").count(), 1, "{log}");
+
+    reload(&original, 2);
+    let log = agent.log();
+    assert_eq!(log.matches("log_level changes take effect").count(), 1, "{log}");
+    assert_eq!(log.matches("changes to [paths]").count(), 1, "{log}");
+}

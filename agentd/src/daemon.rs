@@ -362,9 +362,12 @@ async fn reload(current: Config, shared: &Shared) -> Config {
         })
         .await;
     tracing::info!(path = %new.source.display(), "configuration reloaded");
+    // The settings that wait for a restart keep their running values, so
+    // the next reload compares against what runs, not against the file.
     Config {
         paths: current.paths,
         server: current.server,
+        log_level: current.log_level,
         ..new
     }
 }
