@@ -85,8 +85,8 @@ fn load_config(args: &Args, strict: bool) -> Result<Config, CommandError> {
             eprintln!("freeauthctl: using --socket {} with default settings", socket.display());
             Config::parse(&args.config, "").map_err(|err| err.to_string())?
         }
-        // `init` and `check-config` read the file itself, so --socket
-        // cannot work around the error for them.
+        // `init`, `check-config` and `backup` need the file's own paths,
+        // so --socket cannot work around the error for them.
         (Err(err), _) if strict => return Err(with_config_hint(&err)),
         (Err(err), _) => {
             return Err(format!(
