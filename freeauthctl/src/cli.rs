@@ -74,7 +74,8 @@ pub enum Command {
     /// Show the agent's counters.
     Status,
     /// Copy the database into the new file FILE (mode 0600), while the
-    /// agent runs or not. Run as root. The seed key is not in the copy.
+    /// agent runs or not. Run as root or as the agent's user. The seed key
+    /// is not in the copy.
     Backup { file: PathBuf },
     /// Check the configuration file and the key and state permissions.
     CheckConfig,
