@@ -644,6 +644,85 @@ fn remote_login_prompts_whatever_the_account_state() {
     );
 }
 
+/// A remote answer goes to the agent, and waits for its failure delay,
+/// when it has the shape of any account's code, whatever codes this account
+/// takes. Answers shaped like the account's codes only would reach the
+/// agent for some accounts and be rejected at once for others, which shows
+/// a remote party which names have a token.
+#[test]
+fn remote_answer_shape_ignores_the_account() {
+    let agent = Agent::start_with(Options {
+        threshold: 10,
+        ..Options::default()
+    });
+    // Six-digit HOTP codes, no backup codes, no Mobile-OTP token.
+    enroll_hotp(&agent, "carol");
+    let services = Services::new();
+    services.write("sshd", &[freeauth_line("required", &agent_args(&agent))]);
+    let remote = |user: &str, answer: &str| {
+        services
+            .pamtester("sshd", user)
+            .item("rhost=192.0.2.9")
+            .response(answer)
+            .run()
+    };
+    let code_shapes = ["12345678", "abc123", "123456"];
+    for answer in code_shapes {
+        remote("carol", answer).assert_failure(AUTH_ERR, answer);
+        let unknown = remote("nobody-here", answer);
+        assert!(!unknown.output().contains("successfully authenticated"), "{unknown}");
+    }
+    let log = agent.log();
+    let carol = log.matches("verification user=\"carol\"").count();
+    let unknown = log.matches("verification user=\"nobody-here\"").count();
+    assert_eq!(
+        carol,
+        code_shapes.len(),
+        "every answer for carol reached the agent:\n{log}"
+    );
+    assert_eq!(
+        unknown,
+        code_shapes.len(),
+        "every answer for nobody-here reached the agent:\n{log}"
+    );
+
+    // A password still stays in the module for every account.
+    for user in ["carol", "nobody-here"] {
+        let run = remote(user, "alice-password");
+        assert!(run.logged("not shaped like a code"), "{run}");
+    }
+    assert!(!agent.log().contains("alice-password"));
+    assert_eq!(agent.log().matches("verification user=").count(), 2 * code_shapes.len());
+}
+
+/// The same with `forward_pass`: each remote answer that ends in the shape
+/// of any account's code reaches the agent once, for an account with a
+/// token and for a name without one.
+#[test]
+fn remote_forward_pass_shape_ignores_the_account() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "carol");
+    let services = Services::new();
+    let args = format!("{} forward_pass", agent_args(&agent));
+    services.write("sshd", &[freeauth_line("required", &args)]);
+    let answers = ["pw12345678", "pw-abc123", "pw.123456"];
+    for answer in answers {
+        for user in ["carol", "nobody-here"] {
+            let run = services
+                .pamtester("sshd", user)
+                .item("rhost=192.0.2.9")
+                .response(answer)
+                .run();
+            assert!(!run.output().contains("successfully authenticated"), "{run}");
+        }
+    }
+    let log = agent.log();
+    for user in ["carol", "nobody-here"] {
+        let sent = log.matches(&format!("verification user=\"{user}\"")).count();
+        assert_eq!(sent, answers.len(), "answers of {user} that reached the agent:\n{log}");
+    }
+}
+
 #[test]
 fn remote_source_lock_gives_auth_err() {
     let agent = Agent::start_with(Options {

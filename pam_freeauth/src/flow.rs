@@ -273,6 +273,32 @@ fn is_remote(host: &dyn Host) -> bool {
     matches!(host.context(), Origin::Pam { rhost: Some(rhost), .. } if !rhost.is_empty())
 }
 
+/// Returns whether `answer` is sent to the agent as a code. A local login
+/// checks it against the account's own code shapes. A remote login checks
+/// it against the shapes of every kind of account, so that which responses
+/// reach the agent, and so wait for its failure delay, does not tell the
+/// remote party whether the account has a token, backup codes or a
+/// Mobile-OTP token.
+fn answer_looks_like_code(host: &dyn Host, answer: &str, account: &Account) -> bool {
+    if is_remote(host) {
+        looks_like_any_code(answer)
+    } else {
+        looks_like_code(answer, &account.code_lengths, account.hex_codes)
+    }
+}
+
+/// The shapes of every kind of account's codes, as lengths and whether hex
+/// digits are allowed: 6 or 8 digits (HOTP and TOTP codes, backup codes) or
+/// 6 hex digits (Mobile-OTP).
+const ANY_CODE_SHAPES: [(u8, bool); 3] = [(6, false), (8, false), (6, true)];
+
+/// Returns whether `text` has the shape of a code of any account.
+fn looks_like_any_code(text: &str) -> bool {
+    ANY_CODE_SHAPES
+        .iter()
+        .any(|(length, hex)| looks_like_code(text, &[*length], *hex))
+}
+
 /// Returns whether `text`, spaces removed, has the length of one of the
 /// account's codes and only characters its codes can have: digits, and the
 /// letters a to f when `hex` is set (Mobile-OTP). Counts in place, so that no
@@ -301,7 +327,7 @@ fn read_answer(host: &mut dyn Host, options: &Options, account: &Account) -> Opt
         CodeSource::TryFirstPass => match host.authtok() {
             // Only a value shaped like one of the account's codes is sent, so
             // the password of an earlier module never reaches the agent.
-            Some(token) if looks_like_code(&token, &account.code_lengths, account.hex_codes) => Some(token),
+            Some(token) if answer_looks_like_code(host, &token, account) => Some(token),
             _ => host.ask_secret(&prompt),
         },
         CodeSource::ForwardPass => host.authtok().or_else(|| {
@@ -332,7 +358,7 @@ fn verify_answer(
         // method sends the password to every prompt, and so does a mail
         // client on common-auth. Counting those as failures would lock the
         // account, and the agent would receive a password.
-        if !looks_like_code(answer, &account.code_lengths, account.hex_codes) {
+        if !answer_looks_like_code(host, answer, account) {
             host.log(
                 Priority::Notice,
                 &format!("answer for {user} is not shaped like a code; rejected without asking the agent"),
@@ -343,8 +369,15 @@ fn verify_answer(
     }
     // The agent checks the end of the response against each code length of
     // the account, as one attempt. The module sends the longest end shaped
-    // like a code, so the rest of the password does not reach the agent.
-    let Some(tail) = code_shaped_tail(answer, &account.code_lengths, account.hex_codes) else {
+    // like a code, so the rest of the password does not reach the agent. A
+    // remote login takes the shapes of every kind of account, as
+    // `answer_looks_like_code` does.
+    let shapes: Vec<(u8, bool)> = if is_remote(host) {
+        ANY_CODE_SHAPES.to_vec()
+    } else {
+        account.code_lengths.iter().map(|length| (*length, account.hex_codes)).collect()
+    };
+    let Some(tail) = code_shaped_tail(answer, &shapes) else {
         host.log(
             Priority::Notice,
             &format!("answer for {user} does not end in a code; rejected without asking the agent"),
@@ -373,16 +406,17 @@ fn verify_answer(
     Outcome::Accepted
 }
 
-/// Returns the longest end of `answer` that has one of `lengths` and only
-/// code characters, or `None`. A shorter end of it is then shaped like a
-/// code too, so the agent can try every length on it.
-fn code_shaped_tail<'a>(answer: &'a str, lengths: &[u8], hex: bool) -> Option<&'a str> {
-    lengths
+/// Returns the longest end of `answer` that fits one of `shapes`, or
+/// `None`. A shape is a length and whether hex digits are allowed besides
+/// decimal ones. The shorter ends the agent tries are then made of code
+/// characters too.
+fn code_shaped_tail<'a>(answer: &'a str, shapes: &[(u8, bool)]) -> Option<&'a str> {
+    shapes
         .iter()
-        .filter_map(|length| answer.get(answer.len().checked_sub(usize::from(*length))?..))
-        .filter(|tail| {
-            tail.chars()
-                .all(|c| c.is_ascii_digit() || (hex && c.is_ascii_hexdigit()))
+        .filter_map(|(length, hex)| {
+            let tail = answer.get(answer.len().checked_sub(usize::from(*length))?..)?;
+            let shaped = tail.chars().all(|c| c.is_ascii_digit() || (*hex && c.is_ascii_hexdigit()));
+            shaped.then_some(tail)
         })
         .max_by_key(|tail| tail.len())
 }
@@ -530,6 +564,16 @@ mod tests {
         assert!(looks_like_code("FAC 4DE", &[6], true));
     }
 
+    #[test]
+    fn any_code_shape_covers_every_kind() {
+        assert!(looks_like_any_code("123456"), "HOTP and TOTP");
+        assert!(looks_like_any_code("1234 5678"), "8-digit codes and backup codes");
+        assert!(looks_like_any_code("FAC4DE"), "Mobile-OTP");
+        assert!(!looks_like_any_code("deadbeef"), "Mobile-OTP codes have 6 characters");
+        assert!(!looks_like_any_code("1234567"));
+        assert!(!looks_like_any_code("hunter22"));
+    }
+
     /// A PAM stack whose user database spells `JO` as `jo`, and fails for
     /// `broken`.
     struct CaseFoldingHost;
@@ -643,16 +687,20 @@ mod tests {
 
     #[test]
     fn code_shaped_tail_takes_longest_end() {
-        let lengths = [8, 6];
-        assert_eq!(code_shaped_tail("hunter12123456", &lengths, false), Some("12123456"));
-        assert_eq!(code_shaped_tail("hunter.123456", &lengths, false), Some("123456"));
-        assert_eq!(code_shaped_tail("123456", &lengths, false), Some("123456"));
-        assert_eq!(code_shaped_tail("12345", &lengths, false), None);
-        assert_eq!(code_shaped_tail("pw12 3456", &lengths, false), None);
-        assert_eq!(code_shaped_tail("pw\u{e9}abc123", &[6], true), Some("abc123"));
-        assert_eq!(code_shaped_tail("pw\u{e9}abc123", &[6], false), None);
+        let decimal = [(8, false), (6, false)];
+        assert_eq!(code_shaped_tail("hunter12123456", &decimal), Some("12123456"));
+        assert_eq!(code_shaped_tail("hunter.123456", &decimal), Some("123456"));
+        assert_eq!(code_shaped_tail("123456", &decimal), Some("123456"));
+        assert_eq!(code_shaped_tail("12345", &decimal), None);
+        assert_eq!(code_shaped_tail("pw12 3456", &decimal), None);
+        assert_eq!(code_shaped_tail("pw\u{e9}abc123", &[(6, true)]), Some("abc123"));
+        assert_eq!(code_shaped_tail("pw\u{e9}abc123", &[(6, false)]), None);
+        // Remote logins: hex digits count for 6 characters only.
+        assert_eq!(code_shaped_tail("pwdeadbeef", &ANY_CODE_SHAPES), Some("adbeef"));
+        assert_eq!(code_shaped_tail("pw1234abcdef", &ANY_CODE_SHAPES), Some("abcdef"));
+        assert_eq!(code_shaped_tail("pw12345678", &ANY_CODE_SHAPES), Some("12345678"));
         // A cut inside a character is no end.
-        assert_eq!(code_shaped_tail("\u{e9}12345", &[6], false), None);
+        assert_eq!(code_shaped_tail("\u{e9}12345", &[(6, false)]), None);
     }
 
     #[test]
