@@ -357,6 +357,48 @@ fn failures_from_one_host_lock_that_host() {
     assert!(log.contains("radius:vpn-gateway:2001:db8:5:6::/64"), "{log}");
 }
 
+/// A NAS that writes the client's port into Calling-Station-Id gives each
+/// connection another value. The port is dropped, so that reconnecting
+/// does not give an attacker a fresh source count.
+#[test]
+fn source_port_gives_no_fresh_count() {
+    let agent = Agent::start_with(Options {
+        threshold: 10,
+        source_threshold: 3,
+        ..Options::default()
+    });
+    enroll_hotp(&agent, "dave");
+    let vpn_from = |station: &str| Origin::Radius {
+        client: "vpn-gateway".into(),
+        nas_identifier: None,
+        nas_ip: None,
+        calling_station: Some(station.into()),
+        caller_delays: None,
+    };
+    for station in ["192.0.2.50[4500]", "192.0.2.50[4501]", "192.0.2.50:4502"] {
+        assert_eq!(
+            agent.verify_from("eve", "000000", vpn_from(station)),
+            VerifyResult::Rejected,
+            "{station}"
+        );
+    }
+
+    let first = oath_hotp(RFC_SEED_HEX, 0, 6);
+    assert_eq!(
+        agent.verify_from("dave", &first, vpn_from("192.0.2.50[4503]")),
+        VerifyResult::Rejected,
+        "a new port of the locked address"
+    );
+    assert_eq!(
+        agent.verify_from("dave", &first, vpn_from("[2001:db8:7:8::1]:4500")),
+        VerifyResult::Accepted,
+        "another address"
+    );
+    let log = agent.log();
+    assert!(log.contains("source=\"radius:vpn-gateway:192.0.2.50\""), "{log}");
+    assert!(log.contains("radius:vpn-gateway:2001:db8:7:8::/64"), "{log}");
+}
+
 /// Imports `count` users named `user00001`, `user00002`, … with one HOTP
 /// token each, through the admin socket in requests of 2,000.
 fn import_many(agent: &Agent, count: usize) {

@@ -146,20 +146,24 @@ impl Policy {
 const MAX_SOURCE_LEN: usize = 255;
 
 /// Returns the form of a source address that failures are counted under:
-/// lowercase, and for IPv6 its /64 prefix, because one host usually has a
-/// whole /64. These IPv6 addresses are one host each and are kept whole:
-/// an IPv4 address mapped into IPv6 or reached through NAT64 (64:ff9b::/96)
-/// becomes that IPv4 address, and link-local, loopback and other addresses
-/// in ::/96 stay as they are. Returns `None` for a blank address.
+/// lowercase, without a port, and for IPv6 its /64 prefix, because one host
+/// usually has a whole /64. These IPv6 addresses are one host each and are
+/// kept whole: an IPv4 address mapped into IPv6 or reached through NAT64
+/// (64:ff9b::/96) becomes that IPv4 address, and link-local, loopback and
+/// other addresses in ::/96 stay as they are. Returns `None` for a blank
+/// address.
 pub fn source_address(raw: &str) -> Option<String> {
     let raw = raw.trim();
     if raw.is_empty() {
         return None;
     }
-    let bare = raw
+    // A client picks a new source port for each connection, so a port kept
+    // in the name would give every connection a count of its own.
+    let without_port = address_without_port(raw).unwrap_or(raw);
+    let bare = without_port
         .strip_prefix('[')
         .and_then(|rest| rest.strip_suffix(']'))
-        .unwrap_or(raw);
+        .unwrap_or(without_port);
     // A zone index (fe80::1%eth0) names a link; the address is link-local.
     let (address, zone) = match bare.split_once('%') {
         Some((address, zone)) => (address, Some(zone)),
@@ -178,6 +182,28 @@ pub fn source_address(raw: &str) -> Option<String> {
         .last()
         .unwrap_or(0);
     Some(normalized[..end].to_owned())
+}
+
+/// Returns the address of `raw` when it is an IP address followed by a
+/// port, as some NASes write Calling-Station-Id: `192.0.2.7:4500`,
+/// `[2001:db8::1]:4500`, or `192.0.2.7[4500]` and `2001:db8::1[4500]`
+/// (strongSwan's eap-radius plugin writes this form unless its
+/// `station_id_with_port` is off). Returns `None` for anything else. An
+/// IPv6 address with a port and without brackets is ambiguous, because its
+/// last group may be the port or part of the address, so it stays whole.
+fn address_without_port(raw: &str) -> Option<&str> {
+    let (address, port) = if let Some(rest) = raw.strip_prefix('[') {
+        rest.split_once("]:")?
+    } else if let Some(rest) = raw.strip_suffix(']') {
+        rest.rsplit_once('[')?
+    } else {
+        let (address, port) = raw.rsplit_once(':')?;
+        address.parse::<std::net::Ipv4Addr>().ok()?;
+        (address, port)
+    };
+    let is_port = (1..=5).contains(&port.len()) && port.bytes().all(|byte| byte.is_ascii_digit());
+    let host = address.split_once('%').map_or(address, |(host, _zone)| host);
+    (is_port && host.parse::<IpAddr>().is_ok()).then_some(address)
 }
 
 /// Returns the source form of an IPv6 address; see [`source_address`].
@@ -505,6 +531,37 @@ mod tests {
             source = off.after_source_failure(source, 5);
         }
         assert!(!source.failures.is_locked(5));
+    }
+
+    #[test]
+    fn source_ports_are_dropped() {
+        let cases = [
+            ("192.0.2.7:4500", "192.0.2.7"),
+            ("192.0.2.7[4500]", "192.0.2.7"),
+            ("[2001:db8:1:2::7]:4500", "2001:db8:1:2::/64"),
+            ("2001:DB8:1:2::7[4500]", "2001:db8:1:2::/64"),
+            ("[fe80::1%eth0]:22", "fe80::1%eth0"),
+            ("::ffff:192.0.2.7[500]", "192.0.2.7"),
+        ];
+        for (raw, counted) in cases {
+            assert_eq!(source_address(raw).as_deref(), Some(counted), "{raw}");
+        }
+    }
+
+    #[test]
+    fn source_without_a_port_stays_whole() {
+        let cases = [
+            // A valid IPv6 address whose last group looks like a port.
+            ("::1:4500", "::1:4500"),
+            ("00:1B:63:84:45:E6", "00:1b:63:84:45:e6"),
+            ("192.0.2.7:", "192.0.2.7:"),
+            ("192.0.2.7:450000", "192.0.2.7:450000"),
+            ("192.0.2.7[x]", "192.0.2.7[x]"),
+            ("host.example.com:22", "host.example.com:22"),
+        ];
+        for (raw, counted) in cases {
+            assert_eq!(source_address(raw).as_deref(), Some(counted), "{raw}");
+        }
     }
 
     #[test]
