@@ -11,6 +11,7 @@ use std::os::unix::net::UnixListener;
 
 use freeauth_e2e::pam::*;
 use freeauth_e2e::*;
+use freeauth_proto::Origin;
 
 const SEED: &str = "3132333435363738393031323334353637383930";
 /// The password the forward_pass tests put in front of the code.
@@ -790,6 +791,45 @@ fn remote_locked_try_first_pass_prompts() {
         .run();
     locked.assert_failure(AUTH_ERR, "locked account, remote");
     assert!(locked.prompted(CODE_PROMPT), "{locked}");
+}
+
+/// While the remote host is locked, an enrolled account gets the code
+/// prompt after its PAM_AUTHTOK is rejected, as a name without a token
+/// does. The lookup does not know the host, so only the verification meets
+/// the host's lock.
+#[test]
+fn remote_locked_host_try_first_pass_prompts() {
+    let agent = Agent::start_with(Options {
+        threshold: 10,
+        source_threshold: 3,
+        ..Options::default()
+    });
+    enroll_hotp(&agent, "carol");
+    let from_host = Origin::Pam {
+        service: "sshd".into(),
+        rhost: Some("192.0.2.9".into()),
+        tty: None,
+        ruser: None,
+    };
+    for _ in 0..3 {
+        agent.verify_from("eve", "000000", from_host.clone());
+    }
+    let args = format!("{} try_first_pass", agent_args(&agent));
+    let services = Services::new();
+    let set_items = format!("auth required {}", pam_wrapper_file("pam_set_items.so").display());
+    services.write("sshd", &[set_items, freeauth_line("required", &args)]);
+    for user in ["carol", "nobody-here"] {
+        let run = services
+            .pamtester("sshd", user)
+            .item("rhost=192.0.2.9")
+            .env("PAM_AUTHTOK", "000000")
+            .response(&hotp(0))
+            .run();
+        assert!(!run.output().contains("successfully authenticated"), "{user}: {run}");
+        assert!(run.prompted(CODE_PROMPT), "{user}: {run}");
+    }
+    let log = agent.log();
+    assert!(log.contains("reason=\"source locked\""), "{log}");
 }
 
 /// A user name is typed by someone not logged in yet. Its control

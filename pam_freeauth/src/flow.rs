@@ -223,7 +223,16 @@ fn read_and_verify(
     };
     let origin = host.context();
     let outcome = verify_answer(host, options, agent, user, &answer, account, origin.clone());
-    let rejected = outcome == Outcome::Rejected || (rejected_at_lookup && outcome != Outcome::Accepted);
+    // A remote login hides locks, so a lock met only here gets the retry of
+    // a wrong code. The lookup request carries no remote host, so an
+    // enrolled account meets its host's lock at this point, while a name
+    // without a token was rejected at the lookup already.
+    let rejected = match outcome {
+        Outcome::Accepted => false,
+        Outcome::Rejected => true,
+        Outcome::Locked if is_remote(host) => true,
+        _ => rejected_at_lookup,
+    };
     // try_first_pass: a rejected PAM_AUTHTOK gets one prompt, as pam_unix does.
     let retry = options.source == CodeSource::TryFirstPass && rejected;
     if !(retry && host.authtok().is_some_and(|token| *token == *answer)) {
@@ -275,7 +284,7 @@ fn is_remote(host: &dyn Host) -> bool {
 
 /// Returns whether `answer` is sent to the agent as a code. A local login
 /// checks it against the account's own code shapes. A remote login checks
-/// it against the shapes of every kind of account, so that which responses
+/// it against the shapes of every kind of account. Then which responses
 /// reach the agent, and so wait for its failure delay, does not tell the
 /// remote party whether the account has a token, backup codes or a
 /// Mobile-OTP token.
