@@ -384,7 +384,11 @@ fn verify_answer(
     let shapes: Vec<(u8, bool)> = if is_remote(host) {
         ANY_CODE_SHAPES.to_vec()
     } else {
-        account.code_lengths.iter().map(|length| (*length, account.hex_codes)).collect()
+        account
+            .code_lengths
+            .iter()
+            .map(|length| (*length, account.hex_codes))
+            .collect()
     };
     let Some(tail) = code_shaped_tail(answer, &shapes) else {
         host.log(
@@ -424,7 +428,9 @@ fn code_shaped_tail<'a>(answer: &'a str, shapes: &[(u8, bool)]) -> Option<&'a st
         .iter()
         .filter_map(|(length, hex)| {
             let tail = answer.get(answer.len().checked_sub(usize::from(*length))?..)?;
-            let shaped = tail.chars().all(|c| c.is_ascii_digit() || (*hex && c.is_ascii_hexdigit()));
+            let shaped = tail
+                .chars()
+                .all(|c| c.is_ascii_digit() || (*hex && c.is_ascii_hexdigit()));
             shaped.then_some(tail)
         })
         .max_by_key(|tail| tail.len())
