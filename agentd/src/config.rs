@@ -218,6 +218,12 @@ fn read_windows(section: &Section) -> Windows {
     }
 }
 
+/// Smallest `failure_delay_ms` allowed without `danger_short_failure_delay`.
+/// The delay hides how long a rejection took to decide: a backup-code
+/// check hashes with Argon2 (about 20 ms here, more on a small machine),
+/// and a name without an account skips work that an account needs.
+const MIN_SAFE_FAILURE_DELAY_MS: i64 = 100;
+
 fn read_lockout(section: &Section) -> Lockout {
     let danger = section.bool_or("danger_disable_lockout", false);
     let delay_ms = section.integer_or("failure_delay_ms", 0..=60_000, 500);
@@ -230,6 +236,16 @@ fn read_lockout(section: &Section) -> Lockout {
             section.span_of("threshold"),
             "threshold",
             "0 disables the lock and allows unlimited guessing; set danger_disable_lockout = true to allow it",
+        );
+    }
+    let short_delay = section.bool_or("danger_short_failure_delay", false);
+    if delay_ms < MIN_SAFE_FAILURE_DELAY_MS && !short_delay {
+        section.problem(
+            section.span_of("failure_delay_ms"),
+            "failure_delay_ms",
+            format!(
+                "is below {MIN_SAFE_FAILURE_DELAY_MS} ms, so the time of a rejection can show which accounts exist or have backup codes; set danger_short_failure_delay = true to allow it"
+            ),
         );
     }
     if max_delay_ms < delay_ms {
@@ -353,6 +369,17 @@ mod tests {
         assert_eq!(err.problems.len(), 2, "{err}");
         let ok = parse("[lockout]\nthreshold = 0\ndanger_disable_lockout = true\n");
         assert_eq!(ok.unwrap().lockout.threshold, 0);
+    }
+
+    #[test]
+    fn short_failure_delay_needs_danger() {
+        let err = parse("[lockout]\nfailure_delay_ms = 99\n").unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(err.to_string().contains("danger_short_failure_delay"), "{err}");
+        assert!(parse("[lockout]\nfailure_delay_ms = 100\n").is_ok());
+        let ok =
+            parse("[lockout]\nfailure_delay_ms = 0\nmax_failure_delay_ms = 0\ndanger_short_failure_delay = true\n");
+        assert_eq!(ok.unwrap().lockout.failure_delay, Duration::ZERO);
     }
 
     #[test]

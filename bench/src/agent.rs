@@ -268,6 +268,7 @@ fn config_text(settings: &AgentSettings) -> String {
          admin_socket = \"run/admin.sock\"\n\
          [lockout]\n\
          threshold = 10\n\
+         danger_short_failure_delay = true\n\
          failure_delay_ms = 1\n\
          max_failure_delay_ms = 4\n\
          [server]\n\

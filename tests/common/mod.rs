@@ -289,10 +289,12 @@ fn signal(child: &Child, signal_number: i32) {
 fn write_config(dir: &Path, options: &Options) {
     let text = format!(
         "[paths]\nstate_dir = \"state\"\nseed_key = \"state/seed.key\"\nagent_socket = \"run/agent.sock\"\nadmin_socket = \"run/admin.sock\"\n\
-         [lockout]\nthreshold = {}\ndanger_disable_lockout = {}\nfailure_delay_ms = {}\nmax_failure_delay_ms = {}\nlock_seconds = {}\nsource_threshold = {}\n\
+         [lockout]\nthreshold = {}\ndanger_disable_lockout = {}\ndanger_short_failure_delay = {}\nfailure_delay_ms = {}\nmax_failure_delay_ms = {}\nlock_seconds = {}\nsource_threshold = {}\n\
          [enroll]\nissuer = \"FreeAuth test\"\n{}\n",
         options.threshold,
         options.threshold == 0,
+        // The tests use delays of a few milliseconds to run fast.
+        options.failure_delay_ms < 100,
         options.failure_delay_ms, options.max_failure_delay_ms, options.lock_seconds, options.source_threshold, options.extra
     );
     fs::write(dir.join("agentd.toml"), text).unwrap();
