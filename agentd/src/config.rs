@@ -220,7 +220,7 @@ fn read_windows(section: &Section) -> Windows {
 
 /// Smallest `failure_delay_ms` allowed without `danger_short_failure_delay`.
 /// The delay hides how long a rejection took to decide: a backup-code
-/// check hashes with Argon2 (about 20 ms here, more on a small machine),
+/// check hashes with Argon2 (about 20 ms on the 2-core development machine),
 /// and a name without an account skips work that an account needs.
 const MIN_SAFE_FAILURE_DELAY_MS: i64 = 100;
 
