@@ -711,7 +711,12 @@ fn unlock_source(sources: &mut FailureTable<SourceFailures>, source: &str) -> Re
 
 fn counts(context: &Context<'_>, db: Db<'_, '_>, memory: &MemoryCounts) -> AdminResult {
     let (users, tokens) = db.counts()?;
-    let locked_sources = memory.sources.count_locked(context.now);
+    // The policy's view, so that a lock the engine takes as ended (clock
+    // set back, lock_seconds lowered) is not counted.
+    let policy = context.policy();
+    let locked_sources = memory
+        .sources
+        .count_matching(|source| policy.source_current(*source, context.now).is_locked(context.now));
     Ok(Response::Status {
         status: AgentStatus {
             version: String::new(),

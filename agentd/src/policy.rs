@@ -342,9 +342,9 @@ impl<E: Entry> FailureTable<E> {
         before - self.counts.len()
     }
 
-    /// Returns the number of entries whose lock is in force at `now`.
-    pub fn count_locked(&self, now: u64) -> usize {
-        self.counts.values().filter(|entry| entry.is_locked(now)).count()
+    /// Returns the number of entries that `matches` accepts.
+    pub fn count_matching(&self, matches: impl Fn(&E) -> bool) -> usize {
+        self.counts.values().filter(|entry| matches(entry)).count()
     }
 
     /// Keeps only the entries that `keep` accepts.

@@ -573,6 +573,30 @@ fn new_source_threshold_clears_source_counts() {
     assert_eq!(verdict.outcome, Outcome::Accepted, "the old lock does not come back");
 }
 
+/// `freeauthctl status` counts a source as locked only while the engine
+/// rejects its codes as locked.
+#[test]
+fn status_skips_source_lock_that_ended() {
+    let mut h = harness(10);
+    let source = "pam:192.0.2.70";
+    lock_source(&mut h, source);
+    let locked_sources = |h: &mut Harness| match h.admin(AdminOp::Counts) {
+        Response::Status { status } => status.locked_sources,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(locked_sources(&mut h), 1);
+
+    // A reload lowers lock_seconds to 60, so the lock would have begun
+    // 840 s from now: the engine takes it as ended.
+    let mut shorter = settings(10);
+    shorter.lockout.lock_duration = Duration::from_secs(60);
+    h.engine.run_batch(vec![Job::Reload { settings: shorter }]);
+    h.clock.set(STEP_START + 10);
+    let verdict = h.verify_from("alice", code_at(STEP_START + 10), source);
+    assert_eq!(verdict.outcome, Outcome::Accepted, "the source was still locked");
+    assert_eq!(locked_sources(&mut h), 0, "status counts an ended lock");
+}
+
 #[test]
 fn locked_source_does_not_count_further() {
     let mut h = harness(10);
