@@ -42,9 +42,11 @@ impl Policy {
     /// Returns the state to use at `now`. An expired lock starts a fresh
     /// count. A lock runs from `lock_seconds` before its end to its end.
     /// When `now` is before that start, because the clock was set back or
-    /// `lock_seconds` lowered by a reload, the lock is over but the count
-    /// stays: the next failure locks again, for `lock_seconds` from `now`.
-    /// Otherwise a clock set back by a day would lock an account for a day.
+    /// `lock_seconds` lowered by a reload, the lock is not in force but the
+    /// count stays: the next failure locks again, for `lock_seconds` from
+    /// `now`. Otherwise a clock set back by a day would lock an account for
+    /// a day. NOTE: the stored lock is not changed here, so unless a failure
+    /// or an accepted code replaces it, it is in force again from its start.
     pub fn current(&self, failures: Failures, now: u64) -> Failures {
         let failures = failures.expired_cleared(now);
         let lock_seconds = self.lockout.lock_duration.as_secs();

@@ -354,6 +354,33 @@ fn clock_set_back_ends_locks() {
     assert_eq!(h.verify("mallory", "000000".into()).failures, 1);
 }
 
+/// A lock taken as ended because the clock was set back stays stored. With
+/// no failure or accepted code in between, it is in force again once the
+/// clock reaches the time it began, until its end.
+#[test]
+fn ended_lock_returns_at_its_start() {
+    let mut h = harness(3);
+    for _ in 0..3 {
+        h.verify("alice", "000000".into());
+    }
+    let lookup_locked = |h: &mut Harness| {
+        let (reply, mut answer) = oneshot::channel();
+        h.engine.run_batch(vec![Job::Lookup {
+            user: "alice".into(),
+            reply,
+        }]);
+        answer.try_recv().unwrap().unwrap().locked
+    };
+    assert!(lookup_locked(&mut h));
+
+    h.clock.set(STEP_START - 86_400);
+    assert!(!lookup_locked(&mut h), "the lock is not in force before its start");
+    h.clock.set(STEP_START + 10);
+    assert!(lookup_locked(&mut h), "the lock is in force again from its start");
+    let verdict = h.verify("alice", code_at(STEP_START + 10));
+    assert_eq!(verdict.outcome, Outcome::Locked);
+}
+
 #[test]
 fn unknown_user_gets_same_delays_and_lock() {
     let mut h = harness(3);
