@@ -749,6 +749,32 @@ fn remote_source_lock_gives_auth_err() {
     assert!(agent.log().contains("reason=\"source locked\""), "{}", agent.log());
 }
 
+/// Remote answers for names without an account reach the agent and count
+/// for their host, so they lock it like wrong codes for an enrolled account.
+#[test]
+fn remote_unknown_names_lock_the_host() {
+    let agent = Agent::start_with(Options {
+        source_threshold: 3,
+        ..Options::default()
+    });
+    enroll_hotp(&agent, "carol");
+    let services = Services::new();
+    services.write("sshd", &[freeauth_line("required", &agent_args(&agent))]);
+    let remote = |user: &str, answer: &str| {
+        services
+            .pamtester("sshd", user)
+            .item("rhost=192.0.2.9")
+            .response(answer)
+            .run()
+    };
+    for user in ["nobody1", "nobody2", "nobody3"] {
+        let run = remote(user, "000000");
+        assert!(!run.output().contains("successfully authenticated"), "{run}");
+    }
+    remote("carol", &hotp(0)).assert_failure(AUTH_ERR, "right code from the locked host");
+    assert!(agent.log().contains("reason=\"source locked\""), "{}", agent.log());
+}
+
 #[test]
 fn remote_forward_pass_of_unknown_user_reaches_agent() {
     let agent = Agent::start();
