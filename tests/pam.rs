@@ -781,8 +781,8 @@ fn remote_forward_pass_of_unknown_user_reaches_agent() {
     let services = Services::new();
     let args = format!("{} forward_pass", agent_args(&agent));
     services.write("sshd", &[freeauth_line("required", &args)]);
-    // A password that ends in two digits: only the last six characters go
-    // to the agent, once, as for an enrolled account with 6-digit codes.
+    // A password that ends in two digits: the last eight characters go to
+    // the agent, once, as for any account in a remote login.
     let run = services
         .pamtester("sshd", "nobody-here")
         .item("rhost=192.0.2.9")

@@ -1216,7 +1216,6 @@ pub(crate) fn failures_of(account: &Account) -> Failures {
 /// Number of digits of a backup code.
 pub(crate) const BACKUP_CODE_LEN: u8 = 8;
 
-/// Backup codes are 8 decimal digits, typed with or without a space.
 /// Returns the part of `text` to check as a code of `length` characters:
 /// all of it, or with `tail` its last `length` bytes. `None` when the text
 /// is shorter or the cut falls inside a character.
@@ -1227,6 +1226,9 @@ pub fn code_part(text: &str, tail: bool, length: usize) -> Option<&str> {
     text.get(text.len().checked_sub(length)?..)
 }
 
+/// Backup codes are 8 decimal digits, typed with or without a space. In a
+/// tail request only the space-free form fits: an 8-byte end with a space
+/// holds 7 digits.
 fn is_backup_code_shape(text: &str) -> bool {
     Code::parse(text, freeauth_otp::Charset::Decimal).is_ok_and(|code| code.len() == usize::from(BACKUP_CODE_LEN))
 }

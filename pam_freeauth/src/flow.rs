@@ -263,13 +263,9 @@ fn reject_remote(
     account: &Account,
     outcome: Outcome,
 ) -> Outcome {
-    // An account without token has no code lengths. Six digits, the most
-    // common length, gives one request, as for most enrolled accounts.
-    let mut probe = account.clone();
-    if probe.code_lengths.is_empty() {
-        probe.code_lengths = vec![6];
-    }
-    match read_and_verify(host, options, agent, user, &probe, true) {
+    // The account's code lengths do not matter here: a remote login checks
+    // answers against the shapes of every kind of account.
+    match read_and_verify(host, options, agent, user, account, true) {
         // A lock may have ended while the user typed, so a right code is accepted.
         Outcome::Accepted => Outcome::Accepted,
         // Only the agent's delay mattered; the verdict was known already.
