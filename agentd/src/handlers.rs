@@ -22,9 +22,10 @@ pub const BACKUP_HASHES_AT_ONCE: usize = 2;
 /// attempt is rejected without a hash (its failure was counted when the
 /// check began). So a flood of guesses cannot hold up other users' backup
 /// codes for long. A check then ends within this wait plus one hash, under
-/// the default failure delay of 500 ms, so its timing does not tell a
-/// remote party that the account exists.
-const BACKUP_HASH_WAIT: Duration = Duration::from_millis(250);
+/// the 300 ms that `failure_delay_ms` needs without
+/// `danger_short_failure_delay`, so its timing does not tell a remote party
+/// that the account exists.
+pub(crate) const BACKUP_HASH_WAIT: Duration = Duration::from_millis(250);
 
 /// Most backup codes one enrolment may create.
 pub const MAX_BACKUP_CODES: u32 = 100;

@@ -294,7 +294,7 @@ fn write_config(dir: &Path, options: &Options) {
         options.threshold,
         options.threshold == 0,
         // The tests use delays of a few milliseconds to run fast.
-        options.failure_delay_ms < 100,
+        options.failure_delay_ms < 300,
         options.failure_delay_ms, options.max_failure_delay_ms, options.lock_seconds, options.source_threshold, options.extra
     );
     fs::write(dir.join("agentd.toml"), text).unwrap();
