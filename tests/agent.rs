@@ -2036,6 +2036,36 @@ fn backup_copies_and_restores() {
     assert_eq!(agent.ctl_verify("alice", &code(1)), 1);
 }
 
+/// After a clean stop, freeauth.db alone contains every change, also one
+/// committed just before the stop: an administrator who copies only that
+/// file while the agent is stopped loses nothing.
+#[test]
+fn clean_stop_leaves_complete_database_file() {
+    let mut agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    // The checkpoint thread opens the database on its first run, 100 ms
+    // after the start. From then on its connection keeps SQLite from
+    // deleting the WAL when the engine's connection closes.
+    std::thread::sleep(Duration::from_millis(300));
+    let code = oath_hotp(RFC_SEED_HEX, 0, 6);
+    assert_eq!(agent.ctl_verify("alice", &code), 0);
+    agent.stop();
+
+    let state = agent.dir.path().join("state");
+    let wal_len = fs::metadata(state.join("freeauth.db-wal")).map_or(0, |meta| meta.len());
+    assert_eq!(wal_len, 0, "the WAL still holds changes after a clean stop");
+
+    for suffix in ["-wal", "-shm"] {
+        let _ = fs::remove_file(state.join(format!("freeauth.db{suffix}")));
+    }
+    agent.spawn();
+    assert_eq!(
+        agent.ctl_verify("alice", &code),
+        1,
+        "the code used before the stop is missing from freeauth.db"
+    );
+}
+
 /// A backup killed while it copies (Ctrl-C, a timeout in a cron job) must
 /// not leave a file under the requested name, which would pass for a copy.
 #[test]

@@ -569,6 +569,20 @@ impl EngineCore {
         if syncer.is_some_and(|handle| handle.join().is_err()) {
             tracing::error!("WAL sync thread panicked");
         }
+        // The checkpoint thread copies the WAL only every 100 ms, so the
+        // last commits may still be in the WAL alone. Copying them now means
+        // that freeauth.db by itself contains every change once the agent has
+        // stopped cleanly, for an administrator who copies just that file.
+        match self.lock().store.checkpoint_truncate() {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "final WAL checkpoint did not finish (database busy); the newest changes stay in freeauth.db-wal, so copy that file along with freeauth.db"
+            ),
+            Err(err) => tracing::warn!(
+                error = %err,
+                "final WAL checkpoint failed; the newest changes stay in freeauth.db-wal, so copy that file along with freeauth.db"
+            ),
+        }
         tracing::debug!("engine thread stops: all request channels closed");
     }
 }

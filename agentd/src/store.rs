@@ -315,6 +315,18 @@ impl Store {
         self.sync.sync()
     }
 
+    /// Copies the whole WAL into the database file, syncs it and empties the
+    /// WAL (`wal_checkpoint(TRUNCATE)`). Returns `Ok(false)` when another
+    /// connection kept the checkpoint from finishing within the busy timeout.
+    pub fn checkpoint_truncate(&self) -> Result<bool, StoreError> {
+        // The row is (busy, WAL frames, frames copied); busy is 1 when the
+        // checkpoint could not finish.
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        Ok(busy == 0)
+    }
+
     /// Returns a second [`WalSync`] for this database, for a thread of its
     /// own. It shares the open file and the failure state of the first.
     pub fn wal_sync(&self) -> Result<WalSync, StoreError> {
