@@ -157,6 +157,30 @@ fn resync_moves_hotp_counter_forward() {
     assert_eq!(agent.ctl_verify("far", &code(202)), 0);
 }
 
+/// A token id that the user does not have is named as such, as `disable`
+/// names it, and not reported as codes that match nothing.
+#[test]
+fn resync_names_unknown_token_id() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "far");
+    enroll_hotp(&agent, "other");
+    let code = |counter| oath_hotp(RFC_SEED_HEX, counter, 6);
+    let other_token = "2";
+    assert!(agent.ctl_ok(&["show", "other"]).contains("token 2:"));
+
+    for token in [other_token, "999"] {
+        let failed = agent.ctl(&["resync", "far", &code(200), &code(201), "--token", token]);
+        let stderr = String::from_utf8_lossy(&failed.stderr);
+        assert_eq!(failed.status.code(), Some(2), "token {token}: {stderr}");
+        assert!(
+            stderr.contains(&format!("user far has no token {token}")),
+            "token {token}: {stderr}"
+        );
+    }
+    let output = agent.ctl_ok(&["resync", "far", &code(200), &code(201), "--token", "1"]);
+    assert!(output.contains("next counter 202"), "{output}");
+}
+
 #[test]
 fn resync_learns_totp_clock_drift() {
     let agent = Agent::start();

@@ -617,10 +617,14 @@ fn resync(
         Err(response) => return Ok(response),
     };
     let wanted = token_id(token);
-    let rows = db
-        .tokens(account.id)?
-        .into_iter()
-        .filter(|row| wanted.is_none_or(|id| id == row.id));
+    let tokens = db.tokens(account.id)?;
+    // A missing id needs its own error: the no-match error below blames the codes.
+    if let Some(wanted) = wanted {
+        if !tokens.iter().any(|row| row.id == wanted) {
+            return error(ErrorKind::NotFound, format!("user {user} has no token {wanted}"));
+        }
+    }
+    let rows = tokens.into_iter().filter(|row| wanted.is_none_or(|id| id == row.id));
     for row in rows {
         let open = context.open(row)?;
         let charset = open.params.charset();
