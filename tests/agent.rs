@@ -153,6 +153,13 @@ fn resync_moves_hotp_counter_forward() {
     assert_eq!(failed.status.code(), Some(2), "codes that are not consecutive");
     let output = agent.ctl_ok(&["resync", "far", &code(200), &code(201)]);
     assert!(output.contains("resynchronised, next counter 202"), "{output}");
+    let repeated = agent.ctl(&["resync", "far", &code(200), &code(201)]);
+    let stderr = String::from_utf8_lossy(&repeated.stderr);
+    assert_eq!(repeated.status.code(), Some(2), "codes used by the resync: {stderr}");
+    assert!(
+        stderr.contains("codes no newer than the last accepted one do not count"),
+        "the message says why used codes match nothing: {stderr}"
+    );
     assert_eq!(agent.ctl_verify("far", &code(201)), 1, "second resync code is used");
     assert_eq!(agent.ctl_verify("far", &code(202)), 0);
 }
