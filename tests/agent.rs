@@ -301,6 +301,42 @@ fn locks_after_threshold_and_unlock_clears() {
     assert_eq!(agent.verify_pam("carol", &good), VerifyResult::Accepted);
 }
 
+/// `unlock` counts an account as changed only when it had failures or a
+/// lock, as `disable` and `enable` count only tokens that changed, so a
+/// script can tell whether there was anything to lift.
+#[test]
+fn unlock_counts_real_changes() {
+    let agent = Agent::start_with(Options {
+        threshold: 2,
+        ..Options::default()
+    });
+    enroll_hotp(&agent, "carol");
+    assert_eq!(
+        agent.ctl_ok(&["unlock", "carol"]).trim(),
+        "done (0 changed)",
+        "no failures"
+    );
+
+    assert_eq!(agent.ctl_verify("carol", "000000"), 1);
+    assert_eq!(
+        agent.ctl_ok(&["unlock", "carol"]).trim(),
+        "done (1 changed)",
+        "one failure"
+    );
+    assert_eq!(
+        agent.ctl_ok(&["unlock", "carol"]).trim(),
+        "done (0 changed)",
+        "cleared already"
+    );
+
+    assert_eq!(agent.ctl_verify("carol", "000000"), 1);
+    assert_eq!(agent.ctl_verify("carol", "000000"), 1);
+    assert!(agent.ctl_ok(&["show", "carol"]).contains("locked until"));
+    let json: serde_json::Value = serde_json::from_str(&agent.ctl_ok(&["--json", "unlock", "carol"])).unwrap();
+    assert_eq!(json["changed"], 1, "locked: {json}");
+    assert!(agent.ctl_ok(&["show", "carol"]).contains("locked:            no"));
+}
+
 #[test]
 fn failures_from_one_host_lock_that_host() {
     let agent = Agent::start_with(Options {

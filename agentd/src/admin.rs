@@ -694,9 +694,13 @@ fn unlock(context: &Context<'_>, db: Db<'_, '_>, unknown: &mut FailureTable, use
         }
         Err(response) => return Ok(response),
     };
+    // Counts the account as changed only when it had failures or a lock in
+    // force, as disable and enable count only tokens whose state changed.
+    let current = context.policy().current(failures_of(&account), context.now);
+    let changed = u64::from(current.count > 0 || current.is_locked(context.now));
     db.set_failures(account.id, 0, None)?;
-    tracing::info!(user, "unlocked by an administrator");
-    Ok(Response::Done { changed: 1 })
+    tracing::info!(user, changed, "unlocked by an administrator");
+    Ok(Response::Done { changed })
 }
 
 /// Forgets the count and lock of every source that `source` names: a
