@@ -640,6 +640,47 @@ fn reload_applies_new_clients_and_keeps_old_on_error() {
     assert_eq!(bridge.auth("alice", &code(2)), "none", "old secret no longer valid");
 }
 
+/// A reload names the settings that changed in the file but wait for a
+/// restart, and logs no such warning once the file is back to the
+/// running values.
+#[test]
+fn reload_names_settings_pending_restart() {
+    let agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    let original = std::fs::read_to_string(&bridge.config).unwrap();
+    let pending_line = "take effect at the next restart";
+
+    bridge.signal_hangup();
+    std::thread::sleep(Duration::from_millis(300));
+    let log = bridge.log_text();
+    assert!(log.contains("clients and realms reloaded"), "{log}");
+    assert!(!log.contains(pending_line), "nothing changed: {log}");
+
+    let changed =
+        format!("log_level = \"debug\"\n{original}").replace("duplicate_seconds = 30", "duplicate_seconds = 60");
+    std::fs::write(&bridge.config, changed).unwrap();
+    bridge.signal_hangup();
+    std::thread::sleep(Duration::from_millis(300));
+    let log = bridge.log_text();
+    let warning = log.lines().find(|line| line.contains(pending_line));
+    let warning = warning.unwrap_or_else(|| panic!("no warning about pending settings: {log}"));
+    assert!(warning.contains("duplicate_seconds"), "{warning}");
+    assert!(warning.contains("log_level"), "{warning}");
+    assert!(!warning.contains("listen"), "{warning}");
+
+    std::fs::write(&bridge.config, &original).unwrap();
+    bridge.signal_hangup();
+    std::thread::sleep(Duration::from_millis(300));
+    let log = bridge.log_text();
+    assert_eq!(
+        log.matches(pending_line).count(),
+        1,
+        "back to the running values: {log}"
+    );
+    assert_eq!(log.matches("clients and realms reloaded").count(), 3, "{log}");
+    assert_eq!(bridge.auth("alice", &code(0)), "accept");
+}
+
 /// A UDP relay between a RADIUS client and the bridge that drops the first
 /// reply, so the client times out and sends its request again. Returns the
 /// relay's port; the thread ends after `lifetime`.

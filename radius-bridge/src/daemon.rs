@@ -153,6 +153,50 @@ fn lacks_family(address: SocketAddr, err: &std::io::Error) -> bool {
     address.is_ipv6() && err.raw_os_error() == Some(nix::errno::Errno::EAFNOSUPPORT as i32)
 }
 
+/// Returns the names of the `[server]` keys, and `log_level`, whose value in
+/// `new` differs from the running `current`. A reload does not apply them.
+fn restart_only_changes(current: &Config, new: &Config) -> Vec<&'static str> {
+    // Spelled out without `..`, so that a new setting does not compile
+    // until it is listed here.
+    let Config {
+        source: _,
+        listen,
+        agent_socket,
+        agent_user,
+        agent_connections,
+        max_in_flight,
+        agent_timeout,
+        duplicate_window,
+        duplicate_max_requests,
+        realm_reject_delay,
+        state_dir,
+        clients: _,
+        log_level,
+    } = new;
+    let keys = [
+        ("listen", current.listen != *listen),
+        ("agent_socket", current.agent_socket != *agent_socket),
+        ("agent_user", current.agent_user != *agent_user),
+        ("agent_connections", current.agent_connections != *agent_connections),
+        ("max_in_flight", current.max_in_flight != *max_in_flight),
+        ("agent_timeout_ms", current.agent_timeout != *agent_timeout),
+        ("duplicate_seconds", current.duplicate_window != *duplicate_window),
+        (
+            "duplicate_max_requests",
+            current.duplicate_max_requests != *duplicate_max_requests,
+        ),
+        (
+            "realm_reject_delay_ms",
+            current.realm_reject_delay != *realm_reject_delay,
+        ),
+        ("state_dir", current.state_dir != *state_dir),
+        ("log_level", current.log_level != *log_level),
+    ];
+    keys.into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+}
+
 /// Reloads clients and realms; keeps `current` when the new file is invalid.
 /// The files are read on a blocking thread, so that a slow file system does
 /// not hold up the thread that serves every socket.
@@ -165,7 +209,14 @@ async fn reload(current: Config, bridge: &Bridge) -> Config {
         Ok(new) => {
             warn_about_weak_secrets(&new.clients);
             bridge.set_clients(new.clients.clone());
-            tracing::info!(path = %new.source.display(), clients = new.clients.len(), "clients and realms reloaded; [server] settings and log_level change at the next restart");
+            let pending = restart_only_changes(&current, &new);
+            if !pending.is_empty() {
+                tracing::warn!(
+                    settings = %pending.join(", "),
+                    "settings changed in the file take effect at the next restart; the running values stay until then"
+                );
+            }
+            tracing::info!(path = %new.source.display(), clients = new.clients.len(), "clients and realms reloaded");
             Config {
                 clients: new.clients,
                 ..current
