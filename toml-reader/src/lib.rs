@@ -166,6 +166,54 @@ pub fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Rewords terse messages of the TOML parser (toml 1.x) for mistakes that
+/// administrators make: a table or key written twice, and a word without
+/// quotes. For `lock_seconds = 15m` the parser requests quotes although the
+/// key takes a number, and for `log_level = info` it expects `inf`, because
+/// it reads the first letter as the start of a float, boolean or string.
+/// Other messages are kept.
+fn explain_syntax_error(text: &str, span: Range<usize>, message: &str) -> String {
+    let line_start = text
+        .get(..span.start)
+        .and_then(|before| before.rfind('\n'))
+        .map_or(0, |at| at + 1);
+    let line_end = text
+        .get(span.start..)
+        .and_then(|after| after.find('\n'))
+        .map_or(text.len(), |at| span.start + at);
+    let line = text.get(line_start..line_end).unwrap_or("").trim();
+    let before = text.get(line_start..span.start).unwrap_or("").trim_start();
+    if message == "duplicate key" {
+        if before.starts_with('[') {
+            let header = line.split(']').next().unwrap_or(line).trim_start_matches('[').trim();
+            return format!(
+                "table [{header}] is defined twice, by two [{header}] headers or by a header and a dotted key \
+                 that starts with {header}.; put all its keys under one [{header}] header"
+            );
+        }
+        let key = text.get(span).unwrap_or("").trim();
+        return format!("`{key}` is set twice in the same table; keep one of the two lines");
+    }
+    let bare_word = [
+        "string values must be quoted",
+        "invalid boolean",
+        "invalid float, expected `inf`",
+        "invalid float, expected `nan`",
+    ]
+    .iter()
+    .any(|start| message.starts_with(start));
+    if bare_word {
+        // The value up to the end of its array element or of the line.
+        let value = text.get(span.start..line_end).unwrap_or("");
+        let value = value.split([',', ']', '#']).next().unwrap_or("").trim();
+        return format!(
+            "`{value}` is not a valid value: write numbers without a unit (the key name gives the unit, \
+             as in _ms or _seconds), true and false in lower case, and text in double quotes"
+        );
+    }
+    message.to_owned()
+}
+
 /// A parsed file: its text, folder and problems.
 pub struct Document<'a> {
     path: &'a Path,
@@ -180,7 +228,8 @@ impl<'a> Document<'a> {
         let problems = Problems::new(text);
         for error in &errors {
             let span = error.span().unwrap_or(0..0);
-            problems.add(span, error.message().trim_end().to_owned());
+            let message = explain_syntax_error(text, span.clone(), error.message().trim_end());
+            problems.add(span, message);
         }
         if let Some(error) = problems.into_error(path) {
             return Err(error);
@@ -548,6 +597,51 @@ mod tests {
     fn reports_syntax_errors() {
         let err = check("name = \"unterminated\n").unwrap_err();
         assert_eq!(err.problems[0].line, 1);
+    }
+
+    #[test]
+    fn explains_common_syntax_errors() {
+        let cases = [
+            (
+                "[limits]\ncount = 1\n[limits]\ncount = 2\n",
+                "test.toml:3:2: table [limits] is defined twice",
+            ),
+            (
+                "limits.count = 1\n[limits]\n",
+                "test.toml:2:2: table [limits] is defined twice",
+            ),
+            (
+                "[limits]\ncount = 1\ncount = 2\n",
+                "test.toml:3:1: `count` is set twice in the same table; keep one of the two lines",
+            ),
+            (
+                "[limits]\ncount = 15m\n",
+                "test.toml:2:9: `15m` is not a valid value: write numbers without a unit",
+            ),
+            (
+                "name = debug # a comment\n",
+                "test.toml:1:8: `debug` is not a valid value",
+            ),
+            ("name = info\n", "test.toml:1:8: `info` is not a valid value"),
+            ("name = trace\n", "test.toml:1:8: `trace` is not a valid value"),
+            (
+                "name = Example Corp\n",
+                "test.toml:1:8: `Example Corp` is not a valid value",
+            ),
+            ("flag = True\n", "true and false in lower case"),
+            (
+                "[limits]\ncount = 5 min\n",
+                "test.toml:2:9: `5 min` is not a valid value",
+            ),
+            (
+                "names = [freeauth-radius, x]\n",
+                "test.toml:1:10: `freeauth-radius` is not a valid value",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = check(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
     }
 
     #[test]
