@@ -1842,6 +1842,31 @@ fn uri_from_stdin_longer_than_limit() {
     assert_eq!(agent.ctl(&["show", "long"]).status.code(), Some(2), "no account");
 }
 
+/// An empty code, from an unset shell variable or an empty pipe, is a
+/// usage error: it is not sent, so it counts no failure against the user.
+#[test]
+fn verify_rejects_empty_code_locally() {
+    let agent = Agent::start_with(Options {
+        threshold: 2,
+        ..Options::default()
+    });
+    enroll_hotp(&agent, "alice");
+    let attempts = [
+        ("empty argument", agent.ctl(&["verify", "alice", ""])),
+        ("blank argument", agent.ctl(&["verify", "alice", "  "])),
+        ("no line on stdin", agent.ctl_input(&["verify", "alice", "-"], "")),
+        ("empty line on stdin", agent.ctl_input(&["verify", "alice", "-"], "\n")),
+    ];
+    for (case, output) in attempts {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{case}: {stderr}");
+        assert!(stderr.contains("nothing was sent to the agent"), "{case}: {stderr}");
+    }
+    let shown = agent.ctl_ok(&["show", "alice"]);
+    assert!(shown.contains("failures:          0"), "{shown}");
+    assert!(shown.contains("locked:            no"), "{shown}");
+}
+
 #[test]
 fn socket_option_works_with_broken_config() {
     let agent = Agent::start();

@@ -412,11 +412,21 @@ fn backup(config: &Config, file: &Path, json: bool) -> Result<ExitCode, CommandE
 }
 
 fn verify(config: &Config, user: String, code: &str, json: bool) -> Result<ExitCode, CommandError> {
-    let code = if code == "-" {
+    let code_arg_is_stdin = code == "-";
+    let code = if code_arg_is_stdin {
         read_stdin_line("code")?
     } else {
         Zeroizing::new(code.to_owned())
     };
+    // An empty code, as from an unset variable or an empty pipe, is no
+    // login attempt, and sending it would count a failure against the user.
+    if code.trim().is_empty() {
+        return Err(if code_arg_is_stdin {
+            "no code on standard input; nothing was sent to the agent".to_owned()
+        } else {
+            "the code is empty; nothing was sent to the agent".to_owned()
+        });
+    }
     check_code_length(&code)?;
     let request = Request::Verify {
         user,
