@@ -50,7 +50,9 @@ pub enum Command {
     /// Resynchronise a token from two consecutive codes.
     Resync {
         user: String,
+        /// A code read off the token now.
         first: String,
+        /// The code the token shows next, after FIRST.
         second: String,
         /// Token id (from `show`); default: any token of USER that matches.
         #[arg(long)]
