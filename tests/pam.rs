@@ -39,6 +39,16 @@ fn hotp(counter: u64) -> String {
     oath_hotp(SEED, counter, 6)
 }
 
+/// Runs one remote login on the `sshd` service (PAM_RHOST set, as sshd
+/// sets it) that types `answer` at the prompt.
+fn remote_sshd(services: &Services, user: &str, answer: &str) -> PamRun {
+    services
+        .pamtester("sshd", user)
+        .item("rhost=192.0.2.9")
+        .response(answer)
+        .run()
+}
+
 /// Asserts that no line the module logged contains `code`.
 fn assert_code_not_logged(run: &PamRun, code: &str) {
     for line in run.log_lines() {
@@ -612,11 +622,7 @@ fn remote_login_prompts_whatever_the_account_state() {
     let agent = agent_with_locked_carol();
     let services = Services::new();
     services.write("sshd", &[freeauth_line("required", &agent_args(&agent))]);
-    let locked = services
-        .pamtester("sshd", "carol")
-        .item("rhost=192.0.2.9")
-        .response("123456")
-        .run();
+    let locked = remote_sshd(&services, "carol", "123456");
     // Not PAM_MAXTRIES: sshd would close the connection on it, which
     // shows the client that the account is locked.
     locked.assert_failure(AUTH_ERR, "locked account, remote");
@@ -625,11 +631,7 @@ fn remote_login_prompts_whatever_the_account_state() {
         "a remote party sees the usual prompt: {locked}"
     );
     assert!(!locked.output().contains("Too many failed codes"), "{locked}");
-    let unknown = services
-        .pamtester("sshd", "nobody-here")
-        .item("rhost=192.0.2.9")
-        .response("123456")
-        .run();
+    let unknown = remote_sshd(&services, "nobody-here", "123456");
     assert!(unknown.prompted(CODE_PROMPT), "{unknown}");
     assert!(!unknown.output().contains("successfully authenticated"), "{unknown}");
     // Both codes reached the agent, which delays every rejection by the
@@ -660,13 +662,7 @@ fn remote_answer_shape_ignores_the_account() {
     enroll_hotp(&agent, "carol");
     let services = Services::new();
     services.write("sshd", &[freeauth_line("required", &agent_args(&agent))]);
-    let remote = |user: &str, answer: &str| {
-        services
-            .pamtester("sshd", user)
-            .item("rhost=192.0.2.9")
-            .response(answer)
-            .run()
-    };
+    let remote = |user: &str, answer: &str| remote_sshd(&services, user, answer);
     let code_shapes = ["12345678", "abc123", "123456"];
     for answer in code_shapes {
         remote("carol", answer).assert_failure(AUTH_ERR, answer);
@@ -709,11 +705,7 @@ fn remote_forward_pass_shape_ignores_the_account() {
     let answers = ["pw12345678", "pw-abc123", "pw.123456"];
     for answer in answers {
         for user in ["carol", "nobody-here"] {
-            let run = services
-                .pamtester("sshd", user)
-                .item("rhost=192.0.2.9")
-                .response(answer)
-                .run();
+            let run = remote_sshd(&services, user, answer);
             assert!(!run.output().contains("successfully authenticated"), "{run}");
         }
     }
@@ -733,13 +725,7 @@ fn remote_source_lock_gives_auth_err() {
     enroll_hotp(&agent, "carol");
     let services = Services::new();
     services.write("sshd", &[freeauth_line("required", &agent_args(&agent))]);
-    let remote = |answer: &str| {
-        services
-            .pamtester("sshd", "carol")
-            .item("rhost=192.0.2.9")
-            .response(answer)
-            .run()
-    };
+    let remote = |answer: &str| remote_sshd(&services, "carol", answer);
     for _ in 0..3 {
         remote("000000").assert_failure(AUTH_ERR, "wrong code, remote");
     }
@@ -760,13 +746,7 @@ fn remote_unknown_names_lock_the_host() {
     enroll_hotp(&agent, "carol");
     let services = Services::new();
     services.write("sshd", &[freeauth_line("required", &agent_args(&agent))]);
-    let remote = |user: &str, answer: &str| {
-        services
-            .pamtester("sshd", user)
-            .item("rhost=192.0.2.9")
-            .response(answer)
-            .run()
-    };
+    let remote = |user: &str, answer: &str| remote_sshd(&services, user, answer);
     for user in ["nobody1", "nobody2", "nobody3"] {
         let run = remote(user, "000000");
         assert!(!run.output().contains("successfully authenticated"), "{run}");
@@ -783,11 +763,7 @@ fn remote_forward_pass_of_unknown_user_reaches_agent() {
     services.write("sshd", &[freeauth_line("required", &args)]);
     // A password that ends in two digits: the last eight characters go to
     // the agent, once, as for any account in a remote login.
-    let run = services
-        .pamtester("sshd", "nobody-here")
-        .item("rhost=192.0.2.9")
-        .response("hunter12654321")
-        .run();
+    let run = remote_sshd(&services, "nobody-here", "hunter12654321");
     assert!(!run.output().contains("successfully authenticated"), "{run}");
     // The code at the end of the response went to the agent, which delays
     // the rejection as it does for an enrolled account.
