@@ -841,6 +841,60 @@ fn backup_codes_work_once() {
     }
 }
 
+/// Returns the backup codes of a `--json` answer of enroll or backup-codes.
+fn printed_backup_codes(output: &str) -> Vec<String> {
+    let printed: serde_json::Value = serde_json::from_str(output).unwrap();
+    printed["backup_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn backup_codes_replaced_and_removed() {
+    let agent = Agent::start();
+    let enrolled = agent.ctl_ok(&[
+        "--json",
+        "enroll",
+        "ivy",
+        "--type",
+        "hotp",
+        "--secret-hex",
+        RFC_SEED_HEX,
+        "--backup-codes",
+        "2",
+    ]);
+    let old = printed_backup_codes(&enrolled);
+
+    let replaced = printed_backup_codes(&agent.ctl_ok(&["--json", "backup-codes", "ivy", "--count", "3"]));
+    assert_eq!(replaced.len(), 3);
+    assert_eq!(agent.verify_pam("ivy", &old[0]), VerifyResult::Rejected, "an old code");
+    assert_eq!(agent.verify_pam("ivy", &replaced[2]), VerifyResult::Accepted);
+    assert_eq!(
+        agent.verify_pam("ivy", &replaced[2]),
+        VerifyResult::Rejected,
+        "a used code"
+    );
+    let shown = agent.ctl_ok(&["show", "ivy"]);
+    assert!(shown.contains("backup codes left: 2"), "{shown}");
+
+    let text = agent.ctl_ok(&["backup-codes", "ivy", "--count", "1"]);
+    assert!(text.contains("shown once"), "{text}");
+    let removed = agent.ctl_ok(&["backup-codes", "ivy", "--count", "0"]);
+    assert!(removed.contains("backup codes of ivy removed"), "{removed}");
+    let shown = agent.ctl_ok(&["show", "ivy"]);
+    assert!(shown.contains("backup codes left: 0"), "{shown}");
+
+    let unknown = agent.ctl(&["backup-codes", "nobody-here"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let too_many = agent.ctl(&["backup-codes", "ivy", "--count", "101"]);
+    assert_eq!(too_many.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&too_many.stderr);
+    assert!(message.contains("at most 100 backup codes"), "{message}");
+}
+
 #[test]
 fn show_and_list_never_print_the_seed() {
     let agent = Agent::start();

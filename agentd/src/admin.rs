@@ -65,6 +65,11 @@ pub enum AdminOp {
         first: SecretString,
         second: SecretString,
     },
+    /// Replaces all backup codes of an existing account.
+    ReplaceBackupCodes {
+        user: String,
+        backup: BackupSet,
+    },
     Unlock {
         user: String,
     },
@@ -105,6 +110,7 @@ pub(crate) fn run(context: &Context<'_>, db: Db<'_, '_>, memory: &mut MemoryCoun
             first,
             second,
         } => resync(context, db, &user, token, &first, &second),
+        AdminOp::ReplaceBackupCodes { user, backup } => replace_backup_codes(db, &user, &backup),
         AdminOp::Unlock { user } => unlock(context, db, &mut memory.unknown, &user),
         AdminOp::UnlockSource { source } => Ok(unlock_source(&mut memory.sources, &source)),
         AdminOp::Counts => counts(context, db, memory),
@@ -421,6 +427,19 @@ fn enroll(
     Ok(Response::Enrolled {
         user: user.to_owned(),
         token: u64::try_from(token_id).unwrap_or(0),
+        backup_codes: Vec::new(),
+    })
+}
+
+fn replace_backup_codes(db: Db<'_, '_>, user: &str, backup: &BackupSet) -> AdminResult {
+    let account = match find_account(db, user)? {
+        Ok(account) => account,
+        Err(response) => return Ok(response),
+    };
+    db.replace_backup_codes(account.id, &backup.salt, &backup.hashes)?;
+    tracing::info!(user, count = backup.hashes.len(), "backup codes replaced");
+    Ok(Response::BackupCodes {
+        user: account.name,
         backup_codes: Vec::new(),
     })
 }

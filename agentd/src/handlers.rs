@@ -284,6 +284,10 @@ pub async fn admin(task: &Task, request: Request) -> Response {
             token,
             backup_codes: codes,
         },
+        Response::BackupCodes { user, .. } => Response::BackupCodes {
+            user,
+            backup_codes: codes,
+        },
         Response::Status { mut status } => {
             let stats = &task.shared.stats;
             status.version = env!("CARGO_PKG_VERSION").to_owned();
@@ -317,6 +321,7 @@ fn log_admin_request(task: &Task, request: &Request) {
         Request::Remove { user, .. } => ("remove", Some(user)),
         Request::Resync { user, .. } => ("resync", Some(user)),
         Request::Unlock { user } => ("unlock", Some(user)),
+        Request::NewBackupCodes { user, .. } => ("backup-codes", Some(user)),
         Request::UnlockSource { .. } => ("unlock-source", None),
         // Reads change nothing and are not logged.
         _ => return,
@@ -339,6 +344,7 @@ async fn into_op(request: Request) -> Result<Prepared, Response> {
             backup_codes,
         } => return prepare_enroll(user, token, backup_codes).await,
         Request::Import { entries } => return prepare_import(entries).await,
+        Request::NewBackupCodes { user, count } => return prepare_backup_codes(user, count).await,
         Request::List { after, limit } => AdminOp::List { after, limit },
         Request::Show { user } => AdminOp::Show { user },
         Request::SetEnabled { user, token, enabled } => AdminOp::SetEnabled { user, token, enabled },
@@ -389,6 +395,25 @@ async fn prepare_enroll(user: String, token: freeauth_proto::NewToken, count: u3
         },
         codes,
     ))
+}
+
+async fn prepare_backup_codes(user: String, count: u32) -> Result<Prepared, Response> {
+    if count > MAX_BACKUP_CODES {
+        return Err(invalid(format!("at most {MAX_BACKUP_CODES} backup codes per user")));
+    }
+    let codes = (0..count)
+        .map(|_| random_backup_code())
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(internal_error)?;
+    let backup = if codes.is_empty() {
+        BackupSet {
+            salt: Vec::new(),
+            hashes: Vec::new(),
+        }
+    } else {
+        hash_set(codes.clone()).await?
+    };
+    Ok((AdminOp::ReplaceBackupCodes { user, backup }, codes))
 }
 
 async fn prepare_import(entries: Vec<ImportEntry>) -> Result<Prepared, Response> {

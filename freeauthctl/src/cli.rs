@@ -58,6 +58,14 @@ pub enum Command {
         #[arg(long)]
         token: Option<u64>,
     },
+    /// Replace all of USER's backup codes, used or not, with new ones,
+    /// printed once.
+    BackupCodes {
+        user: String,
+        /// How many codes to create (at most 100); 0 removes them all.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        count: u32,
+    },
     /// Clear USER's failure count and lock, or with --source those of a
     /// source address.
     #[command(override_usage = "freeauthctl unlock USER\n       freeauthctl unlock --source ADDRESS")]

@@ -64,6 +64,7 @@ pub fn run(args: Args) -> Result<ExitCode, CommandError> {
             };
             simple(&config, request, json)
         }
+        Command::BackupCodes { user, count } => backup_codes(&config, user, count, json),
         Command::Unlock { user: Some(user), .. } => simple(&config, Request::Unlock { user }, json),
         Command::Unlock { user: None, source } => unlock_source(&config, source, json),
         Command::Verify { user, code } => verify(&config, user, &code, json),
@@ -538,6 +539,14 @@ fn enroll(config: &Config, args: EnrollArgs, json: bool) -> Result<ExitCode, Com
         show_secret: generated,
         json,
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn backup_codes(config: &Config, user: String, count: u32, json: bool) -> Result<ExitCode, CommandError> {
+    let Response::BackupCodes { user, backup_codes } = call(config, Request::NewBackupCodes { user, count })? else {
+        return Err("the agent sent an unexpected answer to backup-codes".into());
+    };
+    output::print_backup_codes(&user, &backup_codes, json)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -236,6 +236,35 @@ pub fn print_enrolled(enrolled: &Enrolled<'_>) -> Result<(), String> {
     Ok(())
 }
 
+#[derive(Serialize)]
+struct BackupCodesJson<'a> {
+    user: &'a str,
+    backup_codes: Vec<&'a str>,
+}
+
+/// Prints the new backup codes of `user`, or that they were removed.
+pub fn print_backup_codes(user: &str, backup_codes: &[SecretString], json: bool) -> Result<(), String> {
+    let codes: Vec<&str> = backup_codes.iter().map(SecretString::expose).collect();
+    if json {
+        return print_json(&BackupCodesJson {
+            user,
+            backup_codes: codes,
+        });
+    }
+    if codes.is_empty() {
+        say!("backup codes of {} removed", printable(user));
+        return Ok(());
+    }
+    say!(
+        "new backup codes for {} (shown once; each works one time; earlier ones no longer work):",
+        printable(user)
+    );
+    for code in codes {
+        say!("  {code}");
+    }
+    Ok(())
+}
+
 /// Formats Unix time as UTC `YYYY-MM-DD HH:MM:SS`.
 pub fn format_time(unix: u64) -> String {
     let days = unix / 86_400;

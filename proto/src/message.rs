@@ -109,6 +109,10 @@ pub enum Request {
         first: SecretString,
         second: SecretString,
     },
+    /// Replaces all backup codes of `user`, used or not, with `count` new
+    /// ones. The response is [`Response::BackupCodes`] with the new codes;
+    /// `count` 0 removes them.
+    NewBackupCodes { user: String, count: u32 },
     /// Clears the failure counter and lock of `user`.
     Unlock { user: String },
     /// Clears the failure count and lock of a source: a key as the agent
@@ -259,6 +263,11 @@ pub enum Response {
     Imported {
         users: u32,
         tokens: u32,
+    },
+    /// The new backup codes of `user`, shown to the administrator once.
+    BackupCodes {
+        user: String,
+        backup_codes: Vec<SecretString>,
     },
     Users {
         users: Vec<UserSummary>,
