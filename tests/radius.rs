@@ -1085,7 +1085,7 @@ fn second_bridge_on_one_state_folder_is_refused() {
 }
 
 #[test]
-fn start_failure_shown_with_empty_log_filter() {
+fn start_failure_shown_whatever_the_log_filter() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("radius.toml");
     // No such user exists, so the bridge stops with status 1 at start.
@@ -1096,7 +1096,7 @@ fn start_failure_shown_with_empty_log_filter() {
     )
     .unwrap();
 
-    for filter in ["", "error"] {
+    for filter in ["", "off", "error", "not a filter ["] {
         let output = output_within(
             Command::new(binary("freeauth-radius"))
                 .arg("--config")
@@ -1114,4 +1114,15 @@ fn start_failure_shown_with_empty_log_filter() {
             "FREEAUTH_LOG={filter:?}: {stderr}"
         );
     }
+
+    // An empty value is reported and ignored, as the agent does.
+    let output = output_within(
+        Command::new(binary("freeauth-radius"))
+            .arg("--config")
+            .arg(&config)
+            .env("FREEAUTH_LOG", ""),
+        Duration::from_secs(10),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ignoring empty FREEAUTH_LOG"), "{stderr}");
 }

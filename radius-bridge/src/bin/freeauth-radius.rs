@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         println!("{}: valid ({count} {noun})", args.config.display());
         return ExitCode::SUCCESS;
     }
-    let filter = EnvFilter::try_from_env("FREEAUTH_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let filter = log_filter(&config.log_level);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -57,10 +57,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// The log filter: FREEAUTH_LOG when it is set to a valid filter, else the
+/// configured level. An empty or invalid FREEAUTH_LOG is reported and not
+/// taken, as the agent does, so it cannot silence error messages by
+/// mistake.
+fn log_filter(configured: &str) -> EnvFilter {
+    let Ok(value) = std::env::var("FREEAUTH_LOG") else {
+        return EnvFilter::new(configured);
+    };
+    if value.trim().is_empty() {
+        eprintln!("freeauth-radius: ignoring empty FREEAUTH_LOG; using log_level {configured}");
+        return EnvFilter::new(configured);
+    }
+    EnvFilter::try_new(&value).unwrap_or_else(|err| {
+        eprintln!("freeauth-radius: ignoring invalid FREEAUTH_LOG ({err}); using log_level {configured}");
+        EnvFilter::new(configured)
+    })
+}
+
 /// Logs why the bridge could not run. The log goes to standard error, so one
-/// line is enough. When the log filter hides errors (an empty FREEAUTH_LOG
-/// turns every line off), the message goes to standard error directly, so
-/// that a failed start always shows its reason.
+/// line is enough. When the log filter hides errors (FREEAUTH_LOG=off, say),
+/// the message goes to standard error directly, so that a failed start
+/// always shows its reason.
 fn report_failure(err: &freeauth_radius::daemon::DaemonError) {
     if tracing::enabled!(tracing::Level::ERROR) {
         tracing::error!("cannot run: {err}");
