@@ -57,9 +57,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The log filter: FREEAUTH_LOG when it is set to a valid filter, else the
-/// configured level. An empty or invalid FREEAUTH_LOG is reported and not
-/// taken, as the agent does, so it cannot silence error messages by
+/// Returns the log filter: FREEAUTH_LOG when it is set to a valid filter,
+/// else the configured level. An empty or invalid FREEAUTH_LOG is reported
+/// and not taken, as the agent does, so it cannot silence error messages by
 /// mistake.
 fn log_filter(configured: &str) -> EnvFilter {
     let Ok(value) = std::env::var("FREEAUTH_LOG") else {
