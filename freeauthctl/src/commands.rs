@@ -395,7 +395,7 @@ fn backup(config: &Config, file: &Path, json: bool) -> Result<ExitCode, CommandE
             "tokens": summary.tokens,
             "bytes": summary.bytes,
         });
-        say!("{value}");
+        output::print_json(&value)?;
     } else {
         say!(
             "copied {} users and {} tokens ({} bytes) to {} (mode 0600)",

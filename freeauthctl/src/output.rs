@@ -8,7 +8,7 @@ use freeauth_proto::{
 use freeauthctl::otpauth::TokenDescription;
 use serde::Serialize;
 
-fn print_json<T: Serialize>(value: &T) -> Result<(), String> {
+pub fn print_json<T: Serialize>(value: &T) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|err| format!("cannot format JSON: {err}"))?;
     say!("{text}");
     Ok(())
