@@ -369,51 +369,34 @@ async fn into_op(request: Request) -> Result<Prepared, Response> {
 }
 
 async fn prepare_enroll(user: String, token: freeauth_proto::NewToken, count: u32) -> Result<Prepared, Response> {
+    let (backup, codes) = new_backup_set(count).await?;
+    Ok((AdminOp::Enroll { user, token, backup }, codes))
+}
+
+async fn prepare_backup_codes(user: String, count: u32) -> Result<Prepared, Response> {
+    let (backup, codes) = new_backup_set(count).await?;
+    let backup = backup.unwrap_or(BackupSet {
+        salt: Vec::new(),
+        hashes: Vec::new(),
+    });
+    Ok((AdminOp::ReplaceBackupCodes { user, backup }, codes))
+}
+
+/// Creates `count` random backup codes and hashes them off the engine
+/// thread. Returns no set for 0 codes.
+async fn new_backup_set(count: u32) -> Result<(Option<BackupSet>, Vec<SecretString>), Response> {
     if count > MAX_BACKUP_CODES {
         return Err(invalid(format!("at most {MAX_BACKUP_CODES} backup codes per user")));
     }
     if count == 0 {
-        return Ok((
-            AdminOp::Enroll {
-                user,
-                token,
-                backup: None,
-            },
-            Vec::new(),
-        ));
+        return Ok((None, Vec::new()));
     }
     let codes = (0..count)
         .map(|_| random_backup_code())
         .collect::<Option<Vec<_>>>()
         .ok_or_else(internal_error)?;
     let backup = hash_set(codes.clone()).await?;
-    Ok((
-        AdminOp::Enroll {
-            user,
-            token,
-            backup: Some(backup),
-        },
-        codes,
-    ))
-}
-
-async fn prepare_backup_codes(user: String, count: u32) -> Result<Prepared, Response> {
-    if count > MAX_BACKUP_CODES {
-        return Err(invalid(format!("at most {MAX_BACKUP_CODES} backup codes per user")));
-    }
-    let codes = (0..count)
-        .map(|_| random_backup_code())
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(internal_error)?;
-    let backup = if codes.is_empty() {
-        BackupSet {
-            salt: Vec::new(),
-            hashes: Vec::new(),
-        }
-    } else {
-        hash_set(codes.clone()).await?
-    };
-    Ok((AdminOp::ReplaceBackupCodes { user, backup }, codes))
+    Ok((Some(backup), codes))
 }
 
 async fn prepare_import(entries: Vec<ImportEntry>) -> Result<Prepared, Response> {
