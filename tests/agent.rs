@@ -841,7 +841,7 @@ fn backup_codes_work_once() {
     }
 }
 
-/// Returns the backup codes of a `--json` answer of enroll or backup-codes.
+/// Returns the backup codes in the `--json` output of enroll or backup-codes.
 fn printed_backup_codes(output: &str) -> Vec<String> {
     let printed: serde_json::Value = serde_json::from_str(output).unwrap();
     printed["backup_codes"]

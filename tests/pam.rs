@@ -647,9 +647,9 @@ fn remote_login_prompts_whatever_the_account_state() {
     );
 }
 
-/// A remote answer goes to the agent, and waits for its failure delay,
+/// A remote response goes to the agent, and waits for its failure delay,
 /// when it has the shape of any account's code, whatever codes this account
-/// takes. Answers shaped like the account's codes only would reach the
+/// takes. Responses shaped like the account's codes only would reach the
 /// agent for some accounts and be rejected at once for others, which shows
 /// a remote party which names have a token.
 #[test]
@@ -692,7 +692,7 @@ fn remote_answer_shape_ignores_the_account() {
     assert_eq!(agent.log().matches("verification user=").count(), 2 * code_shapes.len());
 }
 
-/// The same with `forward_pass`: each remote answer that ends in the shape
+/// The same with `forward_pass`: each remote response that ends in the shape
 /// of any account's code reaches the agent once, for an account with a
 /// token and for a name without one.
 #[test]
@@ -735,7 +735,7 @@ fn remote_source_lock_gives_auth_err() {
     assert!(agent.log().contains("reason=\"source locked\""), "{}", agent.log());
 }
 
-/// Remote answers for names without an account reach the agent and count
+/// Remote responses for names without an account reach the agent and count
 /// for their host, so they lock it like wrong codes for an enrolled account.
 #[test]
 fn remote_unknown_names_lock_the_host() {

@@ -1242,7 +1242,7 @@ pub fn code_part(text: &str, tail: bool, length: usize) -> Option<&str> {
 
 /// Backup codes are 8 decimal digits, typed with or without a space. In a
 /// tail request only the space-free form fits: an 8-byte end with a space
-/// holds 7 digits.
+/// contains 7 digits.
 fn is_backup_code_shape(text: &str) -> bool {
     Code::parse(text, freeauth_otp::Charset::Decimal).is_ok_and(|code| code.len() == usize::from(BACKUP_CODE_LEN))
 }

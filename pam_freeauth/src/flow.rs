@@ -264,7 +264,7 @@ fn reject_remote(
     outcome: Outcome,
 ) -> Outcome {
     // The account's code lengths do not matter here: a remote login checks
-    // answers against the shapes of every kind of account.
+    // responses against the shapes of every kind of account.
     match read_and_verify(host, options, agent, user, account, true) {
         // A lock may have ended while the user typed, so a right code is accepted.
         Outcome::Accepted => Outcome::Accepted,
