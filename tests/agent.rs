@@ -877,15 +877,15 @@ fn backup_codes_replaced_and_removed() {
         VerifyResult::Rejected,
         "a used code"
     );
-    let shown = agent.ctl_ok(&["show", "ivy"]);
-    assert!(shown.contains("backup codes left: 2"), "{shown}");
+    let details = agent.ctl_ok(&["show", "ivy"]);
+    assert!(details.contains("backup codes left: 2"), "{details}");
 
     let text = agent.ctl_ok(&["backup-codes", "ivy", "--count", "1"]);
     assert!(text.contains("shown once"), "{text}");
     let removed = agent.ctl_ok(&["backup-codes", "ivy", "--count", "0"]);
     assert!(removed.contains("backup codes of ivy removed"), "{removed}");
-    let shown = agent.ctl_ok(&["show", "ivy"]);
-    assert!(shown.contains("backup codes left: 0"), "{shown}");
+    let details = agent.ctl_ok(&["show", "ivy"]);
+    assert!(details.contains("backup codes left: 0"), "{details}");
 
     let unknown = agent.ctl(&["backup-codes", "nobody-here"]);
     assert_eq!(unknown.status.code(), Some(2));

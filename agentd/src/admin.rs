@@ -684,14 +684,14 @@ fn resync(
             });
         }
     }
-    let which = match wanted {
+    let searched = match wanted {
         Some(id) => format!("token {id} of {user}"),
         None => format!("any token of {user}"),
     };
     error(
         ErrorKind::Invalid,
         format!(
-            "the two codes do not match consecutive codes of {which} within the resync window \
+            "the two codes do not match consecutive codes of {searched} within the resync window \
              (hotp_resync or time_resync_steps); codes no newer than the last accepted one do not count"
         ),
     )

@@ -464,8 +464,8 @@ fn reject_newer_schema(conn: &Connection) -> Result<(), StoreError> {
                 format!("schema_version is not {current}; this database was written by a newer FreeAuth version")
             } else {
                 let text = String::from_utf8_lossy(&value[..value.len().min(40)]);
-                let shown = freeauth_proto::text::printable(&text);
-                format!("schema_version in table meta is \"{shown}\", expected {current}")
+                let printable_value = freeauth_proto::text::printable(&text);
+                format!("schema_version in table meta is \"{printable_value}\", expected {current}")
             };
             Err(StoreError::Corrupt { what })
         }
