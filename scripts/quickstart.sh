@@ -2,8 +2,8 @@
 # Quick start: builds FreeAuth, starts the agent and the RADIUS bridge with
 # the development configuration in conf/dev/ (no root; state, key and
 # sockets stay in that folder; the bridge listens on 127.0.0.1 and ::1 port
-# 18120), enrols the user "demo" with a fresh TOTP token, and shows how to
-# try a code. Run it again to reuse the running daemons.
+# 18120, or the port set in conf/dev/radius.toml), enrols the user "demo"
+# with a fresh TOTP token, and shows how to try a code. Run it again to reuse the running daemons.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Absolute paths, so that the commands printed below work from any folder.
@@ -19,6 +19,10 @@ log=$root/conf/dev/agentd.log
 radius_config=$root/conf/dev/radius.toml
 radius_pidfile=$root/conf/dev/run/radius.pid
 radius_log=$root/conf/dev/radius.log
+# The port of the first IPv4 `listen` entry of the bridge's configuration,
+# for the hints below.
+radius_port=$(sed -n 's/^listen *= *\[ *"127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$radius_config" | head -n 1)
+radius_port=${radius_port:-18120}
 
 if ! command -v cargo >/dev/null; then
   echo "cargo not found on PATH. Install stable Rust for $(id -un) with rustup, or add its cargo to PATH." >&2
@@ -59,7 +63,7 @@ else
     echo "The agent is still running. Stop it with: kill \$(cat $pidfile)" >&2
     exit 1
   fi
-  echo "RADIUS bridge started (pid $(cat "$radius_pidfile")) on 127.0.0.1:18120 and [::1]:18120, log in $radius_log"
+  echo "RADIUS bridge started (pid $(cat "$radius_pidfile")) on 127.0.0.1 port $radius_port, log in $radius_log"
 fi
 
 if "${ctl[@]}" show demo >/dev/null 2>&1; then
@@ -89,7 +93,7 @@ cat <<TEXT
 Or through RADIUS (radclient is in the freeradius-utils package):
 
   printf 'User-Name = demo\\nUser-Password = CODE\\nMessage-Authenticator = 0x00\\n' |
-    radclient -x 127.0.0.1:18120 auth dev-secret-0123456789
+    radclient -x 127.0.0.1:$radius_port auth dev-secret-0123456789
 
 A code is accepted once; the same code again is rejected, and counts as a
 failed attempt. See the token, its drift and failures with:
