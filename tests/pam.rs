@@ -224,6 +224,72 @@ fn agent_down_with_ignore_unavailable_is_ignored() {
     login.assert_success("the second factor is bypassed while the agent is down");
 }
 
+/// Waits until the agent has `count` open connections, the one of
+/// `freeauthctl status` included.
+fn wait_for_open_connections(agent: &Agent, count: usize) {
+    let expected = format!("open connections: {count}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = agent.ctl_ok(&["status"]);
+        let open = status
+            .lines()
+            .any(|line| line.split_whitespace().collect::<Vec<_>>().join(" ") == expected);
+        if open {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never had {count} open connections:\n{status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The agent closes the connection while the user types the code: here it
+/// restarts, and for a caller other than root its idle limit does the
+/// same. The module connects again, with the trust checks, and sends the
+/// code.
+#[test]
+fn agent_restart_while_user_types() {
+    let mut agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let services = Services::new();
+    services.write("login", &[freeauth_line("required", &agent_args(&agent))]);
+
+    let mut login = services.pamtester("login", "alice").spawn();
+    // The module's connection, which waits for the code, and the status call.
+    wait_for_open_connections(&agent, 2);
+    agent.restart();
+    login.respond(&hotp(0));
+    let run = login.finish();
+    run.assert_success("code typed while the agent restarted");
+    assert!(run.prompted(CODE_PROMPT), "{run}");
+    assert!(
+        run.logged("the agent closed the connection while waiting for the code of alice; connected again"),
+        "{run}"
+    );
+    assert_eq!(agent.ctl_verify("alice", &hotp(0)), 1, "the code was used up");
+}
+
+/// When the agent is gone for good by the time the user has typed the
+/// code, the module fails closed, also with `ignore_unavailable`.
+#[test]
+fn agent_stopped_while_user_types_fails_closed() {
+    let mut agent = Agent::start();
+    enroll_hotp(&agent, "alice");
+    let args = format!("{} ignore_unavailable", agent_args(&agent));
+    let services = Services::new();
+    services.write("probe", &ignore_probe_stack(&args));
+
+    let mut login = services.pamtester("probe", "alice").spawn();
+    wait_for_open_connections(&agent, 2);
+    agent.stop();
+    login.respond(&hotp(0));
+    let run = login.finish();
+    run.assert_failure(AUTHINFO_UNAVAIL, "agent stopped while the user typed");
+    assert!(run.logged("failing closed"), "{run}");
+}
+
 #[test]
 fn ignore_unavailable_does_not_cover_slow_rejection() {
     // The agent holds back a rejection for 3 s, longer than the module's

@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use freeauth_proto::{Client, ClientError, ErrorKind, Origin, Request, Response, SecretString};
@@ -61,6 +61,11 @@ pub struct Account {
 /// A verified connection to the agent.
 pub struct Agent {
     client: Client,
+    /// Where and how the connection was made, to make it again when the
+    /// agent closes it while the user types.
+    socket: PathBuf,
+    agent_user: String,
+    timeout: Duration,
 }
 
 impl Agent {
@@ -74,51 +79,43 @@ impl Agent {
         timeout: Duration,
         user: &str,
     ) -> Result<(Agent, Account), AgentError> {
-        let expected_uid = match nix::unistd::User::from_name(agent_user) {
-            Ok(Some(user)) => user.uid.as_raw(),
-            _ => {
-                return Err(AgentError::UnknownAgentUser {
-                    name: agent_user.to_owned(),
-                })
-            }
-        };
-        let owner = std::fs::symlink_metadata(socket)
-            .map_err(|source| AgentError::Connect {
-                socket: socket.display().to_string(),
-                source,
-            })?
-            .uid();
-        if owner != expected_uid {
-            return Err(AgentError::Untrusted {
-                reason: format!("{} is owned by uid {owner}, not by {agent_user}", socket.display()),
-            });
-        }
-        let stream = connect_with_timeout(socket, timeout).map_err(|source| AgentError::Connect {
-            socket: socket.display().to_string(),
-            source,
-        })?;
-        let peer = peer_uid(&stream).map_err(|source| AgentError::Connect {
-            socket: socket.display().to_string(),
-            source,
-        })?;
-        if peer != expected_uid {
-            return Err(AgentError::Untrusted {
-                reason: format!(
-                    "the process behind {} runs as uid {peer}, not as {agent_user}",
-                    socket.display()
-                ),
-            });
-        }
+        let stream = connect_trusted(socket, agent_user, timeout)?;
         let request = Request::Lookup { user: user.to_owned() };
         let (client, response) = Client::handshake_with(stream, "pam_freeauth", timeout, request)
             .map_err(|source| AgentError::Protocol { source })?;
-        Ok((Agent { client }, account(response)?))
+        let agent = Agent {
+            client,
+            socket: socket.to_owned(),
+            agent_user: agent_user.to_owned(),
+            timeout,
+        };
+        Ok((agent, account(response)?))
+    }
+
+    /// Connects again, with the same trust checks, when the agent closed
+    /// the connection since the last request: a restart, or the idle limit
+    /// the agent sets on the connections of users other than root. Returns
+    /// whether it connected again. Nothing was sent on the closed
+    /// connection, so no request is lost or sent twice.
+    pub fn reconnect_if_closed(&mut self) -> Result<bool, AgentError> {
+        if self.client.is_open() {
+            return Ok(false);
+        }
+        let stream = connect_trusted(&self.socket, &self.agent_user, self.timeout)?;
+        self.client = Client::handshake(stream, "pam_freeauth", self.timeout)
+            .map_err(|source| AgentError::Protocol { source })?;
+        Ok(true)
     }
 
     /// Wraps a client that skipped the trust checks, for tests.
     #[cfg(test)]
     pub(crate) fn from_client(client: Client) -> Agent {
-        Agent { client }
+        Agent {
+            client,
+            socket: PathBuf::new(),
+            agent_user: String::new(),
+            timeout: Duration::from_secs(1),
+        }
     }
 
     /// Asks about another name on the same connection.
@@ -152,6 +149,47 @@ impl Agent {
             .call(request)
             .map_err(|source| AgentError::Protocol { source })
     }
+}
+
+/// Connects to `socket` within `timeout` and checks that the socket file
+/// and the peer belong to `agent_user`.
+fn connect_trusted(socket: &Path, agent_user: &str, timeout: Duration) -> Result<UnixStream, AgentError> {
+    let expected_uid = match nix::unistd::User::from_name(agent_user) {
+        Ok(Some(user)) => user.uid.as_raw(),
+        _ => {
+            return Err(AgentError::UnknownAgentUser {
+                name: agent_user.to_owned(),
+            })
+        }
+    };
+    let owner = std::fs::symlink_metadata(socket)
+        .map_err(|source| AgentError::Connect {
+            socket: socket.display().to_string(),
+            source,
+        })?
+        .uid();
+    if owner != expected_uid {
+        return Err(AgentError::Untrusted {
+            reason: format!("{} is owned by uid {owner}, not by {agent_user}", socket.display()),
+        });
+    }
+    let stream = connect_with_timeout(socket, timeout).map_err(|source| AgentError::Connect {
+        socket: socket.display().to_string(),
+        source,
+    })?;
+    let peer = peer_uid(&stream).map_err(|source| AgentError::Connect {
+        socket: socket.display().to_string(),
+        source,
+    })?;
+    if peer != expected_uid {
+        return Err(AgentError::Untrusted {
+            reason: format!(
+                "the process behind {} runs as uid {peer}, not as {agent_user}",
+                socket.display()
+            ),
+        });
+    }
+    Ok(stream)
 }
 
 /// Reads the response to a lookup.

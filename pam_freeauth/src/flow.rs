@@ -393,6 +393,9 @@ fn verify_answer(
         );
         return Outcome::Rejected;
     };
+    if let Err(outcome) = reconnect_if_closed(host, agent, user) {
+        return outcome;
+    }
     let response = agent.verify_tail(user, SecretString::new(tail), origin);
     let (outcome, code_length) = read_verdict(host, options, user, response);
     if outcome != Outcome::Accepted {
@@ -440,8 +443,35 @@ fn ask_agent(
     code: &str,
     origin: Origin,
 ) -> Outcome {
+    if let Err(outcome) = reconnect_if_closed(host, agent, user) {
+        return outcome;
+    }
     let response = agent.verify(user, SecretString::new(code), origin);
     read_verdict(host, options, user, response).0
+}
+
+/// Connects to the agent again when it closed the connection while the
+/// user typed, so that the code is not lost to a restart of the agent or to
+/// its idle limit. A failure fails closed, also with `ignore_unavailable`,
+/// because the user has typed a code by then.
+fn reconnect_if_closed(host: &mut dyn Host, agent: &mut Agent, user: &str) -> Result<(), Outcome> {
+    match agent.reconnect_if_closed() {
+        Ok(false) => Ok(()),
+        Ok(true) => {
+            host.log(
+                Priority::Info,
+                &format!("the agent closed the connection while waiting for the code of {user}; connected again"),
+            );
+            Ok(())
+        }
+        Err(err) => {
+            host.log(
+                Priority::Error,
+                &format!("cannot connect to the agent again for the code of {user}: {err}; failing closed"),
+            );
+            Err(Outcome::Unavailable)
+        }
+    }
 }
 
 /// Maps the agent's response to a code, with the accepted code's length

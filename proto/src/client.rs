@@ -237,6 +237,24 @@ impl Client {
         }
     }
 
+    /// Returns whether the connection can carry another request: the peer
+    /// has not closed it and has sent no unrequested bytes, such as an
+    /// error frame before closing. Does not block. Waiting bytes are
+    /// consumed, so drop the client when this returns `false`.
+    pub fn is_open(&mut self) -> bool {
+        if self.incoming.start != self.incoming.end {
+            return false;
+        }
+        if self.stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut byte = Zeroizing::new([0u8; 1]);
+        let waiting = self.stream.read(&mut byte[..]);
+        let restored = self.stream.set_nonblocking(false).is_ok();
+        let idle = matches!(&waiting, Err(err) if err.kind() == io::ErrorKind::WouldBlock);
+        idle && restored
+    }
+
     /// Changes the timeout of each later call and write.
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
         self.timeout = timeout;
@@ -317,6 +335,35 @@ mod tests {
 
     fn read_request(stream: &mut UnixStream) {
         let _: RequestFrame = read_frame(stream).unwrap();
+    }
+
+    #[test]
+    fn is_open_until_the_peer_closes() {
+        let (near, mut far) = UnixStream::pair().unwrap();
+        let agent = std::thread::spawn(move || {
+            let _: Hello = read_frame(&mut far).unwrap();
+            far.write_all(&welcome_frame()).unwrap();
+            far
+        });
+        let mut client = Client::handshake(near, "test", Duration::from_secs(5)).unwrap();
+        let far = agent.join().unwrap();
+        assert!(client.is_open(), "a connection whose peer waits");
+        drop(far);
+        assert!(!client.is_open(), "a connection whose peer closed it");
+    }
+
+    #[test]
+    fn is_open_false_after_unrequested_bytes() {
+        let (near, mut far) = UnixStream::pair().unwrap();
+        let agent = std::thread::spawn(move || {
+            let _: Hello = read_frame(&mut far).unwrap();
+            far.write_all(&welcome_frame()).unwrap();
+            far
+        });
+        let mut client = Client::handshake(near, "test", Duration::from_secs(5)).unwrap();
+        let mut far = agent.join().unwrap();
+        far.write_all(&reply_frame(0, account("unrequested".into()))).unwrap();
+        assert!(!client.is_open());
     }
 
     #[test]

@@ -192,7 +192,14 @@ impl Pamtester<'_> {
         self
     }
 
+    /// Runs pamtester with the responses given so far and waits for it.
     pub fn run(self) -> PamRun {
+        self.spawn().finish()
+    }
+
+    /// Starts pamtester and writes the responses given so far, leaving its
+    /// standard input open for [`RunningPamtester::respond`].
+    pub fn spawn(self) -> RunningPamtester {
         let preload = format!("LD_PRELOAD={}", pam_wrapper_file("libpam_wrapper.so").display());
         // Only pamtester may load pam_wrapper: in setpriv, which execs without
         // running destructors, it would leave its copy of the services in /tmp.
@@ -221,11 +228,37 @@ impl Pamtester<'_> {
             .stderr(Stdio::piped());
 
         let mut child = command.spawn().unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        // pamtester may exit without reading, so a broken pipe is expected.
-        let _ = stdin.write_all(self.input.as_bytes());
-        drop(stdin);
-        let output = child.wait_with_output().unwrap();
+        let stdin = child.stdin.take();
+        let mut running = RunningPamtester { child, stdin };
+        running.respond_raw(&self.input);
+        running
+    }
+}
+
+/// A pamtester run that may still wait for responses.
+pub struct RunningPamtester {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl RunningPamtester {
+    /// Sends one more response to the conversation.
+    pub fn respond(&mut self, text: &str) {
+        self.respond_raw(&format!("{text}\n"));
+    }
+
+    fn respond_raw(&mut self, input: &str) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            // pamtester may exit without reading, so a broken pipe is expected.
+            let _ = stdin.write_all(input.as_bytes());
+        }
+    }
+
+    /// Closes standard input, so that a later prompt gets no answer, and
+    /// waits for pamtester to end.
+    pub fn finish(mut self) -> PamRun {
+        self.stdin = None;
+        let output = self.child.wait_with_output().unwrap();
 
         // env(1) exits with 127 when it cannot find the command.
         assert_ne!(
