@@ -619,13 +619,14 @@ fn peer_of_other_user_fails_closed() {
 fn unknown_option_is_logged_and_ignored() {
     let agent = Agent::start();
     enroll_hotp(&agent, "alice");
-    let args = format!("{} frobnicate timeout=0 nullok=yes", agent_args(&agent));
+    let args = format!("{} frobnicate timeout=0 nullok=yes prompt=", agent_args(&agent));
     let services = Services::new();
     services.write("login", &[freeauth_line("required", &args)]);
 
     let run = services.pamtester("login", "alice").response(&hotp(0)).run();
     run.assert_success("valid code despite unknown options");
-    for option in ["frobnicate", "timeout=0", "nullok=yes"] {
+    assert!(run.prompted(CODE_PROMPT), "an empty prompt= replaced the prompt\n{run}");
+    for option in ["frobnicate", "timeout=0", "nullok=yes", "prompt="] {
         let line = format!("unknown or invalid option ignored: {option}");
         assert!(run.logged(&line), "missing log line {line:?}\n{run}");
     }

@@ -79,7 +79,8 @@ impl Options {
                 Ok(seconds @ 1..=600) => self.timeout = Duration::from_secs(seconds),
                 _ => return false,
             },
-            Some(("prompt", text)) => self.prompt = Some(text.to_owned()),
+            // An empty prompt would show the user nothing to answer.
+            Some(("prompt", text)) if !text.is_empty() => self.prompt = Some(text.to_owned()),
             Some(_) => return false,
             None => match arg {
                 "use_first_pass" => self.source = CodeSource::UseFirstPass,
@@ -133,12 +134,27 @@ mod tests {
 
     #[test]
     fn keeps_unknown_and_invalid_arguments() {
-        let options = Options::parse(["bogus", "timeout=0", "timeout=x", "socket=relative", "agent_user="]);
+        let options = Options::parse([
+            "bogus",
+            "timeout=0",
+            "timeout=x",
+            "socket=relative",
+            "agent_user=",
+            "prompt=",
+        ]);
         assert_eq!(
             options.unknown,
-            ["bogus", "timeout=0", "timeout=x", "socket=relative", "agent_user="]
+            [
+                "bogus",
+                "timeout=0",
+                "timeout=x",
+                "socket=relative",
+                "agent_user=",
+                "prompt="
+            ]
         );
         assert_eq!(options.timeout, DEFAULT_TIMEOUT);
         assert_eq!(options.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(options.prompt, None);
     }
 }
