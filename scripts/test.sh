@@ -12,6 +12,7 @@ needed=(
   "/usr/bin/python3 python3"
   "setpriv util-linux"
   "unshare util-linux"
+  "nsenter util-linux"
   "mount mount"
   "md5sum coreutils"
   "sqlite3 sqlite3"

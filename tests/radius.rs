@@ -47,6 +47,51 @@ fn answers_over_ipv6() {
     assert_eq!(bridge.auth_with(&server, SECRET, "alice", &code(0), ""), "accept");
 }
 
+/// A bridge listening on `0.0.0.0` and `[::]` sends each reply from the
+/// address its request was sent to, since radclient, like other clients,
+/// ignores a reply from any other address. In the test's network namespace,
+/// 127.0.0.2 and 2001:db8::2 are second addresses of the loopback interface,
+/// and a reply routed to the client would leave from 127.0.0.1 and
+/// 2001:db8::1.
+#[test]
+fn wildcard_listener_replies_from_request_address() {
+    if !pam::running_as_root() {
+        eprintln!("SKIPPED: needs root to listen on 0.0.0.0 in a private network namespace (CI runs as root)");
+        return;
+    }
+    let agent = agent_with(&["alice"]);
+    let clients = format!(
+        "[[client]]\nname = \"lo4\"\naddress = \"127.0.0.0/8\"\nsecret = \"{SECRET}\"\n\
+         [[client]]\nname = \"doc6\"\naddress = \"2001:db8::/64\"\nsecret = \"{SECRET}\"\n"
+    );
+    let bridge = Bridge::start_in_network_namespace(
+        &agent,
+        "ip addr add 2001:db8::1/64 dev lo nodad; ip addr add 2001:db8::2/64 dev lo nodad",
+        "\"0.0.0.0:1812\", \"[::]:1812\"",
+        1812,
+        &clients,
+    );
+    let cases = [
+        ("127.0.0.1:1812", ""),
+        ("127.0.0.2:1812", ""),
+        ("[2001:db8::2]:1812", "Packet-Src-IPv6-Address = 2001:db8::1\n"),
+    ];
+    for (counter, (server, source)) in (0u64..).zip(cases) {
+        let attributes = format!(
+            "User-Name = alice\nUser-Password = {}\nMessage-Authenticator = 0x00\n{source}",
+            code(counter)
+        );
+        let output = bridge.radclient_in_namespace(server, "auth", SECRET, &attributes);
+        assert_eq!(
+            verdict_of(&output),
+            "accept",
+            "request to {server}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 #[test]
 fn wrong_secret_gets_no_reply() {
     let agent = agent_with(&["alice"]);

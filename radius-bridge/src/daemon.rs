@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::agent_link::{AgentLink, LinkSettings};
@@ -16,6 +15,7 @@ use crate::dedup::Cache;
 use crate::ratelog::RateLog;
 use crate::seen::SeenClients;
 use crate::server::{receive_loop, Bridge};
+use crate::udp::Listener;
 
 /// Error that kept the bridge from starting.
 #[derive(Debug)]
@@ -95,7 +95,7 @@ async fn serve(mut config: Config, listen: Vec<SocketAddr>) -> Result<(), Daemon
     };
     let mut listening = Vec::with_capacity(addresses.len());
     for address in &addresses {
-        let socket = match bind(*address) {
+        let socket = match Listener::bind(*address) {
             Ok(socket) => socket,
             Err(err) if lacks_family(*address, &err) => {
                 tracing::warn!(%address, error = %err, "not listening on this IPv6 address: the kernel has no IPv6 (ipv6.disable=1)");
@@ -131,19 +131,6 @@ async fn serve(mut config: Config, listen: Vec<SocketAddr>) -> Result<(), Daemon
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!("RADIUS bridge stopped");
     Ok(())
-}
-
-/// Binds a UDP socket; an IPv6 socket takes IPv6 only, so `0.0.0.0:1812`
-/// and `[::]:1812` can both be listened on, as the default does.
-fn bind(address: SocketAddr) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(address), Type::DGRAM, Some(Protocol::UDP))?;
-    if address.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
-    UdpSocket::from_std(socket.into())
 }
 
 /// Returns true when `err`, from binding `address`, means that the kernel

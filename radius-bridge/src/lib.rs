@@ -15,3 +15,4 @@ pub mod dedup;
 pub mod ratelog;
 pub mod seen;
 pub mod server;
+pub mod udp;

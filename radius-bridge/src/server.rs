@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use freeauth_proto::{ErrorKind, Origin, Request, Response, SecretString, VerifyResult};
-use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
 use crate::agent_link::{AgentLink, Called};
@@ -23,6 +22,7 @@ use crate::dedup::{Cache, CachedReply, RequestKey, Seen};
 use crate::ratelog::RateLog;
 use crate::seen::FileWrite;
 use crate::seen::SeenClients;
+use crate::udp::Listener;
 
 /// Counter and log bucket of datagrams not (yet) tied to a client.
 const UNKNOWN_SOURCE: &str = "(unknown source)";
@@ -180,22 +180,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Receives datagrams on `socket` forever.
-pub async fn receive_loop(socket: Arc<UdpSocket>, bridge: Arc<Bridge>) {
+pub async fn receive_loop(socket: Arc<Listener>, bridge: Arc<Bridge>) {
     let mut buffer = vec![0u8; RECEIVE_BUFFER];
     loop {
-        let (length, source) = match socket.recv_from(&mut buffer).await {
+        let received = match socket.receive(&mut buffer).await {
             Ok(received) => received,
             Err(err) => {
                 bridge.log.warn("recv", &format!("receive failed: {err}"));
                 continue;
             }
         };
-        let datagram = buffer[..length].to_vec();
+        let (source, local) = (received.source, received.local);
+        let datagram = buffer[..received.length].to_vec();
         let (socket, bridge) = (Arc::clone(&socket), Arc::clone(&bridge));
         tokio::spawn(async move {
             let reply = handle(&bridge, &datagram, source).await;
             if let Some(reply) = reply {
-                if let Err(err) = socket.send_to(&reply, source).await {
+                if let Err(err) = socket.send(&reply, source, local).await {
                     bridge
                         .log
                         .warn("send", &format!("cannot send reply to {source}: {err}"));

@@ -42,34 +42,64 @@ impl Bridge {
     /// relative to the agent's folder.
     pub fn start_at(agent: &Agent, agent_socket: &str, clients: &str) -> Bridge {
         let port = free_udp_port();
-        let dir = agent.dir.path();
-        let config = dir.join("radius.toml");
-        let text = format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\nagent_socket = \"{agent_socket}\"\n\
-             state_dir = \"state-radius\"\nrealm_reject_delay_ms = 10\nduplicate_seconds = 30\n{clients}\n"
-        );
-        fs::write(&config, text).expect("write radius.toml");
-        fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).expect("chmod radius.toml");
-        let log = dir.join("radius.log");
-        let mut bridge = Bridge {
-            config,
-            log,
-            port,
-            child: None,
-        };
+        let listen = format!("\"127.0.0.1:{port}\", \"[::1]:{port}\"");
+        let mut bridge = Bridge::configure(agent, agent_socket, &listen, port, clients);
         bridge.spawn();
         bridge
     }
 
+    /// Starts a bridge in a new network namespace, where only the loopback
+    /// interface exists, after `setup` (shell commands such as `ip addr
+    /// add`) ran there. It listens on `listen`, a TOML list of addresses
+    /// whose port is `port`. Needs root; reach it with
+    /// [`Bridge::radclient_in_namespace`].
+    pub fn start_in_network_namespace(agent: &Agent, setup: &str, listen: &str, port: u16, clients: &str) -> Bridge {
+        let mut bridge = Bridge::configure(agent, "run/agent.sock", listen, port, clients);
+        // unshare and sh exec into the bridge, so the child is the bridge.
+        let script = format!(
+            "set -e; ip link set lo up; {setup}; exec {bridge} --config {config}",
+            bridge = binary("freeauth-radius").display(),
+            config = bridge.config.display()
+        );
+        let mut command = Command::new("unshare");
+        command.args(["--net", "sh", "-c", &script]);
+        bridge.spawn_command(command);
+        bridge
+    }
+
+    /// Writes the configuration of a bridge that has not started yet.
+    fn configure(agent: &Agent, agent_socket: &str, listen: &str, port: u16, clients: &str) -> Bridge {
+        let dir = agent.dir.path();
+        let config = dir.join("radius.toml");
+        let text = format!(
+            "[server]\nlisten = [{listen}]\nagent_socket = \"{agent_socket}\"\n\
+             state_dir = \"state-radius\"\nrealm_reject_delay_ms = 10\nduplicate_seconds = 30\n{clients}\n"
+        );
+        fs::write(&config, text).expect("write radius.toml");
+        fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).expect("chmod radius.toml");
+        Bridge {
+            config,
+            log: dir.join("radius.log"),
+            port,
+            child: None,
+        }
+    }
+
     pub fn spawn(&mut self) {
+        let mut command = Command::new(binary("freeauth-radius"));
+        command.arg("--config").arg(&self.config);
+        self.spawn_command(command);
+    }
+
+    /// Starts `command`, which runs the bridge with this bridge's
+    /// configuration, and waits until it has connected to the agent.
+    fn spawn_command(&mut self, mut command: Command) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("open log");
-        let child = Command::new(binary("freeauth-radius"))
-            .arg("--config")
-            .arg(&self.config)
+        let child = command
             .env("FREEAUTH_LOG", "debug")
             .stderr(log)
             .stdout(Stdio::null())
@@ -105,23 +135,16 @@ impl Bridge {
 
     /// Runs radclient against `server` with `attributes` (one per line).
     pub fn radclient(&self, server: &str, kind: &str, secret: &str, attributes: &str) -> Output {
-        let mut child = Command::new("radclient")
-            .args(["-x", "-r", "1", "-t", "2", server, kind, secret])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|err| {
-                panic!("cannot run radclient ({err}); install it with `apt-get install freeradius-utils`")
-            });
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(attributes.as_bytes())
-            .expect("write attributes");
-        child.wait_with_output().expect("radclient output")
+        run_radclient(Command::new("radclient"), server, kind, secret, attributes)
+    }
+
+    /// Runs radclient in the network namespace of a bridge started with
+    /// [`Bridge::start_in_network_namespace`].
+    pub fn radclient_in_namespace(&self, server: &str, kind: &str, secret: &str, attributes: &str) -> Output {
+        let pid = self.child.as_ref().expect("the bridge runs").id();
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net=/proc/{pid}/ns/net")).arg("radclient");
+        run_radclient(command, server, kind, secret, attributes)
     }
 
     /// Sends an Access-Request for `user` with `code` from 127.0.0.1 and
@@ -135,6 +158,28 @@ impl Bridge {
             format!("User-Name = \"{user}\"\nUser-Password = \"{code}\"\nMessage-Authenticator = 0x00\n{extra}");
         verdict_of(&self.radclient(server, "auth", secret, &attributes))
     }
+}
+
+/// Runs `command`, which starts radclient, with one try and a 2 s timeout,
+/// and writes `attributes` to its input.
+fn run_radclient(mut command: Command, server: &str, kind: &str, secret: &str, attributes: &str) -> Output {
+    let mut child = command
+        .args(["-x", "-r", "1", "-t", "2", server, kind, secret])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| {
+            panic!("cannot run radclient ({err}); install it with `apt-get install freeradius-utils`")
+        });
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(attributes.as_bytes())
+        .expect("write attributes");
+    child.wait_with_output().expect("radclient output")
 }
 
 /// Reads radclient's output: which reply came back, if any.
