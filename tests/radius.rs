@@ -177,6 +177,78 @@ fn reply_code(port: u16, packet: &[u8]) -> Option<Code> {
     Some(Packet::parse(&buffer[..length]).unwrap().code)
 }
 
+/// Attributes of a request, as type and value.
+type Attributes = Vec<(u8, Vec<u8>)>;
+
+/// Builds an Access-Request with these attributes as they are, signed with
+/// a Message-Authenticator at the end.
+fn signed_request(identifier: u8, attributes: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let mut packet = unsigned_request(identifier, attributes);
+    let offset = packet.len() + 2;
+    packet.extend_from_slice(&[attr::MESSAGE_AUTHENTICATOR, 18]);
+    packet.extend_from_slice(&[0; 16]);
+    let length = (packet.len() as u16).to_be_bytes();
+    packet[2..4].copy_from_slice(&length);
+    let mac = message_authenticator(&packet, offset, &SharedSecret::new(SECRET.as_bytes().to_vec()));
+    packet[offset..offset + 16].copy_from_slice(&mac);
+    packet
+}
+
+/// A signed Access-Request that cannot be decided gets an Access-Reject
+/// (RFC 2865 section 5 for an invalid attribute length), not silence that
+/// would make its client fail over. The agent is not asked, so a valid code
+/// in it stays unused.
+#[test]
+fn undecidable_signed_requests_get_reject() {
+    let agent = agent_with(&["alice"]);
+    let bridge = Bridge::start(&agent, &loopback_clients(""));
+    let secret = SharedSecret::new(SECRET.as_bytes().to_vec());
+    let name = (attr::USER_NAME, b"alice".to_vec());
+    let password = |identifier: u8| {
+        (
+            attr::USER_PASSWORD,
+            hide_password(code(0).as_bytes(), &secret, &[identifier; 16]),
+        )
+    };
+    let long_password = |identifier: u8| {
+        (
+            attr::USER_PASSWORD,
+            hide_password(&[b'1'; 140], &secret, &[identifier; 16]),
+        )
+    };
+    let mut cut_password = password(5);
+    cut_password.1.pop();
+    let cases: Vec<(&str, Attributes)> = vec![
+        ("no User-Name", vec![password(1)]),
+        ("no User-Password", vec![name.clone()]),
+        ("two User-Names", vec![name.clone(), name.clone(), password(3)]),
+        ("two User-Passwords", vec![name.clone(), password(4), password(4)]),
+        ("User-Password of 15 bytes", vec![name.clone(), cut_password]),
+        ("User-Password of 144 bytes", vec![name.clone(), long_password(6)]),
+        (
+            "empty User-Password",
+            vec![name.clone(), (attr::USER_PASSWORD, Vec::new())],
+        ),
+        (
+            "State without User-Password",
+            vec![name.clone(), (attr::STATE, b"s".to_vec())],
+        ),
+    ];
+    for (identifier, (case, attributes)) in (1u8..).zip(cases) {
+        assert_eq!(
+            reply_code(bridge.port, &signed_request(identifier, &attributes)),
+            Some(Code::AccessReject),
+            "{case}"
+        );
+    }
+    assert!(
+        bridge.log_text().contains("rejected: invalid Access-Request"),
+        "{}",
+        bridge.log_text()
+    );
+    assert_eq!(bridge.auth("alice", &code(0)), "accept", "the code was not used");
+}
+
 /// Two requests from a client that may omit the Message-Authenticator get
 /// no reply: one with EAP-Message (RFC 3579 calls for a silent discard),
 /// and one whose Proxy-State would not fit into a reply, which must copy

@@ -110,7 +110,6 @@ pub enum Drop {
     BadMessageAuthenticator,
     MissingMessageAuthenticator,
     UnsupportedCode,
-    MissingAttribute,
     AgentUnavailable,
     Retransmission,
     TooManyDelayed,
@@ -125,7 +124,6 @@ impl Drop {
             Drop::BadMessageAuthenticator => "invalid Message-Authenticator (wrong secret?)",
             Drop::MissingMessageAuthenticator => "missing Message-Authenticator",
             Drop::UnsupportedCode => "unsupported packet code",
-            Drop::MissingAttribute => "Access-Request without exactly one User-Name and User-Password",
             Drop::AgentUnavailable => "agent unavailable; no reply so the client fails over",
             Drop::Retransmission => "retransmission of a request still in progress",
             Drop::TooManyDelayed => {
@@ -501,7 +499,7 @@ async fn decide(
         });
     }
     if packet.count(attr::USER_NAME) != 1 || packet.count(attr::USER_PASSWORD) != 1 {
-        return Err(Drop::MissingAttribute);
+        return reject_invalid(bridge, client, "not exactly one User-Name and one User-Password").await;
     }
     let name = packet
         .find(attr::USER_NAME)
@@ -509,7 +507,12 @@ async fn decide(
         .unwrap_or_default();
     let hidden = packet.find(attr::USER_PASSWORD).map(|a| a.value).unwrap_or_default();
     let Some(code) = unhide_password(hidden, &client.secret, &packet.authenticator) else {
-        return Err(Drop::Malformed);
+        return reject_invalid(
+            bridge,
+            client,
+            "User-Password length is not a multiple of 16 from 16 to 128",
+        )
+        .await;
     };
     let account = match account_name(client, &name) {
         Ok(account) => account,
@@ -580,6 +583,20 @@ async fn decide(
         }
         other => verdict_reply(&other).ok_or(Drop::AgentUnavailable),
     }
+}
+
+/// Rejects an Access-Request that passed the Message-Authenticator check
+/// but lacks the attributes a decision needs, or has a User-Password of
+/// invalid length, for which RFC 2865 section 5 asks for an Access-Reject.
+/// A silent drop would make the client retransmit and then fail over, as
+/// if this server were down. The rejection waits as long as a realm
+/// rejection.
+async fn reject_invalid(bridge: &Bridge, client: &Client, reason: &'static str) -> Result<CachedReply, Drop> {
+    if let Some(suppressed) = bridge.log.allow(&format!("auth/{}/invalid", client.name)) {
+        tracing::warn!(target: "freeauth::auth", client = %client.name, reason, suppressed, "rejected: invalid Access-Request");
+    }
+    hold_back(bridge, client, bridge.realm_reject_delay).await?;
+    Ok(plain(Code::AccessReject))
 }
 
 /// Longest delay before the bridge sends a held rejection: the largest
