@@ -980,6 +980,28 @@ fn status_server_silent_while_agent_stalls() {
     assert_eq!(status(), "none", "Status-Server answered while logins time out");
 }
 
+/// Requests that find every `max_in_flight` slot taken may wait for one,
+/// but only as many as there are slots. A request beyond that is dropped
+/// at once, so a flood that the agent cannot keep up with does not pile up
+/// in the bridge's memory for `agent_timeout_ms` each.
+#[test]
+fn busy_agent_link_drops_excess_at_once() {
+    let agent = agent_with(&["alice"]);
+    stalled_agent(&agent.dir.path().join("run/stalled.sock"));
+    let clients = format!("max_in_flight = 1\nagent_timeout_ms = 3000\n{}", loopback_clients(""));
+    let bridge = Bridge::start_at(&agent, "run/stalled.sock", &clients);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for identifier in 1..=3 {
+        let packet = request(identifier, "alice", &code(u64::from(identifier)));
+        socket.send_to(&packet, ("127.0.0.1", bridge.port)).unwrap();
+    }
+
+    std::thread::sleep(Duration::from_millis(1000));
+    let log = bridge.log_text();
+    assert_eq!(log.matches("agent busy").count(), 1, "the third request: {log}");
+    assert!(!log.contains("agent unavailable"), "the first two still wait: {log}");
+}
+
 /// Serves `socket` as a relay to the agent at `agent`. While `slow` is set,
 /// it delays each piece of the agent's output by 1.5 s.
 fn slow_relay(socket: &std::path::Path, agent: std::path::PathBuf, slow: Arc<AtomicBool>) {

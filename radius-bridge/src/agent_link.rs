@@ -58,6 +58,11 @@ pub struct AgentLink {
     connected: Arc<AtomicUsize>,
     next: AtomicUsize,
     in_flight: Arc<Semaphore>,
+    /// Calls waiting for a free in-flight slot. At most `max_waiting` may
+    /// wait, so that requests that arrive faster than the agent decides do
+    /// not pile up in memory for `timeout` each.
+    waiting: AtomicUsize,
+    max_waiting: usize,
     timeout: Duration,
     /// Times below are milliseconds since this instant, plus one, so that
     /// 0 means never.
@@ -86,6 +91,8 @@ impl AgentLink {
             connected,
             next: AtomicUsize::new(0),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
+            waiting: AtomicUsize::new(0),
+            max_waiting: settings.max_in_flight.max(1),
             timeout: settings.timeout,
             start: Instant::now(),
             last_success_ms: AtomicU64::new(0),
@@ -138,11 +145,26 @@ impl AgentLink {
     /// Sends `request` and waits for the response, at most the link's
     /// timeout, which also bounds the wait for a free in-flight slot. The
     /// slot stays taken until the agent replies, so requests that outlive
-    /// their caller still count.
+    /// their caller still count. Returns [`Called::Busy`] at once when no
+    /// slot is free and as many calls as there are slots wait already.
     pub async fn call(&self, request: Request) -> Called {
         let deadline = tokio::time::Instant::now() + self.timeout;
+        let free_slot = Arc::clone(&self.in_flight).try_acquire_owned().ok();
+        let waiter = match free_slot {
+            Some(_) => None,
+            None => match Waiter::enter(&self.waiting, self.max_waiting) {
+                Some(waiter) => Some(waiter),
+                None => return Called::Busy,
+            },
+        };
         let send = async {
-            let slot = Arc::clone(&self.in_flight).acquire_owned().await.ok()?;
+            let slot = match free_slot {
+                Some(slot) => slot,
+                None => {
+                    let _waiter = waiter;
+                    Arc::clone(&self.in_flight).acquire_owned().await.ok()?
+                }
+            };
             let index = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
             let (reply, answer) = oneshot::channel();
             self.senders
@@ -174,10 +196,36 @@ impl AgentLink {
     }
 }
 
+/// One call counted in [`AgentLink::waiting`]; dropping it counts it out.
+struct Waiter<'a> {
+    waiting: &'a AtomicUsize,
+}
+
+impl<'a> Waiter<'a> {
+    /// Counts a call in, or returns `None` when `max` calls wait already.
+    fn enter(waiting: &'a AtomicUsize, max: usize) -> Option<Waiter<'a>> {
+        waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |count| {
+                (count < max).then_some(count + 1)
+            })
+            .ok()?;
+        Some(Waiter { waiting })
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The end of a call to the agent.
 #[derive(Debug)]
 pub enum Called {
     Answered(Response),
+    /// Every in-flight slot was taken and as many calls waited for one
+    /// already, so the call was not sent.
+    Busy,
     /// The agent is unreachable, or the call never reached it within the
     /// timeout, or its connection ended before the response.
     Unanswered,

@@ -111,6 +111,7 @@ pub enum Drop {
     MissingMessageAuthenticator,
     UnsupportedCode,
     AgentUnavailable,
+    AgentBusy,
     Retransmission,
     TooManyDelayed,
     ProxyStateTooLong,
@@ -125,6 +126,7 @@ impl Drop {
             Drop::MissingMessageAuthenticator => "missing Message-Authenticator",
             Drop::UnsupportedCode => "unsupported packet code",
             Drop::AgentUnavailable => "agent unavailable; no reply so the client fails over",
+            Drop::AgentBusy => "agent busy: max_in_flight verifications are in flight and as many wait",
             Drop::Retransmission => "retransmission of a request still in progress",
             Drop::TooManyDelayed => {
                 "rejection dropped: this client has taken as many places for rejections that wait out their delay as are free"
@@ -544,6 +546,7 @@ async fn decide(
     let response = match bridge.link.call(request).await {
         Called::Answered(response) => response,
         Called::Unanswered => return Err(Drop::AgentUnavailable),
+        Called::Busy => return Err(Drop::AgentBusy),
         Called::Late(receiver) => {
             *late = Some(receiver);
             return Err(Drop::AgentUnavailable);
