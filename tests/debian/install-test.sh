@@ -69,6 +69,9 @@ for unit in freeauth-agentd freeauth-radius; do
   score=$(systemd-analyze security --offline=true --no-pager "$file" | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
   say "systemd-analyze security $unit.service: exposure $score"
   awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 2.0) }' || fail "$unit.service exposure ${score:-unknown} is above 2.0"
+  # Without SyslogFacility=, systemd logs stderr under the daemon facility,
+  # but the daemons' lines are authentication events, like PAM's.
+  grep -q -x 'SyslogFacility=authpriv' "$file" || fail "$unit.service does not set SyslogFacility=authpriv"
 done
 
 # --- The Debian 12 root -----------------------------------------------------
