@@ -73,6 +73,12 @@ for unit in freeauth-agentd freeauth-radius; do
   # but the daemons' lines are authentication events, like PAM's.
   grep -q -x 'SyslogFacility=authpriv' "$file" || fail "$unit.service does not set SyslogFacility=authpriv"
 done
+# The bridge fails to bind a listen address that no interface has yet.
+bridge_unit="$work/unpacked/lib/systemd/system/freeauth-radius.service"
+for key in Wants After; do
+  grep -q -E "^$key=.*\bnetwork-online[.]target\b" "$bridge_unit" ||
+    fail "freeauth-radius.service has no $key=network-online.target"
+done
 
 # --- The Debian 12 root -----------------------------------------------------
 # The mirror of the host's apt configuration (deb822 or one-line format).
