@@ -38,6 +38,14 @@ trap 'rm -rf "$work"' EXIT
 say "building the packages"
 mkdir "$work/src"
 tar -C "$repo" --exclude=./.git --exclude=./target --exclude-vcs-ignores -cf - . | tar -C "$work/src" -xf -
+# debian/rules must pass DEB_BUILD_OPTIONS=parallel=N on to cargo. A stub
+# cargo prints the job limit it gets.
+mkdir "$work/stub"
+printf '#!/bin/sh\necho "CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-unset}"\n' >"$work/stub/cargo"
+chmod +x "$work/stub/cargo"
+jobs=$(cd "$work/src" && env -u CARGO_BUILD_JOBS PATH="$work/stub:$PATH" DEB_BUILD_OPTIONS=parallel=3 \
+  debian/rules override_dh_auto_build | tail -n 1)
+[[ $jobs == CARGO_BUILD_JOBS=3 ]] || fail "debian/rules ignores DEB_BUILD_OPTIONS=parallel=3: cargo got ${jobs:-no output}"
 (cd "$work/src" && CARGO_TARGET_DIR="$repo/target" dpkg-buildpackage -b -us -uc >"$work/build.log" 2>&1) ||
   {
     tail -n 40 "$work/build.log" >&2
