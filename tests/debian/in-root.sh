@@ -371,7 +371,21 @@ compgen -G '/lib/*-linux-gnu*/security/pam_freeauth.so' >/dev/null || fail "the 
 grep -q -E 'pam_freeauth[.]so\s*$' /etc/pam.d/common-auth || fail "the refused removal changed common-auth"
 rm /etc/pam.d/freeauth-direct
 
-step "removing libpam-freeauth takes the module out of the stack first"
+step "libpam-freeauth refuses removal while a PAM file includes a backup that uses it"
+printf 'auth required pam_freeauth.so\n' >/etc/pam.d/freeauth-direct.dpkg-old
+printf '@include freeauth-direct.dpkg-old\n' >/etc/pam.d/freeauth-via-backup
+apt-get remove -y libpam-freeauth >apt.log 2>&1 && fail "libpam-freeauth was removed while freeauth-via-backup includes a backup that uses it"
+grep -q '/etc/pam.d/freeauth-direct.dpkg-old' apt.log || {
+  cat apt.log >&2
+  fail "prerm did not name the included backup that uses the module"
+}
+rm /etc/pam.d/freeauth-direct.dpkg-old /etc/pam.d/freeauth-via-backup
+
+step "removing libpam-freeauth takes the module out of the stack first, despite backups"
+# pam-auth-update --force saves the current common-* files as *.pam-old,
+# which no service reads.
+pam-auth-update --force
+grep -q pam_freeauth /etc/pam.d/common-auth.pam-old || fail "pam-auth-update --force left no common-auth.pam-old with the module"
 apt-get remove -y libpam-freeauth >apt.log 2>&1 || {
   cat apt.log >&2
   fail "apt-get remove libpam-freeauth"
