@@ -404,12 +404,37 @@ for path in /var/lib/freeauth/freeauth.db /etc/freeauth/seed.key /etc/freeauth/a
 done
 [[ ! -e /usr/sbin/freeauth-agentd ]] || fail "remove left the agent's binary"
 
-step "purge deletes state and configuration"
+step "purge without an answer keeps the tokens and the seed key, and deletes the rest"
 # Files this test made, as an administrator would have: purge keeps those.
 rm -rf /etc/freeauth/secrets /etc/pam.d/freeauth-login
 apt-get purge -y freeauth-radius freeauth libpam-freeauth >apt.log 2>&1 || {
   cat apt.log >&2
   fail "apt-get purge"
+}
+grep -q 'freeauth: kept the tokens in /var/lib/freeauth' apt.log || {
+  cat apt.log >&2
+  fail "purge did not say that it kept the tokens"
+}
+[[ -f /var/lib/freeauth/freeauth.db ]] || fail "a purge without an answer deleted the token database"
+expect_eq "$(sha256sum /etc/freeauth/seed.key)" "$key_sum" "seed key after a purge without an answer"
+[[ ! -e /etc/freeauth/agentd.toml ]] || fail "purge left agentd.toml"
+[[ ! -e /etc/freeauth/radius.toml ]] || fail "purge left radius.toml"
+[[ ! -e /var/lib/freeauth-radius ]] || fail "purge left /var/lib/freeauth-radius"
+
+step "a new installation uses the kept tokens"
+apt-get install -y "$debs"/freeauth_*.deb >apt.log 2>&1 || {
+  cat apt.log >&2
+  fail "apt-get install after the purge"
+}
+start_agent
+grep -q -i hotp <<<"$(freeauthctl show alice)" || fail "alice's token is gone after purge and a new installation"
+stop_unit freeauth-agentd
+
+step "purge answered yes deletes state and configuration"
+echo 'freeauth freeauth/purge_state boolean true' | debconf-set-selections
+apt-get purge -y freeauth >apt.log 2>&1 || {
+  cat apt.log >&2
+  fail "apt-get purge with freeauth/purge_state true"
 }
 left=$(find / -xdev \( -path /proc -o -path /root/freeauth-test -o -path /home \) -prune -o \
   -name '*freeauth*' -print | grep -v -x -e /etc/freeauth || true)
