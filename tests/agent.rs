@@ -1732,6 +1732,30 @@ fn disabling_tokens_stops_backup_codes() {
 }
 
 #[test]
+fn backup_codes_warn_without_enabled_token() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "lea");
+    agent.ctl_ok(&["disable", "lea"]);
+
+    let output = agent.ctl(&["backup-codes", "lea", "--count", "2"]);
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("note: lea has no enabled token"), "{stderr}");
+    let details = agent.ctl_ok(&["show", "lea"]);
+    assert!(
+        details.contains("backup codes left: 2 (rejected while no token is enabled)"),
+        "{details}"
+    );
+
+    agent.ctl_ok(&["enable", "lea"]);
+    let output = agent.ctl(&["backup-codes", "lea", "--count", "2"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("note:"), "{stderr}");
+    let details = agent.ctl_ok(&["show", "lea"]);
+    assert!(details.contains("backup codes left: 2\n"), "{details}");
+}
+
+#[test]
 fn removing_last_token_removes_the_user() {
     let agent = Agent::start();
     agent.ctl_ok(&[

@@ -543,10 +543,22 @@ fn enroll(config: &Config, args: EnrollArgs, json: bool) -> Result<ExitCode, Com
 }
 
 fn backup_codes(config: &Config, user: String, count: u32, json: bool) -> Result<ExitCode, CommandError> {
-    let Response::BackupCodes { user, backup_codes } = call(config, Request::NewBackupCodes { user, count })? else {
+    let mut client = connect(config)?;
+    let Response::BackupCodes { user, backup_codes } = call_on(&mut client, Request::NewBackupCodes { user, count })?
+    else {
         return Err("the agent sent an unexpected answer to backup-codes".into());
     };
     output::print_backup_codes(&user, &backup_codes, json)?;
+    // Backup codes stand in for a token, so the agent rejects them while no
+    // token is enabled. A note warns, because handing out backup codes after
+    // disabling a lost phone's token is an easy mistake.
+    if !backup_codes.is_empty() {
+        if let Ok(Response::User { user: detail }) = call_on(&mut client, Request::Show { user: user.clone() }) {
+            if !detail.tokens.iter().any(|token| token.enabled) {
+                eprintln!("freeauthctl: note: {}", output::no_enabled_token_note(&user));
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -119,6 +119,15 @@ fn print_user_rows(users: &[UserSummary]) {
     }
 }
 
+/// Explains why the backup codes of `user`, who has no enabled token, do
+/// not work yet.
+pub fn no_enabled_token_note(user: &str) -> String {
+    format!(
+        "{} has no enabled token, so the agent rejects these backup codes until a token is enabled or enrolled",
+        printable(user)
+    )
+}
+
 fn print_user(user: &UserDetail) {
     say!("user:              {}", printable(&user.user));
     say!("failures:          {}", user.failures);
@@ -126,7 +135,14 @@ fn print_user(user: &UserDetail) {
         Some(until) => say!("locked until:      {}", format_time(until)),
         None => say!("locked:            no"),
     }
-    say!("backup codes left: {}", user.backup_codes_left);
+    if user.backup_codes_left > 0 && !user.tokens.iter().any(|token| token.enabled) {
+        say!(
+            "backup codes left: {} (rejected while no token is enabled)",
+            user.backup_codes_left
+        );
+    } else {
+        say!("backup codes left: {}", user.backup_codes_left);
+    }
     for token in &user.tokens {
         print_token(token);
     }
