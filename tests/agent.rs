@@ -2188,6 +2188,12 @@ fn backup_copies_and_restores() {
     let again = agent.ctl(&["backup", copy.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("File exists"));
+    let no_folder = agent.dir.path().join("missing").join("copy.db");
+    let missing = agent.ctl(&["backup", no_folder.to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&missing.stderr);
+    assert!(message.contains("missing does not exist"), "{message}");
+    assert!(!message.contains(".partial"), "{message}");
     assert_eq!(agent.ctl_verify("alice", &code(1)), 0);
 
     agent.stop();

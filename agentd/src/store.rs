@@ -1300,7 +1300,15 @@ pub fn backup(state_dir: &Path, dest: &Path) -> Result<BackupSummary, StoreError
         .create_new(true)
         .mode(0o600)
         .open(partial)
-        .map_err(|err| partial_error(format!("cannot create it: {err}")))?;
+        .map_err(|err| match (err.kind(), dest.parent()) {
+            // The folder is the administrator's mistake, so name it rather
+            // than the temporary file.
+            (std::io::ErrorKind::NotFound, Some(folder)) => file_error(format!(
+                "cannot create it: folder {} does not exist; create it or choose another folder",
+                folder.display()
+            )),
+            _ => partial_error(format!("cannot create it: {err}")),
+        })?;
     // A full disk, say, would otherwise read as a problem of the database.
     let written = vacuum_into(&conn, partial).map_err(|err| match err {
         StoreError::Corrupt { .. } => err,
