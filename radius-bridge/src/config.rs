@@ -431,12 +431,31 @@ fn check_clients(root: &Section, clients: &[Client]) {
                     root.span_of("client"),
                     "client",
                     format_args!(
-                        "{:?} and {:?} have the same address {}/{}; give each a different nas_identifier",
-                        other.name, client.name, client.network.address, client.network.prefix
+                        "{:?} and {:?} have the same address {}/{}{}; give each a different nas_identifier",
+                        other.name,
+                        client.name,
+                        client.network.address,
+                        client.network.prefix,
+                        describe_nas_identifier_clash(other, client)
                     ),
                 );
             }
         }
+    }
+}
+
+/// Names what keeps two clients with the same network from being told
+/// apart: a missing nas_identifier, or the same one twice.
+fn describe_nas_identifier_clash(first: &Client, second: &Client) -> String {
+    let missing: Vec<String> = [first, second]
+        .iter()
+        .filter(|client| client.nas_identifier.is_none())
+        .map(|client| format!("{:?}", client.name))
+        .collect();
+    match missing.as_slice() {
+        [] => " and the same nas_identifier".to_owned(),
+        [one] => format!(", and {one} has no nas_identifier"),
+        _ => ", and neither has a nas_identifier".to_owned(),
     }
 }
 
@@ -535,7 +554,21 @@ mod tests {
     #[test]
     fn shared_address_needs_nas_identifiers() {
         let two = format!("{CLIENT}{}", CLIENT.replace("\"vpn\"", "\"web\""));
-        assert!(parse(&two).err().unwrap().to_string().contains("nas_identifier"));
+        let err = parse(&two).err().unwrap().to_string();
+        assert!(err.contains("neither has a nas_identifier"), "{err}");
+        let one_named = format!(
+            "{CLIENT}{}",
+            CLIENT.replace("name = \"vpn\"", "name = \"web\"\nnas_identifier = \"web1\"")
+        );
+        let err = parse(&one_named).err().unwrap().to_string();
+        assert!(err.contains("and \"vpn\" has no nas_identifier"), "{err}");
+        let same_value = format!(
+            "{}{}",
+            CLIENT.replace("name = \"vpn\"", "name = \"vpn\"\nnas_identifier = \"gw\""),
+            CLIENT.replace("name = \"vpn\"", "name = \"web\"\nnas_identifier = \"gw\"")
+        );
+        let err = parse(&same_value).err().unwrap().to_string();
+        assert!(err.contains("and the same nas_identifier"), "{err}");
         let told_apart = format!(
             "{}{}",
             CLIENT.replace("name = \"vpn\"", "name = \"vpn\"\nnas_identifier = \"vpn1\""),
