@@ -549,9 +549,9 @@ fn backup_codes(config: &Config, user: String, count: u32, json: bool) -> Result
         return Err("the agent sent an unexpected answer to backup-codes".into());
     };
     output::print_backup_codes(&user, &backup_codes, json)?;
-    // Backup codes stand in for a token, so the agent rejects them while no
-    // token is enabled. A note warns, because handing out backup codes after
-    // disabling a lost phone's token is an easy mistake.
+    // The agent accepts backup codes only from users with an enabled token.
+    // Handing out backup codes after disabling a lost phone's token is an
+    // easy mistake, so a note warns about it.
     if !backup_codes.is_empty() {
         if let Ok(Response::User { user: detail }) = call_on(&mut client, Request::Show { user: user.clone() }) {
             if !detail.tokens.iter().any(|token| token.enabled) {
