@@ -118,12 +118,14 @@ impl Listener {
             .await
     }
 
-    /// Sends `bytes` to `destination`, from `local` when the request named it.
+    /// Sends `bytes` to `destination`, from `local` when the request named
+    /// it and the host can still send from it.
     pub async fn send(&self, bytes: &[u8], destination: SocketAddr, local: Option<LocalAddress>) -> io::Result<()> {
         let Some(local) = local else {
             self.socket.send_to(bytes, destination).await?;
             return Ok(());
         };
+
         let fd = self.socket.as_raw_fd();
         let target = SockaddrStorage::from(destination);
         let v4 = libc::in_pktinfo {
@@ -155,12 +157,27 @@ impl Listener {
             LocalAddress::V4(_) => [ControlMessage::Ipv4PacketInfo(&v4)],
             LocalAddress::V6(..) => [ControlMessage::Ipv6PacketInfo(&v6)],
         };
-        self.socket
+
+        let sent = self
+            .socket
             .async_io(Interest::WRITABLE, || {
                 sendmsg(fd, &[IoSlice::new(bytes)], &control, MsgFlags::empty(), Some(&target))?;
                 Ok(())
             })
-            .await
+            .await;
+        let Err(err) = sent else {
+            return Ok(());
+        };
+
+        // The request's address cannot be the source when it was removed
+        // after the request came (a virtual address that moved to another
+        // server) or is a multicast address: Linux 6.18 then returns EINVAL
+        // or ENETUNREACH. After any error, the reply is sent once more from
+        // the address the kernel picks by route, and that send's error is
+        // the one returned.
+        tracing::debug!(%destination, ?local, error = %err, "cannot reply from the request's address; replying from the routed one");
+        self.socket.send_to(bytes, destination).await?;
+        Ok(())
     }
 }
 
@@ -172,4 +189,54 @@ fn socket_address(address: &SockaddrStorage) -> Option<SocketAddr> {
     // address needs.
     let v6 = address.as_sockaddr_in6()?;
     Some(SocketAddr::V6(SocketAddrV6::from(*v6)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Sends a reply from `local` on a socket that takes the wildcard path
+    /// but is bound to loopback, and returns the source address the
+    /// reply arrived from, if it arrived.
+    async fn reply_source(bind: &str, local: LocalAddress) -> Option<SocketAddr> {
+        let bound = Listener::bind(bind.parse().unwrap()).unwrap();
+        let listener = Listener {
+            socket: bound.socket,
+            wildcard: true,
+        };
+        let client = std::net::UdpSocket::bind(bind).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let sent = listener.send(b"reply", client.local_addr().unwrap(), Some(local)).await;
+        assert!(sent.is_ok(), "send from {local:?}: {sent:?}");
+        let mut buffer = [0u8; 16];
+        client.recv_from(&mut buffer).ok().map(|(_, source)| source)
+    }
+
+    #[tokio::test]
+    async fn reply_from_removed_ipv4_address_is_routed() {
+        // 198.51.100.7 (TEST-NET-2) stands for an address that the host no
+        // longer has, such as a virtual address that moved away.
+        let source = reply_source("127.0.0.1:0", LocalAddress::V4(Ipv4Addr::new(198, 51, 100, 7))).await;
+        assert_eq!(source.map(|source| source.ip()), Some("127.0.0.1".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn reply_from_removed_ipv6_address_is_routed() {
+        let local = LocalAddress::V6("2001:db8::7".parse().unwrap(), 0);
+        let source = reply_source("[::1]:0", local).await;
+        assert_eq!(source.map(|source| source.ip()), Some("::1".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn reply_to_ipv6_multicast_request_is_routed() {
+        // A multicast address cannot be a source, so a request sent to
+        // ff02::1 gets its reply from an address the kernel picks.
+        let local = LocalAddress::V6("ff02::1".parse().unwrap(), 1);
+        let source = reply_source("[::1]:0", local).await;
+        assert_eq!(source.map(|source| source.ip()), Some("::1".parse().unwrap()));
+    }
 }
