@@ -2621,6 +2621,26 @@ fn ctl_exit_status_without_stdout() {
     assert!(stderr.contains("cannot write to standard output"), "{stderr}");
 }
 
+/// A code from a token whose clock is 5 minutes ahead is rejected like any
+/// wrong code, and the reason names the clock offset for the administrator.
+#[test]
+fn code_from_fast_clock_names_the_clock() {
+    let agent = Agent::start();
+    enroll_totp(&agent, "alice", RFC_SEED_HEX, &[]);
+    wait_for_fresh_step(30, 3);
+    let code = oath_totp(RFC_SEED_HEX, "sha1", 6, 30, now() + 300);
+    let rejected = agent.ctl(&["verify", "alice", &code]);
+    assert_eq!(rejected.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&rejected.stdout);
+    assert!(stdout.contains("300 s ahead of this host's"), "{stdout}");
+    assert!(stdout.contains("(time step offset 10)"), "{stdout}");
+    assert!(stdout.contains("freeauthctl resync"), "{stdout}");
+    assert!(
+        agent.log().contains("300 s ahead of this host's"),
+        "the log line says it too"
+    );
+}
+
 #[test]
 fn ctl_verify_prints_reason() {
     let agent = Agent::start();

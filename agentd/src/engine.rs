@@ -145,13 +145,24 @@ pub struct BackupMatch {
 /// Why, for the log. Never sent to a remote party.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
-    AcceptedToken { token: i64, offset: i64 },
+    AcceptedToken {
+        token: i64,
+        offset: i64,
+    },
     AcceptedBackupCode,
     UnknownUser,
     NoActiveToken,
     Locked,
     SourceLocked,
     WrongCode,
+    /// A wrong code that is the token's code of a time step `offset` steps
+    /// of `period` seconds away from the server's, outside the window: the
+    /// token's clock is probably off.
+    WrongCodeClock {
+        token: i64,
+        offset: i64,
+        period: u32,
+    },
     ReusedCode,
     MalformedCode,
     BackupCodeNeeded,
@@ -169,6 +180,14 @@ impl Reason {
             Reason::Locked => "account locked".into(),
             Reason::SourceLocked => "source locked".into(),
             Reason::WrongCode => "wrong code".into(),
+            Reason::WrongCodeClock { token, offset, period } => {
+                let seconds = offset.unsigned_abs().saturating_mul(u64::from(*period));
+                let side = if *offset > 0 { "ahead of" } else { "behind" };
+                format!(
+                    "wrong code, but it is the code of token {token} for a clock {seconds} s {side} this host's \
+                     (time step offset {offset}): check the token's clock, or run freeauthctl resync"
+                )
+            }
             Reason::ReusedCode => "code already used".into(),
             Reason::MalformedCode => "malformed code".into(),
             Reason::BackupCodeNeeded => "checking backup codes".into(),
@@ -254,6 +273,27 @@ pub(crate) struct MemoryCounts {
 
 /// Seconds between two prunings of the source table.
 const SOURCE_PRUNE_INTERVAL: u64 = 60;
+
+/// How far from the server's time a rejected code of a time-based token is
+/// searched, in seconds, to tell a token's wrong clock from a wrong code in
+/// the log.
+const CLOCK_HINT_SECONDS: u64 = 900;
+
+/// Maximum time steps searched on each side for that hint, so that a
+/// token with a short period does not cost thousands of HMACs per
+/// rejection.
+const CLOCK_HINT_MAX_STEPS: u64 = 90;
+
+/// Orders the reasons a rejected code can get from one token, so that the
+/// log keeps the most telling one of an account's tokens.
+fn rejection_rank(reason: Reason) -> u8 {
+    match reason {
+        Reason::ReusedCode => 3,
+        Reason::WrongCodeClock { .. } => 2,
+        Reason::WrongCode => 1,
+        _ => 0,
+    }
+}
 
 impl MemoryCounts {
     /// Drops the sources whose count has decayed to 0 and that have no lock
@@ -934,12 +974,24 @@ impl Context<'_> {
             if typed.len() != token.params.code_len() {
                 continue;
             }
-            reason = Reason::WrongCode;
             if let Some(matched) = self.match_code(&token, &typed) {
                 return self.accept(db, &account, &token, matched);
             }
-            if self.was_used(&token, &typed) {
-                reason = Reason::ReusedCode;
+            // With several tokens, the most telling reason of any of them
+            // goes to the log.
+            let this = if self.was_used(&token, &typed) {
+                Reason::ReusedCode
+            } else if let Some(offset) = self.clock_offset(&token, &typed) {
+                Reason::WrongCodeClock {
+                    token: token.row.id,
+                    offset,
+                    period: token.params.step_period(),
+                }
+            } else {
+                Reason::WrongCode
+            };
+            if rejection_rank(this) > rejection_rank(reason) {
+                reason = this;
             }
         }
         // Asked only after no token matched, off the path of accepted codes.
@@ -1079,6 +1131,43 @@ impl Context<'_> {
             freeauth_otp::Kind::Hotp => matched.state.counter <= state.counter,
             _ => matched.state.last_step <= state.last_step,
         }
+    }
+
+    /// Returns the offset, in time steps from the server's step, at which
+    /// `code` is the code of a time-based token beyond the verification
+    /// window, up to [`CLOCK_HINT_SECONDS`] away. Only the log uses it: a
+    /// code there is rejected like any wrong code. Steps up to the token's
+    /// last accepted one do not count, so an old code does not pass for a
+    /// clock problem. Every candidate is checked, so the time taken does not
+    /// depend on a match.
+    fn clock_offset(&self, token: &OpenToken, code: &Code) -> Option<i64> {
+        if token.params.kind == Kind::Hotp {
+            return None;
+        }
+        let period = u64::from(token.params.step_period().max(1));
+        let steps = (CLOCK_HINT_SECONDS / period).clamp(1, CLOCK_HINT_MAX_STEPS);
+        let window = Window {
+            steps: u32::try_from(steps).ok()?,
+            hotp_lookahead: 0,
+        };
+        if window.steps <= self.window(token).steps {
+            return None;
+        }
+        let around_server = State {
+            counter: 0,
+            last_step: token.row.state.last_step,
+            drift: 0,
+        };
+        freeauth_otp::verify_every_candidate(
+            &token.params,
+            &token.seed,
+            token.pin.as_ref(),
+            &around_server,
+            &window,
+            self.now,
+            code,
+        )
+        .map(|matched| matched.offset)
     }
 
     fn accept(

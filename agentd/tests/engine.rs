@@ -278,6 +278,42 @@ fn rejects_reused_code_in_same_and_later_step() {
 }
 
 #[test]
+fn wrong_clock_is_told_apart_from_wrong_code() {
+    let mut h = harness(10);
+    let ahead = h.verify("alice", code_at(STEP_START + 11 * PERIOD));
+    assert_eq!(ahead.outcome, Outcome::Rejected, "outside the window");
+    assert!(
+        matches!(
+            ahead.reason,
+            Reason::WrongCodeClock {
+                offset: 11,
+                period: 30,
+                ..
+            }
+        ),
+        "{:?}",
+        ahead.reason
+    );
+    let behind = h.verify("alice", code_at(STEP_START - 20 * PERIOD));
+    assert!(
+        matches!(behind.reason, Reason::WrongCodeClock { offset: -20, .. }),
+        "{:?}",
+        behind.reason
+    );
+    let far = h.verify("alice", code_at(STEP_START + 40 * PERIOD));
+    assert_eq!(far.reason, Reason::WrongCode, "beyond the 15 minutes searched");
+    assert_eq!(h.verify("alice", "000000".into()).reason, Reason::WrongCode);
+}
+
+#[test]
+fn clock_hint_skips_used_steps() {
+    let mut h = harness(10);
+    assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Accepted);
+    let old = h.verify("alice", code_at(STEP_START - 5 * PERIOD));
+    assert_eq!(old.reason, Reason::WrongCode, "a step before the last accepted one");
+}
+
+#[test]
 fn rejects_older_step_after_newer_accepted() {
     let mut h = harness(10);
     assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Accepted);

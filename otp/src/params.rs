@@ -49,7 +49,7 @@ impl Params {
     }
 
     /// Returns the time step in seconds of TOTP and Mobile-OTP tokens.
-    pub(crate) fn step_period(&self) -> u32 {
+    pub fn step_period(&self) -> u32 {
         match self.kind {
             Kind::Motp => MOTP_PERIOD,
             Kind::Hotp | Kind::Totp => self.period,
