@@ -337,16 +337,22 @@ mod tests {
         let _: RequestFrame = read_frame(stream).unwrap();
     }
 
-    #[test]
-    fn is_open_until_the_peer_closes() {
+    /// Returns a client after its handshake, and the agent's end of the
+    /// connection.
+    fn welcomed_client() -> (Client, UnixStream) {
         let (near, mut far) = UnixStream::pair().unwrap();
         let agent = std::thread::spawn(move || {
             let _: Hello = read_frame(&mut far).unwrap();
             far.write_all(&welcome_frame()).unwrap();
             far
         });
-        let mut client = Client::handshake(near, "test", Duration::from_secs(5)).unwrap();
-        let far = agent.join().unwrap();
+        let client = Client::handshake(near, "test", Duration::from_secs(5)).unwrap();
+        (client, agent.join().unwrap())
+    }
+
+    #[test]
+    fn is_open_until_the_peer_closes() {
+        let (mut client, far) = welcomed_client();
         assert!(client.is_open(), "a connection whose peer waits");
         drop(far);
         assert!(!client.is_open(), "a connection whose peer closed it");
@@ -354,14 +360,7 @@ mod tests {
 
     #[test]
     fn is_open_false_after_unrequested_bytes() {
-        let (near, mut far) = UnixStream::pair().unwrap();
-        let agent = std::thread::spawn(move || {
-            let _: Hello = read_frame(&mut far).unwrap();
-            far.write_all(&welcome_frame()).unwrap();
-            far
-        });
-        let mut client = Client::handshake(near, "test", Duration::from_secs(5)).unwrap();
-        let mut far = agent.join().unwrap();
+        let (mut client, mut far) = welcomed_client();
         far.write_all(&reply_frame(0, account("unrequested".into()))).unwrap();
         assert!(!client.is_open());
     }
