@@ -19,8 +19,8 @@ log=$root/conf/dev/agentd.log
 radius_config=$root/conf/dev/radius.toml
 radius_pidfile=$root/conf/dev/run/radius.pid
 radius_log=$root/conf/dev/radius.log
-# The port of the bridge's `listen` entry on 127.0.0.1 or 0.0.0.0, wherever
-# it stands in the list, for the hints below.
+# The port of the bridge's `listen` entry on 127.0.0.1 or 0.0.0.0, at any
+# place in the list, for the hints below.
 radius_port=$(sed -n -E 's/^listen *= *\[.*"(127\.0\.0\.1|0\.0\.0\.0):([0-9]+)".*/\2/p' "$radius_config" | head -n 1)
 if [[ -z $radius_port ]]; then
   echo "No listen entry on 127.0.0.1 or 0.0.0.0 in $radius_config; the radclient command below assumes 127.0.0.1:18120." >&2

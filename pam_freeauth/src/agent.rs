@@ -61,8 +61,8 @@ pub struct Account {
 /// A verified connection to the agent.
 pub struct Agent {
     client: Client,
-    /// Where and how the connection was made, to make it again when the
-    /// agent closes it while the user types.
+    /// Socket path, agent user and timeout of the connection, to connect
+    /// again when the agent closes it while the user types.
     socket: PathBuf,
     agent_user: String,
     timeout: Duration,

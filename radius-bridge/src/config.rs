@@ -444,8 +444,8 @@ fn check_clients(root: &Section, clients: &[Client]) {
     }
 }
 
-/// Names what keeps two clients with the same network from being told
-/// apart: a missing nas_identifier, or the same one twice.
+/// Names why two clients with the same network cannot be distinguished:
+/// a missing nas_identifier, or the same one twice.
 fn describe_nas_identifier_clash(first: &Client, second: &Client) -> String {
     let missing: Vec<String> = [first, second]
         .iter()

@@ -590,7 +590,7 @@ async fn decide(
 
 /// Rejects an Access-Request that passed the Message-Authenticator check
 /// but lacks the attributes a decision needs, or has a User-Password of
-/// invalid length, for which RFC 2865 section 5 asks for an Access-Reject.
+/// invalid length, for which RFC 2865 section 5 expects an Access-Reject.
 /// A silent drop would make the client retransmit and then fail over, as
 /// if this server were down. The rejection waits as long as a realm
 /// rejection.
