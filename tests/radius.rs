@@ -204,6 +204,7 @@ fn undecidable_signed_requests_get_reject() {
     let bridge = Bridge::start(&agent, &loopback_clients(""));
     let secret = SharedSecret::new(SECRET.as_bytes().to_vec());
     let name = (attr::USER_NAME, b"alice".to_vec());
+
     let password = |identifier: u8| {
         (
             attr::USER_PASSWORD,
@@ -218,6 +219,7 @@ fn undecidable_signed_requests_get_reject() {
     };
     let mut cut_password = password(5);
     cut_password.1.pop();
+
     let cases: Vec<(&str, Attributes)> = vec![
         ("no User-Name", vec![password(1)]),
         ("no User-Password", vec![name.clone()]),
@@ -234,6 +236,7 @@ fn undecidable_signed_requests_get_reject() {
             vec![name.clone(), (attr::STATE, b"s".to_vec())],
         ),
     ];
+
     for (identifier, (case, attributes)) in (1u8..).zip(cases) {
         assert_eq!(
             reply_code(bridge.port, &signed_request(identifier, &attributes)),
@@ -241,6 +244,7 @@ fn undecidable_signed_requests_get_reject() {
             "{case}"
         );
     }
+
     assert!(
         bridge.log_text().contains("rejected: invalid Access-Request"),
         "{}",

@@ -218,8 +218,8 @@ mod tests {
 
     #[tokio::test]
     async fn reply_from_removed_ipv4_address_is_routed() {
-        // 198.51.100.7 (TEST-NET-2) stands for an address that the host no
-        // longer has, such as a virtual address that moved away.
+        // 198.51.100.7 (TEST-NET-2) is an address that the host does not
+        // have, like a virtual address that moved away.
         let source = reply_source("127.0.0.1:0", LocalAddress::V4(Ipv4Addr::new(198, 51, 100, 7))).await;
         assert_eq!(source.map(|source| source.ip()), Some("127.0.0.1".parse().unwrap()));
     }
