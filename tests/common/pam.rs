@@ -9,10 +9,13 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{mpsc, Mutex};
+use std::thread;
+use std::time::Duration;
 
 use crate::{bin_dir, Agent};
 
@@ -227,18 +230,61 @@ impl Pamtester<'_> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
 
+        // pam_wrapper 1.1.4 checks that `/tmp/pam.X` is free before it creates it, not
+        // atomically, so two pamtesters starting at once can share one copy of the services.
+        let guard = PAM_WRAPPER_START
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut child = command.spawn().unwrap();
         let stdin = child.stdin.take();
-        let mut running = RunningPamtester { child, stdin };
+        let stderr = child.stderr.take().unwrap();
+        let (ready, started) = mpsc::channel();
+        let stderr = thread::spawn(move || read_stderr(stderr, ready));
+        // The reader signals the end of initialisation, or of the output.
+        let _ = started.recv_timeout(Duration::from_secs(30));
+        drop(guard);
+
+        let mut running = RunningPamtester { child, stdin, stderr };
         running.respond_raw(&self.input);
         running
     }
+}
+
+/// Lock held while one pamtester initialises pam_wrapper.
+static PAM_WRAPPER_START: Mutex<()> = Mutex::new(());
+
+/// Line that pam_wrapper prints on standard error at `PAM_WRAPPER_DEBUGLEVEL=2`
+/// once its copy of the services is in place.
+const PAM_WRAPPER_READY: &str = "Successfully initialized pam_wrapper";
+
+/// Collects pamtester's standard error, and signals `ready` when
+/// pam_wrapper has finished its initialisation or the output ends.
+fn read_stderr(stderr: std::process::ChildStderr, ready: mpsc::Sender<()>) -> String {
+    let mut text = String::new();
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let piece = String::from_utf8_lossy(&line);
+                if piece.contains(PAM_WRAPPER_READY) {
+                    let _ = ready.send(());
+                }
+                text.push_str(&piece);
+            }
+        }
+    }
+    let _ = ready.send(());
+    text
 }
 
 /// A pamtester run that may still wait for responses.
 pub struct RunningPamtester {
     child: std::process::Child,
     stdin: Option<std::process::ChildStdin>,
+    stderr: thread::JoinHandle<String>,
 }
 
 impl RunningPamtester {
@@ -259,18 +305,18 @@ impl RunningPamtester {
     pub fn finish(mut self) -> PamRun {
         self.stdin = None;
         let output = self.child.wait_with_output().unwrap();
+        let stderr = self.stderr.join().unwrap();
 
         // env(1) exits with 127 when it cannot find the command.
         assert_ne!(
             output.status.code(),
             Some(127),
-            "cannot run pamtester; install it with `apt-get install pamtester`:\n{}",
-            String::from_utf8_lossy(&output.stderr)
+            "cannot run pamtester; install it with `apt-get install pamtester`:\n{stderr}"
         );
         PamRun {
             status: output.status.code(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            stderr,
         }
     }
 }
