@@ -208,6 +208,21 @@ fn resync_learns_totp_clock_drift() {
     assert_eq!(agent.ctl_verify("skewed", &next), 0, "window now centred on the drift");
 }
 
+/// Computes the Mobile-OTP code of ten-second step `step` with md5sum, an
+/// implementation independent of the agent's.
+fn motp_code(secret: &str, pin: &str, step: u64) -> String {
+    use std::io::Write;
+    let mut child = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = format!("{step}{secret}{pin}");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..6].to_owned()
+}
+
 #[test]
 fn mobile_otp_accepts_md5sum_code() {
     let agent = Agent::start();
@@ -224,20 +239,7 @@ fn mobile_otp_accepts_md5sum_code() {
         "--no-qr",
     ]);
     wait_for_fresh_step(10, 2);
-    let step = now() / 10;
-    let input = format!("{step}{secret}9731");
-    let output = Command::new("md5sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let code = {
-        use std::io::Write;
-        let mut child = output;
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        String::from_utf8(out.stdout).unwrap()[..6].to_owned()
-    };
+    let code = motp_code(secret, "9731", now() / 10);
     assert_eq!(
         agent.ctl_verify("mo", &code.to_uppercase()),
         0,
@@ -1248,6 +1250,211 @@ fn refuses_to_start_with_wrong_key() {
         String::from_utf8_lossy(&output.stderr).contains("restore the key"),
         "missing key with tokens"
     );
+}
+
+/// Runs the agent binary on `agent`'s configuration, expecting it to exit
+/// within 10 s, and returns its exit code and standard error.
+fn start_outcome(agent: &Agent) -> (Option<i32>, String) {
+    let output = output_within(
+        Command::new(binary("freeauth-agentd"))
+            .arg("--config")
+            .arg(agent.config()),
+        Duration::from_secs(10),
+    );
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Enrols an HOTP token for `alice` and a Mobile-OTP token for `mo`, and
+/// locks `ghost`, a name without an account, for the rekey tests.
+fn agent_for_rekey() -> Agent {
+    let agent = agent_with_locked_ghost();
+    enroll_hotp(&agent, "alice");
+    agent.ctl_ok(&[
+        "enroll",
+        "mo",
+        "--type",
+        "motp",
+        "--secret-hex",
+        MOTP_SECRET,
+        "--pin",
+        "9731",
+        "--no-qr",
+    ]);
+    agent
+}
+
+const MOTP_SECRET: &str = "5ec4e7de5ec4e7de";
+
+#[test]
+fn rekey_replaces_key_and_keeps_tokens() {
+    let mut agent = agent_for_rekey();
+    let key = agent.dir.path().join("state/seed.key");
+    let old_key = fs::read(&key).unwrap();
+
+    let output = agent.ctl_ok(&["rekey"]);
+    assert!(output.contains("sealed 2 tokens under a new seed key"), "{output}");
+    assert_ne!(fs::read(&key).unwrap(), old_key, "the key file changed");
+    assert!(!agent.dir.path().join("state/seed.key.new").exists());
+    let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(!agent
+        .log()
+        .contains(&String::from_utf8_lossy(&old_key).trim().to_string()));
+
+    // Seeds and PINs open under the new key, in memory and after a restart.
+    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
+    agent.restart();
+    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 1, 6)), 0);
+    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 1, 6)), 1, "reuse");
+    wait_for_fresh_step(10, 2);
+    assert_eq!(agent.ctl_verify("mo", &motp_code(MOTP_SECRET, "9731", now() / 10)), 0);
+    // The keyed digests of names without an account keep their meaning.
+    assert!(ghost_locked(&agent), "the lock of the unknown name was lost");
+
+    agent.stop();
+    fs::write(&key, &old_key).unwrap();
+    let (status, log) = start_outcome(&agent);
+    assert_eq!(status, Some(1), "the old key no longer fits:\n{log}");
+    assert!(log.contains("does not fit the database"), "{log}");
+}
+
+/// The agent committed the new seals, but the new key file was not moved
+/// in place: the agent starts with the `.new` file, and the next rekey
+/// moves it.
+#[test]
+fn rekey_interrupted_after_commit_is_finished() {
+    let mut agent = agent_for_rekey();
+    let key = agent.dir.path().join("state/seed.key");
+    let new_key = agent.dir.path().join("state/seed.key.new");
+    let old_key = fs::read(&key).unwrap();
+    agent.ctl_ok(&["rekey"]);
+    agent.stop();
+    fs::rename(&key, &new_key).unwrap();
+    fs::write(&key, &old_key).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+
+    agent.spawn();
+    assert!(
+        agent.log().contains("which is still in its temporary file"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
+
+    let new_bytes = fs::read(&new_key).unwrap();
+    let output = agent.ctl_ok(&["rekey"]);
+    assert!(output.contains("finished an earlier rekey"), "{output}");
+    assert_eq!(fs::read(&key).unwrap(), new_bytes, "the committed key is in place");
+    assert!(!new_key.exists());
+    agent.restart();
+    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 1, 6)), 0);
+}
+
+/// A new key file that the database was never sealed under is removed by
+/// the next rekey, which then runs in full.
+#[test]
+fn rekey_removes_unused_new_key() {
+    let mut agent = agent_for_rekey();
+    let key = agent.dir.path().join("state/seed.key");
+    let new_key = agent.dir.path().join("state/seed.key.new");
+    agent.stop();
+    fs::write(&new_key, format!("{}\n", "cd".repeat(32))).unwrap();
+    fs::set_permissions(&new_key, fs::Permissions::from_mode(0o600)).unwrap();
+    agent.spawn();
+    assert!(
+        agent.log().contains("still sealed under the old key"),
+        "{}",
+        agent.log()
+    );
+
+    let old_key = fs::read(&key).unwrap();
+    let output = agent.ctl_ok(&["rekey"]);
+    assert!(output.contains("left unused by an earlier rekey"), "{output}");
+    assert!(output.contains("sealed 2 tokens"), "{output}");
+    let replaced = fs::read_to_string(&key).unwrap();
+    assert_ne!(replaced.as_bytes(), old_key.as_slice());
+    assert_ne!(replaced.trim(), "cd".repeat(32), "a fresh key, not the unused one");
+    assert!(!new_key.exists());
+}
+
+/// Verifications sent while a rekey runs are decided before or after it,
+/// and every token opens under the new key after a restart.
+#[test]
+fn rekey_between_verifications_keeps_tokens() {
+    let mut agent = Agent::start();
+    let users: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
+    for user in &users {
+        enroll_hotp(&agent, user);
+    }
+    let code = oath_hotp(RFC_SEED_HEX, 0, 6);
+    let requests = users
+        .iter()
+        .zip(0u64..)
+        .map(|(user, id)| (id, verify_request(user, &code, pam_origin())))
+        .collect();
+    let mut reader = send_pipelined(&agent, requests);
+    let output = agent.ctl_ok(&["rekey"]);
+    assert!(output.contains("sealed 40 tokens"), "{output}");
+    for _ in &users {
+        let frame: freeauth_proto::ResponseFrame = freeauth_proto::frame::read_frame(&mut reader).unwrap();
+        assert_eq!(verdict(frame.response), VerifyResult::Accepted);
+    }
+
+    agent.restart();
+    let next = oath_hotp(RFC_SEED_HEX, 1, 6);
+    for user in &users {
+        assert_eq!(agent.verify_pam(user, &next), VerifyResult::Accepted, "{user}");
+    }
+}
+
+/// A seed that does not open under the current key stops the rekey before
+/// anything changes, and the error names the token.
+#[test]
+fn rekey_stops_at_unreadable_seed() {
+    let mut agent = agent_for_rekey();
+    let key = agent.dir.path().join("state/seed.key");
+    let old_key = fs::read(&key).unwrap();
+    agent.stop();
+    let damaged = Command::new("sqlite3")
+        .arg(agent.dir.path().join("state/freeauth.db"))
+        .arg("UPDATE tokens SET sealed_seed = x'0100' WHERE id = (SELECT min(id) FROM tokens)")
+        .status()
+        .expect("sqlite3 (apt-get install sqlite3)");
+    assert!(damaged.success());
+    agent.spawn();
+
+    let output = agent.ctl(&["rekey"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("do not open with the current key"), "{stderr}");
+    assert!(stderr.contains("The seed key is unchanged"), "{stderr}");
+    assert_eq!(fs::read(&key).unwrap(), old_key);
+    assert!(!agent.dir.path().join("state/seed.key.new").exists());
+    wait_for_fresh_step(10, 2);
+    assert_eq!(
+        agent.ctl_verify("mo", &motp_code(MOTP_SECRET, "9731", now() / 10)),
+        0,
+        "the other token works"
+    );
+}
+
+/// Without a running agent nothing is re-sealed, and the key stays.
+#[test]
+fn rekey_without_agent_keeps_key() {
+    let mut agent = agent_for_rekey();
+    let key = agent.dir.path().join("state/seed.key");
+    let old_key = fs::read(&key).unwrap();
+    agent.stop();
+    let output = agent.ctl(&["rekey"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot connect to the agent"), "{stderr}");
+    assert!(stderr.contains("The seed key is unchanged"), "{stderr}");
+    assert_eq!(fs::read(&key).unwrap(), old_key);
+    assert!(!agent.dir.path().join("state/seed.key.new").exists());
 }
 
 /// A configuration that is a named pipe, a device, not UTF-8 or writable by

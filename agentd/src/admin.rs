@@ -77,6 +77,8 @@ pub enum AdminOp {
         source: String,
     },
     Counts,
+    /// Runs alone, outside any batch: see [`crate::engine::Engine::rekey`].
+    Rekey,
 }
 
 type AdminResult = Result<Response, EngineError>;
@@ -114,6 +116,10 @@ pub(crate) fn run(context: &Context<'_>, db: Db<'_, '_>, memory: &mut MemoryCoun
         AdminOp::Unlock { user } => unlock(context, db, &mut memory.unknown, &user),
         AdminOp::UnlockSource { source } => Ok(unlock_source(&mut memory.sources, &source)),
         AdminOp::Counts => counts(context, db, memory),
+        // The engine runs a rekey itself and never passes it here.
+        AdminOp::Rekey => Err(EngineError {
+            message: "a rekey reached a batch".into(),
+        }),
     }
 }
 

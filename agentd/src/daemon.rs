@@ -20,10 +20,10 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::access::{RateLimiter, Rules};
 use crate::config::{Config, Server};
 use crate::engine::{Engine, EngineCore, Job, Settings, Stats};
-use crate::keys::{Field, SeedCipher};
+use crate::keys::{new_key_path, SeedCipher};
 use crate::loglimit::LogLimiter;
 use crate::server::{serve, Shared, SocketKind};
-use crate::store::{Db, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Error that kept the agent from starting or stopped it.
 #[derive(Debug)]
@@ -61,7 +61,8 @@ pub fn open_state(config: &Config) -> Result<(Store, SeedCipher), DaemonError> {
         other => fail(other),
     })?;
     let key_path = &config.paths.seed_key;
-    if !key_path.exists() {
+    let new_path = new_key_path(key_path);
+    if !key_path.exists() && !new_path.exists() {
         let (_, tokens) = store.db().counts().map_err(fail)?;
         if tokens > 0 {
             return Err(fail(format!(
@@ -74,27 +75,55 @@ pub fn open_state(config: &Config) -> Result<(Store, SeedCipher), DaemonError> {
         store.db().delete_meta("key_check").map_err(fail)?;
         tracing::info!(path = %key_path.display(), "created a new seed key");
     }
-    let cipher = SeedCipher::load(key_path).map_err(fail)?;
-    check_key(store.db(), &cipher, key_path)?;
+    let mut cipher = match store.db().meta("key_check").map_err(fail)? {
+        Some(sealed) => fitting_key(key_path, &new_path, &sealed)?,
+        None => {
+            let cipher = SeedCipher::load(key_path).map_err(fail)?;
+            let sealed = cipher.seal_key_check().map_err(fail)?;
+            store.db().set_meta("key_check", &sealed).map_err(fail)?;
+            cipher
+        }
+    };
+    if let Some(sealed) = store.db().meta("digest_key").map_err(fail)? {
+        if !cipher.adopt_digest_key(&sealed) {
+            return Err(fail(
+                "the database's digest key does not open with the seed key that fits its key check; restore the database from a backup",
+            ));
+        }
+    }
     Ok((store, cipher))
 }
 
-/// Compares the key with the marker sealed in the database on first use.
-fn check_key(db: Db<'_, '_>, cipher: &SeedCipher, key_path: &Path) -> Result<(), DaemonError> {
-    const MARKER: &[u8] = b"freeauth";
-    match db.meta("key_check").map_err(fail)? {
-        Some(sealed) => match cipher.open(0, Field::KeyCheck, &sealed) {
-            Some(opened) if opened.as_slice() == MARKER => Ok(()),
-            _ => Err(fail(format!(
-                "seed key {} does not fit the database: it was sealed with another key",
-                key_path.display()
-            ))),
-        },
-        None => {
-            let sealed = cipher.seal(0, Field::KeyCheck, MARKER).map_err(fail)?;
-            db.set_meta("key_check", &sealed).map_err(fail)
+/// Loads the seed key that fits `key_check`, the marker sealed in the
+/// database: the key file, or after a rekey that did not finish, the new
+/// key next to it.
+fn fitting_key(key_path: &Path, new_path: &Path, key_check: &[u8]) -> Result<SeedCipher, DaemonError> {
+    if key_path.exists() {
+        let cipher = SeedCipher::load(key_path).map_err(fail)?;
+        if cipher.fits(key_check) {
+            if new_path.exists() {
+                tracing::warn!(
+                    path = %new_path.display(),
+                    "a rekey did not finish: the database is still sealed under the old key; `freeauthctl rekey` removes the unused new key and starts again"
+                );
+            }
+            return Ok(cipher);
         }
     }
+    if new_path.exists() {
+        let cipher = SeedCipher::load(new_path).map_err(fail)?;
+        if cipher.fits(key_check) {
+            tracing::warn!(
+                path = %new_path.display(),
+                "a rekey did not finish: the database is sealed under the new key, which is still in its temporary file; run `freeauthctl rekey` to move it in place"
+            );
+            return Ok(cipher);
+        }
+    }
+    Err(fail(format!(
+        "seed key {} does not fit the database: it was sealed with another key",
+        key_path.display()
+    )))
 }
 
 /// Keeps the seed key out of core dumps and away from ptrace by other
@@ -145,7 +174,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     crate::store::start_checkpointer(config.paths.database(), std::time::Duration::from_millis(100)).map_err(fail)?;
     let stats = Arc::new(Stats::default());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let engine = Arc::new(EngineCore::new(Engine::new(store, cipher, clock, settings_of(&config))));
+    let engine = Arc::new(EngineCore::new(
+        Engine::new(store, cipher, clock, settings_of(&config)).with_key_file(&config.paths.seed_key),
+    ));
     let (jobs, receiver) = mpsc::channel(65_536);
     let engine_thread = {
         let engine = Arc::clone(&engine);

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::AdminOp;
 use crate::config::{Lockout, Windows};
-use crate::keys::{Field, SeedCipher};
+use crate::keys::{new_key_path, Field, SeedCipher};
 use crate::policy::{FailureTable, Failures, Policy, SourceFailures};
 use crate::store::{
     Account, BatchStatements, Db, FailureLine, RepeatedFailure, Store, StoreError, TokenRow, UseLog, WalSync,
@@ -258,6 +258,8 @@ pub struct Engine {
     pub(crate) counts: MemoryCounts,
     /// Failed commits in a row, for the log.
     commit_failures: RepeatedFailure,
+    /// Path of the seed key, whose `.new` file a rekey reads.
+    key_file: Option<std::path::PathBuf>,
 }
 
 /// Failure counts the engine keeps in memory only.
@@ -323,7 +325,105 @@ impl Engine {
             settings,
             counts,
             commit_failures: RepeatedFailure::default(),
+            key_file: None,
         }
+    }
+
+    /// Sets the path of the seed key, which a rekey replaces.
+    pub fn with_key_file(mut self, path: &std::path::Path) -> Engine {
+        self.key_file = Some(path.to_owned());
+        self
+    }
+
+    /// Seals every seed and PIN again under the key in the seed key's
+    /// `.new` file, in one transaction, and syncs it. From then on the
+    /// engine uses the new key. The digest key stays, so the keyed digests
+    /// in the database keep their meaning. Verifications wait meanwhile.
+    pub fn rekey(&mut self) -> Response {
+        let invalid = |message: String| {
+            tracing::warn!(error = %message, "rekey rejected; the database stays sealed under the current key");
+            Response::Error {
+                kind: ErrorKind::Invalid,
+                message,
+            }
+        };
+
+        let Some(key_path) = self.key_file.as_deref() else {
+            return invalid("this agent was started without a seed key path".into());
+        };
+        let new_path = new_key_path(key_path);
+
+        let new = match SeedCipher::load(&new_path) {
+            Ok(new) => new.with_digest_key_of(&self.cipher),
+            Err(err) => return invalid(format!("cannot use the new key: {err}")),
+        };
+        // A copy of the current key would change nothing.
+        if let Ok(Some(check)) = self.store.db().meta("key_check") {
+            if new.fits(&check) {
+                return invalid(format!(
+                    "{} contains the current key; remove it and let freeauthctl rekey create a new one",
+                    new_path.display()
+                ));
+            }
+        }
+
+        let started = std::time::Instant::now();
+        let (cipher, store) = (&self.cipher, &mut self.store);
+        // A rekey stages no token use, so the use log needs no update.
+        let result = (|| -> Result<u64, RekeyError> {
+            let (tx, log) = store.begin()?;
+            let db = Db {
+                conn: &tx,
+                uses: log,
+                statements: None,
+            };
+            let mut tokens = 0u64;
+            let mut after = 0;
+            loop {
+                let rows = db.sealed_after(after, 1000)?;
+                let Some(last) = rows.last() else {
+                    break;
+                };
+                after = last.0;
+                for (id, seed, pin) in rows {
+                    let seed = reseal(cipher, &new, id, Field::Seed, &seed)?;
+                    let pin = pin.map(|pin| reseal(cipher, &new, id, Field::Pin, &pin)).transpose()?;
+                    db.set_sealed(id, &seed, pin.as_deref())?;
+                    tokens += 1;
+                }
+            }
+            db.set_meta("key_check", &new.seal_key_check()?)?;
+            db.set_meta("digest_key", &new.seal_digest_key()?)?;
+            tx.commit()?;
+            Ok(tokens)
+        })();
+
+        let tokens = match result {
+            Ok(tokens) => tokens,
+            Err(err) => {
+                tracing::error!(error = %err, "rekey failed; the database stays sealed under the current key");
+                return match err {
+                    RekeyError::Unreadable(_) => Response::Error {
+                        kind: ErrorKind::Invalid,
+                        message: err.to_string(),
+                    },
+                    _ => internal_error(),
+                };
+            }
+        };
+
+        if let Err(err) = self.store.sync() {
+            tracing::error!(error = %err, "cannot sync the rekeyed database to disk");
+            stop_after_failed_sync();
+        }
+        self.cipher = new;
+        tracing::info!(
+            tokens,
+            key = %new_path.display(),
+            milliseconds = started.elapsed().as_millis() as u64,
+            "rekey: every seed and PIN is sealed under the new key"
+        );
+        Response::Rekeyed { tokens }
     }
 
     /// Runs `batch` in one transaction and replies once it is committed and
@@ -454,6 +554,57 @@ impl Engine {
     }
 }
 
+/// Failure of a rekey before its commit.
+#[derive(Debug)]
+enum RekeyError {
+    Store(StoreError),
+    Seal(crate::keys::KeyError),
+    /// Id of a token whose seed or PIN does not open with the current key.
+    Unreadable(i64),
+}
+
+impl std::fmt::Display for RekeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RekeyError::Store(err) => write!(f, "{err}"),
+            RekeyError::Seal(err) => write!(f, "{err}"),
+            RekeyError::Unreadable(id) => write!(
+                f,
+                "the secrets of token {id} do not open with the current key; remove that token and run the rekey again"
+            ),
+        }
+    }
+}
+
+impl From<StoreError> for RekeyError {
+    fn from(err: StoreError) -> Self {
+        RekeyError::Store(err)
+    }
+}
+
+impl From<rusqlite::Error> for RekeyError {
+    fn from(err: rusqlite::Error) -> Self {
+        RekeyError::Store(StoreError::from(err))
+    }
+}
+
+impl From<crate::keys::KeyError> for RekeyError {
+    fn from(err: crate::keys::KeyError) -> Self {
+        RekeyError::Seal(err)
+    }
+}
+
+/// Opens one sealed value of token `id` with `old` and seals it with `new`.
+fn reseal(old: &SeedCipher, new: &SeedCipher, id: i64, field: Field, sealed: &[u8]) -> Result<Vec<u8>, RekeyError> {
+    let plain = old.open(id, field, sealed).ok_or(RekeyError::Unreadable(id))?;
+    Ok(new.seal(id, field, &plain)?)
+}
+
+/// Returns whether `job` is a rekey, which runs alone.
+fn is_rekey(job: &Job) -> bool {
+    matches!(job, Job::Admin { op: AdminOp::Rekey, .. })
+}
+
 /// The engine, shared between its own thread and the thread that serves
 /// the connections. That thread may run a lookup itself while the engine
 /// thread is idle, which saves two thread wake-ups per lookup.
@@ -562,11 +713,29 @@ impl EngineCore {
                 None
             }
         };
-        while let Some(first) = jobs.blocking_recv() {
+        // A rekey that ended the previous batch, to run before the next one.
+        let mut queued_rekey = None;
+        while let Some(first) = queued_rekey.take().or_else(|| jobs.blocking_recv()) {
             let mut engine = self.lock();
+            if let Job::Admin {
+                op: AdminOp::Rekey,
+                reply,
+            } = first
+            {
+                let response = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.rekey()));
+                let Ok(response) = response else {
+                    stop_after_panic();
+                };
+                let _ = reply.send(response);
+                continue;
+            }
             let mut batch = vec![first];
             while batch.len() < engine.settings.max_batch {
                 match jobs.try_recv() {
+                    Ok(job) if is_rekey(&job) => {
+                        queued_rekey = Some(job);
+                        break;
+                    }
                     Ok(job) => batch.push(job),
                     Err(_) => break,
                 }

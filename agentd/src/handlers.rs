@@ -323,6 +323,7 @@ fn log_admin_request(task: &Task, request: &Request) {
         Request::Unlock { user } => ("unlock", Some(user)),
         Request::NewBackupCodes { user, .. } => ("backup-codes", Some(user)),
         Request::UnlockSource { .. } => ("unlock-source", None),
+        Request::Rekey {} => ("rekey", None),
         // Reads change nothing and are not logged.
         _ => return,
     };
@@ -363,6 +364,7 @@ async fn into_op(request: Request) -> Result<Prepared, Response> {
         Request::Unlock { user } => AdminOp::Unlock { user },
         Request::UnlockSource { source } => AdminOp::UnlockSource { source },
         Request::Status {} => AdminOp::Counts,
+        Request::Rekey {} => AdminOp::Rekey,
         Request::Lookup { .. } | Request::Verify { .. } | Request::VerifyTail { .. } => return Err(internal_error()),
     };
     Ok((op, Vec::new()))

@@ -10,7 +10,7 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -20,6 +20,8 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 const KEY_LEN: usize = 32;
+/// Plain text of the key check in the database's `meta` table.
+const KEY_CHECK_MARKER: &[u8] = b"freeauth";
 const NONCE_LEN: usize = 12;
 const SEALED_VERSION: u8 = 1;
 
@@ -51,7 +53,8 @@ impl std::error::Error for KeyError {}
 /// Seals and opens seeds. No `Debug`, and the key is wiped on drop.
 pub struct SeedCipher {
     cipher: ChaCha20Poly1305,
-    /// Key of [`SeedCipher::digest`], derived from the seed key.
+    /// Key of [`SeedCipher::digest`]: derived from the first seed key of
+    /// the database, and kept when a rekey replaces that key.
     digest_key: Zeroizing<[u8; 32]>,
 }
 
@@ -62,6 +65,9 @@ pub enum Field {
     Pin,
     /// The marker that tells at start-up whether the key fits the database.
     KeyCheck,
+    /// The key of [`SeedCipher::digest`], kept in the database after a
+    /// rekey so that stored digests stay valid.
+    DigestKey,
 }
 
 impl Field {
@@ -70,6 +76,7 @@ impl Field {
             Field::Seed => b"seed",
             Field::Pin => b"pin",
             Field::KeyCheck => b"key-check",
+            Field::DigestKey => b"digest-key",
         }
     }
 }
@@ -97,10 +104,52 @@ impl SeedCipher {
         mac.finalize().into_bytes().into()
     }
 
+    /// Returns this cipher with the digest key of `previous`, for a new seed
+    /// key that replaces the key of `previous`.
+    pub fn with_digest_key_of(mut self, previous: &SeedCipher) -> SeedCipher {
+        self.digest_key = previous.digest_key.clone();
+        self
+    }
+
+    /// Seals the digest key under this cipher, for the database's `meta`.
+    pub fn seal_digest_key(&self) -> Result<Vec<u8>, KeyError> {
+        self.seal(0, Field::DigestKey, self.digest_key.as_slice())
+    }
+
+    /// Takes the digest key from `sealed`, the output of
+    /// [`SeedCipher::seal_digest_key`]. Returns `false` when it does not open.
+    pub fn adopt_digest_key(&mut self, sealed: &[u8]) -> bool {
+        match self.open(0, Field::DigestKey, sealed) {
+            Some(opened) if opened.len() == 32 => {
+                self.digest_key.copy_from_slice(&opened);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Seals the marker that [`SeedCipher::fits`] checks.
+    pub fn seal_key_check(&self) -> Result<Vec<u8>, KeyError> {
+        self.seal(0, Field::KeyCheck, KEY_CHECK_MARKER)
+    }
+
+    /// Returns whether `sealed`, the database's key check, was sealed under
+    /// this key.
+    pub fn fits(&self, sealed: &[u8]) -> bool {
+        self.open(0, Field::KeyCheck, sealed)
+            .is_some_and(|opened| opened.as_slice() == KEY_CHECK_MARKER)
+    }
+
     /// Loads the key file after checking that only its owner, the agent's
     /// user, can read it.
     pub fn load(path: &Path) -> Result<SeedCipher, KeyError> {
-        check_private_file(path)?;
+        Self::load_owned_by(path, nix::unistd::geteuid().as_raw())
+    }
+
+    /// Loads the key file after checking that it belongs to uid `owner` and
+    /// that no other user can read it. Root uses it for the agent's key.
+    pub fn load_owned_by(path: &Path, owner: u32) -> Result<SeedCipher, KeyError> {
+        check_private(path, false, owner)?;
         // The key is 64 hex digits; the rest is room for a line break.
         let text = Zeroizing::new(
             freeauth_toml::read_regular_file(path, 4096).map_err(|source| KeyError::Io {
@@ -183,6 +232,14 @@ impl SeedCipher {
             .ok()
             .map(Zeroizing::new)
     }
+}
+
+/// Returns where `freeauthctl rekey` writes the new key before the agent
+/// re-seals the database under it: the key's path with `.new` appended.
+pub fn new_key_path(key: &Path) -> PathBuf {
+    let mut name = key.as_os_str().to_owned();
+    name.push(".new");
+    PathBuf::from(name)
 }
 
 fn associated_data(token_id: i64, field: Field) -> Vec<u8> {
@@ -337,6 +394,39 @@ mod tests {
         fs::write(&path, "not hex\n").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(SeedCipher::load(&path), Err(KeyError::Malformed { .. })));
+    }
+
+    #[test]
+    fn new_key_keeps_digest_key_of_old() {
+        let old = cipher();
+        let new = SeedCipher::new(&[8u8; KEY_LEN]).with_digest_key_of(&old);
+        assert_eq!(new.digest(b"ghost"), old.digest(b"ghost"));
+        assert_ne!(SeedCipher::new(&[8u8; KEY_LEN]).digest(b"ghost"), old.digest(b"ghost"));
+
+        let sealed = new.seal_digest_key().unwrap();
+        let mut loaded = SeedCipher::new(&[8u8; KEY_LEN]);
+        assert!(loaded.adopt_digest_key(&sealed));
+        assert_eq!(loaded.digest(b"ghost"), old.digest(b"ghost"));
+        let mut other = SeedCipher::new(&[6u8; KEY_LEN]);
+        assert!(!other.adopt_digest_key(&sealed), "another key cannot open it");
+    }
+
+    #[test]
+    fn key_check_fits_only_its_key() {
+        let check = cipher().seal_key_check().unwrap();
+        assert!(cipher().fits(&check));
+        assert!(!SeedCipher::new(&[8u8; KEY_LEN]).fits(&check));
+        let other_field = cipher().seal(0, Field::Seed, KEY_CHECK_MARKER).unwrap();
+        assert!(!cipher().fits(&other_field), "a seed is not a key check");
+    }
+
+    #[test]
+    fn new_key_path_appends_suffix() {
+        assert_eq!(
+            new_key_path(Path::new("/etc/freeauth/seed.key")),
+            Path::new("/etc/freeauth/seed.key.new")
+        );
+        assert_eq!(new_key_path(Path::new("seed.key")), Path::new("seed.key.new"));
     }
 
     #[test]

@@ -24,5 +24,6 @@ pub mod handlers;
 pub mod keys;
 pub mod loglimit;
 pub mod policy;
+pub mod rekey;
 pub mod server;
 pub mod store;

@@ -1387,6 +1387,22 @@ fn open_read_only(state_dir: &Path) -> Result<(Connection, Option<Flock<File>>),
     Ok((conn, lock))
 }
 
+/// Reads the key check (see [`crate::keys::SeedCipher::fits`]) from the
+/// database in `state_dir`, read-only and while the agent runs or not. The
+/// WAL is synced first, so that what this reads is on disk.
+pub fn read_key_check(state_dir: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    let wal = state_dir.join(format!("{DB_FILE}-wal"));
+    if let Ok(file) = File::open(&wal) {
+        file.sync_data().map_err(|err| StoreError::File {
+            path: wal.display().to_string(),
+            reason: format!("cannot sync it: {err}"),
+        })?;
+    }
+    let (conn, _lock) = open_read_only(state_dir)?;
+    let mut statement = conn.prepare("SELECT value FROM meta WHERE key = 'key_check'")?;
+    Ok(statement.query_row([], meta_value).optional()?)
+}
+
 /// Writes the database of `conn` into the empty file `dest` and runs
 /// SQLite's integrity check on the copy.
 fn vacuum_into(conn: &Connection, dest: &Path) -> Result<(), StoreError> {
@@ -1426,6 +1442,9 @@ pub fn in_use_by_agent(dir: &Path) -> bool {
         Err((_, Errno::EWOULDBLOCK))
     )
 }
+
+/// A token's sealed secrets as stored: its id, seed and Mobile-OTP PIN.
+pub type SealedSecrets = (i64, Vec<u8>, Option<Vec<u8>>);
 
 /// The failure count of a name without an account, as stored: the name's
 /// keyed digest, the count, and the end of its lock.
@@ -1649,6 +1668,16 @@ impl Db<'_, '_> {
         let token_id = self.conn.last_insert_rowid();
         self.conn.prepare_cached(REFRESH_TOKEN_IDS)?.execute([user_id])?;
         Ok(token_id)
+    }
+
+    /// Returns the sealed seeds and PINs of at most `limit` tokens whose id
+    /// is above `after`, in id order: (id, seed, PIN).
+    pub fn sealed_after(&self, after: i64, limit: u32) -> Result<Vec<SealedSecrets>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT id, sealed_seed, sealed_pin FROM tokens WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+        let rows = statement.query_map(params![after, limit], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn set_sealed(&self, token_id: i64, seed: &[u8], pin: Option<&[u8]>) -> Result<(), StoreError> {

@@ -1137,3 +1137,116 @@ fn tail_checks_backup_codes() {
     assert_eq!(verdict.outcome, Outcome::Accepted);
     assert_eq!(verdict.code_length, Some(8));
 }
+
+/// Starts a verification job of `code` for `user`, and returns the
+/// receiver of its verdict.
+fn verify_job(
+    user: &str,
+    code: String,
+) -> (
+    Job,
+    oneshot::Receiver<Result<Verdict, freeauth_agentd::engine::EngineError>>,
+) {
+    let (reply, answer) = oneshot::channel();
+    let job = Job::Verify {
+        user: user.into(),
+        code: SecretString::new(code.as_str()),
+        tail: false,
+        source: None,
+        reply,
+    };
+    (job, answer)
+}
+
+/// A rekey queued between verifications ends their batch and runs alone.
+/// The jobs after it seal and open under the new key, which fits the
+/// database from then on, with the digest key of the old one.
+#[test]
+fn rekey_runs_alone_between_batches() {
+    use freeauth_agentd::engine::EngineCore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let key = dir.path().join("seed.key");
+    let new_key = freeauth_agentd::keys::new_key_path(&key);
+    SeedCipher::create(&new_key).unwrap();
+    let old = SeedCipher::new(&[9u8; 32]);
+    let unknown_digest = old.digest(b"ghost");
+    let clock = Arc::new(ManualClock::new(STEP_START));
+    let engine = Engine::new(Store::open(&state).unwrap(), old, clock.clone(), settings(5)).with_key_file(&key);
+    let mut harness = Harness {
+        engine,
+        clock: clock.clone(),
+        _dir: dir,
+    };
+    harness.enroll("alice");
+    let core = EngineCore::new(harness.engine);
+
+    let (jobs, receiver) = tokio::sync::mpsc::channel(16);
+    let (first, first_verdict) = verify_job("alice", code_at(STEP_START));
+    let (rekey_reply, mut rekeyed) = oneshot::channel();
+    let (again, again_verdict) = verify_job("alice", code_at(STEP_START));
+    let (enroll_reply, mut enrolled) = oneshot::channel();
+    let token = NewToken {
+        kind: TokenKind::Motp,
+        algorithm: HashAlgorithm::Sha1,
+        digits: 6,
+        period: 10,
+        counter: 0,
+        last_step: None,
+        secret_hex: "5ec4e7de5ec4e7de".into(),
+        pin: Some("9731".into()),
+        label: None,
+    };
+    for job in [
+        first,
+        Job::Admin {
+            op: AdminOp::Rekey,
+            reply: rekey_reply,
+        },
+        again,
+        Job::Admin {
+            op: AdminOp::Enroll {
+                user: "mo".into(),
+                token,
+                backup: None,
+            },
+            reply: enroll_reply,
+        },
+    ] {
+        jobs.try_send(job).unwrap();
+    }
+    drop(jobs);
+    core.run(receiver);
+
+    let outcome = |answer: oneshot::Receiver<Result<Verdict, _>>| answer.blocking_recv().unwrap().unwrap().outcome;
+    assert_eq!(outcome(first_verdict), Outcome::Accepted);
+    assert_eq!(rekeyed.try_recv().unwrap(), Response::Rekeyed { tokens: 1 });
+    assert_eq!(outcome(again_verdict), Outcome::Rejected, "the code stays used");
+    assert!(matches!(enrolled.try_recv().unwrap(), Response::Enrolled { .. }));
+    drop(core);
+
+    // A new engine with the new key and the stored digest key opens both
+    // tokens: the one re-sealed and the one enrolled after the rekey.
+    let mut cipher = SeedCipher::load(&new_key).unwrap();
+    let store = Store::open(&state).unwrap();
+    let sealed_digest_key = store.db().meta("digest_key").unwrap().unwrap();
+    assert!(cipher.adopt_digest_key(&sealed_digest_key));
+    assert_eq!(cipher.digest(b"ghost"), unknown_digest, "the digest key is kept");
+    let check = store.db().meta("key_check").unwrap().unwrap();
+    assert!(cipher.fits(&check));
+    assert!(!SeedCipher::new(&[9u8; 32]).fits(&check), "the old key no longer fits");
+
+    clock.set(STEP_START + PERIOD);
+    let mut reopened = Harness {
+        engine: Engine::new(store, cipher, clock.clone(), settings(5)),
+        clock,
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    assert_eq!(
+        reopened.verify("alice", code_at(STEP_START + PERIOD)).outcome,
+        Outcome::Accepted
+    );
+    let wrong = reopened.verify("mo", "000000".into());
+    assert_eq!(wrong.reason, Reason::WrongCode, "the PIN and seed open: {wrong:?}");
+}

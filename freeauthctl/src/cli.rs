@@ -83,6 +83,10 @@ pub enum Command {
     Import(ImportArgs),
     /// Show the agent's counters.
     Status,
+    /// Replace the seed key: seal every seed and PIN under a new random key,
+    /// then put it in place of the old one. Needs the running agent; run as
+    /// root or as the agent's user.
+    Rekey,
     /// Copy the database into the new file FILE (mode 0600), while the
     /// agent runs or not. Run as root or as the agent's user. The seed key
     /// is not in the copy.

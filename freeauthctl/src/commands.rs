@@ -34,7 +34,7 @@ pub fn run(args: Args) -> Result<ExitCode, CommandError> {
     }
     let strict = matches!(
         args.command,
-        Command::Init { .. } | Command::CheckConfig | Command::Backup { .. }
+        Command::Init { .. } | Command::CheckConfig | Command::Backup { .. } | Command::Rekey
     );
     let config = load_config(&args, strict)?;
     let json = args.json;
@@ -70,6 +70,7 @@ pub fn run(args: Args) -> Result<ExitCode, CommandError> {
         Command::Verify { user, code } => verify(&config, user, &code, json),
         Command::Import(import_args) => crate::import_command::run(&config, import_args, json),
         Command::Status => simple(&config, Request::Status {}, json),
+        Command::Rekey => crate::rekey_command::run(&config, json),
         Command::Backup { file } => backup(&config, &file, json),
         Command::Clients { radius_config } => crate::clients_command::run(&radius_config, json),
     }

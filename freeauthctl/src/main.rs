@@ -40,6 +40,7 @@ mod clients_command;
 mod commands;
 mod import_command;
 mod output;
+mod rekey_command;
 
 use std::process::ExitCode;
 

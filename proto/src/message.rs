@@ -121,6 +121,11 @@ pub enum Request {
     UnlockSource { source: String },
     /// Reports counters and settings of the running agent.
     Status {},
+    /// Seals every seed and PIN again under the key in the seed key's
+    /// `.new` file, which `freeauthctl rekey` has written. The response is
+    /// [`Response::Rekeyed`] once the change is on disk; the caller then
+    /// moves the new key in place of the old.
+    Rekey {},
 }
 
 /// The front end and context of a verification, logged with its result.
@@ -263,6 +268,11 @@ pub enum Response {
     Imported {
         users: u32,
         tokens: u32,
+    },
+    /// Confirmation that the database is sealed under the new key, with
+    /// the number of tokens sealed again.
+    Rekeyed {
+        tokens: u64,
     },
     /// The new backup codes of `user`, shown to the administrator once.
     BackupCodes {

@@ -242,6 +242,13 @@ for file in /var/lib/freeauth/freeauth.db*; do
 done
 rm /root/freeauth-copy.db
 
+step "freeauthctl rekey replaces the seed key in /etc/freeauth, which the agent cannot write"
+freeauthctl rekey | grep -q 'sealed 2 tokens under a new seed key' || fail "freeauthctl rekey"
+[[ $(sha256sum /etc/freeauth/seed.key) != "$key_sum" ]] || fail "rekey kept the old seed key"
+[[ ! -e /etc/freeauth/seed.key.new ]] || fail "rekey left /etc/freeauth/seed.key.new"
+expect_eq "$(mode_of /etc/freeauth/seed.key)" "600 freeauth freeauth" "seed key after rekey"
+key_sum=$(sha256sum /etc/freeauth/seed.key)
+
 # --- PAM through the installed stack -----------------------------------------
 step "pam-auth-update --enable freeauth: a code after the password; no token, no code"
 useradd --create-home alice

@@ -1,0 +1,104 @@
+//! The file steps of `freeauthctl rekey`, around the agent's re-sealing.
+//!
+//! A rekey writes a new key to the seed key's `.new` file, has the agent
+//! seal every seed and PIN under it ([`crate::engine::Engine::rekey`]),
+//! and then renames the `.new` file over the old key. The database's key
+//! check tells at any point which of the two files fits, so a rekey that
+//! stopped half way is finished or undone by [`settle`].
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::config::Config;
+use crate::keys::{new_key_path, SeedCipher};
+use crate::store::read_key_check;
+
+/// Outcome of [`settle`] for a `.new` key file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// There was no `.new` file.
+    Nothing,
+    /// The database was still sealed under the old key, so the unused new
+    /// key was removed.
+    RemovedUnused,
+    /// The database was sealed under the new key, which now replaces the
+    /// old one.
+    MovedInPlace,
+}
+
+/// Finishes or undoes a rekey whose `.new` key file is still there,
+/// depending on which key fits the database.
+pub fn settle(config: &Config) -> Result<Settled, String> {
+    let key = &config.paths.seed_key;
+    let new = new_key_path(key);
+    if new.symlink_metadata().is_err() {
+        return Ok(Settled::Nothing);
+    }
+    let check = read_key_check(&config.paths.state_dir)
+        .map_err(|err| format!("cannot read the key check of the database: {err}"))?
+        .ok_or_else(|| {
+            format!(
+                "the database has no key check yet; start the agent once, then remove {} or run the rekey again",
+                new.display()
+            )
+        })?;
+    let owner = key_owner(config)?;
+    let fits = |path: &Path| -> Result<bool, String> {
+        match SeedCipher::load_owned_by(path, owner) {
+            Ok(cipher) => Ok(cipher.fits(&check)),
+            Err(err) if path.exists() => Err(err.to_string()),
+            Err(_) => Ok(false),
+        }
+    };
+    let folder = key
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if fits(&new)? {
+        std::fs::rename(&new, key)
+            .map_err(|err| format!("cannot rename {} to {}: {err}", new.display(), key.display()))?;
+        sync_folder(folder)?;
+        return Ok(Settled::MovedInPlace);
+    }
+    if fits(key)? {
+        std::fs::remove_file(&new).map_err(|err| format!("cannot remove {}: {err}", new.display()))?;
+        sync_folder(folder)?;
+        return Ok(Settled::RemovedUnused);
+    }
+    Err(format!(
+        "neither {} nor {} fits the database; restore the key that fits from a backup",
+        key.display(),
+        new.display()
+    ))
+}
+
+/// Writes a new random key to the seed key's `.new` file, with the owner
+/// of the current key, and returns its path.
+pub fn write_new_key(config: &Config) -> Result<std::path::PathBuf, String> {
+    let key = &config.paths.seed_key;
+    let meta = std::fs::metadata(key).map_err(|err| format!("cannot read seed key {}: {err}", key.display()))?;
+    let new = new_key_path(key);
+    SeedCipher::create_owned(&new, Some((meta.uid(), meta.gid()))).map_err(|err| err.to_string())?;
+    let folder = key
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    sync_folder(folder)?;
+    Ok(new)
+}
+
+/// Returns the uid that the key files must belong to: the owner of the
+/// state folder, which is the agent's user.
+fn key_owner(config: &Config) -> Result<u32, String> {
+    let state_dir = &config.paths.state_dir;
+    std::fs::metadata(state_dir)
+        .map(|meta| meta.uid())
+        .map_err(|err| format!("cannot read state folder {}: {err}", state_dir.display()))
+}
+
+fn sync_folder(folder: &Path) -> Result<(), String> {
+    File::open(folder)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|err| format!("cannot sync folder {}: {err}", folder.display()))
+}
