@@ -1426,13 +1426,7 @@ fn rekey_stops_at_unreadable_seed() {
     assert!(damaged.success());
     agent.spawn();
 
-    let output = agent.ctl(&["rekey"]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("do not open with the current key"), "{stderr}");
-    assert!(stderr.contains("The seed key is unchanged"), "{stderr}");
-    assert_eq!(fs::read(&key).unwrap(), old_key);
-    assert!(!agent.dir.path().join("state/seed.key.new").exists());
+    assert_rekey_fails(&agent, &old_key, "do not open with the current key");
     wait_for_fresh_step(10, 2);
     assert_eq!(
         agent.ctl_verify("mo", &motp_code(MOTP_SECRET, "9731", now() / 10)),
@@ -1448,12 +1442,18 @@ fn rekey_without_agent_keeps_key() {
     let key = agent.dir.path().join("state/seed.key");
     let old_key = fs::read(&key).unwrap();
     agent.stop();
+    assert_rekey_fails(&agent, &old_key, "cannot connect to the agent");
+}
+
+/// Runs `freeauthctl rekey`, expecting it to fail with `error` and to
+/// leave the key file as `old_key`, with no `.new` file.
+fn assert_rekey_fails(agent: &Agent, old_key: &[u8], error: &str) {
     let output = agent.ctl(&["rekey"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("cannot connect to the agent"), "{stderr}");
+    assert!(stderr.contains(error), "{stderr}");
     assert!(stderr.contains("The seed key is unchanged"), "{stderr}");
-    assert_eq!(fs::read(&key).unwrap(), old_key);
+    assert_eq!(fs::read(agent.dir.path().join("state/seed.key")).unwrap(), old_key);
     assert!(!agent.dir.path().join("state/seed.key.new").exists());
 }
 
