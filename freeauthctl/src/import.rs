@@ -302,6 +302,9 @@ pub fn parse_users_oath(text: &str) -> Result<Vec<OathEntry>, Vec<ImportError>> 
 pub fn parse_users_oath_lines(text: &str) -> (Vec<OathEntry>, Vec<ImportError>) {
     let mut entries = Vec::new();
     let mut errors = Vec::new();
+    // Positions in `entries` of each user's entries, so that a file with a
+    // line per user is not compared line against line.
+    let mut by_user: std::collections::HashMap<String, Vec<usize>> = std::collections::HashMap::new();
     for (number, line) in numbered_lines(text) {
         let fields: Vec<&str> = line
             .split([' ', '\t', '\r'])
@@ -313,7 +316,7 @@ pub fn parse_users_oath_lines(text: &str) -> (Vec<OathEntry>, Vec<ImportError>) 
             Some(_) => {}
         }
         match parse_oath_line(number, &fields) {
-            Ok(entry) => match same_codes_as(&entries, &entry) {
+            Ok(entry) => match same_codes_as(&entries, by_user.get(&entry.user), &entry) {
                 // The agent would refuse the second token: each code would be
                 // accepted twice, once per token.
                 Some(earlier) => errors.push(ImportError::new(
@@ -323,7 +326,10 @@ pub fn parse_users_oath_lines(text: &str) -> (Vec<OathEntry>, Vec<ImportError>) 
                         entry.user
                     ),
                 )),
-                None => entries.push(entry),
+                None => {
+                    by_user.entry(entry.user.clone()).or_default().push(entries.len());
+                    entries.push(entry);
+                }
             },
             Err(message) => errors.push(ImportError::new(number, message)),
         }
@@ -332,13 +338,15 @@ pub fn parse_users_oath_lines(text: &str) -> (Vec<OathEntry>, Vec<ImportError>) 
 }
 
 /// Returns the line of an earlier entry of the same user whose token gives
-/// the same codes as `entry`'s.
-fn same_codes_as(earlier: &[OathEntry], entry: &OathEntry) -> Option<usize> {
+/// the same codes as `entry`'s. `same_user` lists the positions in
+/// `earlier` of that user's entries.
+fn same_codes_as(earlier: &[OathEntry], same_user: Option<&Vec<usize>>, entry: &OathEntry) -> Option<usize> {
     let identity = |token: &TokenDescription| code_identity(token.kind, token.algorithm, &token.secret, None);
     let new_identity = identity(&entry.token);
-    earlier
+    same_user?
         .iter()
-        .find(|other| other.user == entry.user && identity(&other.token) == new_identity)
+        .filter_map(|&position| earlier.get(position))
+        .find(|other| identity(&other.token) == new_identity)
         .map(|other| other.line)
 }
 
@@ -1223,6 +1231,23 @@ mod tests {
             let entries = users(&format!("HOTP user {password} 00112233445566778899"));
             assert_eq!(entries[0].has_password, expected, "{password}");
         }
+    }
+
+    #[test]
+    fn oath_same_secret_twice_per_user() {
+        let text = "HOTP alice - 00112233445566778899\n\
+                    HOTP bob - 00112233445566778899\n\
+                    HOTP alice - 99887766554433221100\n\
+                    HOTP/T30 alice - 00112233445566778899\n";
+        let (entries, errors) = parse_users_oath_lines(text);
+        assert_eq!(entries.len(), 3, "another user or another secret is no duplicate");
+        assert_eq!(
+            errors.len(),
+            1,
+            "a time-based token of the same secret gives the same codes"
+        );
+        assert_eq!(errors[0].line, 4);
+        assert!(errors[0].to_string().contains("on line 1"), "{}", errors[0]);
     }
 
     #[test]
