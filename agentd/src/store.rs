@@ -1403,6 +1403,13 @@ pub fn read_key_check(state_dir: &Path) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(statement.query_row([], meta_value).optional()?)
 }
 
+/// Reads the key check from `copy`, a database file made by [`backup`].
+pub fn read_copy_key_check(copy: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    let conn = Connection::open_with_flags(copy, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut statement = conn.prepare("SELECT value FROM meta WHERE key = 'key_check'")?;
+    Ok(statement.query_row([], meta_value).optional()?)
+}
+
 /// Writes the database of `conn` into the empty file `dest` and runs
 /// SQLite's integrity check on the copy.
 fn vacuum_into(conn: &Connection, dest: &Path) -> Result<(), StoreError> {

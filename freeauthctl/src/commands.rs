@@ -405,12 +405,60 @@ fn backup(config: &Config, file: &Path, json: bool) -> Result<ExitCode, CommandE
             summary.bytes,
             file.display()
         );
-        say!(
-            "The seed key {} is not in the copy; keep a copy of it apart from this file.",
-            config.paths.seed_key.display()
-        );
+        match key_of_copy(config, file) {
+            CopyKey::Fits(key) => say!(
+                "The copy opens with the seed key {}, which is not in it; keep a copy of that key apart from this file.",
+                key.display()
+            ),
+            CopyKey::Neither => say!(
+                "warning: neither {} nor its .new file opens the copy (a rekey may have run meanwhile); \
+                 make a new copy, and keep a copy of the key apart from it",
+                config.paths.seed_key.display()
+            ),
+            CopyKey::Unknown => say!(
+                "The seed key {} is not in the copy; keep a copy of it apart from this file.",
+                config.paths.seed_key.display()
+            ),
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Seed key file that opens a database copy, as far as this user can tell.
+enum CopyKey {
+    Fits(std::path::PathBuf),
+    /// Both key files were read, and neither opens the copy.
+    Neither,
+    /// The copy or the keys could not be read, for example by a user who
+    /// may not read the key.
+    Unknown,
+}
+
+/// Finds the key file that opens `copy`: the seed key, or during a rekey
+/// the `.new` file next to it.
+fn key_of_copy(config: &Config, copy: &Path) -> CopyKey {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(Some(check)) = freeauth_agentd::store::read_copy_key_check(copy) else {
+        return CopyKey::Unknown;
+    };
+    let Ok(owner) = std::fs::metadata(&config.paths.state_dir).map(|meta| meta.uid()) else {
+        return CopyKey::Unknown;
+    };
+    let key = &config.paths.seed_key;
+    let mut unreadable = false;
+    for path in [key.clone(), freeauth_agentd::keys::new_key_path(key)] {
+        match freeauth_agentd::keys::SeedCipher::load_owned_by(&path, owner) {
+            Ok(cipher) if cipher.fits(&check) => return CopyKey::Fits(path),
+            Ok(_) => {}
+            Err(_) if !path.exists() => {}
+            Err(_) => unreadable = true,
+        }
+    }
+    if unreadable {
+        CopyKey::Unknown
+    } else {
+        CopyKey::Neither
+    }
 }
 
 fn verify(config: &Config, user: String, code: &str, json: bool) -> Result<ExitCode, CommandError> {
