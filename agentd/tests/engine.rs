@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use freeauth_agentd::admin::AdminOp;
 use freeauth_agentd::config::{Lockout, Windows};
-use freeauth_agentd::engine::{BackupCheck, BackupMatch, Engine, Job, Outcome, Reason, Settings, Verdict};
+use freeauth_agentd::engine::{BackupCheck, BackupMatch, Engine, Job, Lookup, Outcome, Reason, Settings, Verdict};
 use freeauth_agentd::keys::SeedCipher;
 use freeauth_agentd::store::Store;
-use freeauth_otp::{totp, Algorithm, ManualClock, Secret};
+use freeauth_otp::{motp, totp, Algorithm, ManualClock, Secret};
 use freeauth_proto::{HashAlgorithm, NewToken, Response, SecretString, TokenKind};
 use tokio::sync::oneshot;
 
@@ -192,6 +192,44 @@ impl Harness {
         let hash = freeauth_agentd::keys::hash_backup_code(code, &salt).unwrap();
         let (id, stored) = hashes.into_iter().find(|(_, stored)| stored[..] == hash[..]).unwrap();
         BackupMatch { id, hash: stored }
+    }
+
+    /// Runs a lookup of `user`, as PAM does before it prompts.
+    fn lookup(&mut self, user: &str) -> Lookup {
+        let (reply, mut answer) = oneshot::channel();
+        self.engine.run_batch(vec![Job::Lookup {
+            user: user.into(),
+            reply,
+        }]);
+        answer.try_recv().unwrap().unwrap()
+    }
+
+    /// Disables every token of `user`, as `freeauthctl disable USER` does.
+    fn disable(&mut self, user: &str) {
+        let disabled = self.admin(AdminOp::SetEnabled {
+            user: user.into(),
+            token: None,
+            enabled: false,
+        });
+        assert!(matches!(disabled, Response::Done { .. }), "{disabled:?}");
+    }
+
+    /// Stops the engine and starts a new one on the same database, as a
+    /// restart of the agent does.
+    fn restart(self, threshold: u32) -> Harness {
+        let Harness {
+            engine,
+            clock,
+            _dir: dir,
+        } = self;
+        drop(engine);
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let engine = Engine::new(store, SeedCipher::new(&[9u8; 32]), clock.clone(), settings(threshold));
+        Harness {
+            engine,
+            clock,
+            _dir: dir,
+        }
     }
 
     /// Runs the second half of a backup-code check.
@@ -1136,6 +1174,286 @@ fn tail_checks_backup_codes() {
     let verdict = h.finish_backup("bea", BackupCheck::Matched(BackupMatch { id, hash: stored }));
     assert_eq!(verdict.outcome, Outcome::Accepted);
     assert_eq!(verdict.code_length, Some(8));
+}
+
+#[test]
+fn disabled_account_rejects_every_code() {
+    let mut h = harness(10);
+    h.enroll_with_backup("bea");
+    h.disable("alice");
+    h.disable("bea");
+
+    let token_code = h.verify("alice", code_at(STEP_START));
+    assert_eq!(
+        (token_code.outcome, token_code.reason),
+        (Outcome::NoToken, Reason::NoActiveToken)
+    );
+    let backup_code = h.verify("bea", "12345678".into());
+    assert_eq!(
+        (backup_code.outcome, backup_code.reason),
+        (Outcome::NoToken, Reason::NoActiveToken),
+        "no backup-code check starts without an enabled token"
+    );
+
+    let lookup = h.lookup("alice");
+    assert!(lookup.disabled);
+    assert!(!lookup.enrolled);
+    assert!(lookup.code_lengths.is_empty(), "{:?}", lookup.code_lengths);
+}
+
+#[test]
+fn accepted_code_resets_failure_count() {
+    let mut h = harness(10);
+    h.verify("alice", "000000".into());
+    h.verify("alice", "000000".into());
+    assert_eq!(h.verify("alice", code_at(STEP_START)).outcome, Outcome::Accepted);
+    let next = h.verify("alice", "000000".into());
+    assert_eq!(next.failures, 1);
+}
+
+#[test]
+fn backup_code_resets_failure_count() {
+    let mut h = harness(10);
+    h.enroll_with_backup("bea");
+    h.verify("bea", "000000".into());
+    h.verify("bea", "000000".into());
+    let matched = h.begin_backup("bea", "12345678");
+    assert_eq!(
+        h.finish_backup("bea", BackupCheck::Matched(matched)).outcome,
+        Outcome::Accepted
+    );
+    let next = h.verify("bea", "000000".into());
+    assert_eq!(next.failures, 1);
+}
+
+/// Two checks of one backup code overlap, as with pipelined requests, so
+/// both hash the code before either finishes.
+#[test]
+fn overlapping_backup_checks_accept_once() {
+    let mut h = harness(10);
+    h.enroll_with_backup("bea");
+    let first = h.begin_backup("bea", "12345678");
+    let second = h.begin_backup("bea", "12345678");
+    assert_eq!(
+        h.finish_backup("bea", BackupCheck::Matched(first)).outcome,
+        Outcome::Accepted
+    );
+    let again = h.finish_backup("bea", BackupCheck::Matched(second));
+    assert_eq!((again.outcome, again.reason), (Outcome::Rejected, Reason::ReusedCode));
+}
+
+#[test]
+fn used_backup_code_not_offered_again() {
+    let mut h = harness(10);
+    let salt = b"0123456789abcdef";
+    let hash = |code: &str| freeauth_agentd::keys::hash_backup_code(code, salt).unwrap();
+    let backup = freeauth_agentd::admin::BackupSet {
+        salt: salt.to_vec(),
+        hashes: vec![hash("12345678"), hash("87654321")],
+    };
+    let enrolled = h.admin(AdminOp::Enroll {
+        user: "bea".into(),
+        token: totp_token("00112233445566778899aabbccddeeff00112233"),
+        backup: Some(backup),
+    });
+    assert!(matches!(enrolled, Response::Enrolled { .. }), "{enrolled:?}");
+
+    let used = h.begin_backup("bea", "12345678");
+    assert_eq!(
+        h.finish_backup("bea", BackupCheck::Matched(used.clone())).outcome,
+        Outcome::Accepted
+    );
+    let retry = h.verify("bea", "12345678".into());
+    let Outcome::CheckBackup { hashes, .. } = retry.outcome else {
+        panic!("no backup check: {retry:?}");
+    };
+    assert_eq!(hashes.len(), 1, "one code is left");
+    assert!(hashes.iter().all(|(_, stored)| stored[..] != used.hash[..]));
+
+    let last = h.begin_backup("bea", "87654321");
+    assert_eq!(
+        h.finish_backup("bea", BackupCheck::Matched(last)).outcome,
+        Outcome::Accepted
+    );
+    assert_eq!(h.lookup("bea").code_lengths, [6], "no backup code is left");
+    let spent = h.verify("bea", "87654321".into());
+    assert_eq!(spent.outcome, Outcome::Rejected, "no backup-code check without codes");
+}
+
+#[test]
+fn reused_hotp_code_reported_reused() {
+    let mut h = harness(10);
+    enroll_hotp8(&mut h, "alice");
+    assert_eq!(h.verify("alice", hotp8_code(0)).outcome, Outcome::Accepted);
+    let again = h.verify("alice", hotp8_code(0));
+    assert_eq!((again.outcome, again.reason), (Outcome::Rejected, Reason::ReusedCode));
+}
+
+#[test]
+fn unknown_name_count_survives_restart() {
+    let mut h = harness(3);
+    h.verify("mallory", "000000".into());
+    h.verify("mallory", "000000".into());
+    let mut h = h.restart(3);
+    let third = h.verify("mallory", "000000".into());
+    assert_eq!((third.reason, third.failures), (Reason::UnknownUser, 3));
+    let locked = h.verify("mallory", "000000".into());
+    assert_eq!(locked.failures, 3, "the lock stops the count");
+    assert!(!locked.counted);
+}
+
+#[test]
+fn lookup_shows_lock_of_unknown_name() {
+    let mut h = harness(3);
+    for _ in 0..3 {
+        h.verify("mallory", "000000".into());
+    }
+    let lookup = h.lookup("mallory");
+    assert!(!lookup.enrolled);
+    assert!(lookup.locked, "a name without an account locks like an account");
+}
+
+/// Two accounts used one secret up to different steps. When the account
+/// with the later use is removed first, the record still keeps that use.
+#[test]
+fn retired_secret_keeps_latest_use() {
+    let mut h = harness(10);
+    h.enroll("bob");
+    assert_eq!(h.verify("bob", code_at(STEP_START)).outcome, Outcome::Accepted);
+    h.clock.set(STEP_START + PERIOD);
+    let latest = code_at(STEP_START + PERIOD);
+    assert_eq!(h.verify("alice", latest.clone()).outcome, Outcome::Accepted);
+    h.remove("alice");
+    h.remove("bob");
+
+    h.enroll("carol");
+    let verdict = h.verify("carol", latest);
+    assert_eq!(
+        (verdict.outcome, verdict.reason),
+        (Outcome::Rejected, Reason::ReusedCode)
+    );
+}
+
+/// The record of a removed secret lasts a day even when the window would
+/// let it go sooner, so a clock set back within that day brings back no
+/// used code.
+#[test]
+fn retired_secret_outlives_its_window() {
+    let mut h = harness(10);
+    let code = code_at(STEP_START);
+    assert_eq!(h.verify("alice", code.clone()).outcome, Outcome::Accepted);
+    h.remove("alice");
+    h.clock.set(STEP_START + 10 * PERIOD);
+    h.enroll("alice");
+    h.clock.set(STEP_START);
+    assert_eq!(h.verify("alice", code).outcome, Outcome::Rejected);
+}
+
+#[test]
+fn last_step_one_day_ahead_accepted() {
+    let mut h = harness(10);
+    let day_of_steps = 86_400 / PERIOD;
+    let mut token = totp_token("ffeeddccbbaa99887766554433221100ffeeddcc");
+    token.last_step = Some(STEP_START / PERIOD + day_of_steps);
+    let enrolled = h.admin(AdminOp::Enroll {
+        user: "tom".into(),
+        token,
+        backup: None,
+    });
+    assert!(matches!(enrolled, Response::Enrolled { .. }), "{enrolled:?}");
+}
+
+/// Enrols `user` with a Mobile-OTP token and returns a function that
+/// computes the token's code for a time step.
+fn enroll_motp(h: &mut Harness, user: &str, secret_hex: &str, pin: &str) -> impl Fn(u64) -> String {
+    let token = NewToken {
+        kind: TokenKind::Motp,
+        algorithm: HashAlgorithm::Sha1,
+        digits: 6,
+        period: 10,
+        counter: 0,
+        last_step: None,
+        secret_hex: secret_hex.into(),
+        pin: Some(pin.into()),
+        label: None,
+    };
+    let op = AdminOp::Enroll {
+        user: user.into(),
+        token,
+        backup: None,
+    };
+    let enrolled = h.admin(op);
+    assert!(matches!(enrolled, Response::Enrolled { .. }), "{enrolled:?}");
+    let secret = Secret::from_hex(secret_hex).unwrap();
+    let pin = Secret::new(pin.as_bytes().to_vec());
+    move |step| motp(&secret, &pin, step).to_string()
+}
+
+/// Mobile-OTP tokens have a window of their own (`motp_steps`, 18 steps of
+/// 10 s in these settings), wider than the TOTP window of 1 step.
+#[test]
+fn motp_window_uses_motp_steps() {
+    let mut h = harness(10);
+    let server_step = STEP_START / 10;
+    let mo_code = enroll_motp(&mut h, "mo", "0011223344556677", "1234");
+    let edge = h.verify("mo", mo_code(server_step + 18));
+    assert_eq!(edge.outcome, Outcome::Accepted);
+    assert!(matches!(edge.reason, Reason::AcceptedToken { offset: 18, .. }));
+
+    let mp_code = enroll_motp(&mut h, "mp", "8899aabbccddeeff", "4321");
+    assert_eq!(h.verify("mp", mp_code(server_step + 19)).outcome, Outcome::Rejected);
+}
+
+/// Resynchronises the 8-digit HOTP token with the codes of counters 50 and
+/// 51, which are past the login look-ahead of 10 and inside `hotp_resync`
+/// (100).
+#[test]
+fn hotp_resync_stores_next_counter() {
+    let mut h = harness(10);
+    enroll_hotp8(&mut h, "alice");
+    let resynced = h.admin(AdminOp::Resync {
+        user: "alice".into(),
+        token: None,
+        first: SecretString::new(hotp8_code(50).as_str()),
+        second: SecretString::new(hotp8_code(51).as_str()),
+    });
+    assert!(
+        matches!(
+            resynced,
+            Response::Resynced {
+                next_counter: Some(52),
+                ..
+            }
+        ),
+        "{resynced:?}"
+    );
+
+    let second = h.verify("alice", hotp8_code(51));
+    assert_eq!((second.outcome, second.reason), (Outcome::Rejected, Reason::ReusedCode));
+    assert_eq!(h.verify("alice", hotp8_code(52)).outcome, Outcome::Accepted);
+}
+
+/// A wrong backup code from a source with earlier failures gets the delay
+/// of the source's count, though the account failed only once.
+#[test]
+fn wrong_backup_code_waits_for_source() {
+    let mut h = harness(10);
+    h.enroll_with_backup("bea");
+    let source = "pam:192.0.2.90";
+    h.fail_from("mallory", source, 2);
+    let guess = h.verify_from("bea", "99999999".into(), source);
+    assert!(matches!(guess.outcome, Outcome::CheckBackup { .. }), "{guess:?}");
+
+    let (reply, mut answer) = oneshot::channel();
+    h.engine.run_batch(vec![Job::BackupResult {
+        user: "bea".into(),
+        matched: BackupCheck::NoMatch,
+        source: Some(source.into()),
+        reply,
+    }]);
+    let verdict = answer.try_recv().unwrap().unwrap();
+    assert_eq!((verdict.outcome, verdict.failures), (Outcome::Rejected, 1));
+    assert_eq!(verdict.delay, Duration::from_secs(2), "3 failures of the source");
 }
 
 /// Starts a verification job of `code` for `user`, and returns the
