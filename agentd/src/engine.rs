@@ -870,10 +870,8 @@ fn fail_unsynced(pending: Vec<Pending>, err: &StoreError) {
     pending.into_iter().for_each(|p| p.fail(&error));
 }
 
-/// Runs one job; an admin request runs in its own savepoint. A reload has
-/// no reply.
-/// Runs one job of a batch. `db` reads and writes through `tx`, with the
-/// batch's prepared statements.
+/// Runs one job of a batch; an admin request runs in its own savepoint.
+/// `db` reads and writes through `tx`, with the batch's prepared statements.
 fn run_job(
     tx: &Transaction<'_>,
     db: Db<'_, '_>,
