@@ -1380,6 +1380,47 @@ fn rekey_removes_unused_new_key() {
     assert!(!new_key.exists());
 }
 
+/// A `.new` file that cannot be a key, such as one that a run stopped
+/// while writing, is removed by the next rekey as long as the current key
+/// fits the database.
+#[test]
+fn rekey_removes_damaged_new_key() {
+    let mut agent = agent_for_rekey();
+    let key = agent.dir.path().join("state/seed.key");
+    let new_key = agent.dir.path().join("state/seed.key.new");
+    let valid_key = format!("{}\n", "cd".repeat(32));
+    let damaged = [
+        ("empty", String::new(), 0o600),
+        ("not hexadecimal", "not a key\n".to_string(), 0o600),
+        ("too short", "cdcd\n".to_string(), 0o600),
+        ("readable by others", valid_key, 0o644),
+    ];
+    let mut counter = 0;
+    for (case, content, mode) in damaged {
+        fs::write(&new_key, &content).unwrap();
+        fs::set_permissions(&new_key, fs::Permissions::from_mode(mode)).unwrap();
+        let old_key = fs::read(&key).unwrap();
+
+        let output = agent.ctl(&["rekey"]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{case}: {stderr}");
+        assert!(stdout.contains("left unused by an earlier rekey"), "{case}: {stdout}");
+        assert!(stdout.contains("sealed 2 tokens"), "{case}: {stdout}");
+        assert_ne!(fs::read(&key).unwrap(), old_key, "{case}: the key was replaced");
+        assert!(!new_key.exists(), "{case}: the .new file is gone");
+        assert_eq!(
+            agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, counter, 6)),
+            0,
+            "{case}: alice after the rekey"
+        );
+        counter += 1;
+    }
+
+    agent.restart();
+    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, counter, 6)), 0);
+}
+
 /// Verifications sent while a rekey runs are decided before or after it,
 /// and every token opens under the new key after a restart.
 #[test]

@@ -55,17 +55,27 @@ pub fn settle(config: &Config) -> Result<Settled, String> {
         .parent()
         .filter(|parent| !parent.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // The current key goes first. When it fits, the `.new` file is unused
+    // whatever it contains, so an empty or damaged one, left by a run that
+    // stopped while writing it, does not block the next rekey.
+    let key_fits = fits(key);
+    if key_fits == Ok(true) {
+        std::fs::remove_file(&new).map_err(|err| {
+            format!(
+                "cannot remove {}, left unused by an earlier rekey: {err}; remove it and run the rekey again",
+                new.display()
+            )
+        })?;
+        sync_folder(folder)?;
+        return Ok(Settled::RemovedUnused);
+    }
     if fits(&new)? {
         std::fs::rename(&new, key)
             .map_err(|err| format!("cannot rename {} to {}: {err}", new.display(), key.display()))?;
         sync_folder(folder)?;
         return Ok(Settled::MovedInPlace);
     }
-    if fits(key)? {
-        std::fs::remove_file(&new).map_err(|err| format!("cannot remove {}: {err}", new.display()))?;
-        sync_folder(folder)?;
-        return Ok(Settled::RemovedUnused);
-    }
+    key_fits?;
     Err(format!(
         "neither {} nor {} fits the database; restore the key that fits from a backup",
         key.display(),
