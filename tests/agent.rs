@@ -1421,6 +1421,52 @@ fn rekey_removes_damaged_new_key() {
     assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, counter, 6)), 0);
 }
 
+/// While one rekey runs, a second one stops at once and leaves the first
+/// run's `.new` file alone. Removing it as a leftover while the agent
+/// seals the database under it would lose every seed.
+#[test]
+fn rekey_waits_for_running_rekey() {
+    let agent = agent_for_rekey();
+    let key = agent.dir.path().join("state/seed.key");
+    let new_key = agent.dir.path().join("state/seed.key.new");
+    let old_key = fs::read(&key).unwrap();
+    let running_key = format!("{}\n", "cd".repeat(32));
+    fs::write(&new_key, &running_key).unwrap();
+    fs::set_permissions(&new_key, fs::Permissions::from_mode(0o600)).unwrap();
+
+    // The lock that the running `freeauthctl rekey` holds on the key file,
+    // taken by flock(1) from util-linux until its standard input closes.
+    let mut holder = Command::new("flock")
+        .args(["--exclusive", "--close"])
+        .arg(&key)
+        .args(["--command", "echo locked; cat >/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("flock (apt-get install util-linux)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line, "locked\n", "flock holds the key file");
+
+    let output = agent.ctl(&["rekey"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("another `freeauthctl rekey` is running"), "{stderr}");
+    assert_eq!(
+        fs::read_to_string(&new_key).unwrap(),
+        running_key,
+        "the .new file stays"
+    );
+    assert_eq!(fs::read(&key).unwrap(), old_key, "the key stays");
+
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success(), "flock released the key file");
+    let output = agent.ctl_ok(&["rekey"]);
+    assert!(output.contains("left unused by an earlier rekey"), "{output}");
+    assert!(output.contains("sealed 2 tokens"), "{output}");
+    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
+}
+
 /// Verifications sent while a rekey runs are decided before or after it,
 /// and every token opens under the new key after a restart.
 #[test]

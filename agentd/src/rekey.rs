@@ -7,8 +7,11 @@
 //! stopped half way is finished or undone by [`settle`].
 
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag};
 
 use crate::config::Config;
 use crate::keys::{new_key_path, SeedCipher};
@@ -80,6 +83,58 @@ pub fn settle(config: &Config) -> Result<Settled, String> {
         "neither {} nor {} fits the database; restore the key that fits from a backup",
         key.display(),
         new.display()
+    ))
+}
+
+/// Takes an exclusive `flock` on the seed key file for one run of
+/// `freeauthctl rekey`, or fails at once when another run holds it.
+/// Without it, a second run could take the first run's `.new` file for a
+/// leftover and remove it while the agent seals the database under it.
+/// Returns `None` when the key file is missing, because then no rekey can
+/// start and [`settle`] only moves a fitting `.new` file in place.
+pub fn lock_key(config: &Config) -> Result<Option<Flock<File>>, String> {
+    let key = &config.paths.seed_key;
+    // A run that holds the lock renames the `.new` file over the key and
+    // so leaves its lock on the old file, which the path no longer names.
+    for _ in 0..3 {
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(OFlag::O_NOFOLLOW.bits())
+            .open(key)
+        {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(format!(
+                    "cannot open seed key {}: {err}; run `freeauthctl rekey` as root or as the agent's user",
+                    key.display()
+                ))
+            }
+            Err(err) => return Err(format!("cannot open seed key {}: {err}", key.display())),
+        };
+        let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => locked,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(format!(
+                    "another `freeauthctl rekey` is running on {}; wait for it to finish",
+                    key.display()
+                ))
+            }
+            Err((_, errno)) => return Err(format!("cannot lock seed key {}: {errno}", key.display())),
+        };
+        let opened = locked
+            .metadata()
+            .map_err(|err| format!("cannot read seed key {}: {err}", key.display()))?;
+        match std::fs::symlink_metadata(key) {
+            Ok(current) if (current.dev(), current.ino()) == (opened.dev(), opened.ino()) => return Ok(Some(locked)),
+            Ok(_) => continue,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(format!("cannot read seed key {}: {err}", key.display())),
+        }
+    }
+    Err(format!(
+        "seed key {} was replaced three times while this command tried to lock it; another `freeauthctl rekey` may be running, so wait for it and try again",
+        key.display()
     ))
 }
 

@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use freeauth_agentd::config::Config;
-use freeauth_agentd::rekey::{settle, write_new_key, Settled};
+use freeauth_agentd::rekey::{lock_key, settle, write_new_key, Settled};
 use freeauth_proto::{Request, Response};
 
 use crate::commands::{call, CommandError};
@@ -16,6 +16,8 @@ use crate::output;
 pub fn run(config: &Config, json: bool) -> Result<ExitCode, CommandError> {
     let key = &config.paths.seed_key;
     let new = freeauth_agentd::keys::new_key_path(key);
+    // Held until the command ends, so that rekeys run one at a time.
+    let _lock = lock_key(config)?;
     if new.symlink_metadata().is_ok() {
         // A rekey sent earlier may still run in the agent; its reply comes
         // before the reply to this status request.
