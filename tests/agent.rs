@@ -1467,6 +1467,43 @@ fn rekey_waits_for_running_rekey() {
     assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
 }
 
+/// A configuration that names the agent's socket and key but another state
+/// folder, here one with a backup of the agent's database, is rejected
+/// before anything changes. Checking the copy after the agent sealed its
+/// own database made the command remove the only file with the new key.
+#[test]
+fn rekey_rejects_other_state_folder() {
+    let mut agent = agent_for_rekey();
+    let dir = agent.dir.path();
+    let key = dir.join("state/seed.key");
+    let old_key = fs::read(&key).unwrap();
+    fs::create_dir(dir.join("copy")).unwrap();
+    fs::create_dir(dir.join("copy/state")).unwrap();
+    fs::set_permissions(dir.join("copy/state"), fs::Permissions::from_mode(0o700)).unwrap();
+    let copy = dir.join("copy/state/freeauth.db");
+    agent.ctl_ok(&["backup", copy.to_str().unwrap()]);
+    let config = fs::read_to_string(agent.config())
+        .unwrap()
+        .replace("state_dir = \"state\"", "state_dir = \"copy/state\"");
+    let other_config = dir.join("other.toml");
+    fs::write(&other_config, config).unwrap();
+
+    let output = Command::new(binary("freeauthctl"))
+        .arg("--config")
+        .arg(&other_config)
+        .arg("rekey")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("does not use the state folder"), "{stderr}");
+    assert_eq!(fs::read(&key).unwrap(), old_key, "the key stays");
+    assert!(!dir.join("state/seed.key.new").exists());
+
+    agent.restart();
+    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
+}
+
 /// Verifications sent while a rekey runs are decided before or after it,
 /// and every token opens under the new key after a restart.
 #[test]

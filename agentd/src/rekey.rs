@@ -54,10 +54,7 @@ pub fn settle(config: &Config) -> Result<Settled, String> {
             Err(_) => Ok(false),
         }
     };
-    let folder = key
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let folder = key_folder(key);
     // The current key goes first. When it fits, the `.new` file is unused
     // whatever it contains, so an empty or damaged one, left by a run that
     // stopped while writing it, does not block the next rekey.
@@ -83,6 +80,49 @@ pub fn settle(config: &Config) -> Result<Settled, String> {
         "neither {} nor {} fits the database; restore the key that fits from a backup",
         key.display(),
         new.display()
+    ))
+}
+
+/// Moves the `.new` key file over the seed key after the agent reported a
+/// finished rekey. Unlike [`settle`], it never removes the `.new` file,
+/// because the agent has just sealed its database under the key it read
+/// there. When that key does not fit the database that `config` names,
+/// the two programs use different files, and both keys stay.
+pub fn finish(config: &Config) -> Result<(), String> {
+    let key = &config.paths.seed_key;
+    let new = new_key_path(key);
+    let state_dir = &config.paths.state_dir;
+    let check = read_key_check(state_dir)
+        .map_err(|err| format!("cannot read the key check of the database: {err}"))?
+        .unwrap_or_default();
+    let new_fits = SeedCipher::load_owned_by(&new, key_owner(config)?)
+        .map_err(|err| err.to_string())?
+        .fits(&check);
+    if !new_fits {
+        return Err(format!(
+            "{} does not fit the database in {}, so the agent sealed another database or used another key file; \
+             both key files are left as they are. Check that freeauthctl and the agent use the same configuration file",
+            new.display(),
+            state_dir.display()
+        ));
+    }
+    std::fs::rename(&new, key).map_err(|err| format!("cannot rename {} to {}: {err}", new.display(), key.display()))?;
+    sync_folder(key_folder(key))
+}
+
+/// Fails unless an agent holds the flock of the state folder of `config`.
+/// The caller checks first that an agent replies on the admin socket, which
+/// would otherwise seal one database while the command checks another.
+pub fn check_agent_uses(config: &Config) -> Result<(), String> {
+    let state_dir = &config.paths.state_dir;
+    if crate::store::in_use_by_agent(state_dir) {
+        return Ok(());
+    }
+    Err(format!(
+        "the agent on {} does not use the state folder {} of this configuration; \
+         run freeauthctl with the agent's configuration file (-c) and try again",
+        config.paths.admin_socket.display(),
+        state_dir.display()
     ))
 }
 
@@ -145,10 +185,7 @@ pub fn write_new_key(config: &Config) -> Result<std::path::PathBuf, String> {
     let meta = std::fs::metadata(key).map_err(|err| format!("cannot read seed key {}: {err}", key.display()))?;
     let new = new_key_path(key);
     SeedCipher::create_owned(&new, Some((meta.uid(), meta.gid()))).map_err(|err| err.to_string())?;
-    let folder = key
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let folder = key_folder(key);
     sync_folder(folder)?;
     Ok(new)
 }
@@ -160,6 +197,13 @@ fn key_owner(config: &Config) -> Result<u32, String> {
     std::fs::metadata(state_dir)
         .map(|meta| meta.uid())
         .map_err(|err| format!("cannot read state folder {}: {err}", state_dir.display()))
+}
+
+/// Returns the folder of the key file, `.` for a bare file name.
+fn key_folder(key: &Path) -> &Path {
+    key.parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 fn sync_folder(folder: &Path) -> Result<(), String> {

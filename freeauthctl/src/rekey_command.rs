@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use freeauth_agentd::config::Config;
-use freeauth_agentd::rekey::{lock_key, settle, write_new_key, Settled};
+use freeauth_agentd::rekey::{check_agent_uses, finish, lock_key, settle, write_new_key, Settled};
 use freeauth_proto::{Request, Response};
 
 use crate::commands::{call, CommandError};
@@ -18,6 +18,10 @@ pub fn run(config: &Config, json: bool) -> Result<ExitCode, CommandError> {
     let new = freeauth_agentd::keys::new_key_path(key);
     // Held until the command ends, so that rekeys run one at a time.
     let _lock = lock_key(config)?;
+    // A running agent must seal the database that this command checks.
+    if call(config, Request::Status {}).is_ok() {
+        check_agent_uses(config)?;
+    }
     if new.symlink_metadata().is_ok() {
         // A rekey sent earlier may still run in the agent; its reply comes
         // before the reply to this status request.
@@ -48,20 +52,14 @@ pub fn run(config: &Config, json: bool) -> Result<ExitCode, CommandError> {
         }
         Err(err) => return Err(after_failure(config, err)),
     };
-    match settle(config) {
-        Ok(Settled::MovedInPlace) => {}
-        Ok(other) => {
-            return Err(format!(
-                "the agent reported the rekey done, but the new key does not fit the database ({other:?}); check both key files"
-            ))
-        }
-        Err(err) => {
-            return Err(format!(
-                "the agent sealed the database under {}, but it could not replace {}: {err}\n  Run `freeauthctl rekey` again as root or as the agent's user to finish.",
-                new.display(),
-                key.display()
-            ))
-        }
+    if let Err(err) = finish(config) {
+        return Err(format!(
+            "the agent sealed its database under {}, but it was not moved over {}: {err}\n  \
+             Keep both key files: the agent's database may open only with {}.",
+            new.display(),
+            key.display(),
+            new.display()
+        ));
     }
     let message = format!(
         "sealed {tokens} {} under a new seed key, now in {}. Database copies made before this need the old key",
