@@ -1504,6 +1504,44 @@ fn rekey_rejects_other_state_folder() {
     assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
 }
 
+/// A configuration that names another seed key than the agent's leaves the
+/// agent without the new key file, and the error says which configuration
+/// to use.
+#[test]
+fn rekey_rejects_other_key_path() {
+    let agent = agent_for_rekey();
+    let dir = agent.dir.path();
+    let key = dir.join("state/seed.key");
+    let old_key = fs::read(&key).unwrap();
+    fs::create_dir(dir.join("keys")).unwrap();
+    fs::set_permissions(dir.join("keys"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::copy(&key, dir.join("keys/seed.key")).unwrap();
+    let config = fs::read_to_string(agent.config())
+        .unwrap()
+        .replace("seed_key = \"state/seed.key\"", "seed_key = \"keys/seed.key\"");
+    let other_config = dir.join("other.toml");
+    fs::write(&other_config, config).unwrap();
+
+    let output = Command::new(binary("freeauthctl"))
+        .arg("--config")
+        .arg(&other_config)
+        .arg("rekey")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let missing = format!("the new key {} is missing", dir.join("state/seed.key.new").display());
+    assert!(stderr.contains(&missing), "{stderr}");
+    assert!(
+        stderr.contains("the configuration file that this agent was started with"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("The seed key is unchanged"), "{stderr}");
+    assert_eq!(fs::read(&key).unwrap(), old_key, "the agent's key stays");
+    assert!(!dir.join("keys/seed.key.new").exists(), "the unused new key is removed");
+    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
+}
+
 /// Verifications sent while a rekey runs are decided before or after it,
 /// and every token opens under the new key after a restart.
 #[test]

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::AdminOp;
 use crate::config::{Lockout, Windows};
-use crate::keys::{new_key_path, Field, SeedCipher};
+use crate::keys::{new_key_path, Field, KeyError, SeedCipher};
 use crate::policy::{FailureTable, Failures, Policy, SourceFailures};
 use crate::store::{
     Account, BatchStatements, Db, FailureLine, RepeatedFailure, Store, StoreError, TokenRow, UseLog, WalSync,
@@ -355,6 +355,15 @@ impl Engine {
 
         let new = match SeedCipher::load(&new_path) {
             Ok(new) => new.with_digest_key_of(&self.cipher),
+            Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                // Most likely freeauthctl wrote its file next to the seed key
+                // of another configuration than this agent's.
+                let absolute_path = std::path::absolute(&new_path).unwrap_or(new_path);
+                return invalid(format!(
+                    "the new key {} is missing; run freeauthctl with the configuration file that this agent was started with",
+                    absolute_path.display()
+                ));
+            }
             Err(err) => return invalid(format!("cannot use the new key: {err}")),
         };
         // A copy of the current key would change nothing.
