@@ -2,9 +2,9 @@
 //!
 //! A rekey writes a new key to the seed key's `.new` file, has the agent
 //! seal every seed and PIN under it ([`crate::engine::Engine::rekey`]),
-//! and then renames the `.new` file over the old key. The database's key
-//! check tells at any point which of the two files fits, so a rekey that
-//! stopped half way is finished or undone by [`settle`].
+//! and then renames the `.new` file over the old key. At any point, the
+//! file that opens the database's key check is the one in use, so
+//! [`settle`] can finish or undo a rekey that stopped half way.
 
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -14,7 +14,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag};
 
 use crate::config::Config;
-use crate::keys::{new_key_path, SeedCipher};
+use crate::keys::{new_key_path, KeyError, SeedCipher};
 use crate::store::read_key_check;
 
 /// Outcome of [`settle`] for a `.new` key file.
@@ -127,7 +127,7 @@ pub fn check_agent_uses(config: &Config) -> Result<(), String> {
 }
 
 /// Takes an exclusive `flock` on the seed key file for one run of
-/// `freeauthctl rekey`, or fails at once when another run holds it.
+/// `freeauthctl rekey`, or fails at once when another run has it.
 /// Without it, a second run could take the first run's `.new` file for a
 /// leftover and remove it while the agent seals the database under it.
 /// Returns `None` when the key file is missing, because then no rekey can
@@ -184,8 +184,15 @@ pub fn write_new_key(config: &Config) -> Result<std::path::PathBuf, String> {
     let key = &config.paths.seed_key;
     let meta = std::fs::metadata(key).map_err(|err| format!("cannot read seed key {}: {err}", key.display()))?;
     let new = new_key_path(key);
-    SeedCipher::create_owned(&new, Some((meta.uid(), meta.gid()))).map_err(|err| err.to_string())?;
     let folder = key_folder(key);
+    SeedCipher::create_owned(&new, Some((meta.uid(), meta.gid()))).map_err(|err| match err {
+        KeyError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => format!(
+            "cannot create {}: {source}; this user may not write the key's folder {}, so run freeauthctl rekey as root",
+            new.display(),
+            folder.display()
+        ),
+        other => other.to_string(),
+    })?;
     sync_folder(folder)?;
     Ok(new)
 }

@@ -85,12 +85,21 @@ fn wait_for_engine(config: &Config) -> Result<(), CommandError> {
     if !freeauth_agentd::store::in_use_by_agent(&config.paths.state_dir) {
         return Ok(());
     }
-    call(config, Request::Status {}).map(|_| ()).map_err(|err| {
-        format!(
-            "the agent runs but did not reply, so an earlier rekey may still be running; {} is left as it is: {err}",
-            freeauth_agentd::keys::new_key_path(&config.paths.seed_key).display()
-        )
-    })
+    let Err(err) = call(config, Request::Status {}) else {
+        return Ok(());
+    };
+    // An agent that has just died closes its sockets a moment before the
+    // kernel drops its lock on the state folder.
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if !freeauth_agentd::store::in_use_by_agent(&config.paths.state_dir) {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "the agent runs but did not reply, so an earlier rekey may still be running; {} is left as it is: {err}",
+        freeauth_agentd::keys::new_key_path(&config.paths.seed_key).display()
+    ))
 }
 
 /// Finishes or undoes the rekey after a failed request, and returns the
