@@ -397,7 +397,12 @@ fn keep_retired_uses(
         &checked.seed,
         checked.pin.as_ref(),
     );
-    let Some(used_until) = db.retired_until(&context.cipher.digest(&identity), context.now)? else {
+    // A record made before a rekey has the digest of a replaced key.
+    let mut used_until = db.retired_until(&context.cipher.digest(&identity), context.now)?;
+    for digest in context.cipher.previous_digests(&identity, context.now) {
+        used_until = used_until.max(db.retired_until(&digest, context.now)?);
+    }
+    let Some(used_until) = used_until else {
         return Ok(());
     };
     let period = u64::from(checked.settings.period.max(1));

@@ -84,10 +84,10 @@ pub fn open_state(config: &Config) -> Result<(Store, SeedCipher), DaemonError> {
             cipher
         }
     };
-    if let Some(sealed) = store.db().meta("digest_key").map_err(fail)? {
-        if !cipher.adopt_digest_key(&sealed) {
+    if let Some(sealed) = store.db().meta("previous_digest_keys").map_err(fail)? {
+        if !cipher.adopt_previous_digest_keys(&sealed) {
             return Err(fail(
-                "the database's digest key does not open with the seed key that fits its key check; restore the database from a backup",
+                "the digest keys of replaced seed keys in the database do not open with the seed key that fits its key check; restore the database from a backup",
             ));
         }
     }

@@ -337,8 +337,10 @@ impl Engine {
 
     /// Seals every seed and PIN again under the key in the seed key's
     /// `.new` file, in one transaction, and syncs it. From then on the
-    /// engine uses the new key. The digest key stays, so the keyed digests
-    /// in the database keep their meaning. Verifications wait meanwhile.
+    /// engine uses the new key, and its digest key. The failure counts of
+    /// names without an account start again, and the old digest key stays
+    /// only while records of removed secrets need it. Verifications wait
+    /// meanwhile.
     pub fn rekey(&mut self) -> Response {
         let invalid = |message: String| {
             tracing::warn!(error = %message, "rekey rejected; the database stays sealed under the current key");
@@ -353,8 +355,8 @@ impl Engine {
         };
         let new_path = new_key_path(key_path);
 
-        let new = match SeedCipher::load(&new_path) {
-            Ok(new) => new.with_digest_key_of(&self.cipher),
+        let mut new = match SeedCipher::load(&new_path) {
+            Ok(new) => new,
             Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 // Most likely freeauthctl wrote its file next to the seed key
                 // of another configuration than this agent's.
@@ -373,6 +375,17 @@ impl Engine {
                     "{} contains the current key; remove it and let freeauthctl rekey create a new one",
                     new_path.display()
                 ));
+            }
+        }
+
+        // The records of removed secrets keep the digests of the current
+        // key, so its digest key stays until the last of them expires.
+        let now = self.clock.unix_time();
+        match self.store.db().retired_expiry() {
+            Ok(until) => new.inherit_digest_keys(&self.cipher, until, now),
+            Err(err) => {
+                tracing::error!(error = %err, "rekey failed; the database stays sealed under the current key");
+                return internal_error();
             }
         }
 
@@ -402,7 +415,12 @@ impl Engine {
                 }
             }
             db.set_meta("key_check", &new.seal_key_check()?)?;
-            db.set_meta("digest_key", &new.seal_digest_key()?)?;
+            match new.seal_previous_digest_keys()? {
+                Some(sealed) => db.set_meta("previous_digest_keys", &sealed)?,
+                None => db.delete_meta("previous_digest_keys")?,
+            }
+            // Their digests cannot be made again under the new key.
+            db.clear_unknown_failures()?;
             tx.commit()?;
             Ok(tokens)
         })();
@@ -426,6 +444,7 @@ impl Engine {
             stop_after_failed_sync();
         }
         self.cipher = new;
+        self.counts.unknown = FailureTable::default();
         tracing::info!(
             tokens,
             key = %new_path.display(),

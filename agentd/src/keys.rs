@@ -53,9 +53,29 @@ impl std::error::Error for KeyError {}
 /// Seals and opens seeds. No `Debug`, and the key is wiped on drop.
 pub struct SeedCipher {
     cipher: ChaCha20Poly1305,
-    /// Key of [`SeedCipher::digest`]: derived from the first seed key of
-    /// the database, and kept when a rekey replaces that key.
+    /// Key of [`SeedCipher::digest`], derived from the seed key.
     digest_key: Zeroizing<[u8; 32]>,
+    /// Digest keys of the seed keys that a rekey replaced, kept while the
+    /// records of removed secrets made with them last.
+    previous: Vec<PreviousDigestKey>,
+}
+
+/// The digest key of a replaced seed key, and the Unix time until which
+/// a stored digest made with it lasts.
+struct PreviousDigestKey {
+    key: Zeroizing<[u8; 32]>,
+    until: u64,
+}
+
+/// Bytes of one [`PreviousDigestKey`] as sealed: the time, then the key.
+const PREVIOUS_RECORD_LEN: usize = 8 + 32;
+
+/// Returns HMAC-SHA-256 of `data` under `key`.
+fn keyed_digest(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
+    // HMAC takes keys of any length, so `new_from_slice` cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    mac.update(data);
+    mac.finalize().into_bytes().into()
 }
 
 /// Which secret of a token a sealed value holds.
@@ -65,9 +85,9 @@ pub enum Field {
     Pin,
     /// The marker that tells at start-up whether the key fits the database.
     KeyCheck,
-    /// The key of [`SeedCipher::digest`], kept in the database after a
-    /// rekey so that stored digests stay valid.
-    DigestKey,
+    /// The digest keys of replaced seed keys (see
+    /// [`SeedCipher::seal_previous_digest_keys`]).
+    PreviousDigestKeys,
 }
 
 impl Field {
@@ -76,7 +96,7 @@ impl Field {
             Field::Seed => b"seed",
             Field::Pin => b"pin",
             Field::KeyCheck => b"key-check",
-            Field::DigestKey => b"digest-key",
+            Field::PreviousDigestKeys => b"previous-digest-keys",
         }
     }
 }
@@ -84,13 +104,14 @@ impl Field {
 impl SeedCipher {
     /// Builds a cipher from raw key bytes.
     pub fn new(key: &[u8; KEY_LEN]) -> SeedCipher {
-        // HMAC takes keys of any length, so neither `new_from_slice` fails.
+        // HMAC takes keys of any length, so `new_from_slice` cannot fail.
         let mut derive = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
         derive.update(b"freeauth code identity digest");
         let digest_key = Zeroizing::new(<[u8; 32]>::from(derive.finalize().into_bytes()));
         SeedCipher {
             cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
             digest_key,
+            previous: Vec::new(),
         }
     }
 
@@ -98,34 +119,82 @@ impl SeedCipher {
     /// equal digests, and without the key file the digest does not let
     /// anyone test a guess of the input.
     pub fn digest(&self, data: &[u8]) -> [u8; 32] {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(self.digest_key.as_slice()).unwrap_or_else(|_| unreachable!());
-        mac.update(data);
-        mac.finalize().into_bytes().into()
+        keyed_digest(&self.digest_key, data)
     }
 
-    /// Returns this cipher with the digest key of `previous`, for a new seed
-    /// key that replaces the key of `previous`.
-    pub fn with_digest_key_of(mut self, previous: &SeedCipher) -> SeedCipher {
-        self.digest_key = previous.digest_key.clone();
-        self
+    /// Returns the digests of `data` under the digest keys of earlier seed
+    /// keys that are still kept at `now`, newest first.
+    pub fn previous_digests(&self, data: &[u8], now: u64) -> Vec<[u8; 32]> {
+        self.previous
+            .iter()
+            .filter(|previous| previous.until > now)
+            .map(|previous| keyed_digest(&previous.key, data))
+            .collect()
     }
 
-    /// Seals the digest key under this cipher, for the database's `meta`.
-    pub fn seal_digest_key(&self) -> Result<Vec<u8>, KeyError> {
-        self.seal(0, Field::DigestKey, self.digest_key.as_slice())
-    }
-
-    /// Takes the digest key from `sealed`, the output of
-    /// [`SeedCipher::seal_digest_key`]. Returns `false` when it does not open.
-    pub fn adopt_digest_key(&mut self, sealed: &[u8]) -> bool {
-        match self.open(0, Field::DigestKey, sealed) {
-            Some(opened) if opened.len() == 32 => {
-                self.digest_key.copy_from_slice(&opened);
-                true
-            }
-            _ => false,
+    /// Takes over the digest keys of `old`, the cipher of the seed key that
+    /// this one replaces. `old`'s own digest key is kept until `until`, the
+    /// end of the last stored digest made with it. `old`'s earlier digest
+    /// keys are kept as long as they last after `now`.
+    pub fn inherit_digest_keys(&mut self, old: &SeedCipher, until: Option<u64>, now: u64) {
+        let mut previous = Vec::new();
+        if let Some(until) = until.filter(|until| *until > now) {
+            previous.push(PreviousDigestKey {
+                key: old.digest_key.clone(),
+                until,
+            });
         }
+        previous.extend(
+            old.previous
+                .iter()
+                .filter(|earlier| earlier.until > now)
+                .map(|earlier| PreviousDigestKey {
+                    key: earlier.key.clone(),
+                    until: earlier.until,
+                }),
+        );
+        self.previous = previous;
+    }
+
+    /// Seals the earlier digest keys under this cipher, for the database's
+    /// `meta`; `None` when there are none.
+    pub fn seal_previous_digest_keys(&self) -> Result<Option<Vec<u8>>, KeyError> {
+        if self.previous.is_empty() {
+            return Ok(None);
+        }
+        let mut plain = Zeroizing::new(Vec::with_capacity(self.previous.len() * PREVIOUS_RECORD_LEN));
+        for previous in &self.previous {
+            plain.extend_from_slice(&previous.until.to_be_bytes());
+            plain.extend_from_slice(previous.key.as_slice());
+        }
+        self.seal(0, Field::PreviousDigestKeys, &plain).map(Some)
+    }
+
+    /// Takes the earlier digest keys from `sealed`, the output of
+    /// [`SeedCipher::seal_previous_digest_keys`]. Returns `false` when it
+    /// does not open or is malformed.
+    pub fn adopt_previous_digest_keys(&mut self, sealed: &[u8]) -> bool {
+        let Some(plain) = self.open(0, Field::PreviousDigestKeys, sealed) else {
+            return false;
+        };
+        if plain.is_empty() || plain.len() % PREVIOUS_RECORD_LEN != 0 {
+            return false;
+        }
+        self.previous = plain
+            .chunks_exact(PREVIOUS_RECORD_LEN)
+            .map(|record| {
+                let (until, key) = record.split_at(8);
+                let mut until_bytes = [0u8; 8];
+                until_bytes.copy_from_slice(until);
+                let mut previous = PreviousDigestKey {
+                    key: Zeroizing::new([0u8; 32]),
+                    until: u64::from_be_bytes(until_bytes),
+                };
+                previous.key.copy_from_slice(key);
+                previous
+            })
+            .collect();
+        true
     }
 
     /// Seals the marker that [`SeedCipher::fits`] checks.
@@ -397,18 +466,35 @@ mod tests {
     }
 
     #[test]
-    fn new_key_keeps_digest_key_of_old() {
+    fn replaced_digest_key_kept_until_expiry() {
         let old = cipher();
-        let new = SeedCipher::new(&[8u8; KEY_LEN]).with_digest_key_of(&old);
-        assert_eq!(new.digest(b"ghost"), old.digest(b"ghost"));
-        assert_ne!(SeedCipher::new(&[8u8; KEY_LEN]).digest(b"ghost"), old.digest(b"ghost"));
+        let mut new = SeedCipher::new(&[8u8; KEY_LEN]);
+        assert_ne!(new.digest(b"ghost"), old.digest(b"ghost"), "the digest key changes");
+        new.inherit_digest_keys(&old, Some(200), 100);
+        assert_eq!(new.previous_digests(b"ghost", 100), [old.digest(b"ghost")]);
+        assert!(new.previous_digests(b"ghost", 200).is_empty(), "expired");
 
-        let sealed = new.seal_digest_key().unwrap();
+        let sealed = new.seal_previous_digest_keys().unwrap().unwrap();
         let mut loaded = SeedCipher::new(&[8u8; KEY_LEN]);
-        assert!(loaded.adopt_digest_key(&sealed));
-        assert_eq!(loaded.digest(b"ghost"), old.digest(b"ghost"));
+        assert!(loaded.adopt_previous_digest_keys(&sealed));
+        assert_eq!(loaded.previous_digests(b"ghost", 150), [old.digest(b"ghost")]);
         let mut other = SeedCipher::new(&[6u8; KEY_LEN]);
-        assert!(!other.adopt_digest_key(&sealed), "another key cannot open it");
+        assert!(!other.adopt_previous_digest_keys(&sealed), "another key cannot open it");
+
+        // A second rekey keeps both earlier keys while they last.
+        let mut third = SeedCipher::new(&[5u8; KEY_LEN]);
+        third.inherit_digest_keys(&loaded, Some(300), 150);
+        assert_eq!(
+            third.previous_digests(b"ghost", 150),
+            [loaded.digest(b"ghost"), old.digest(b"ghost")]
+        );
+        let mut fourth = SeedCipher::new(&[4u8; KEY_LEN]);
+        fourth.inherit_digest_keys(&third, None, 250);
+        assert_eq!(fourth.previous_digests(b"ghost", 250), [loaded.digest(b"ghost")]);
+        assert!(SeedCipher::new(&[3u8; KEY_LEN])
+            .seal_previous_digest_keys()
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -1901,6 +1901,20 @@ impl Db<'_, '_> {
         Ok(())
     }
 
+    /// Returns when the last record of a removed secret expires, if any.
+    pub fn retired_expiry(&self) -> Result<Option<u64>, StoreError> {
+        let expires: Option<i64> = self
+            .conn
+            .query_row("SELECT max(expires) FROM retired_secrets", [], |row| row.get(0))?;
+        Ok(expires.map(|time| u64::try_from(time).unwrap_or(0)))
+    }
+
+    /// Forgets the failure counts of all names without an account.
+    pub fn clear_unknown_failures(&self) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM unknown_failures", [])?;
+        Ok(())
+    }
+
     /// Unix time up to which a removed token with the secret digest
     /// `identity` was used, if its record has not expired at `now`.
     pub fn retired_until(&self, identity: &[u8], now: u64) -> Result<Option<u64>, StoreError> {

@@ -1478,7 +1478,7 @@ fn verify_job(
 
 /// A rekey queued between verifications ends their batch and runs alone.
 /// The jobs after it seal and open under the new key, which fits the
-/// database from then on, with the digest key of the old one.
+/// database from then on.
 #[test]
 fn rekey_runs_alone_between_batches() {
     use freeauth_agentd::engine::EngineCore;
@@ -1544,13 +1544,13 @@ fn rekey_runs_alone_between_batches() {
     assert!(matches!(enrolled.try_recv().unwrap(), Response::Enrolled { .. }));
     drop(core);
 
-    // A new engine with the new key and the stored digest key opens both
-    // tokens: the one re-sealed and the one enrolled after the rekey.
-    let mut cipher = SeedCipher::load(&new_key).unwrap();
+    // A new engine with the new key opens both tokens: the one sealed
+    // again and the one enrolled after the rekey.
+    let cipher = SeedCipher::load(&new_key).unwrap();
     let store = Store::open(&state).unwrap();
-    let sealed_digest_key = store.db().meta("digest_key").unwrap().unwrap();
-    assert!(cipher.adopt_digest_key(&sealed_digest_key));
-    assert_eq!(cipher.digest(b"ghost"), unknown_digest, "the digest key is kept");
+    assert_ne!(cipher.digest(b"ghost"), unknown_digest, "the digest key changes");
+    let no_records = store.db().meta("previous_digest_keys").unwrap();
+    assert!(no_records.is_none(), "no removed secret needs the old digest key");
     let check = store.db().meta("key_check").unwrap().unwrap();
     assert!(cipher.fits(&check));
     assert!(!SeedCipher::new(&[9u8; 32]).fits(&check), "the old key no longer fits");
@@ -1567,4 +1567,83 @@ fn rekey_runs_alone_between_batches() {
     );
     let wrong = reopened.verify("mo", "000000".into());
     assert_eq!(wrong.reason, Reason::WrongCode, "the PIN and seed open: {wrong:?}");
+}
+
+/// Builds an engine on the database in `state` with the seed key in the
+/// file `key`, as the agent does at start.
+fn engine_from_files(state: &std::path::Path, key: &std::path::Path, clock: Arc<ManualClock>) -> Engine {
+    let store = Store::open(state).unwrap();
+    let mut cipher = SeedCipher::load(key).unwrap();
+    if let Some(sealed) = store.db().meta("previous_digest_keys").unwrap() {
+        assert!(cipher.adopt_previous_digest_keys(&sealed));
+    }
+    Engine::new(store, cipher, clock, settings(5)).with_key_file(key)
+}
+
+/// The record of a removed secret outlives a rekey, also across a
+/// restart: enrolled again, the secret does not accept its used codes.
+/// Once the record has expired, the next rekey drops the old digest key.
+#[test]
+fn retired_secret_survives_rekey() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let key = dir.path().join("seed.key");
+    let new_key = freeauth_agentd::keys::new_key_path(&key);
+    SeedCipher::create(&key).unwrap();
+    let clock = Arc::new(ManualClock::new(STEP_START));
+    // Harness over the files in `dir`, which outlives every harness.
+    let open = |clock: &Arc<ManualClock>| Harness {
+        engine: engine_from_files(&state, &key, clock.clone()),
+        clock: clock.clone(),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let rekey = |h: &mut Harness| {
+        SeedCipher::create(&new_key).unwrap();
+        assert_eq!(h.engine.rekey(), Response::Rekeyed { tokens: 0 });
+        std::fs::rename(&new_key, &key).unwrap();
+    };
+
+    let mut h = open(&clock);
+    h.enroll("alice");
+    let used = code_at(STEP_START);
+    assert_eq!(h.verify("alice", used.clone()).outcome, Outcome::Accepted);
+    h.remove("alice");
+    rekey(&mut h);
+    drop(h);
+
+    let mut h = open(&clock);
+    h.enroll("alice");
+    let again = h.verify("alice", used);
+    assert_eq!((again.outcome, again.reason), (Outcome::Rejected, Reason::ReusedCode));
+    h.remove("alice");
+
+    // Two days later every record has expired.
+    clock.set(STEP_START + 2 * 86_400);
+    rekey(&mut h);
+    drop(h);
+    let store = Store::open(&state).unwrap();
+    assert!(store.db().meta("previous_digest_keys").unwrap().is_none());
+}
+
+/// A rekey clears the failure counts of names without an account, whose
+/// digests it cannot make again under the new key.
+#[test]
+fn rekey_clears_unknown_name_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let key = dir.path().join("seed.key");
+    SeedCipher::create(&key).unwrap();
+    let clock = Arc::new(ManualClock::new(STEP_START));
+    let mut h = Harness {
+        engine: engine_from_files(&state, &key, clock.clone()),
+        clock,
+        _dir: dir,
+    };
+    for _ in 0..2 {
+        h.verify("mallory", "000000".into());
+    }
+    SeedCipher::create(&freeauth_agentd::keys::new_key_path(&key)).unwrap();
+    assert_eq!(h.engine.rekey(), Response::Rekeyed { tokens: 0 });
+    let first = h.verify("mallory", "000000".into());
+    assert_eq!((first.reason, first.failures), (Reason::UnknownUser, 1));
 }
