@@ -1483,11 +1483,23 @@ fn rekey_rejects_other_state_folder() {
     fs::set_permissions(dir.join("copy/state"), fs::Permissions::from_mode(0o700)).unwrap();
     let copy = dir.join("copy/state/freeauth.db");
     agent.ctl_ok(&["backup", copy.to_str().unwrap()]);
-    let config = fs::read_to_string(agent.config())
-        .unwrap()
-        .replace("state_dir = \"state\"", "state_dir = \"copy/state\"");
-    let other_config = dir.join("other.toml");
-    fs::write(&other_config, config).unwrap();
+    let stderr = failed_rekey_with_config(&agent, "state_dir = \"state\"", "state_dir = \"copy/state\"");
+    assert!(stderr.contains("does not use the state folder"), "{stderr}");
+    assert_eq!(fs::read(&key).unwrap(), old_key, "the key stays");
+    assert!(!dir.join("state/seed.key.new").exists());
+
+    agent.restart();
+    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
+}
+
+/// Runs `freeauthctl rekey` with a copy of the agent's configuration in
+/// which `setting` is replaced by `other`, expecting it to fail, and
+/// returns its standard error.
+fn failed_rekey_with_config(agent: &Agent, setting: &str, other: &str) -> String {
+    let config = fs::read_to_string(agent.config()).unwrap();
+    assert!(config.contains(setting), "{config}");
+    let other_config = agent.dir.path().join("other.toml");
+    fs::write(&other_config, config.replace(setting, other)).unwrap();
 
     let output = Command::new(binary("freeauthctl"))
         .arg("--config")
@@ -1495,14 +1507,9 @@ fn rekey_rejects_other_state_folder() {
         .arg("rekey")
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("does not use the state folder"), "{stderr}");
-    assert_eq!(fs::read(&key).unwrap(), old_key, "the key stays");
-    assert!(!dir.join("state/seed.key.new").exists());
-
-    agent.restart();
-    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
+    stderr
 }
 
 /// A configuration that names another seed key than the agent's leaves the
@@ -1517,20 +1524,7 @@ fn rekey_rejects_other_key_path() {
     fs::create_dir(dir.join("keys")).unwrap();
     fs::set_permissions(dir.join("keys"), fs::Permissions::from_mode(0o700)).unwrap();
     fs::copy(&key, dir.join("keys/seed.key")).unwrap();
-    let config = fs::read_to_string(agent.config())
-        .unwrap()
-        .replace("seed_key = \"state/seed.key\"", "seed_key = \"keys/seed.key\"");
-    let other_config = dir.join("other.toml");
-    fs::write(&other_config, config).unwrap();
-
-    let output = Command::new(binary("freeauthctl"))
-        .arg("--config")
-        .arg(&other_config)
-        .arg("rekey")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let stderr = failed_rekey_with_config(&agent, "seed_key = \"state/seed.key\"", "seed_key = \"keys/seed.key\"");
     let missing = format!("the new key {} is missing", dir.join("state/seed.key.new").display());
     assert!(stderr.contains(&missing), "{stderr}");
     assert!(
