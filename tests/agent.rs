@@ -1602,6 +1602,27 @@ fn rekey_without_agent_keeps_key() {
     assert_rekey_fails(&agent, &old_key, "cannot connect to the agent");
 }
 
+/// A missing seed key with no token left makes the agent start with a new
+/// key, also after a rekey that kept the old digest key for the record of
+/// a removed secret. That digest key is sealed under the lost seed key.
+#[test]
+fn new_key_after_rekey_and_removal() {
+    let mut agent = Agent::start();
+    enroll_totp(&agent, "tina", RFC_SEED_HEX, &[]);
+    let code = oath_totp(RFC_SEED_HEX, "sha1", 6, 30, now());
+    assert_eq!(agent.ctl_verify("tina", &code), 0);
+    agent.ctl_ok(&["remove", "tina"]);
+    let output = agent.ctl_ok(&["rekey"]);
+    assert!(output.contains("sealed 0 tokens"), "{output}");
+    agent.stop();
+
+    fs::remove_file(agent.dir.path().join("state/seed.key")).unwrap();
+    agent.spawn();
+    assert!(agent.log().contains("created a new seed key"), "{}", agent.log());
+    enroll_hotp(&agent, "alice");
+    assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
+}
+
 /// Runs `freeauthctl rekey`, expecting it to fail with `error` and to
 /// leave the key file as `old_key`, with no `.new` file.
 fn assert_rekey_fails(agent: &Agent, old_key: &[u8], error: &str) {

@@ -71,8 +71,10 @@ pub fn open_state(config: &Config) -> Result<(Store, SeedCipher), DaemonError> {
             )));
         }
         SeedCipher::create(key_path).map_err(fail)?;
-        // No token exists, so no seed is lost: forget the old key's marker.
+        // No token exists, so no seed is lost: forget the old key's marker,
+        // and the digest keys of earlier seed keys, sealed under the old key.
         store.db().delete_meta("key_check").map_err(fail)?;
+        store.db().delete_meta("previous_digest_keys").map_err(fail)?;
         tracing::info!(path = %key_path.display(), "created a new seed key");
     }
     let mut cipher = match store.db().meta("key_check").map_err(fail)? {
