@@ -438,6 +438,8 @@ grep -q -i hotp <<<"$(freeauthctl show alice)" || fail "alice's token is gone af
 stop_unit freeauth-agentd
 
 step "purge answered yes deletes state and configuration"
+# The new key of a rekey that stopped before it moved the file in place.
+install -m 600 -o freeauth -g freeauth /etc/freeauth/seed.key /etc/freeauth/seed.key.new
 echo 'freeauth freeauth/purge_state boolean true' | debconf-set-selections
 apt-get purge -y freeauth >apt.log 2>&1 || {
   cat apt.log >&2
