@@ -1468,6 +1468,40 @@ fn rekey_waits_for_running_rekey() {
     assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
 }
 
+/// A backup that starts while a rekey runs stops with an error. The rekey
+/// would otherwise replace the key file that the backup names as the one
+/// that opens the copy, and no key on disk would open it.
+#[test]
+fn backup_waits_for_running_rekey() {
+    let agent = agent_for_rekey();
+    let key = agent.dir.path().join("state/seed.key");
+    let copy = agent.dir.path().join("copy.db");
+
+    // The lock that a running `freeauthctl rekey` holds on the key file.
+    let mut holder = Command::new("flock")
+        .args(["--exclusive", "--close"])
+        .arg(&key)
+        .args(["--command", "echo locked; cat >/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("flock (apt-get install util-linux)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line, "locked\n", "flock holds the key file");
+
+    let output = agent.ctl(&["backup", copy.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("a `freeauthctl rekey` is running"), "{stderr}");
+    assert!(!copy.exists(), "no copy is made");
+
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success(), "flock released the key file");
+    let copied = agent.ctl_ok(&["backup", copy.to_str().unwrap()]);
+    assert!(copied.contains("The copy opens with the seed key"), "{copied}");
+}
+
 /// A configuration that names the agent's socket and key but another state
 /// folder, here one with a backup of the agent's database, is rejected
 /// before anything changes. Checking the copy after the agent sealed its

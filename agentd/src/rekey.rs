@@ -127,13 +127,58 @@ pub fn check_agent_uses(config: &Config) -> Result<(), String> {
 }
 
 /// Takes an exclusive `flock` on the seed key file for one run of
-/// `freeauthctl rekey`, or fails at once when another run has it.
-/// Without it, a second run could take the first run's `.new` file for a
-/// leftover and remove it while the agent seals the database under it.
+/// `freeauthctl rekey`, or fails at once when another run or a backup has
+/// it. Without it, a second run could take the first run's `.new` file for
+/// a leftover and remove it while the agent seals the database under it.
 /// Returns `None` when the key file is missing, because then no rekey can
 /// start and [`settle`] only moves a fitting `.new` file in place.
 pub fn lock_key(config: &Config) -> Result<Option<Flock<File>>, String> {
     let key = &config.paths.seed_key;
+    match lock_key_file(key, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => Ok(locked),
+        Err(KeyLockError::Busy) => Err(format!(
+            "another `freeauthctl rekey` is running on {}, or a `freeauthctl backup`; wait for it to finish",
+            key.display()
+        )),
+        Err(KeyLockError::Denied(err)) => Err(format!(
+            "cannot open seed key {}: {err}; run `freeauthctl rekey` as root or as the agent's user",
+            key.display()
+        )),
+        Err(KeyLockError::Other(message)) => Err(message),
+    }
+}
+
+/// Takes a shared `flock` on the seed key file for one `freeauthctl
+/// backup`, from before the copy until it has named the key that opens the
+/// copy, or fails at once while a rekey runs. A rekey finished in between
+/// would replace that key, and no key on disk would open the copy.
+/// Returns `None` when the key file is missing or cannot be locked.
+pub fn lock_key_for_backup(config: &Config) -> Result<Option<Flock<File>>, String> {
+    let key = &config.paths.seed_key;
+    match lock_key_file(key, FlockArg::LockSharedNonblock) {
+        Ok(locked) => Ok(locked),
+        Err(KeyLockError::Busy) => Err(format!(
+            "a `freeauthctl rekey` is running on {}, and it replaces the key that opens a copy made now; \
+             wait for it to finish and run the backup again",
+            key.display()
+        )),
+        // A key that cannot be locked does not stop the copy.
+        Err(KeyLockError::Denied(_) | KeyLockError::Other(_)) => Ok(None),
+    }
+}
+
+/// Failure of [`lock_key_file`].
+enum KeyLockError {
+    /// Another process holds a conflicting lock.
+    Busy,
+    /// This user may not open the key file.
+    Denied(std::io::Error),
+    Other(String),
+}
+
+/// Locks the seed key file `key` with `arg`, a non-blocking `flock`
+/// operation, and returns `None` when the file is missing.
+fn lock_key_file(key: &Path, arg: FlockArg) -> Result<Option<Flock<File>>, KeyLockError> {
     // A run that holds the lock renames the `.new` file over the key and
     // so leaves its lock on the old file, which the path no longer names.
     for _ in 0..3 {
@@ -144,38 +189,43 @@ pub fn lock_key(config: &Config) -> Result<Option<Flock<File>>, String> {
         {
             Ok(file) => file,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(format!(
-                    "cannot open seed key {}: {err}; run `freeauthctl rekey` as root or as the agent's user",
+            Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => return Err(KeyLockError::Denied(err)),
+            Err(err) => {
+                return Err(KeyLockError::Other(format!(
+                    "cannot open seed key {}: {err}",
                     key.display()
-                ))
+                )))
             }
-            Err(err) => return Err(format!("cannot open seed key {}: {err}", key.display())),
         };
-        let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        let locked = match Flock::lock(file, arg) {
             Ok(locked) => locked,
-            Err((_, Errno::EWOULDBLOCK)) => {
-                return Err(format!(
-                    "another `freeauthctl rekey` is running on {}; wait for it to finish",
+            Err((_, Errno::EWOULDBLOCK)) => return Err(KeyLockError::Busy),
+            Err((_, errno)) => {
+                return Err(KeyLockError::Other(format!(
+                    "cannot lock seed key {}: {errno}",
                     key.display()
-                ))
+                )))
             }
-            Err((_, errno)) => return Err(format!("cannot lock seed key {}: {errno}", key.display())),
         };
         let opened = locked
             .metadata()
-            .map_err(|err| format!("cannot read seed key {}: {err}", key.display()))?;
+            .map_err(|err| KeyLockError::Other(format!("cannot read seed key {}: {err}", key.display())))?;
         match std::fs::symlink_metadata(key) {
             Ok(current) if (current.dev(), current.ino()) == (opened.dev(), opened.ino()) => return Ok(Some(locked)),
             Ok(_) => continue,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(format!("cannot read seed key {}: {err}", key.display())),
+            Err(err) => {
+                return Err(KeyLockError::Other(format!(
+                    "cannot read seed key {}: {err}",
+                    key.display()
+                )))
+            }
         }
     }
-    Err(format!(
+    Err(KeyLockError::Other(format!(
         "seed key {} was replaced three times while this command tried to lock it; another `freeauthctl rekey` may be running, so wait for it and try again",
         key.display()
-    ))
+    )))
 }
 
 /// Writes a new random key to the seed key's `.new` file, with the owner

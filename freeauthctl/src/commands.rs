@@ -388,6 +388,8 @@ fn check_config(config: &Config) -> Result<ExitCode, CommandError> {
 /// Copies the database into `file` through the store, which reads it
 /// without the agent and without changing anything in the state folder.
 fn backup(config: &Config, file: &Path, json: bool) -> Result<ExitCode, CommandError> {
+    // Held until the key that opens the copy is named.
+    let _key_lock = freeauth_agentd::rekey::lock_key_for_backup(config)?;
     let summary = freeauth_agentd::store::backup(&config.paths.state_dir, file).map_err(|err| err.to_string())?;
     if json {
         let value = serde_json::json!({
