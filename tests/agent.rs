@@ -1381,6 +1381,26 @@ fn rekey_removes_unused_new_key() {
     assert!(!new_key.exists());
 }
 
+/// With --json, standard output is one JSON object also when the rekey
+/// first removes an unused `.new` file, which it notes on standard error.
+#[test]
+fn rekey_json_after_unused_new_key() {
+    let agent = agent_for_rekey();
+    let new_key = agent.dir.path().join("state/seed.key.new");
+    fs::write(&new_key, "").unwrap();
+    fs::set_permissions(&new_key, fs::Permissions::from_mode(0o600)).unwrap();
+
+    let output = agent.ctl(&["--json", "rekey"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let printed: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|err| panic!("{err}: {stdout}"));
+    assert_eq!(printed["tokens"], 2, "{printed}");
+    assert_eq!(printed["new_key"], true, "{printed}");
+    assert!(stderr.contains("left unused by an earlier rekey"), "{stderr}");
+    assert!(!new_key.exists());
+}
+
 /// A `.new` file that cannot be a key, such as one that a run stopped
 /// while writing, is removed by the next rekey as long as the current key
 /// fits the database.

@@ -35,7 +35,15 @@ pub fn run(config: &Config, json: bool) -> Result<ExitCode, CommandError> {
                 );
                 return report(json, 0, false, &message);
             }
-            Settled::RemovedUnused => say!("removed {}, left unused by an earlier rekey", new.display()),
+            Settled::RemovedUnused => {
+                let note = format!("removed {}, left unused by an earlier rekey", new.display());
+                // With --json, standard output contains only the JSON object.
+                if json {
+                    eprintln!("freeauthctl: note: {note}");
+                } else {
+                    say!("{note}");
+                }
+            }
             Settled::Nothing => {}
         }
     }
