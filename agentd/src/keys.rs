@@ -261,12 +261,24 @@ impl SeedCipher {
             .mode(0o600)
             .open(path)
             .map_err(io_error)?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(io_error)?;
+        let owned = match owner {
+            // Not a permission error of the folder, so that callers do not
+            // take it for one.
+            Some((uid, gid)) => std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(|source| {
+                io_error(std::io::Error::other(format!(
+                    "cannot give it to uid {uid} and gid {gid}: {source}"
+                )))
+            }),
+            None => Ok(()),
+        };
+        let written = owned
+            .and_then(|()| file.write_all(text.as_bytes()).map_err(io_error))
+            .and_then(|()| file.sync_all().map_err(io_error));
+        if written.is_err() {
+            // An empty or partial key file would pass for a key at the next try.
+            let _ = fs::remove_file(path);
         }
-        file.write_all(text.as_bytes()).map_err(io_error)?;
-        file.sync_all().map_err(io_error)?;
-        Ok(())
+        written
     }
 
     /// Encrypts `plain` for token `token_id`.

@@ -19,7 +19,8 @@ pub fn run(config: &Config, json: bool) -> Result<ExitCode, CommandError> {
     // Held until the command ends, so that rekeys run one at a time.
     let _lock = lock_key(config)?;
     // A running agent must seal the database that this command checks.
-    if call(config, Request::Status {}).is_ok() {
+    let reachable = call(config, Request::Status {});
+    if reachable.is_ok() {
         check_agent_uses(config)?;
     }
     if new.symlink_metadata().is_ok() {
@@ -48,6 +49,13 @@ pub fn run(config: &Config, json: bool) -> Result<ExitCode, CommandError> {
         }
     }
 
+    // Without a reply, this command cannot tell which database the agent
+    // would seal, so it writes no new key.
+    if let Err(err) = reachable {
+        return Err(format!(
+            "{err}\n  A rekey needs the running agent. The seed key is unchanged."
+        ));
+    }
     write_new_key(config)?;
     let outcome = call(config, Request::Rekey {});
     let tokens = match outcome {
