@@ -1520,6 +1520,12 @@ fn backup_waits_for_running_rekey() {
     assert!(holder.wait().unwrap().success(), "flock released the key file");
     let copied = agent.ctl_ok(&["backup", copy.to_str().unwrap()]);
     assert!(copied.contains("The copy opens with the seed key"), "{copied}");
+    let json_copy = agent.dir.path().join("copy-json.db");
+    let printed = agent.ctl_ok(&["--json", "backup", json_copy.to_str().unwrap()]);
+    let value: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    let key = agent.dir.path().join("state/seed.key");
+    assert_eq!(value["key"].as_str(), Some(key.to_str().unwrap()), "{printed}");
+    assert_eq!(value["tokens"], 1);
 }
 
 /// A configuration that names the agent's socket and key but another state
@@ -1644,6 +1650,49 @@ fn rekey_stops_at_unreadable_seed() {
         0,
         "the other token works"
     );
+}
+
+/// With the key file gone, a `.new` file that does not fit is no key: the
+/// agent names both files and asks for the key from a backup.
+#[test]
+fn missing_key_and_unfit_new_key_refused() {
+    let mut agent = agent_for_rekey();
+    agent.stop();
+    let new_key = agent.dir.path().join("state/seed.key.new");
+    fs::remove_file(agent.dir.path().join("state/seed.key")).unwrap();
+    fs::write(&new_key, format!("{}\n", "cd".repeat(32))).unwrap();
+    fs::set_permissions(&new_key, fs::Permissions::from_mode(0o600)).unwrap();
+    let (status, log) = start_outcome(&agent);
+    assert_eq!(status, Some(1), "{log}");
+    assert!(log.contains("is missing, and"), "{log}");
+    assert!(log.contains("seed.key.new does not fit the database"), "{log}");
+}
+
+/// A pipe in place of the WAL file, which the agent's user could make,
+/// stops `freeauthctl rekey` with an error instead of a wait without end.
+#[test]
+fn rekey_refuses_pipe_as_wal() {
+    let mut agent = agent_for_rekey();
+    agent.stop();
+    let state = agent.dir.path().join("state");
+    let new_key = state.join("seed.key.new");
+    fs::write(&new_key, format!("{}\n", "cd".repeat(32))).unwrap();
+    fs::set_permissions(&new_key, fs::Permissions::from_mode(0o600)).unwrap();
+    let wal = state.join("freeauth.db-wal");
+    let _ = fs::remove_file(&wal);
+    let made = Command::new("mkfifo").arg(&wal).status().unwrap();
+    assert!(made.success());
+
+    let output = output_within(
+        Command::new(binary("freeauthctl"))
+            .arg("--config")
+            .arg(agent.config())
+            .arg("rekey"),
+        Duration::from_secs(20),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not a regular file"), "{stderr}");
 }
 
 /// Without a running agent nothing is re-sealed, and the key stays.
@@ -2623,6 +2672,12 @@ fn backup_copies_and_restores() {
     let copied = agent.ctl_ok(&["backup", copy.to_str().unwrap()]);
     assert!(copied.contains("copied 1 users and 1 tokens"), "{copied}");
     assert!(copied.contains("The copy opens with the seed key"), "{copied}");
+    let json_copy = agent.dir.path().join("copy-json.db");
+    let printed = agent.ctl_ok(&["--json", "backup", json_copy.to_str().unwrap()]);
+    let value: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    let key = agent.dir.path().join("state/seed.key");
+    assert_eq!(value["key"].as_str(), Some(key.to_str().unwrap()), "{printed}");
+    assert_eq!(value["tokens"], 1);
     assert_eq!(fs::metadata(&copy).unwrap().mode() & 0o777, 0o600);
     let again = agent.ctl(&["backup", copy.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(2));

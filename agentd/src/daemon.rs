@@ -122,6 +122,13 @@ fn fitting_key(key_path: &Path, new_path: &Path, key_check: &[u8]) -> Result<See
             return Ok(cipher);
         }
     }
+    if !key_path.exists() {
+        return Err(fail(format!(
+            "seed key {} is missing, and {} does not fit the database; restore the key from a backup",
+            key_path.display(),
+            new_path.display()
+        )));
+    }
     Err(fail(format!(
         "seed key {} does not fit the database: it was sealed with another key",
         key_path.display()

@@ -1392,10 +1392,22 @@ fn open_read_only(state_dir: &Path) -> Result<(Connection, Option<Flock<File>>),
 /// WAL is synced first, so that what this reads is on disk.
 pub fn read_key_check(state_dir: &Path) -> Result<Option<Vec<u8>>, StoreError> {
     let wal = state_dir.join(format!("{DB_FILE}-wal"));
-    if let Ok(file) = File::open(&wal) {
-        file.sync_data().map_err(|err| StoreError::File {
+    // Without following a link and without waiting on a pipe: the folder
+    // belongs to the agent's user, and root may run this.
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(&wal);
+    if let Ok(file) = opened {
+        let regular = file.metadata().map(|meta| meta.is_file()).unwrap_or(false);
+        let synced = if regular {
+            file.sync_data().map_err(|err| format!("cannot sync it: {err}"))
+        } else {
+            Err("is not a regular file".to_owned())
+        };
+        synced.map_err(|reason| StoreError::File {
             path: wal.display().to_string(),
-            reason: format!("cannot sync it: {err}"),
+            reason,
         })?;
     }
     let (conn, _lock) = open_read_only(state_dir)?;

@@ -392,11 +392,23 @@ fn backup(config: &Config, file: &Path, json: bool) -> Result<ExitCode, CommandE
     let _key_lock = freeauth_agentd::rekey::lock_key_for_backup(config)?;
     let summary = freeauth_agentd::store::backup(&config.paths.state_dir, file).map_err(|err| err.to_string())?;
     if json {
+        let copy_key = key_of_copy(config, file);
+        if let CopyKey::Neither = copy_key {
+            eprintln!(
+                "freeauthctl: warning: neither {} nor its .new file opens the copy (a rekey may have run meanwhile); make a new copy",
+                config.paths.seed_key.display()
+            );
+        }
+        let key = match copy_key {
+            CopyKey::Fits(key) => Some(key),
+            CopyKey::Neither | CopyKey::Unknown => None,
+        };
         let value = serde_json::json!({
             "file": file,
             "users": summary.users,
             "tokens": summary.tokens,
             "bytes": summary.bytes,
+            "key": key,
         });
         output::print_json(&value)?;
     } else {
