@@ -251,6 +251,9 @@ impl Pamtester<'_> {
 }
 
 /// Lock held while one pamtester initialises pam_wrapper.
+// NOTE: it covers the pamtesters of one test process only. Test binaries
+// that run at the same time (two `cargo test` runs, or a runner with a
+// process per test) can still share a pam_wrapper folder.
 static PAM_WRAPPER_START: Mutex<()> = Mutex::new(());
 
 /// Line that pam_wrapper prints on standard error at `PAM_WRAPPER_DEBUGLEVEL=2`
