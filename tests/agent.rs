@@ -1572,7 +1572,7 @@ fn failed_rekey_with_config(agent: &Agent, setting: &str, other: &str) -> String
 }
 
 /// A configuration that names another seed key than the agent's leaves the
-/// agent without the new key file, and the error says which configuration
+/// agent without the new key file, and the error names the configuration
 /// to use.
 #[test]
 fn rekey_rejects_other_key_path() {
@@ -1668,7 +1668,7 @@ fn rekey_stops_at_unreadable_seed() {
 }
 
 /// With the key file gone, a `.new` file that does not fit is no key: the
-/// agent names both files and asks for the key from a backup.
+/// agent names both files and requests the key from a backup.
 #[test]
 fn missing_key_and_unfit_new_key_refused() {
     let mut agent = agent_for_rekey();
@@ -1695,8 +1695,8 @@ fn rekey_refuses_pipe_as_wal() {
     fs::set_permissions(&new_key, fs::Permissions::from_mode(0o600)).unwrap();
     let wal = state.join("freeauth.db-wal");
     let _ = fs::remove_file(&wal);
-    let made = Command::new("mkfifo").arg(&wal).status().unwrap();
-    assert!(made.success());
+    let fifo_created = Command::new("mkfifo").arg(&wal).status().unwrap();
+    assert!(fifo_created.success());
 
     let output = output_within(
         Command::new(binary("freeauthctl"))
