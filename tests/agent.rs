@@ -1455,19 +1455,8 @@ fn rekey_waits_for_running_rekey() {
     fs::write(&new_key, &running_key).unwrap();
     fs::set_permissions(&new_key, fs::Permissions::from_mode(0o600)).unwrap();
 
-    // The lock that the running `freeauthctl rekey` holds on the key file,
-    // taken by flock(1) from util-linux until its standard input closes.
-    let mut holder = Command::new("flock")
-        .args(["--exclusive", "--close"])
-        .arg(&key)
-        .args(["--command", "echo locked; cat >/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("flock (apt-get install util-linux)");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line).unwrap();
-    assert_eq!(line, "locked\n", "flock holds the key file");
+    // The lock that the running `freeauthctl rekey` holds on the key file.
+    let mut holder = hold_rekey_lock(&key);
 
     let output = agent.ctl(&["rekey"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -1488,6 +1477,23 @@ fn rekey_waits_for_running_rekey() {
     assert_eq!(agent.ctl_verify("alice", &oath_hotp(RFC_SEED_HEX, 0, 6)), 0);
 }
 
+/// Takes the exclusive lock of a running rekey on `key` with flock(1) from
+/// util-linux, which holds it until its standard input closes.
+fn hold_rekey_lock(key: &Path) -> std::process::Child {
+    let mut holder = Command::new("flock")
+        .args(["--exclusive", "--close"])
+        .arg(key)
+        .args(["--command", "echo locked; cat >/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("flock (apt-get install util-linux)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line, "locked\n", "flock holds the key file");
+    holder
+}
+
 /// A backup that starts while a rekey runs stops with an error. The rekey
 /// would otherwise replace the key file that the backup names as the one
 /// that opens the copy, and no key on disk would open it.
@@ -1498,17 +1504,7 @@ fn backup_waits_for_running_rekey() {
     let copy = agent.dir.path().join("copy.db");
 
     // The lock that a running `freeauthctl rekey` holds on the key file.
-    let mut holder = Command::new("flock")
-        .args(["--exclusive", "--close"])
-        .arg(&key)
-        .args(["--command", "echo locked; cat >/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("flock (apt-get install util-linux)");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line).unwrap();
-    assert_eq!(line, "locked\n", "flock holds the key file");
+    let mut holder = hold_rekey_lock(&key);
 
     let output = agent.ctl(&["backup", copy.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
