@@ -72,7 +72,8 @@ const PREVIOUS_RECORD_LEN: usize = 8 + 32;
 
 /// Returns HMAC-SHA-256 of `data` under `key`.
 fn keyed_digest(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
-    // HMAC takes keys of any length, so `new_from_slice` cannot fail.
+    // HMAC (RFC 2104) takes keys of any length, and the hmac crate's
+    // `new_from_slice` rejects none, so the error branch is never taken.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     mac.update(data);
     mac.finalize().into_bytes().into()
@@ -104,7 +105,8 @@ impl Field {
 impl SeedCipher {
     /// Builds a cipher from raw key bytes.
     pub fn new(key: &[u8; KEY_LEN]) -> SeedCipher {
-        // HMAC takes keys of any length, so `new_from_slice` cannot fail.
+        // HMAC (RFC 2104) takes keys of any length, and the hmac crate's
+        // `new_from_slice` fails only for fixed-length MACs, so it cannot fail here.
         let mut derive = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
         derive.update(b"freeauth code identity digest");
         let digest_key = Zeroizing::new(<[u8; 32]>::from(derive.finalize().into_bytes()));
