@@ -106,7 +106,7 @@ impl SeedCipher {
     /// Builds a cipher from raw key bytes.
     pub fn new(key: &[u8; KEY_LEN]) -> SeedCipher {
         // HMAC (RFC 2104) takes keys of any length, and the hmac crate's
-        // `new_from_slice` fails only for fixed-length MACs, so it cannot fail here.
+        // `new_from_slice` rejects none, so the error branch is never taken.
         let mut derive = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
         derive.update(b"freeauth code identity digest");
         let digest_key = Zeroizing::new(<[u8; 32]>::from(derive.finalize().into_bytes()));
