@@ -3288,3 +3288,81 @@ fn reload_warns_only_about_pending_changes() {
     assert_eq!(log.matches("log_level changes take effect").count(), 1, "{log}");
     assert_eq!(log.matches("changes to [paths]").count(), 1, "{log}");
 }
+
+/// Returns the value of the `Cpus_allowed_list` line of a `/proc/.../status` file, such
+/// as "0-1".
+fn cpus_allowed(status_path: &Path) -> String {
+    let status = fs::read_to_string(status_path).unwrap();
+    let line = status.lines().find(|line| line.starts_with("Cpus_allowed_list:"));
+    line.unwrap().split_once(':').unwrap().1.trim().to_string()
+}
+
+/// Returns the allowed CPUs of each thread of process `pid`, by thread name.
+fn thread_cpus(pid: u32) -> Vec<(String, String)> {
+    let mut threads = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = entry.unwrap().path();
+        let name = fs::read_to_string(task.join("comm")).unwrap().trim().to_string();
+        threads.push((name, cpus_allowed(&task.join("status"))));
+    }
+    threads
+}
+
+fn cpus_of<'a>(threads: &'a [(String, String)], name: &str) -> &'a str {
+    let found = threads.iter().find(|(thread, _)| thread == name);
+    &found.unwrap_or_else(|| panic!("no thread named {name}: {threads:?}")).1
+}
+
+/// Sends lookups 150 ms apart, past the agent's 100 ms placement interval,
+/// until `done` accepts the threads' CPUs or `limit` passes.
+fn look_up_until(agent: &Agent, limit: Duration, done: impl Fn(&[(String, String)]) -> bool) -> Vec<(String, String)> {
+    let pid = agent.child.as_ref().unwrap().id();
+    let mut client = agent.agent_client();
+    let deadline = Instant::now() + limit;
+    loop {
+        client.call(Request::Lookup { user: "ghost".into() }).unwrap();
+        let threads = thread_cpus(pid);
+        if done(&threads) || Instant::now() > deadline {
+            return threads;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
+#[test]
+fn light_load_puts_two_threads_on_one_cpu() {
+    let all = cpus_allowed(Path::new("/proc/self/status"));
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        eprintln!("skipped: thread placement needs two CPUs, this test may use {all}");
+        return;
+    }
+    let agent = Agent::start();
+
+    let threads = look_up_until(&agent, Duration::from_secs(5), |threads| {
+        cpus_of(threads, "engine") != all
+    });
+
+    // The main thread serves the connections.
+    let connection = cpus_of(&threads, "freeauth-agentd");
+    let engine = cpus_of(&threads, "engine");
+    assert_eq!(connection, engine, "{threads:?}");
+    assert!(engine.parse::<usize>().is_ok(), "not a single CPU: {threads:?}");
+    assert_eq!(cpus_of(&threads, "wal-sync"), all, "{threads:?}");
+    assert!(agent.log().contains("share one CPU"), "{}", agent.log());
+}
+
+#[test]
+fn thread_placement_off_keeps_every_cpu() {
+    let all = cpus_allowed(Path::new("/proc/self/status"));
+    let agent = Agent::start_with(Options {
+        extra: "[server]\nthread_placement = false\n".into(),
+        ..Options::default()
+    });
+
+    // Placement would move the threads within a few of these lookups.
+    let threads = look_up_until(&agent, Duration::from_secs(1), |_| false);
+
+    assert_eq!(cpus_of(&threads, "freeauth-agentd"), all, "{threads:?}");
+    assert_eq!(cpus_of(&threads, "engine"), all, "{threads:?}");
+    assert!(!agent.log().contains("share one CPU"), "{}", agent.log());
+}

@@ -96,6 +96,9 @@ pub struct Server {
     pub io_timeout: Duration,
     /// Requests the engine commits together in one transaction at most.
     pub max_batch: usize,
+    /// Keep the connection thread and the engine thread on one CPU while
+    /// the load is light; see `placement`.
+    pub thread_placement: bool,
 }
 
 /// Settings used when enrolling and prompting.
@@ -273,12 +276,14 @@ fn read_server(section: &Section) -> Server {
     let max_in_flight = section.integer_or("max_in_flight", 1..=65_536, 256);
     let io_timeout_ms = section.integer_or("io_timeout_ms", 100..=600_000, 10_000);
     let max_batch = section.integer_or("max_batch", 1..=65_536, 1024);
+    let thread_placement = section.bool_or("thread_placement", true);
     section.finish();
     Server {
         max_connections: to_usize(max_connections),
         max_in_flight: to_usize(max_in_flight),
         io_timeout: millis(io_timeout_ms),
         max_batch: to_usize(max_batch),
+        thread_placement,
     }
 }
 
@@ -394,6 +399,16 @@ mod tests {
         let err = parse(&format!("[lockout]\nfailure_delay_ms = {}\n", wait_ms + 20)).unwrap_err();
         assert!(err.to_string().contains("danger_short_failure_delay"), "{err}");
         assert!(i128::from(MIN_SAFE_FAILURE_DELAY_MS) > i128::try_from(wait_ms).unwrap());
+    }
+
+    #[test]
+    fn thread_placement_defaults_to_on() {
+        assert!(parse("").unwrap().server.thread_placement);
+        let off = parse("[server]\nthread_placement = false\n").unwrap();
+        assert!(!off.server.thread_placement);
+        let err = parse("[server]\nthread_placement = \"no\"\n").unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert_eq!(err.problems[0].line, 2, "{err}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::config::{Config, Server};
 use crate::engine::{Engine, EngineCore, Job, Settings, Stats};
 use crate::keys::{new_key_path, SeedCipher};
 use crate::loglimit::LogLimiter;
+use crate::placement::Placement;
 use crate::server::{serve, Shared, SocketKind};
 use crate::store::{Store, StoreError};
 
@@ -187,12 +188,21 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         Engine::new(store, cipher, clock, settings_of(&config)).with_key_file(&config.paths.seed_key),
     ));
     let (jobs, receiver) = mpsc::channel(65_536);
+    let (tid_sender, tid_receiver) = std::sync::mpsc::channel();
     let engine_thread = {
         let engine = Arc::clone(&engine);
         std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || engine.run(receiver))
+            .spawn(move || {
+                let _ = tid_sender.send(nix::unistd::gettid());
+                engine.run(receiver)
+            })
             .map_err(fail)?
+    };
+    // This thread runs the runtime below, so it is the connection thread.
+    let placement = match tid_receiver.recv() {
+        Ok(engine_tid) => Placement::new(engine_tid, config.server.thread_placement),
+        Err(_) => Placement::new(nix::unistd::gettid(), false),
     };
 
     // One thread serves every connection. A request then wakes two
@@ -220,6 +230,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         name_lookups: Semaphore::new(crate::server::NAME_LOOKUPS_AT_ONCE),
         started: Instant::now(),
         database: config.paths.database().display().to_string(),
+        placement: Mutex::new(placement),
     });
     runtime.spawn(shared.engine.reply_relay());
     let result = runtime.block_on(serve_until_stopped(config, Arc::clone(&shared)));

@@ -23,6 +23,7 @@ pub mod engine;
 pub mod handlers;
 pub mod keys;
 pub mod loglimit;
+pub mod placement;
 pub mod policy;
 pub mod rekey;
 pub mod server;

@@ -27,6 +27,7 @@ use crate::config::Server;
 use crate::engine::{EngineCore, Job, Stats};
 use crate::handlers;
 use crate::loglimit::LogLimiter;
+use crate::placement::Placement;
 use crate::policy::{source_address, source_key};
 
 /// Socket that a connection came in on.
@@ -57,6 +58,9 @@ pub struct Shared {
     pub name_lookups: Semaphore,
     pub started: Instant,
     pub database: String,
+    /// Where the connection and engine threads run; only the connection
+    /// thread uses it.
+    pub placement: Mutex<Placement>,
 }
 
 impl Shared {
@@ -374,11 +378,15 @@ async fn converse(
         // Shared with the task, and held until the reply is handed to the
         // writer, so that a peer that reads no reply stops this loop.
         let slot = Arc::new(std::sync::Mutex::new(Some(permit)));
+        let arrived = Instant::now();
+        if let Ok(mut placement) = shared.placement.try_lock() {
+            placement.tick(arrived);
+        }
         let task = Task {
             shared: Arc::clone(shared),
             caller: caller.clone(),
             kind,
-            arrived: Instant::now(),
+            arrived,
             slot: Arc::clone(&slot),
             delayed: Arc::clone(&delayed),
         };
