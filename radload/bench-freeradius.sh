@@ -34,8 +34,8 @@ DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 IN_FLIGHT=${IN_FLIGHT:-"16 64"}
 KEEP=${KEEP:-0}
-# Share of the machine's CPU time that other processes may take before a
-# run counts as disturbed.
+# Share of the machine's CPU time that other processes, or the hypervisor
+# (steal time), may take before a run counts as disturbed.
 DISTURBED_SHARE=${DISTURBED_SHARE:-0.1}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -277,6 +277,12 @@ machine_ticks() {
     awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
 }
 
+# Steal ticks of the whole machine: time the hypervisor ran something else
+# while this virtual machine had work to do. They count as busy above.
+steal_ticks() {
+    awk '/^cpu /{print $9}' /proc/stat
+}
+
 memory_kib() {
     awk -v field="$2" '$1 == field":" {print $2}' "/proc/$1/status"
 }
@@ -340,23 +346,26 @@ run_load() {
     local name=$1 port=$2 in_flight=$3 round=$4
     shift 4
     local out="$WORK/results/$name-$in_flight-$round.json"
-    local load server_before machine_before server_after machine_after others
+    local load server_before machine_before server_after machine_after others steal_before steal_after
 
     sleep_to_next_step
     load=$(cut -d' ' -f1-3 /proc/loadavg)
     process_ticks >"$WORK/ticks.before"
     server_before=$(cpu_ticks "$@")
     machine_before=$(machine_ticks)
+    steal_before=$(steal_ticks)
     "$RADLOAD" run --users "$WORK/users.txt" --server "127.0.0.1:$port" --secret-file "$WORK/secret" \
         --in-flight "$in_flight" --duration "$DURATION" --json >"$out.raw" 2>"$WORK/results/$name-$in_flight-$round.err"
     server_after=$(cpu_ticks "$@")
     machine_after=$(machine_ticks)
+    steal_after=$(steal_ticks)
     process_ticks >"$WORK/ticks.after"
 
     others=$(other_load "$WORK/ticks.before" "$WORK/ticks.after" "$@")
     jq --arg name "$name" --argjson round "$round" --arg load "$load" \
         --argjson server_cpu "$((server_after - server_before))" \
         --argjson machine_cpu "$((machine_after - machine_before))" \
+        --argjson steal_cpu "$((steal_after - steal_before))" \
         --argjson other_processes "$(cut -d' ' -f1 <<<"$others")" \
         --argjson kernel_threads "$(cut -d' ' -f2 <<<"$others")" \
         --arg busiest "$(cut -d' ' -f3- <<<"$others")" \
@@ -365,15 +374,17 @@ run_load() {
               server_cpu_s: ($server_cpu / 100),
               server_cpu_us_per_request: (if .requests > 0 then ($server_cpu / 100) * 1e6 / .requests else null end),
               machine_busy_cpu_s: ($machine_cpu / 100),
+              steal_cpu_s: ($steal_cpu / 100),
               other_processes_cpu_s: $other_processes,
               kernel_threads_cpu_s: $kernel_threads,
               busiest_other_processes: $busiest}
         | .unaccounted_cpu_s = ([.machine_busy_cpu_s - .server_cpu_s - .client_cpu_s - .kernel_threads_cpu_s
-                                 - .other_processes_cpu_s, 0] | max)
-        | .disturbed = (.other_processes_cpu_s > $disturbed_share * $cpus * .elapsed_s)' \
+                                 - .other_processes_cpu_s - .steal_cpu_s, 0] | max)
+        | .disturbed = (.other_processes_cpu_s > $disturbed_share * $cpus * .elapsed_s
+                        or .steal_cpu_s > $disturbed_share * $cpus * .elapsed_s)' \
         "$out.raw" >"$out"
     rm -f "$out.raw"
-    jq -r '"\(.name)\tC=\(.in_flight)\tround \(.round)\t\(.accepts_per_s|floor) accepts/s\tp99 \(.latency.p99_ms) ms\trejects \(.rejects)\ttimeouts \(.timeouts)\tinvalid \(.invalid)\tserver \(.server_cpu_s) s, client \(.client_cpu_s) s, kernel threads \(.kernel_threads_cpu_s) s, other processes \(.other_processes_cpu_s) s (\(.busiest_other_processes)), unaccounted \(.unaccounted_cpu_s) s, machine \(.machine_busy_cpu_s) s\tload \(.loadavg_before)\(if .disturbed then "\tDISTURBED" else "" end)"' "$out" >&2
+    jq -r '"\(.name)\tC=\(.in_flight)\tround \(.round)\t\(.accepts_per_s|floor) accepts/s\tp99 \(.latency.p99_ms) ms\trejects \(.rejects)\ttimeouts \(.timeouts)\tinvalid \(.invalid)\tserver \(.server_cpu_s) s, client \(.client_cpu_s) s, kernel threads \(.kernel_threads_cpu_s) s, other processes \(.other_processes_cpu_s) s (\(.busiest_other_processes)), steal \(.steal_cpu_s) s, unaccounted \(.unaccounted_cpu_s) s, machine \(.machine_busy_cpu_s) s\tload \(.loadavg_before)\(if .disturbed then "\tDISTURBED" else "" end)"' "$out" >&2
     # Each user has one code per 30-second step, so a run that sends more
     # than USERS requests waits for users, and its rate measures USERS.
     jq -r --argjson users "$USERS" 'select(.user_limited_s > 0)
@@ -512,7 +523,7 @@ main() {
     echo "## Results: median of $ROUNDS runs of $DURATION s, $USERS users"
     echo
     echo "A run counts as disturbed, and is left out of the medians while an undisturbed one exists,"
-    echo "when other processes took more than $DISTURBED_SHARE of the machine's CPU time during it."
+    echo "when other processes, or the hypervisor as steal time, took more than $DISTURBED_SHARE of the machine's CPU time during it."
     echo
     echo "| server | in flight | runs used | accepts/s | rejects | timeouts | invalid | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | server CPU µs/request |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
