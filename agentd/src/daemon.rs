@@ -211,10 +211,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     // local login waits for them in each round trip (see
     // `docs/benchmarks-pam.md`). The engine does the heavy work on its own
     // thread, so this one keeps up at the rates of `docs/benchmarks.md`.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(fail)?;
+    let runtime = placement.build_runtime().map_err(fail)?;
     let shared = Arc::new(Shared {
         jobs,
         engine,

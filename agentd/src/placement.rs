@@ -146,6 +146,26 @@ impl Placement {
         self.shared
     }
 
+    /// Builds the current-thread runtime that the connection thread runs.
+    /// The runtime starts its blocking threads (name lookups, hashing of
+    /// backup codes) from the connection thread, so they would inherit its
+    /// one-CPU mask while it shares a CPU with the engine, and keep it after
+    /// a spread. Each blocking thread gets the agent's starting CPUs back
+    /// first.
+    pub fn build_runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.enable_all();
+        if self.active {
+            let allowed = self.allowed;
+            builder.on_thread_start(move || {
+                if let Err(err) = sched_setaffinity(Pid::from_raw(0), &allowed) {
+                    tracing::warn!(error = %err, "cannot give a blocking thread every CPU");
+                }
+            });
+        }
+        builder.build()
+    }
+
     /// Looks at the load if [`INTERVAL`] has passed since the last look,
     /// and moves the threads if [`decide`] returns a move. Call it from the
     /// connection thread when a request comes.
@@ -353,6 +373,31 @@ mod tests {
         }
         drop(stop_tx);
         other.join().unwrap();
+    }
+
+    #[test]
+    fn blocking_threads_get_every_cpu_back() {
+        let allowed = sched_getaffinity(Pid::from_raw(0)).unwrap();
+        let cpus = (0..CpuSet::count()).filter(|&cpu| allowed.is_set(cpu).unwrap()).count();
+        if cpus < 2 {
+            return;
+        }
+        // This test thread plays both threads, so sharing pins it alone.
+        let mut placement = Placement::new(nix::unistd::gettid(), true);
+        let runtime = placement.build_runtime().unwrap();
+        placement.share(0.0);
+        assert!(placement.shared_cpu().is_some());
+
+        let blocking_mask = runtime
+            .block_on(async { tokio::task::spawn_blocking(|| sched_getaffinity(Pid::from_raw(0))).await })
+            .unwrap()
+            .unwrap();
+        placement.spread(0.0, 0.0);
+
+        let blocking_cpus = (0..CpuSet::count())
+            .filter(|&cpu| blocking_mask.is_set(cpu).unwrap())
+            .count();
+        assert_eq!(blocking_cpus, cpus);
     }
 
     #[test]
