@@ -229,10 +229,16 @@ impl Placement {
             self.active = false;
             return;
         }
-        for tid in self.threads {
+        for (moved, tid) in self.threads.into_iter().enumerate() {
             if let Err(err) = sched_setaffinity(tid, &one) {
-                tracing::warn!(error = %err, "cannot move a thread to one CPU; thread placement off");
-                self.stop();
+                tracing::warn!(error = %err, %tid, "cannot move a thread to one CPU; thread placement off");
+                // Threads pinned before the failure get every CPU back.
+                for pinned in &self.threads[..moved] {
+                    if let Err(err) = sched_setaffinity(*pinned, &self.allowed) {
+                        tracing::warn!(error = %err, tid = %pinned, "cannot give a thread back every CPU");
+                    }
+                }
+                self.active = false;
                 return;
             }
         }
@@ -241,14 +247,19 @@ impl Placement {
     }
 
     fn spread(&mut self, busy: f64, waiting: f64) {
+        // A failure for one thread must not leave the other one pinned.
+        let mut failed = false;
         for tid in self.threads {
             if let Err(err) = sched_setaffinity(tid, &self.allowed) {
-                tracing::warn!(error = %err, "cannot give a thread back every CPU; thread placement off");
-                self.active = false;
-                return;
+                tracing::warn!(error = %err, %tid, "cannot give a thread back every CPU; thread placement off");
+                failed = true;
             }
         }
         self.shared = None;
+        if failed {
+            self.active = false;
+            return;
+        }
         tracing::debug!(
             load = busy,
             waiting,
@@ -398,6 +409,27 @@ mod tests {
             .filter(|&cpu| blocking_mask.is_set(cpu).unwrap())
             .count();
         assert_eq!(blocking_cpus, cpus);
+    }
+
+    #[test]
+    fn failed_share_leaves_no_thread_pinned() {
+        let allowed = sched_getaffinity(Pid::from_raw(0)).unwrap();
+        let cpus = (0..CpuSet::count()).filter(|&cpu| allowed.is_set(cpu).unwrap()).count();
+        if cpus < 2 {
+            return;
+        }
+        // The engine thread has exited, so pinning it fails with ESRCH
+        // after the connection thread, this one, was pinned.
+        let gone = std::thread::spawn(nix::unistd::gettid).join().unwrap();
+        let mut placement = Placement::new(gone, true);
+
+        placement.share(0.0);
+
+        assert_eq!(placement.shared_cpu(), None);
+        assert!(!placement.active);
+        let mask = sched_getaffinity(Pid::from_raw(0)).unwrap();
+        let count = (0..CpuSet::count()).filter(|&cpu| mask.is_set(cpu).unwrap()).count();
+        assert_eq!(count, cpus);
     }
 
     #[test]
