@@ -3366,3 +3366,53 @@ fn thread_placement_off_keeps_every_cpu() {
     assert_eq!(cpus_of(&threads, "engine"), all, "{threads:?}");
     assert!(!agent.log().contains("share one CPU"), "{}", agent.log());
 }
+
+/// Lists the CPUs of a CPU list such as "0-2,5".
+fn cpu_list(text: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in text.split(',') {
+        match part.split_once('-') {
+            Some((first, last)) => cpus.extend(first.parse::<usize>().unwrap()..=last.parse::<usize>().unwrap()),
+            None => cpus.push(part.parse().unwrap()),
+        }
+    }
+    cpus
+}
+
+#[test]
+fn thread_placement_keeps_taskset_mask() {
+    let all = cpus_allowed(Path::new("/proc/self/status"));
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        eprintln!("skipped: thread placement needs two CPUs, this test may use {all}");
+        return;
+    }
+    let agent = Agent::start();
+    let pid = agent.child.as_ref().unwrap().id();
+    let threads = look_up_until(&agent, Duration::from_secs(5), |threads| {
+        cpus_of(threads, "engine") != all
+    });
+    let shared = cpus_of(&threads, "engine").to_string();
+    assert_ne!(shared, all, "placement never shared a CPU: {threads:?}");
+    let other = cpu_list(&all)
+        .into_iter()
+        .map(|cpu| cpu.to_string())
+        .find(|cpu| *cpu != shared)
+        .unwrap();
+
+    // What an administrator does: change the main thread's mask only.
+    let status = Command::new("taskset")
+        .args(["-p", "-c", &other, &pid.to_string()])
+        .output();
+    let Ok(output) = status else {
+        eprintln!("skipped: taskset is not installed");
+        return;
+    };
+    assert!(output.status.success(), "{output:?}");
+
+    let threads = look_up_until(&agent, Duration::from_secs(5), |threads| {
+        cpus_of(threads, "engine") == other
+    });
+    assert_eq!(cpus_of(&threads, "freeauth-agentd"), other, "{threads:?}");
+    assert_eq!(cpus_of(&threads, "engine"), other, "{threads:?}");
+    assert!(agent.log().contains("changed from outside"), "{}", agent.log());
+}

@@ -17,6 +17,7 @@
 //! when a request comes and at least [`INTERVAL`] has passed, so an idle
 //! agent does no work for it.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sched::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
@@ -106,7 +107,10 @@ pub struct Placement {
     /// The connection thread, then the engine thread.
     threads: [Pid; 2],
     /// The CPUs the agent started with, given back by [`Move::Spread`].
+    /// A mask set from outside on the connection thread replaces it.
     allowed: CpuSet,
+    /// Copy of `allowed` for the runtime's blocking threads as they start.
+    blocking_mask: Arc<Mutex<CpuSet>>,
     /// The CPU both threads share now, if they do.
     shared: Option<usize>,
     /// When the threads last moved.
@@ -134,6 +138,7 @@ impl Placement {
         Placement {
             threads: [connection, engine],
             allowed,
+            blocking_mask: Arc::new(Mutex::new(allowed)),
             shared: None,
             moved: None,
             last: None,
@@ -156,9 +161,10 @@ impl Placement {
         let mut builder = tokio::runtime::Builder::new_current_thread();
         builder.enable_all();
         if self.active {
-            let allowed = self.allowed;
+            let blocking_mask = Arc::clone(&self.blocking_mask);
             builder.on_thread_start(move || {
-                if let Err(err) = sched_setaffinity(Pid::from_raw(0), &allowed) {
+                let mask = *blocking_mask.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Err(err) = sched_setaffinity(Pid::from_raw(0), &mask) {
                     tracing::warn!(error = %err, "cannot give a blocking thread every CPU");
                 }
             });
@@ -189,7 +195,12 @@ impl Placement {
             at: now,
             threads: [connection, engine],
         };
-        let Some(last) = self.last.replace(sample) else {
+        let previous = self.last.replace(sample);
+        if self.follow_outside_change() {
+            self.moved = Some(now);
+            return;
+        }
+        let Some(last) = previous else {
             return;
         };
 
@@ -267,6 +278,42 @@ impl Placement {
         );
     }
 
+    /// Takes a CPU mask that someone else set on the connection thread, such
+    /// as an administrator with `taskset -p` or the kernel when a CPU goes
+    /// offline, as the agent's CPUs from now on. The engine thread gets the
+    /// same mask, and placement turns off when the mask holds one CPU only.
+    /// Returns true after such a change.
+    fn follow_outside_change(&mut self) -> bool {
+        let Ok(current) = sched_getaffinity(self.threads[0]) else {
+            return false;
+        };
+        let current_cpus = cpus_in(&current);
+        let expected_cpus = match self.shared {
+            Some(cpu) => vec![cpu],
+            None => cpus_in(&self.allowed),
+        };
+        if current_cpus == expected_cpus {
+            return false;
+        }
+
+        tracing::info!(
+            cpus = ?current_cpus,
+            "the connection thread's CPU mask was changed from outside; the agent keeps it"
+        );
+        self.allowed = current;
+        *self.blocking_mask.lock().unwrap_or_else(PoisonError::into_inner) = current;
+        self.shared = None;
+        if let Err(err) = sched_setaffinity(self.threads[1], &current) {
+            tracing::warn!(error = %err, "cannot give the engine thread the new CPU mask; thread placement off");
+            self.active = false;
+        }
+        if current_cpus.len() < 2 {
+            tracing::info!("thread placement off: the agent may use one CPU only");
+            self.active = false;
+        }
+        true
+    }
+
     /// Turns placement off, spreading the threads first if they share a CPU.
     fn stop(&mut self) {
         if self.shared.is_some() {
@@ -274,6 +321,13 @@ impl Placement {
         }
         self.active = false;
     }
+}
+
+/// Lists the CPUs in `set`, in ascending order.
+fn cpus_in(set: &CpuSet) -> Vec<usize> {
+    (0..CpuSet::count())
+        .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+        .collect()
 }
 
 #[cfg(test)]
@@ -430,6 +484,34 @@ mod tests {
         let mask = sched_getaffinity(Pid::from_raw(0)).unwrap();
         let count = (0..CpuSet::count()).filter(|&cpu| mask.is_set(cpu).unwrap()).count();
         assert_eq!(count, cpus);
+    }
+
+    #[test]
+    fn mask_set_from_outside_is_kept() {
+        let allowed = sched_getaffinity(Pid::from_raw(0)).unwrap();
+        let cpus = cpus_in(&allowed);
+        if cpus.len() < 2 {
+            return;
+        }
+        // This test thread plays both threads.
+        let mut placement = Placement::new(nix::unistd::gettid(), true);
+        placement.share(0.0);
+        let shared = placement.shared_cpu().unwrap();
+        let other = *cpus.iter().find(|&&cpu| cpu != shared).unwrap();
+        // What `taskset -p -c OTHER PID` does to the connection thread.
+        let mut outside = CpuSet::new();
+        outside.set(other).unwrap();
+        sched_setaffinity(Pid::from_raw(0), &outside).unwrap();
+
+        assert!(placement.follow_outside_change());
+
+        assert_eq!(placement.shared_cpu(), None);
+        assert_eq!(cpus_in(&placement.allowed), vec![other]);
+        assert!(!placement.active, "one CPU left, so placement is off");
+        placement.stop();
+        assert_eq!(cpus_in(&sched_getaffinity(Pid::from_raw(0)).unwrap()), vec![other]);
+        assert!(!placement.follow_outside_change());
+        sched_setaffinity(Pid::from_raw(0), &allowed).unwrap();
     }
 
     #[test]
