@@ -267,14 +267,16 @@ start_agent() {
 cpu_ticks() {
     local total=0 pid
     for pid in "$@"; do
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+        total=$((total + $(awk '{printf "%.0f\n", $14 + $15}' "/proc/$pid/stat")))
     done
     echo "$total"
 }
 
 # Busy CPU ticks of the whole machine (all fields but idle and iowait).
+# mawk prints a sum of 2^31 or more as "2.148e+09", which bash arithmetic
+# rejects, so the sums go through printf.
 machine_ticks() {
-    awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+    awk '/^cpu /{printf "%.0f\n", $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
 }
 
 # Steal ticks of the whole machine: time the hypervisor ran something else
