@@ -2092,7 +2092,13 @@ fn full_disk_fails_closed_and_recovers() {
         );
     }
     std::thread::sleep(Duration::from_secs(2));
-    agent.ctl_ok(&["status"]);
+    // Reads still work while no commit with changes fits on the disk, also
+    // when the maintenance tick's fold of the use log fails beside them.
+    for _ in 0..5 {
+        let status = agent.ctl(&["status"]);
+        assert!(status.status.success(), "{status:?}\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let failed_lines = agent.log().matches("WAL checkpoint failed").count();
     assert!(failed_lines <= 1, "{failed_lines} lines about failed checkpoints");
     let commit_lines = agent.log().matches("database commit failed").count();

@@ -528,7 +528,10 @@ impl Engine {
             // crash that keeps it kept those commits too.
             wrote = tx.total_changes() != changes_before;
             drop(statements);
-            if fold {
+            // A batch whose requests changed nothing folds in a transaction
+            // of its own afterwards, so that a fold the disk has no room
+            // for cannot fail reads such as `status`.
+            if fold && wrote {
                 log.fold(&tx, std::time::Instant::now())?;
             }
             tx.commit()?;
@@ -551,6 +554,7 @@ impl Engine {
                 tracing::info!(failed_batches = failures, "database commits work again");
             }
         }
+        let committed = result.is_ok();
         match result {
             Ok(()) => {
                 uses.inspect(|log| log.committed());
@@ -578,7 +582,43 @@ impl Engine {
             }
             self.settings = settings;
         }
+        if fold && committed && !wrote {
+            self.fold_alone();
+        }
         (pending, wrote)
+    }
+
+    /// Folds the use log in a transaction of its own. A failure is logged
+    /// like a failed batch, and the next batch tries again.
+    fn fold_alone(&mut self) {
+        let result = match self.store.begin() {
+            Ok((tx, log)) => {
+                let folded = log
+                    .fold(&tx, std::time::Instant::now())
+                    .and_then(|()| tx.commit().map_err(StoreError::from));
+                match folded {
+                    Ok(()) => log.committed(),
+                    Err(_) => log.keep_staged(),
+                }
+                folded
+            }
+            Err(err) => Err(err),
+        };
+        let line = self
+            .commit_failures
+            .note(result.err().map(|err| err.to_string()), std::time::Instant::now());
+        match line {
+            FailureLine::None => {}
+            FailureLine::Failed { error, unlogged } => tracing::error!(
+                %error,
+                suppressed = unlogged,
+                "database commit of a use log fold failed; the fold is tried again with the next batch \
+                 (this line at most once a minute)"
+            ),
+            FailureLine::Recovered { failures } => {
+                tracing::info!(failed_batches = failures, "database commits work again");
+            }
+        }
     }
 }
 
