@@ -3335,13 +3335,22 @@ fn look_up_until(agent: &Agent, limit: Duration, done: impl Fn(&[(String, String
     }
 }
 
-#[test]
-fn light_load_puts_two_threads_on_one_cpu() {
+/// Returns the CPU list this test may use, or `None` after printing why the
+/// test is skipped: thread placement needs two CPUs.
+fn cpus_for_placement() -> Option<String> {
     let all = cpus_allowed(Path::new("/proc/self/status"));
     if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
         eprintln!("skipped: thread placement needs two CPUs, this test may use {all}");
-        return;
+        return None;
     }
+    Some(all)
+}
+
+#[test]
+fn light_load_puts_two_threads_on_one_cpu() {
+    let Some(all) = cpus_for_placement() else {
+        return;
+    };
     let agent = Agent::start();
 
     let threads = look_up_until(&agent, Duration::from_secs(5), |threads| {
@@ -3387,11 +3396,9 @@ fn cpu_list(text: &str) -> Vec<usize> {
 
 #[test]
 fn thread_placement_keeps_taskset_mask() {
-    let all = cpus_allowed(Path::new("/proc/self/status"));
-    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
-        eprintln!("skipped: thread placement needs two CPUs, this test may use {all}");
+    let Some(all) = cpus_for_placement() else {
         return;
-    }
+    };
     let agent = Agent::start();
     let pid = agent.child.as_ref().unwrap().id();
     let threads = look_up_until(&agent, Duration::from_secs(5), |threads| {

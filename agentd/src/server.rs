@@ -58,8 +58,8 @@ pub struct Shared {
     pub name_lookups: Semaphore,
     pub started: Instant,
     pub database: String,
-    /// Where the connection and engine threads run; only the connection
-    /// thread uses it.
+    /// Placement of the connection and engine threads on CPUs, used by
+    /// the connection thread only.
     pub placement: Mutex<Placement>,
 }
 
