@@ -235,13 +235,13 @@ impl Placement {
             self.active = false;
             return;
         };
-        let mut one = CpuSet::new();
-        if one.set(cpu).is_err() {
+        let mut single_cpu = CpuSet::new();
+        if single_cpu.set(cpu).is_err() {
             self.active = false;
             return;
         }
         for (moved, tid) in self.threads.into_iter().enumerate() {
-            if let Err(err) = sched_setaffinity(tid, &one) {
+            if let Err(err) = sched_setaffinity(tid, &single_cpu) {
                 tracing::warn!(error = %err, %tid, "cannot move a thread to one CPU; thread placement off");
                 // Threads pinned before the failure get every CPU back.
                 for pinned in &self.threads[..moved] {
@@ -281,7 +281,7 @@ impl Placement {
     /// Takes a CPU mask that someone else set on the connection thread, such
     /// as an administrator with `taskset -p` or the kernel when a CPU goes
     /// offline, as the agent's CPUs from now on. The engine thread gets the
-    /// same mask, and placement turns off when the mask holds one CPU only.
+    /// same mask, and placement turns off when the mask contains one CPU only.
     /// Returns true after such a change.
     fn follow_outside_change(&mut self) -> bool {
         let Ok(current) = sched_getaffinity(self.threads[0]) else {
@@ -422,31 +422,35 @@ mod tests {
             other.join().unwrap();
             return;
         }
+
         placement.share(0.0);
         let cpu = placement.shared_cpu().unwrap();
         for tid in placement.threads {
-            let mask = sched_getaffinity(tid).unwrap();
-            let set: Vec<usize> = (0..CpuSet::count()).filter(|&c| mask.is_set(c).unwrap()).collect();
-            assert_eq!(set, vec![cpu]);
+            assert_eq!(cpus_in(&sched_getaffinity(tid).unwrap()), vec![cpu]);
         }
+
         placement.spread(0.0, 0.0);
         assert_eq!(placement.shared_cpu(), None);
         for tid in placement.threads {
-            let mask = sched_getaffinity(tid).unwrap();
-            let count = (0..CpuSet::count()).filter(|&c| mask.is_set(c).unwrap()).count();
-            assert_eq!(count, cpus);
+            assert_eq!(cpus_in(&sched_getaffinity(tid).unwrap()).len(), cpus);
         }
+
         drop(stop_tx);
         other.join().unwrap();
     }
 
+    /// Returns how many CPUs this test may use, or `None` when there are
+    /// fewer than two, which leaves nothing to place.
+    fn two_or_more_cpus() -> Option<usize> {
+        let cpus = cpus_in(&sched_getaffinity(Pid::from_raw(0)).unwrap()).len();
+        (cpus >= 2).then_some(cpus)
+    }
+
     #[test]
     fn blocking_threads_get_every_cpu_back() {
-        let allowed = sched_getaffinity(Pid::from_raw(0)).unwrap();
-        let cpus = cpus_in(&allowed).len();
-        if cpus < 2 {
+        let Some(cpus) = two_or_more_cpus() else {
             return;
-        }
+        };
         // This test thread plays both threads, so sharing pins it alone.
         let mut placement = Placement::new(nix::unistd::gettid(), true);
         let runtime = placement.build_runtime().unwrap();
@@ -464,15 +468,13 @@ mod tests {
 
     #[test]
     fn failed_share_leaves_no_thread_pinned() {
-        let allowed = sched_getaffinity(Pid::from_raw(0)).unwrap();
-        let cpus = cpus_in(&allowed).len();
-        if cpus < 2 {
+        let Some(cpus) = two_or_more_cpus() else {
             return;
-        }
+        };
         // The engine thread has exited, so pinning it fails with ESRCH
         // after the connection thread, this one, was pinned.
-        let gone = std::thread::spawn(nix::unistd::gettid).join().unwrap();
-        let mut placement = Placement::new(gone, true);
+        let exited_tid = std::thread::spawn(nix::unistd::gettid).join().unwrap();
+        let mut placement = Placement::new(exited_tid, true);
 
         placement.share(0.0);
 
