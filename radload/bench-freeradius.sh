@@ -342,6 +342,13 @@ sleep_to_next_step() {
     sleep "$(awk -v t="$now" 'BEGIN {printf "%.3f", 30 - (t % 30) + 0.05}')"
 }
 
+# The CPUs that /proc/stat counts. nproc counts only the CPUs this shell may
+# run on, which is fewer under taskset or a cpuset, and would lower the
+# share of other load that marks a run as disturbed.
+online_cpus() {
+    getconf _NPROCESSORS_ONLN
+}
+
 # run_load NAME PORT IN_FLIGHT ROUND PID...: one measured run, saved as JSON
 # with the server's CPU time and the machine's other load added.
 run_load() {
@@ -371,7 +378,7 @@ run_load() {
         --argjson other_processes "$(cut -d' ' -f1 <<<"$others")" \
         --argjson kernel_threads "$(cut -d' ' -f2 <<<"$others")" \
         --arg busiest "$(cut -d' ' -f3- <<<"$others")" \
-        --argjson cpus "$(nproc)" --argjson disturbed_share "$DISTURBED_SHARE" \
+        --argjson cpus "$(online_cpus)" --argjson disturbed_share "$DISTURBED_SHARE" \
         '. + {name: $name, round: $round, loadavg_before: $load,
               server_cpu_s: ($server_cpu / 100),
               server_cpu_us_per_request: (if .requests > 0 then ($server_cpu / 100) * 1e6 / .requests else null end),
@@ -448,7 +455,7 @@ main() {
     log "building the release binaries"
     (cd "$ROOT" && cargo build --release -p freeauth-agentd -p freeauth-radius -p freeauth-radload)
 
-    log "machine: $(nproc) cpus, $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $WORK on $(df --output=fstype "$WORK" | tail -n 1)"
+    log "machine: $(online_cpus) cpus, $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $WORK on $(df --output=fstype "$WORK" | tail -n 1)"
     log "FreeRADIUS: $(freeradius -v 2>/dev/null | head -n 1)"
     log "FreeAuth: commit $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
 
