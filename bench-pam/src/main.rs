@@ -11,6 +11,7 @@
 //! the targets are met. `bench-pam/run.sh` builds and runs it.
 
 mod agent;
+mod cpu;
 mod pam;
 mod population;
 mod probe;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::agent::Agent;
+use crate::cpu::Snapshot;
 use crate::pam::Service;
 use crate::population::{Counters, Population};
 use crate::probe::{time_steps, Steps, STEPS_HEADER};
@@ -155,6 +157,14 @@ struct SizeReport {
     rows: Vec<Row>,
     steps: Option<Steps>,
     replays: Vec<(&'static str, Replays)>,
+    cpu: Vec<CpuRow>,
+}
+
+/// CPU time per login of one process during a module's one-thread loop.
+struct CpuRow {
+    module: &'static str,
+    process: &'static str,
+    split: cpu::Split,
 }
 
 fn main() -> ExitCode {
@@ -309,12 +319,18 @@ fn measure_size(args: &Args, setup: &Setup, users: usize) -> Result<SizeReport, 
         duration: seconds(args.duration),
         max_attempts: u64::MAX,
     };
-    rows.push(measured_row(
-        users,
-        FREEAUTH,
-        Loops::Threads(1),
-        sequential(&freeauth, limit),
-    ));
+    let mut cpu = Vec::new();
+    let processes = [
+        Some(("benchmark", std::process::id())),
+        agent.pid().map(|pid| ("agent", pid)),
+    ];
+    let (result, split) = with_cpu(&processes, || sequential(&freeauth, limit));
+    cpu.extend(split.into_iter().map(|(process, split)| CpuRow {
+        module: FREEAUTH,
+        process,
+        split,
+    }));
+    rows.push(measured_row(users, FREEAUTH, Loops::Threads(1), result));
     if args.threads > 0 {
         rows.push(measured_row(
             users,
@@ -357,7 +373,13 @@ fn measure_size(args: &Args, setup: &Setup, users: usize) -> Result<SizeReport, 
             counters: &counters,
         };
         warm_up(args, &oath);
-        rows.push(measured_row(users, OATH, Loops::Threads(1), sequential(&oath, limit)));
+        let (result, split) = with_cpu(&[Some(("benchmark", std::process::id()))], || sequential(&oath, limit));
+        cpu.extend(split.into_iter().map(|(process, split)| CpuRow {
+            module: OATH,
+            process,
+            split,
+        }));
+        rows.push(measured_row(users, OATH, Loops::Threads(1), result));
         if args.processes > 0 {
             let result = forked(&oath, limit, args.processes)?;
             rows.push(measured_row(users, OATH, Loops::Processes(args.processes), result));
@@ -380,7 +402,39 @@ fn measure_size(args: &Args, setup: &Setup, users: usize) -> Result<SizeReport, 
     agent.stop()?;
     dir.close()
         .map_err(|err| format!("cannot remove the temporary folder: {err}"))?;
-    Ok(SizeReport { rows, steps, replays })
+    Ok(SizeReport {
+        rows,
+        steps,
+        replays,
+        cpu,
+    })
+}
+
+/// Runs `body`, a loop, and returns its result with the CPU time per
+/// accepted login of each named process. A process whose `/proc` files
+/// cannot be read is left out, with a note.
+fn with_cpu(
+    processes: &[Option<(&'static str, u32)>],
+    body: impl FnOnce() -> stats::RunResult,
+) -> (stats::RunResult, Vec<(&'static str, cpu::Split)>) {
+    let take = |name: &str, pid: u32| {
+        Snapshot::take(pid)
+            .map_err(|err| println!("cannot read the CPU time of the {name} process {pid}: {err}"))
+            .ok()
+    };
+    let before: Vec<_> = processes
+        .iter()
+        .flatten()
+        .filter_map(|(name, pid)| take(name, *pid).map(|snapshot| (*name, *pid, snapshot)))
+        .collect();
+    let result = body();
+    let split = before
+        .into_iter()
+        .filter_map(|(name, pid, before)| {
+            take(name, pid).map(|after| (name, cpu::per_login(&before, &after, result.accepted)))
+        })
+        .collect();
+    (result, split)
 }
 
 /// Runs up to `--warmup` unmeasured authentications, so that the first
@@ -503,6 +557,8 @@ fn print_summary(args: &Args, reports: &[(usize, SizeReport)]) {
         }
     }
 
+    print_cpu(reports);
+
     if args.replay_users > 0 {
         println!("\n## Accepted codes sent again after the loops, one at a time\n");
         for (users, report) in reports {
@@ -542,6 +598,39 @@ fn print_summary(args: &Args, reports: &[(usize, SizeReport)]) {
                 P99_TARGET.as_millis(),
                 millis(row.latency.p99_ns),
                 row.result.errors
+            );
+        }
+    }
+}
+
+/// Prints the CPU time per login of the one-thread loops. The benchmark
+/// process runs libpam, the module and the dynamic loader, and each agent
+/// thread appears by name.
+fn print_cpu(reports: &[(usize, SizeReport)]) {
+    if reports.iter().all(|(_, report)| report.cpu.is_empty()) {
+        return;
+    }
+    println!("\n## CPU time per accepted login in the one-thread loops (from /proc, for information)\n");
+    println!("| users | module | process | thread | µs per login |");
+    println!("|---:|---|---|---|---:|");
+    for (users, report) in reports {
+        for row in &report.cpu {
+            let total: f64 = row.split.threads.iter().map(|(_, micros)| micros).sum();
+            for (thread, micros) in &row.split.threads {
+                println!(
+                    "| {users} | {} | {} | {thread} | {micros:.1} |",
+                    row.module, row.process
+                );
+            }
+            println!("| {users} | {} | {} | all | {total:.1} |", row.module, row.process);
+        }
+    }
+    println!();
+    for (users, report) in reports {
+        for row in report.cpu.iter().filter(|row| row.process == "benchmark") {
+            println!(
+                "- {users} users, {}: {:.1} minor page faults per login in the benchmark process",
+                row.module, row.split.minor_faults
             );
         }
     }
