@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -108,6 +108,12 @@ pub fn lock_state_dir(state_dir: &Path) -> Result<Flock<fs::File>, String> {
     }
 }
 
+/// Creates `state_dir` (mode 0700) when it is missing, and checks that no
+/// user but this process's user and root can write it. Another user who
+/// could write the folder could delete a client from the list, so that the
+/// client may again send requests without a Message-Authenticator after a
+/// restart, or put a symbolic link where the bridge writes its temporary
+/// file.
 fn create_state_dir(state_dir: &Path) -> Result<(), String> {
     if !state_dir.exists() {
         fs::DirBuilder::new()
@@ -115,6 +121,28 @@ fn create_state_dir(state_dir: &Path) -> Result<(), String> {
             .mode(0o700)
             .create(state_dir)
             .map_err(|err| format!("cannot create state folder {}: {err}", state_dir.display()))?;
+    }
+    let metadata =
+        fs::metadata(state_dir).map_err(|err| format!("cannot check state folder {}: {err}", state_dir.display()))?;
+    if !metadata.is_dir() {
+        return Err(format!("state folder {} is not a directory", state_dir.display()));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if metadata.uid() != euid {
+        return Err(format!(
+            "state folder {} is owned by uid {} but the bridge runs as uid {euid}; run `chown {euid} {}`",
+            state_dir.display(),
+            metadata.uid(),
+            state_dir.display()
+        ));
+    }
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "state folder {} has mode {mode:04o}, writable by other users; run `chmod 700 {}`",
+            state_dir.display(),
+            state_dir.display()
+        ));
     }
     Ok(())
 }
@@ -201,6 +229,39 @@ mod tests {
         assert!(err.contains("a running bridge is using it"), "{err}");
         drop(first);
         assert!(lock_state_dir(&state).is_ok(), "the lock ends with the first bridge");
+    }
+
+    #[test]
+    fn rejects_state_folder_others_can_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir(&state).unwrap();
+        for mode in [0o777, 0o770, 0o702] {
+            fs::set_permissions(&state, fs::Permissions::from_mode(mode)).unwrap();
+            let Err(err) = lock_state_dir(&state) else {
+                panic!("mode {mode:o}: the bridge used a folder other users can write");
+            };
+            assert!(err.contains("writable by other users"), "{err}");
+            assert!(SeenClients::load(&state).is_err(), "mode {mode:o}");
+        }
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(lock_state_dir(&state).is_ok(), "read access for others is fine");
+    }
+
+    #[test]
+    fn rejects_state_folder_of_other_user() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root to give the folder to another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir(&state).unwrap();
+        std::os::unix::fs::chown(&state, Some(65534), None).unwrap();
+        let Err(err) = lock_state_dir(&state) else {
+            panic!("the bridge used a folder of another user");
+        };
+        assert!(err.contains("owned by uid 65534"), "{err}");
     }
 
     #[test]
