@@ -39,8 +39,9 @@ pub const DEFAULT_PERIOD: u32 = 30;
 const QR_QUIET_ZONE: usize = 4;
 
 /// Maximum length in characters of a rejected value that an error message
-/// repeats. Longer values are described by their length only, so that a
-/// secret pasted into the wrong parameter is not echoed.
+/// repeats. Longer values, and shorter ones that could be a secret, are
+/// described by their length only, so that a secret pasted into the wrong
+/// parameter is not echoed.
 const MAX_ECHOED_CHARS: usize = 24;
 
 /// A token as described outside FreeAuth, by an `otpauth://` URI or an import
@@ -572,14 +573,22 @@ pub(crate) fn parse_decimal<T: std::str::FromStr>(text: &str) -> Option<T> {
 }
 
 /// `text` as an error message may show it: whole with control characters
-/// replaced by `?` when it has at most [`MAX_ECHOED_CHARS`] characters, and
-/// otherwise only its length.
+/// replaced by `?` when it has at most [`MAX_ECHOED_CHARS`] characters and
+/// could not be a secret, and otherwise only its length.
 fn excerpt(text: &str) -> String {
     let length = text.chars().count();
-    if length > MAX_ECHOED_CHARS {
+    if length > MAX_ECHOED_CHARS || could_be_secret(text) {
         return format!("<{length} characters>");
     }
     text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+/// Returns whether `text` decodes, as base32 or as hexadecimal, to a
+/// secret of a length FreeAuth accepts. The shortest, 10 bytes, is 16
+/// base32 or 20 hexadecimal characters, within [`MAX_ECHOED_CHARS`].
+fn could_be_secret(text: &str) -> bool {
+    let accepted = |secret: Secret| freeauth_otp::HMAC_SECRET_LEN.contains(&secret.len());
+    Secret::from_base32(text).is_ok_and(accepted) || Secret::from_hex(text).is_ok_and(accepted)
 }
 
 /// `text` without `prefix`, compared without regard to ASCII case.
@@ -1049,10 +1058,42 @@ mod tests {
     }
 
     #[test]
+    fn errors_never_contain_short_secret() {
+        // Ten bytes, the shortest secret accepted: 16 base32 or 20
+        // hexadecimal characters.
+        let secrets = ["JBSWY3DPEHPK3PXP", "jbsw y3dp ehpk 3pxp", "3132333435363738393a"];
+        for secret in secrets {
+            let uris = [
+                format!("otpauth://totp/dana?secret=JBSWY3DPEHPK3PXP&algorithm={secret}"),
+                format!("otpauth://totp/dana?secret=JBSWY3DPEHPK3PXP&digits={secret}"),
+                format!("otpauth://totp/dana?secret=JBSWY3DPEHPK3PXP&period={secret}"),
+                format!("otpauth://hotp/dana?secret=JBSWY3DPEHPK3PXP&counter={secret}"),
+                format!("otpauth://{secret}/dana?secret=JBSWY3DPEHPK3PXP"),
+                format!("otpauth://totp/A:dana?secret=JBSWY3DPEHPK3PXP&issuer={secret}"),
+            ];
+            for uri in uris {
+                let error = reject(&uri);
+                let message = error.to_string();
+                let debug = format!("{error:?}");
+                assert!(!message.contains(secret), "{message}");
+                assert!(!debug.contains(secret), "{debug}");
+            }
+        }
+    }
+
+    #[test]
+    fn excerpt_keeps_non_secret_values() {
+        assert_eq!(excerpt("SHA3"), "SHA3");
+        assert_eq!(excerpt("Acme Co"), "Acme Co");
+        assert_eq!(excerpt("4294967296"), "4294967296");
+    }
+
+    #[test]
     fn excerpt_hides_long_values() {
         let long = "A".repeat(MAX_ECHOED_CHARS + 1);
         assert_eq!(excerpt(&long), format!("<{} characters>", MAX_ECHOED_CHARS + 1));
-        let limit = "B".repeat(MAX_ECHOED_CHARS);
+        // Neither base32 nor hexadecimal, so it could not be a secret.
+        let limit = "Z9".repeat(MAX_ECHOED_CHARS / 2);
         assert_eq!(excerpt(&limit), limit);
         assert_eq!(excerpt("a\u{1b}b"), "a?b");
     }
