@@ -1047,14 +1047,21 @@ mod tests {
             format!("otpauth://totp/dana smith?secret={secret}"),
         ];
         for uri in uris {
-            let error = reject(&uri);
-            let message = error.to_string();
-            let debug = format!("{error:?}");
             // Values longer than MAX_ECHOED_CHARS are never repeated.
-            assert!(!message.contains(secret), "{message}");
-            assert!(!debug.contains(secret), "{debug}");
+            let message = reject_hiding(&uri, secret);
             assert!(!message.contains("otpauth://"), "{message}");
         }
+    }
+
+    /// Rejects `uri` and checks that neither the error's message nor its
+    /// debug form contains `secret`. Returns the message.
+    fn reject_hiding(uri: &str, secret: &str) -> String {
+        let error = reject(uri);
+        let message = error.to_string();
+        let debug = format!("{error:?}");
+        assert!(!message.contains(secret), "{message}");
+        assert!(!debug.contains(secret), "{debug}");
+        message
     }
 
     #[test]
@@ -1072,11 +1079,7 @@ mod tests {
                 format!("otpauth://totp/A:dana?secret=JBSWY3DPEHPK3PXP&issuer={secret}"),
             ];
             for uri in uris {
-                let error = reject(&uri);
-                let message = error.to_string();
-                let debug = format!("{error:?}");
-                assert!(!message.contains(secret), "{message}");
-                assert!(!debug.contains(secret), "{debug}");
+                reject_hiding(&uri, secret);
             }
         }
     }
