@@ -83,7 +83,7 @@ impl UserTable {
     pub fn print(&mut self, users: &[UserSummary]) {
         if self.rows == 0 && !users.is_empty() {
             say!(
-                "{:<24} {:>6} {:>8} {:>8} {:>7} {:>7}",
+                "{:<NAME_WIDTH$} {:>6} {:>8} {:>8} {:>7} {:>7}",
                 "USER",
                 "TOKENS",
                 "ENABLED",
@@ -92,7 +92,11 @@ impl UserTable {
                 "BACKUP"
             );
         }
-        print_user_rows(users);
+        for user in users {
+            for line in user_row_lines(user) {
+                say!("{line}");
+            }
+        }
         self.rows += users.len() as u64;
     }
 
@@ -104,18 +108,23 @@ impl UserTable {
     }
 }
 
-fn print_user_rows(users: &[UserSummary]) {
-    for user in users {
-        let locked = if user.locked { "yes" } else { "no" };
-        say!(
-            "{:<24} {:>6} {:>8} {:>8} {:>7} {:>7}",
-            printable(&user.user),
-            user.tokens,
-            user.enabled_tokens,
-            user.failures,
-            locked,
-            user.backup_codes_left
-        );
+/// Width in characters of the USER column of `list`.
+const NAME_WIDTH: usize = 24;
+
+/// Formats one row of the `list` table. A name wider than its column takes
+/// a line of its own and the numbers follow on the next one, so that they
+/// stay under their headers on every page.
+fn user_row_lines(user: &UserSummary) -> Vec<String> {
+    let name = printable(&user.user);
+    let locked = if user.locked { "yes" } else { "no" };
+    let numbers = format!(
+        "{:>6} {:>8} {:>8} {:>7} {:>7}",
+        user.tokens, user.enabled_tokens, user.failures, locked, user.backup_codes_left
+    );
+    if name.chars().count() > NAME_WIDTH {
+        vec![name.into_owned(), format!("{:<NAME_WIDTH$} {numbers}", "")]
+    } else {
+        vec![format!("{name:<NAME_WIDTH$} {numbers}")]
     }
 }
 
@@ -312,6 +321,46 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn summary(user: &str) -> UserSummary {
+        UserSummary {
+            user: user.to_owned(),
+            tokens: 2,
+            enabled_tokens: 1,
+            failures: 3,
+            locked: true,
+            backup_codes_left: 10,
+        }
+    }
+
+    #[test]
+    fn list_row_of_short_name_is_one_line() {
+        assert_eq!(
+            user_row_lines(&summary("alice")),
+            ["alice                         2        1        3     yes      10"]
+        );
+    }
+
+    #[test]
+    fn list_row_of_long_name_keeps_columns() {
+        let name = "a-rather-long-account-name.example.org";
+        let lines = user_row_lines(&summary(name));
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0], name);
+        assert_eq!(
+            lines[1],
+            user_row_lines(&summary("alice"))[0].replacen("alice", "     ", 1)
+        );
+    }
+
+    #[test]
+    fn list_row_measures_escaped_name() {
+        // 20 characters, of which one is escaped as 8: too wide once printed.
+        let name = format!("{}\\u{{200c}}", "n".repeat(19));
+        let lines = user_row_lines(&summary(&format!("{}\u{200c}", "n".repeat(19))));
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0], name);
+    }
 
     #[test]
     fn formats_known_times() {
