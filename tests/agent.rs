@@ -987,6 +987,29 @@ fn disable_enable_and_remove_tokens() {
     assert_eq!(agent.ctl(&["show", "jo"]).status.code(), Some(2));
 }
 
+/// `remove` counts the tokens it removed, as `disable` and `enable` count
+/// the tokens they changed, also when it removes a whole account.
+#[test]
+fn remove_counts_removed_tokens() {
+    let agent = Agent::start();
+    enroll_hotp(&agent, "kim");
+    enroll_totp(&agent, "kim", "3132333435363738393031323334353637383931", &[]);
+    enroll_totp(&agent, "kim", "3132333435363738393031323334353637383932", &[]);
+
+    assert_eq!(
+        agent.ctl_ok(&["remove", "kim", "--token", "1"]).trim(),
+        "done (1 changed)"
+    );
+    assert_eq!(agent.ctl_ok(&["remove", "kim"]).trim(), "done (2 changed)");
+    assert_eq!(agent.ctl(&["show", "kim"]).status.code(), Some(2), "account removed");
+
+    enroll_hotp(&agent, "lee");
+    enroll_totp(&agent, "lee", "3132333435363738393031323334353637383931", &[]);
+    let json: serde_json::Value = serde_json::from_str(&agent.ctl_ok(&["--json", "remove", "lee"])).unwrap();
+    assert_eq!(json["type"], "done");
+    assert_eq!(json["changed"], 2);
+}
+
 #[test]
 fn imports_google_authenticator_file() {
     let agent = Agent::start();

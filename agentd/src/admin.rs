@@ -614,17 +614,23 @@ fn remove(context: &Context<'_>, db: Db<'_, '_>, user: &str, token: Option<u64>)
         .into_iter()
         .filter(|row| token_id(token).is_none_or(|id| id == row.id))
         .collect();
+    let removed_tokens = count_u32(removed.len());
     retire_used_secrets(context, db, user, removed)?;
+    // `changed` counts tokens, as SetEnabled does, also when the whole
+    // account is removed.
     let changed = match token_id(token) {
         Some(id) => db.remove_token(account.id, id)?,
-        None => db.remove_account(account.id)?,
+        None => {
+            db.remove_account(account.id)?;
+            u64::from(removed_tokens)
+        }
     };
     // An account without tokens keeps nothing worth keeping: drop it, with
     // its backup codes, so `list` shows only users who can authenticate.
     if token.is_some() && changed > 0 && db.tokens(account.id)?.is_empty() {
         db.remove_account(account.id)?;
     }
-    if changed == 0 {
+    if token.is_some() && changed == 0 {
         return error(
             ErrorKind::NotFound,
             format!("user {user} has no token {}", token.unwrap_or(0)),
