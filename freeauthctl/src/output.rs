@@ -35,10 +35,7 @@ pub fn print_response(response: &Response, json: bool) -> Result<(), String> {
         Response::Resynced { token, drift_steps, .. } => {
             say!("token {token} resynchronised, drift {drift_steps:+} steps")
         }
-        Response::Verdict { result, reason } => match (result, reason) {
-            (VerifyResult::Rejected, Some(reason)) => say!("rejected: {reason}"),
-            _ => say!("{}", verdict_text(*result)),
-        },
+        Response::Verdict { result, reason } => say!("{}", verdict_line(*result, reason.as_deref())),
         Response::Status { status } => print_status(status),
         Response::Imported { users, tokens } => say!(
             "imported {tokens} {} for {users} {}",
@@ -48,6 +45,16 @@ pub fn print_response(response: &Response, json: bool) -> Result<(), String> {
         other => say!("{other:?}"),
     }
     Ok(())
+}
+
+/// Formats the verdict of `verify`, with the agent's reason when it names
+/// one, so that "unknown user" distinguishes a mistyped name from a user
+/// whose tokens are all disabled.
+fn verdict_line(result: VerifyResult, reason: Option<&str>) -> String {
+    match (result, reason) {
+        (VerifyResult::Rejected | VerifyResult::NoToken, Some(reason)) => format!("rejected: {}", printable(reason)),
+        _ => verdict_text(result).to_owned(),
+    }
 }
 
 fn verdict_text(result: VerifyResult) -> &'static str {
@@ -360,6 +367,27 @@ mod tests {
         let lines = user_row_lines(&summary(&format!("{}\u{200c}", "n".repeat(19))));
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert_eq!(lines[0], name);
+    }
+
+    #[test]
+    fn verdict_names_unknown_user() {
+        assert_eq!(
+            verdict_line(VerifyResult::NoToken, Some("unknown user")),
+            "rejected: unknown user"
+        );
+    }
+
+    #[test]
+    fn verdict_without_reason_uses_result() {
+        assert_eq!(
+            verdict_line(VerifyResult::NoToken, None),
+            "rejected: the user has no enabled token"
+        );
+        assert_eq!(verdict_line(VerifyResult::Accepted, None), "accepted");
+        assert_eq!(
+            verdict_line(VerifyResult::Rejected, Some("wrong code")),
+            "rejected: wrong code"
+        );
     }
 
     #[test]
