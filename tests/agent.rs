@@ -3452,3 +3452,86 @@ fn thread_placement_keeps_taskset_mask() {
     assert_eq!(cpus_of(&threads, "engine"), other, "{threads:?}");
     assert!(agent.log().contains("changed from outside"), "{}", agent.log());
 }
+
+#[test]
+fn init_json_reports_created_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agentd.toml");
+    fs::write(
+        &config,
+        "[paths]\nstate_dir = \"state\"\nseed_key = \"state/seed.key\"\n",
+    )
+    .unwrap();
+    let init = || {
+        let output = Command::new(binary("freeauthctl"))
+            .args(["--config", config.to_str().unwrap(), "--json", "init"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+
+    let first = init();
+    assert_eq!(first["type"], "initialized", "{first}");
+    assert_eq!(first["seed_key_created"], true, "{first}");
+    assert_eq!(first["database_created"], true, "{first}");
+    assert_eq!(first["agent_running"], false, "{first}");
+    let key = dir.path().join("state/seed.key");
+    assert_eq!(first["seed_key"], key.to_str().unwrap(), "{first}");
+
+    let second = init();
+    assert_eq!(second["seed_key_created"], false, "{second}");
+    assert_eq!(second["database_created"], false, "{second}");
+}
+
+#[test]
+fn init_json_beside_running_agent() {
+    let agent = Agent::start();
+    let json: serde_json::Value = serde_json::from_str(&agent.ctl_ok(&["--json", "init"])).unwrap();
+    assert_eq!(json["agent_running"], true, "{json}");
+    assert_eq!(json["seed_key_created"], false, "{json}");
+}
+
+#[test]
+fn check_config_json_names_file() {
+    let mut agent = Agent::start();
+    agent.stop();
+    let json: serde_json::Value = serde_json::from_str(&agent.ctl_ok(&["--json", "check-config"])).unwrap();
+    assert_eq!(json["type"], "valid_config", "{json}");
+    assert_eq!(json["file"], agent.config().to_str().unwrap(), "{json}");
+    assert!(json["note"].is_null(), "{json}");
+
+    fs::set_permissions(agent.dir.path().join("state"), fs::Permissions::from_mode(0o755)).unwrap();
+    let output = agent.ctl(&["--json", "check-config"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty(), "{}", String::from_utf8_lossy(&output.stdout));
+}
+
+#[test]
+fn init_user_json_names_owner() {
+    if !freeauth_e2e::pam::running_as_root() {
+        eprintln!("SKIPPED: init --user needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("agentd.toml");
+    fs::write(&config, "[paths]\nstate_dir = \"state\"\nseed_key = \"seed.key\"\n").unwrap();
+    let output = Command::new(binary("freeauthctl"))
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+            "init",
+            "--user",
+            "nobody",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["type"], "initialized", "{json}");
+    assert_eq!(json["owner"], "nobody", "{json}");
+    assert_eq!(json["state_dir_created"], true, "{json}");
+    assert_eq!(json["seed_key_created"], true, "{json}");
+}

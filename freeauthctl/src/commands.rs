@@ -39,9 +39,9 @@ pub fn run(args: Args) -> Result<ExitCode, CommandError> {
     let config = load_config(&args, strict)?;
     let json = args.json;
     match args.command {
-        Command::Init { user: None } => init(&config),
-        Command::Init { user: Some(user) } => init_for(&config, &user),
-        Command::CheckConfig => check_config(&config),
+        Command::Init { user: None } => init(&config, json),
+        Command::Init { user: Some(user) } => init_for(&config, &user, json),
+        Command::CheckConfig => check_config(&config, json),
         Command::Enroll(enroll_args) => enroll(&config, enroll_args, json),
         Command::List => list(&config, json),
         Command::Show { user } => simple(&config, Request::Show { user }, json),
@@ -259,23 +259,42 @@ fn set_enabled(config: &Config, select: TokenSelect, enabled: bool, json: bool) 
     simple(config, request, json)
 }
 
-fn init(config: &Config) -> Result<ExitCode, CommandError> {
+fn init(config: &Config, json: bool) -> Result<ExitCode, CommandError> {
     let key_existed = config.paths.seed_key.exists();
     let database = config.paths.database();
     let database_existed = database.exists();
+    let report = |agent_running: bool| -> Result<ExitCode, CommandError> {
+        if json {
+            output::print_json(&serde_json::json!({
+                "type": "initialized",
+                "state_dir": config.paths.state_dir,
+                "seed_key": config.paths.seed_key,
+                "seed_key_created": !key_existed,
+                "database": database,
+                "database_created": !database_existed,
+                "agent_running": agent_running,
+            }))?;
+        }
+        Ok(ExitCode::SUCCESS)
+    };
     if let Err(err) = freeauth_agentd::daemon::open_state(config) {
         // A running agent locks the folder, so its key and database are in
         // place. Init succeeds, so that provisioning tools can repeat it.
         if key_existed && database_existed && freeauth_agentd::store::in_use_by_agent(&config.paths.state_dir) {
-            say!(
-                "the agent is running on state folder {}; kept its seed key {} and database {}",
-                config.paths.state_dir.display(),
-                config.paths.seed_key.display(),
-                database.display()
-            );
-            return Ok(ExitCode::SUCCESS);
+            if !json {
+                say!(
+                    "the agent is running on state folder {}; kept its seed key {} and database {}",
+                    config.paths.state_dir.display(),
+                    config.paths.seed_key.display(),
+                    database.display()
+                );
+            }
+            return report(true);
         }
         return Err(err.to_string());
+    }
+    if json {
+        return report(false);
     }
     if key_existed {
         say!("seed key {} already exists; kept it", config.paths.seed_key.display());
@@ -294,7 +313,7 @@ fn init(config: &Config) -> Result<ExitCode, CommandError> {
 /// Prepares the state folder and seed key for the agent's user `user`, as
 /// root does at package installation. The database is left to the agent,
 /// so that every file in the state folder is created by its owner.
-fn init_for(config: &Config, user: &str) -> Result<ExitCode, CommandError> {
+fn init_for(config: &Config, user: &str, json: bool) -> Result<ExitCode, CommandError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !nix::unistd::Uid::effective().is_root() {
         return Err("init --user changes file owners and needs root".to_owned());
@@ -316,9 +335,12 @@ fn init_for(config: &Config, user: &str) -> Result<ExitCode, CommandError> {
         }
         Ok(())
     };
-    if state_dir.exists() {
+    let state_dir_existed = state_dir.exists();
+    if state_dir_existed {
         owned_by_user(state_dir)?;
-        say!("state folder {} already exists; kept it", state_dir.display());
+        if !json {
+            say!("state folder {} already exists; kept it", state_dir.display());
+        }
     } else {
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -339,13 +361,18 @@ fn init_for(config: &Config, user: &str) -> Result<ExitCode, CommandError> {
             .map_err(|err| format!("cannot set the mode of {}: {err}", state_dir.display()))?;
         std::os::unix::fs::fchown(&folder, Some(account.uid.as_raw()), Some(account.gid.as_raw()))
             .map_err(|err| format!("cannot give {} to {user}: {err}", state_dir.display()))?;
-        say!("created state folder {} (mode 0700, owner {user})", state_dir.display());
+        if !json {
+            say!("created state folder {} (mode 0700, owner {user})", state_dir.display());
+        }
     }
 
     let key = &config.paths.seed_key;
-    if key.exists() {
+    let key_existed = key.exists();
+    if key_existed {
         owned_by_user(key)?;
-        say!("seed key {} already exists; kept it", key.display());
+        if !json {
+            say!("seed key {} already exists; kept it", key.display());
+        }
     } else if state_dir.join(freeauth_agentd::store::DB_FILE).exists() {
         return Err(format!(
             "seed key {} is missing but {} holds a database; restore the key from a backup",
@@ -355,7 +382,9 @@ fn init_for(config: &Config, user: &str) -> Result<ExitCode, CommandError> {
     } else {
         let key_owner = Some((account.uid.as_raw(), account.gid.as_raw()));
         freeauth_agentd::keys::SeedCipher::create_owned(key, key_owner).map_err(|err| err.to_string())?;
-        say!("created seed key {} (mode 0600, owner {user})", key.display());
+        if !json {
+            say!("created seed key {} (mode 0600, owner {user})", key.display());
+        }
     }
 
     let problems = freeauth_agentd::check::installation_problems(config);
@@ -366,14 +395,33 @@ fn init_for(config: &Config, user: &str) -> Result<ExitCode, CommandError> {
             problems.join("\n  ")
         ));
     }
+    if json {
+        output::print_json(&serde_json::json!({
+            "type": "initialized",
+            "state_dir": state_dir,
+            "state_dir_created": !state_dir_existed,
+            "seed_key": key,
+            "seed_key_created": !key_existed,
+            "owner": user,
+        }))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-fn check_config(config: &Config) -> Result<ExitCode, CommandError> {
+fn check_config(config: &Config, json: bool) -> Result<ExitCode, CommandError> {
     let problems = freeauth_agentd::check::installation_problems(config);
     if problems.is_empty() {
+        let note = freeauth_agentd::check::owner_note(config);
+        if json {
+            output::print_json(&serde_json::json!({
+                "type": "valid_config",
+                "file": config.source,
+                "note": note,
+            }))?;
+            return Ok(ExitCode::SUCCESS);
+        }
         say!("{}: valid", config.source.display());
-        if let Some(note) = freeauth_agentd::check::owner_note(config) {
+        if let Some(note) = note {
             say!("{note}");
         }
         return Ok(ExitCode::SUCCESS);
