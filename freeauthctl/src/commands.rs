@@ -8,7 +8,7 @@ use std::time::Duration;
 use freeauth_agentd::config::Config;
 use freeauth_otp::{Algorithm, Kind, Secret};
 use freeauth_proto::{
-    Client, HashAlgorithm, NewToken, Origin, Request, Response, SecretString, TokenKind, VerifyResult,
+    Client, ErrorKind, HashAlgorithm, NewToken, Origin, Request, Response, SecretString, TokenKind, VerifyResult,
 };
 use freeauthctl::otpauth::{format_uri, parse_uri, render_qr, TokenDescription};
 use zeroize::Zeroizing;
@@ -178,12 +178,27 @@ pub fn call(config: &Config, request: Request) -> Result<Response, CommandError>
 fn call_on(client: &mut Client, request: Request) -> Result<Response, CommandError> {
     let response = client.call(request).map_err(|err| err.to_string())?;
     match response {
-        Response::Error { kind, message } => Err(format!(
-            "the agent refused the request ({}): {message}",
-            output::error_kind(kind)
-        )),
+        Response::Error { kind, message } => Err(rejection_message(kind, &message)),
         other => Ok(other),
     }
+}
+
+/// Formats the agent's error response to a request. This program sends
+/// only requests that the agent of its own version reads. So a
+/// malformed-request error most likely comes from an older agent that
+/// still runs after an upgrade and does not know a newer request, such as
+/// `rekey`.
+fn rejection_message(kind: ErrorKind, message: &str) -> CommandError {
+    let hint = match kind {
+        ErrorKind::Malformed => {
+            "\nan agent older than this freeauthctl does not know every request; if FreeAuth was upgraded, restart the agent (systemctl restart freeauth-agentd) and try again"
+        }
+        _ => "",
+    };
+    format!(
+        "the agent refused the request ({}): {message}{hint}",
+        output::error_kind(kind)
+    )
 }
 
 fn simple(config: &Config, request: Request, json: bool) -> Result<ExitCode, CommandError> {
@@ -904,4 +919,25 @@ fn too_large(path: &Path) -> CommandError {
         "cannot read {}: it is larger than the maximum of {MAX_IMPORT_FILE_LEN} bytes; split it into parts",
         path.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejection_of_malformed_request_suggests_restart() {
+        let text = rejection_message(ErrorKind::Malformed, "malformed request, closing the connection");
+        assert!(
+            text.starts_with("the agent refused the request (malformed request)"),
+            "{text}"
+        );
+        assert!(text.contains("restart the agent"), "{text}");
+    }
+
+    #[test]
+    fn rejection_of_other_errors_has_no_hint() {
+        let text = rejection_message(ErrorKind::NotFound, "no user bob");
+        assert_eq!(text, "the agent refused the request (not found): no user bob");
+    }
 }
