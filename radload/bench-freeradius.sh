@@ -7,7 +7,8 @@
 # starts at a new 30-second step. Every setting runs ROUNDS times,
 # alternating between the servers. The script prints every run, the
 # medians, the ratios, the resident memory after the load, and whether each
-# server accepts a code a second time.
+# server accepts a code a second time. For each run it also prints how much
+# of a CPU each server thread used and how long it waited for one.
 #
 # Run as root (apt-get and the FreeRADIUS configuration need it):
 #   radload/bench-freeradius.sh
@@ -349,6 +350,40 @@ online_cpus() {
     getconf _NPROCESSORS_ONLN
 }
 
+# thread_times PID...: one line per thread of the processes: the thread's
+# name (characters that JSON or awk would need escaped become _), its id,
+# and its time running and waiting for a CPU in nanoseconds, from
+# /proc/PID/task/TID/schedstat.
+thread_times() {
+    local pid task
+    for pid in "$@"; do
+        for task in /proc/"$pid"/task/*; do
+            [ -r "$task/schedstat" ] || continue
+            printf '%s %s %s\n' "$(tr -c 'A-Za-z0-9_.:/\n-' _ <"$task/comm")" "${task##*/}" "$(cut -d' ' -f1-2 "$task/schedstat")"
+        done 2>/dev/null
+    done
+}
+
+# thread_split BEFORE AFTER SECONDS: JSON array of the threads' running and
+# waiting time in cores, summed by thread name, without threads that ran
+# less than 0.001 cores. A thread that started during the run counts from
+# zero.
+thread_split() {
+    awk -v seconds="$3" '
+        NR == FNR { run[$2] = $3; wait[$2] = $4; next }
+        { by_run[$1] += $3 - run[$2]; by_wait[$1] += $4 - wait[$2] }
+        END {
+            printf "["
+            sep = ""
+            for (name in by_run) {
+                if (by_run[name] / 1e9 / seconds < 0.001) continue
+                printf "%s{\"name\":\"%s\",\"run_cores\":%.3f,\"wait_cores\":%.3f}", sep, name, by_run[name] / 1e9 / seconds, by_wait[name] / 1e9 / seconds
+                sep = ","
+            }
+            printf "]\n"
+        }' "$1" "$2"
+}
+
 # run_load NAME PORT IN_FLIGHT ROUND PID...: one measured run, saved as JSON
 # with the server's CPU time and the machine's other load added.
 run_load() {
@@ -356,6 +391,7 @@ run_load() {
     shift 4
     local out="$WORK/results/$name-$in_flight-$round.json"
     local load server_before machine_before server_after machine_after others steal_before steal_after
+    local started seconds
 
     sleep_to_next_step
     load=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -363,11 +399,15 @@ run_load() {
     server_before=$(cpu_ticks "$@")
     machine_before=$(machine_ticks)
     steal_before=$(steal_ticks)
+    thread_times "$@" >"$WORK/threads.before"
+    started=$(date +%s.%N)
     "$RADLOAD" run --users "$WORK/users.txt" --server "127.0.0.1:$port" --secret-file "$WORK/secret" \
         --in-flight "$in_flight" --duration "$DURATION" --json >"$out.raw" 2>"$WORK/results/$name-$in_flight-$round.err"
     server_after=$(cpu_ticks "$@")
     machine_after=$(machine_ticks)
     steal_after=$(steal_ticks)
+    thread_times "$@" >"$WORK/threads.after"
+    seconds=$(awk -v start="$started" -v end="$(date +%s.%N)" 'BEGIN {printf "%.3f", end - start}')
     process_ticks >"$WORK/ticks.after"
 
     others=$(other_load "$WORK/ticks.before" "$WORK/ticks.after" "$@")
@@ -379,6 +419,7 @@ run_load() {
         --argjson kernel_threads "$(cut -d' ' -f2 <<<"$others")" \
         --arg busiest "$(cut -d' ' -f3- <<<"$others")" \
         --argjson cpus "$(online_cpus)" --argjson disturbed_share "$DISTURBED_SHARE" \
+        --argjson threads "$(thread_split "$WORK/threads.before" "$WORK/threads.after" "$seconds")" \
         '. + {name: $name, round: $round, loadavg_before: $load,
               server_cpu_s: ($server_cpu / 100),
               server_cpu_us_per_request: (if .requests > 0 then ($server_cpu / 100) * 1e6 / .requests else null end),
@@ -386,14 +427,16 @@ run_load() {
               steal_cpu_s: ($steal_cpu / 100),
               other_processes_cpu_s: $other_processes,
               kernel_threads_cpu_s: $kernel_threads,
-              busiest_other_processes: $busiest}
+              busiest_other_processes: $busiest,
+              server_threads: ($threads | sort_by(-.run_cores))}
         | .unaccounted_cpu_s = ([.machine_busy_cpu_s - .server_cpu_s - .client_cpu_s - .kernel_threads_cpu_s
-                                 - .other_processes_cpu_s - .steal_cpu_s, 0] | max)
+                                 - .other_processes_cpu_s - .steal_cpu_s, 0] | max | . * 100 | round / 100)
         | .disturbed = (.other_processes_cpu_s > $disturbed_share * $cpus * .elapsed_s
                         or .steal_cpu_s > $disturbed_share * $cpus * .elapsed_s)' \
         "$out.raw" >"$out"
     rm -f "$out.raw"
     jq -r '"\(.name)\tC=\(.in_flight)\tround \(.round)\t\(.accepts_per_s|floor) accepts/s\tp99 \(.latency.p99_ms) ms\trejects \(.rejects)\ttimeouts \(.timeouts)\tinvalid \(.invalid)\tserver \(.server_cpu_s) s, client \(.client_cpu_s) s, kernel threads \(.kernel_threads_cpu_s) s, other processes \(.other_processes_cpu_s) s (\(.busiest_other_processes)), steal \(.steal_cpu_s) s, unaccounted \(.unaccounted_cpu_s) s, machine \(.machine_busy_cpu_s) s\tload \(.loadavg_before)\(if .disturbed then "\tDISTURBED" else "" end)"' "$out" >&2
+    jq -r '"  \(.name) threads, cores running / waiting for a CPU: " + ([.server_threads[] | "\(.name) \(.run_cores)/\(.wait_cores)"] | join(", "))' "$out" >&2
     # Each user has one code per 30-second step, so a run that sends more
     # than USERS requests waits for users, and its rate measures USERS.
     jq -r --argjson users "$USERS" 'select(.user_limited_s > 0)
