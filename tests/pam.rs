@@ -922,6 +922,28 @@ fn user_name_escaped_in_log() {
     assert!(run.logged("carol\\u{a}FAKE: code accepted for root"), "{run}");
 }
 
+/// A user name longer than the agent's 16 KiB request frame is rejected
+/// like any name over 253 bytes, not read as an outage that
+/// `ignore_unavailable` skips.
+#[test]
+fn long_user_name_is_rejected() {
+    let agent = Agent::start();
+    let args = format!("{} ignore_unavailable", agent_args(&agent));
+    let services = Services::new();
+    services.write("login", &[freeauth_line("required", &agent_args(&agent))]);
+    services.write("probe", &ignore_probe_stack(&args));
+
+    for length in [254, 20_000] {
+        let name = "a".repeat(length);
+        let run = services.pamtester("login", &name).response("123456").run();
+        run.assert_failure(AUTH_ERR, &format!("name of {length} bytes"));
+        assert!(!run.prompted(CODE_PROMPT), "{run}");
+
+        let probe = services.pamtester("probe", &name).response("123456").run();
+        probe.assert_failure(AUTH_ERR, &format!("name of {length} bytes, ignore_unavailable"));
+    }
+}
+
 /// With backup codes the account has two code lengths, 6 and 8. A password
 /// that ends in digits must not make a login with either kind of code count
 /// a failed try against the account and its source.

@@ -4,7 +4,7 @@
 use freeauth_otp::{code_identity, Algorithm, Code, Kind, Secret, State};
 use freeauth_proto::{
     AgentStatus, ErrorKind, HashAlgorithm, NewToken, Response, SecretString, TokenInfo, TokenKind, UserDetail,
-    UserSummary, MAX_LIST_PAGE,
+    UserSummary, MAX_LIST_PAGE, MAX_USER_LEN,
 };
 use subtle::ConstantTimeEq;
 
@@ -12,9 +12,6 @@ use crate::engine::{failures_of, Context, EngineError, MemoryCounts};
 use crate::keys::Field;
 use crate::policy::{source_address, split_source_key, FailureTable, Failures, SourceFailures};
 use crate::store::{Account, Db, TokenRow, TokenSettings};
-
-/// Longest accepted user name, in bytes (the RADIUS User-Name limit).
-pub const MAX_USER_LEN: usize = 253;
 
 /// Most tokens one account may have, enabled or not. Each token adds codes
 /// that a guess can hit, and a verification tries every token, so the

@@ -2,7 +2,7 @@
 //! logic does not depend on raw PAM calls. Every outcome is mapped to a PAM
 //! return code in one place, [`Outcome::code`].
 
-use freeauth_proto::{ErrorKind, Origin, Response, SecretString, VerifyResult};
+use freeauth_proto::{ErrorKind, Origin, Response, SecretString, VerifyResult, MAX_USER_LEN};
 use pam::constants::PamResultCode;
 use zeroize::Zeroizing;
 
@@ -105,6 +105,19 @@ fn authenticate_code(host: &mut dyn Host, options: &Options) -> Outcome {
             return Outcome::PamFailed;
         }
     };
+    // The agent rejects such a name as invalid. A name too long for its
+    // 16 KiB request frame would end in a frame error instead, which reads
+    // as an outage, so `ignore_unavailable` would skip the code.
+    if user.len() > MAX_USER_LEN {
+        host.log(
+            Priority::Notice,
+            &format!(
+                "user name of {} bytes is longer than the {MAX_USER_LEN} bytes the agent accepts; rejected",
+                user.len()
+            ),
+        );
+        return Outcome::Rejected;
+    }
     let connected = Agent::connect_and_lookup(&options.socket, &options.agent_user, options.timeout, &user);
     let (mut agent, account) = match connected {
         Ok(pair) => pair,

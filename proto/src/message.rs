@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::SecretString;
 
+/// Longest user name the agent accepts, in bytes (the RADIUS User-Name
+/// limit). A request with a longer name is refused as invalid.
+pub const MAX_USER_LEN: usize = 253;
+
 /// Maximum number of users in one page of [`Request::List`]. A summary
 /// takes about 110 bytes of JSON besides the name, and a 253-byte name at
 /// most 506 once escaped, so a page stays under 930 KB, inside the 1 MiB
