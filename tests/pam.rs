@@ -181,6 +181,30 @@ fn nullok_ignores_user_without_token() {
 }
 
 #[test]
+fn nullok_yields_to_disallow_null_authtok() {
+    let agent = Agent::start();
+    let args = format!("{} nullok", agent_args(&agent));
+    let services = Services::new();
+    services.write(
+        "login",
+        &[
+            freeauth_line("required", &args),
+            "auth optional pam_permit.so".to_owned(),
+        ],
+    );
+
+    let strict = services
+        .pamtester("login", "bob")
+        .flags("PAM_DISALLOW_NULL_AUTHTOK")
+        .run();
+    strict.assert_failure(USER_UNKNOWN, "the application disallows users without a token");
+    assert!(!strict.prompted(CODE_PROMPT), "{strict}");
+
+    let silent = services.pamtester("login", "bob").flags("PAM_SILENT").run();
+    silent.assert_success("another flag leaves nullok in force");
+}
+
+#[test]
 fn agent_down_fails_closed() {
     let mut agent = Agent::start();
     enroll_hotp(&agent, "alice");

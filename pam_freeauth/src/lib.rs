@@ -22,7 +22,7 @@ pub mod options;
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pam::constants::{PamFlag, PamResultCode, PAM_SILENT};
+use pam::constants::{PamFlag, PamResultCode, PAM_DISALLOW_NULL_AUTHTOK, PAM_SILENT};
 use pam::module::{PamHandle, PamHooks};
 
 use crate::host::PamHost;
@@ -38,6 +38,9 @@ impl PamHooks for FreeAuth {
         guarded(|| {
             let mut options = parse_args(&args);
             options.quiet |= flags & PAM_SILENT != 0;
+            // With this flag the application requires a token of every
+            // user, so it overrides nullok, as it overrides pam_unix's.
+            options.nullok &= flags & PAM_DISALLOW_NULL_AUTHTOK == 0;
             let mut host = PamHost::new(pamh, options.debug, options.quiet);
             flow::authenticate(&mut host, &options).code()
         })

@@ -146,6 +146,7 @@ impl Services {
             env: Vec::new(),
             items: Vec::new(),
             as_nobody: false,
+            flags: None,
         }
     }
 }
@@ -165,6 +166,9 @@ pub struct Pamtester<'a> {
     env: Vec<(String, String)>,
     items: Vec<String>,
     as_nobody: bool,
+    /// Flags of `pam_authenticate` in pamtester's syntax, such as
+    /// `PAM_DISALLOW_NULL_AUTHTOK`.
+    flags: Option<String>,
 }
 
 impl Pamtester<'_> {
@@ -186,6 +190,13 @@ impl Pamtester<'_> {
     /// Sets a PAM item before authentication (`rhost=...`, `tty=...`).
     pub fn item(mut self, assignment: &str) -> Self {
         self.items.push(assignment.to_owned());
+        self
+    }
+
+    /// Passes `flags` to `pam_authenticate`, written as pamtester reads
+    /// them: flag names joined by `|`.
+    pub fn flags(mut self, flags: &str) -> Self {
+        self.flags = Some(flags.to_owned());
         self
     }
 
@@ -220,8 +231,12 @@ impl Pamtester<'_> {
         for item in &self.items {
             command.arg(format!("-I{item}"));
         }
+        let operation = match &self.flags {
+            Some(flags) => format!("authenticate({flags})"),
+            None => "authenticate".to_owned(),
+        };
         command
-            .args([&self.service, &self.user, "authenticate"])
+            .args([&self.service, &self.user, &operation])
             .env("PAM_WRAPPER", "1")
             .env("PAM_WRAPPER_SERVICE_DIR", self.services.path())
             .env("PAM_WRAPPER_DEBUGLEVEL", "2")
