@@ -414,10 +414,7 @@ fn verify_answer(
     if outcome != Outcome::Accepted {
         return outcome;
     }
-    let password = code_length
-        .filter(|length| usize::from(*length) <= tail.len())
-        .and_then(|length| answer.get(..answer.len() - usize::from(length)));
-    let Some(password) = password else {
+    let Some(password) = password_before_code(answer, tail, code_length) else {
         host.log(
             Priority::Error,
             &format!("the agent accepted the code of {user} without a valid code length; failing closed"),
@@ -429,6 +426,19 @@ fn verify_answer(
         return Outcome::PamFailed;
     }
     Outcome::Accepted
+}
+
+/// Returns the part of `answer` before the code that the agent accepted.
+/// The code is the last `code_length` bytes of `tail`, the end of `answer`
+/// that was sent to the agent. Only a faulty agent sends a length of 0 or
+/// one longer than `tail`. Either would pass the code on with the
+/// password, so both give `None`.
+fn password_before_code<'a>(answer: &'a str, tail: &str, code_length: Option<u8>) -> Option<&'a str> {
+    let length = usize::from(code_length?);
+    if length == 0 || length > tail.len() {
+        return None;
+    }
+    answer.get(..answer.len().checked_sub(length)?)
 }
 
 /// Returns the longest end of `answer` that fits one of `shapes`, or
@@ -755,6 +765,25 @@ mod tests {
         assert_eq!(code_shaped_tail("pw12345678", &ANY_CODE_SHAPES), Some("12345678"));
         // A cut inside a character is no end.
         assert_eq!(code_shaped_tail("\u{e9}12345", &[(6, false)]), None);
+    }
+
+    #[test]
+    fn password_before_code_cuts_the_code() {
+        assert_eq!(
+            password_before_code("hunter2123456", "123456", Some(6)),
+            Some("hunter2")
+        );
+        assert_eq!(password_before_code("123456", "123456", Some(6)), Some(""));
+        assert_eq!(password_before_code("pw12345678", "12345678", Some(6)), Some("pw12"));
+    }
+
+    #[test]
+    fn password_before_code_rejects_bad_lengths() {
+        assert_eq!(password_before_code("hunter2123456", "123456", Some(0)), None);
+        assert_eq!(password_before_code("hunter2123456", "123456", Some(7)), None);
+        assert_eq!(password_before_code("hunter2123456", "123456", None), None);
+        // A cut inside a character is no password.
+        assert_eq!(password_before_code("\u{e9}12345", "\u{e9}12345", Some(6)), None);
     }
 
     #[test]
