@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::SecretString;
 
-/// Longest user name the agent accepts, in bytes (the RADIUS User-Name
-/// limit). A request with a longer name is refused as invalid.
+/// Maximum length of a user name the agent accepts, in bytes (the RADIUS
+/// User-Name limit). A request with a longer name is rejected as invalid.
 pub const MAX_USER_LEN: usize = 253;
 
 /// Maximum number of users in one page of [`Request::List`]. A summary
